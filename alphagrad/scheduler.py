@@ -1,0 +1,87 @@
+"""Saturation-aware alpha scheduling (AlphaGrad paper, section 7.3).
+
+S(alpha) = (1/d) * sum_i 1[|alpha * g_hat_i| > tau]. After each optimizer step the scheduler measures
+S per param group (all tensors of the group pooled) and multiplies alpha by `factor` when S is below
+the target range, divides it when S is above, so that S stays within [low, high].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._validation import check_range
+from .alphagrad import AlphaGrad, abs_preactivations
+
+
+class SaturationAlphaScheduler:
+    """Keep AlphaGrad's saturation ratio in `target`, in the style of torch.optim.lr_scheduler.
+
+    Call `step()` after `optimizer.step()` and before `zero_grad()` (it reads the gradients).
+    Groups with alpha="auto" have their `alpha_k` scaled, so per-tensor ratios of eq. 7 are kept.
+
+    Args:
+        optimizer: an AlphaGrad optimizer.
+        target: (low, high) range for S, 0 <= low < high <= 1.
+        tau: saturation threshold on |alpha * g_hat|.
+        factor: multiplicative change per adjustment, > 1.
+        min_alpha, max_alpha: bounds on alpha (on alpha_k for "auto" groups).
+        interval: measure every `interval` steps (each measurement reads every gradient once).
+    """
+
+    def __init__(self, optimizer: AlphaGrad, target: tuple[float, float] = (0.05, 0.25), *, tau: float = 2.5,
+                 factor: float = 1.05, min_alpha: float = 1e-3, max_alpha: float = 1e6, interval: int = 1) -> None:
+        if not isinstance(optimizer, AlphaGrad):
+            raise TypeError(f"SaturationAlphaScheduler needs an AlphaGrad optimizer, got {type(optimizer).__name__}")
+        low, high = target
+        check_range("target low", low, low=0.0, high=high)
+        check_range("target high", high, low=low, high=1.0, low_inclusive=False, high_inclusive=True)
+        check_range("tau", tau, low=0.0, low_inclusive=False)
+        check_range("factor", factor, low=1.0, low_inclusive=False)
+        check_range("min_alpha", min_alpha, low=0.0, high=max_alpha, low_inclusive=False)
+        check_range("interval", interval, low=1)
+        self.optimizer = optimizer
+        self.target = (low, high)
+        self.tau = tau
+        self.factor = factor
+        self.min_alpha = min_alpha
+        self.max_alpha = max_alpha
+        self.interval = interval
+        self.steps = 0
+        self.last_saturation: list[float | None] = [None] * len(optimizer.param_groups)
+
+    @torch.no_grad()
+    def saturation(self, group: dict[str, Any]) -> float | None:
+        """S for one param group from its current gradients (None if it has no gradients)."""
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return None
+        saturated = total = 0
+        for _, _, preactivation in abs_preactivations(group, params, [p.grad for p in params]):
+            saturated += int((preactivation > self.tau).sum())
+            total += preactivation.numel()
+        return saturated / total
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps % self.interval:
+            return
+        low, high = self.target
+        for index, group in enumerate(self.optimizer.param_groups):
+            s = self.saturation(group)
+            self.last_saturation[index] = s
+            if s is None or low <= s <= high:
+                continue
+            key = "alpha_k" if group["alpha"] == "auto" else "alpha"
+            scaled = group[key] * self.factor if s < low else group[key] / self.factor
+            group[key] = min(max(scaled, self.min_alpha), self.max_alpha)
+
+    def get_last_alpha(self) -> list[float | str]:
+        return [group["alpha"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "optimizer"}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.__dict__.update(state_dict)

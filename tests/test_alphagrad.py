@@ -1,0 +1,356 @@
+import copy
+import math
+
+import pytest
+import torch
+
+from alphagrad import AlphaGrad, auto_alpha
+from alphagrad._fused import rational_tanh
+
+
+def one_step(grad, lr=0.1, theta=None, **options):
+    """Parameters after one AlphaGrad step from `theta` (default ones) with gradient `grad`."""
+    grad = torch.tensor(grad, dtype=torch.float64)
+    param = torch.nn.Parameter(torch.ones_like(grad) if theta is None else torch.tensor(theta, dtype=torch.float64))
+    param.grad = grad.clone()
+    AlphaGrad([param], lr=lr, **options).step()
+    return param.detach()
+
+
+PATHS = [dict(foreach=False), dict(foreach=True)]
+
+
+# ---- hand-computed reference values (eq. 2-4 and the variants) ----
+
+@pytest.mark.parametrize("path", PATHS)
+def test_basic_update_matches_hand_computation(path):
+    # g = [3, 4]: ||g|| = 5, g_hat = [0.6, 0.8]; alpha = 1 -> g' = tanh([0.6, 0.8])
+    result = one_step([3.0, 4.0], lr=0.1, alpha=1.0, **path)
+    expected = torch.tensor([1 - 0.1 * 0.5370495669980353, 1 - 0.1 * 0.6640367702678489], dtype=torch.float64)
+    torch.testing.assert_close(result, expected, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    ("options", "direction"),
+    [
+        (dict(alpha=1.0, transform="scaled_tanh", beta=0.5), [0.5 * math.tanh(0.6), 0.5 * math.tanh(0.8)]),
+        (dict(alpha=1.0, transform="sin_tanh", kappa=2.0), [math.sin(2 * math.tanh(0.6)), math.sin(2 * math.tanh(0.8))]),
+        (dict(alpha=1.0, transform="hybrid", hybrid_lambda=0.25),
+         [0.25 * math.tanh(0.6) + 0.75 * 0.6, 0.25 * math.tanh(0.8) + 0.75 * 0.8]),
+        (dict(alpha=2.0, transform="linear"), [1.2, 1.6]),
+        (dict(alpha=0.1, normalization="none"), [math.tanh(0.3), math.tanh(0.4)]),
+        (dict(alpha="auto"), [math.tanh(math.sqrt(2) * 0.6), math.tanh(math.sqrt(2) * 0.8)]),
+        (dict(alpha="auto", alpha_k=3.0), [math.tanh(3 * math.sqrt(2) * 0.6), math.tanh(3 * math.sqrt(2) * 0.8)]),
+    ],
+)
+def test_variants_match_hand_computation(path, options, direction):
+    result = one_step([3.0, 4.0], lr=0.1, **options, **path)
+    expected = 1 - 0.1 * torch.tensor(direction, dtype=torch.float64)
+    torch.testing.assert_close(result, expected, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_group_normalization_treats_group_as_one_vector(path):
+    # two tensors [3] and [4]: per tensor each normalizes to 1; as one vector to 0.6 and 0.8
+    a, b = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64)), torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    a.grad, b.grad = torch.tensor([3.0], dtype=torch.float64), torch.tensor([4.0], dtype=torch.float64)
+    AlphaGrad([a, b], lr=1.0, alpha=1.0, normalization="group", **path).step()
+    torch.testing.assert_close(torch.cat([a, b]).detach(), -torch.tensor([math.tanh(0.6), math.tanh(0.8)], dtype=torch.float64))
+
+
+def test_auto_alpha_group_uses_total_elements():
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(6))
+    a.grad, b.grad = torch.ones(3), torch.ones(6)
+    AlphaGrad([a, b], lr=1.0, alpha="auto", normalization="group").step()
+    # g_hat_i = 1/3 for all 9 elements; alpha = sqrt(9) = 3 -> g' = tanh(1)
+    torch.testing.assert_close(a.detach(), torch.full((3,), -math.tanh(1.0)))
+    assert auto_alpha(9664) == pytest.approx(98.3, abs=0.1)  # the paper's HalfCheetah alpha (Table 2)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_decoupled_weight_decay(path):
+    result = one_step([3.0, 4.0], lr=0.1, theta=[2.0, 2.0], alpha=1.0, weight_decay=0.5, **path)
+    expected = 2 * (1 - 0.1 * 0.5) - 0.1 * torch.tensor([math.tanh(0.6), math.tanh(0.8)], dtype=torch.float64)
+    torch.testing.assert_close(result, expected)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_momentum_forms_across_a_learning_rate_change(path):
+    """Paper eq. 5-6 keep each step's lr in the buffer; torch SGD's form rescales the history by today's lr."""
+    g_prime = torch.tensor([math.tanh(0.6), math.tanh(0.8)], dtype=torch.float64)
+    results = {}
+    for form in ("paper", "sgd"):
+        param = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+        opt = AlphaGrad([param], lr=0.1, alpha=1.0, momentum=0.9, momentum_form=form, **path)
+        for lr in (0.1, 0.01):
+            opt.param_groups[0]["lr"] = lr
+            param.grad = torch.tensor([3.0, 4.0], dtype=torch.float64)
+            opt.step()
+        results[form] = param.detach()
+    # paper: v1 = 0.1 g', v2 = 0.9 v1 + 0.01 g' = 0.1 g'  -> theta = 1 - 0.2 g'
+    torch.testing.assert_close(results["paper"], 1 - 0.2 * g_prime)
+    # sgd: b1 = g', b2 = 1.9 g' -> theta = 1 - 0.1 g' - 0.01 * 1.9 g'
+    torch.testing.assert_close(results["sgd"], 1 - 0.119 * g_prime)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_momentum_forms_agree_under_constant_lr(path):
+    params = {}
+    for form in ("paper", "sgd"):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(5, 3)
+        opt = AlphaGrad(model.parameters(), lr=0.05, alpha=3.0, momentum=0.9, momentum_form=form, **path)
+        for step in range(5):
+            torch.manual_seed(step)
+            opt.zero_grad()
+            model(torch.randn(8, 5)).pow(2).mean().backward()
+            opt.step()
+        params[form] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.testing.assert_close(params["paper"], params["sgd"], atol=1e-6, rtol=0)
+
+
+# ---- limits and invariances (section 2) ----
+
+def test_small_alpha_is_scaled_normalized_gradient_descent():
+    grad = torch.randn(50, dtype=torch.float64)
+    alpha, lr = 1e-4, 1.0
+    step = 1 - one_step(grad.tolist(), lr=lr, alpha=alpha)
+    torch.testing.assert_close(step / alpha, grad / grad.norm(), rtol=1e-6, atol=1e-12)
+
+
+def test_large_alpha_is_sign_descent():
+    grad = torch.randn(50, dtype=torch.float64)
+    step = 1 - one_step(grad.tolist(), lr=1.0, alpha=1e7)
+    torch.testing.assert_close(step, torch.sign(grad), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_update_components_bounded_before_lr(path):
+    torch.manual_seed(0)
+    grad = torch.randn(1000) * torch.logspace(-3, 3, 1000)
+    for alpha in (1.0, 30.0, 1e3):
+        step = 1 - one_step(grad.tolist(), lr=1.0, alpha=alpha, **path)
+        # strictly inside (-1, 1) in exact arithmetic; float32/64 tanh rounds to +-1 only past |x| ~ 9 / 19
+        assert step.abs().max() <= 1.0
+    step = 1 - one_step(grad.tolist(), lr=1.0, alpha=8.0, **path)
+    assert step.abs().max() < 1.0
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_loss_scale_invariance(path):
+    final = []
+    for scale in (1.0, 1000.0):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+        opt = AlphaGrad(model.parameters(), lr=0.01, alpha=5.0, **path)
+        data = torch.randn(32, 4)
+        for _ in range(5):
+            opt.zero_grad()
+            (scale * model(data).pow(2).mean()).backward()
+            opt.step()
+        final.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(final[0], final[1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_maximize_equals_minimizing_the_negative(path):
+    results = []
+    for maximize in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        opt = AlphaGrad(model.parameters(), lr=0.1, alpha=2.0, momentum=0.5, maximize=maximize, **path)
+        sign = -1.0 if maximize else 1.0
+        for _ in range(3):
+            opt.zero_grad()
+            (sign * model(torch.ones(4, 3)).pow(2).sum()).backward()
+            opt.step()
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(results[0], results[1])
+
+
+# ---- the two (three) paths agree ----
+
+def train(options, steps=6, seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 3))
+    opt = AlphaGrad(model.parameters(), lr=0.01, **options)
+    for step in range(steps):
+        torch.manual_seed(100 + step)
+        opt.zero_grad()
+        model(torch.randn(16, 6)).pow(2).mean().backward()
+        opt.step()
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(alpha=10.0),
+        dict(alpha="auto", momentum=0.9),
+        dict(alpha=10.0, momentum=0.9, momentum_form="sgd", weight_decay=0.1),
+        dict(alpha=10.0, normalization="group"),
+        dict(alpha=0.5, normalization="none"),
+        dict(alpha=10.0, transform="scaled_tanh", beta=0.7),
+        dict(alpha=10.0, transform="sin_tanh", kappa=1.5),
+        dict(alpha=10.0, transform="hybrid", hybrid_lambda=0.3),
+        dict(alpha=10.0, transform="linear"),
+    ],
+)
+def test_foreach_matches_single_tensor(options):
+    torch.testing.assert_close(train({**options, "foreach": True}), train({**options, "foreach": False}),
+                               atol=1e-6, rtol=0)
+
+
+def test_rational_tanh_is_within_tolerance_and_bounded():
+    x = torch.linspace(-40, 40, 2_000_001)
+    approx = rational_tanh(x)
+    assert (approx.double() - torch.tanh(x.double())).abs().max() < 5e-7
+    assert approx.abs().max() < 1.0
+
+
+@pytest.mark.parametrize("options", [dict(alpha=10.0, momentum=0.9, weight_decay=0.01), dict(alpha="auto", normalization="group")])
+def test_fused_matches_exact_formula(options):
+    fused, exact = train({**options, "fused": True}, steps=3), train({**options, "foreach": False}, steps=3)
+    # each update component within 1e-6 of tanh; lr = 0.01 and 3 steps (with momentum <= 3 * 2.71 lr)
+    assert (fused - exact).abs().max() < 1e-6
+
+
+# ---- state, diagnostics, non-finite gradients ----
+
+def test_state_dict_round_trip_restores_momentum_and_alpha():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 4)
+    opt = AlphaGrad(model.parameters(), lr=0.1, alpha=3.0, momentum=0.9)
+    batches = [torch.randn(8, 4) for _ in range(6)]
+    for x in batches[:3]:
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    opt.param_groups[0]["alpha"] = 7.0  # as a scheduler would
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+
+    clone = torch.nn.Linear(4, 4)
+    clone.load_state_dict(saved_model)
+    clone_opt = AlphaGrad(clone.parameters(), lr=0.1, alpha=3.0, momentum=0.9)
+    clone_opt.load_state_dict(saved_opt)
+    assert clone_opt.param_groups[0]["alpha"] == 7.0
+    for net, optimizer in ((model, opt), (clone, clone_opt)):
+        for x in batches[3:]:
+            optimizer.zero_grad()
+            net(x).pow(2).mean().backward()
+            optimizer.step()
+    for a, b in zip(model.parameters(), clone.parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_no_optimizer_state_without_momentum():
+    model = torch.nn.Linear(4, 4)
+    opt = AlphaGrad(model.parameters(), lr=0.1, alpha=3.0)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    assert all(len(s) == 0 for s in opt.state.values())
+
+
+def test_diagnostics_hand_computed_and_named():
+    param = torch.nn.Parameter(torch.zeros(2))
+    param.grad = torch.tensor([3.0, 4.0])
+    opt = AlphaGrad([("layer.weight", param)], lr=0.1, alpha=5.0)
+    stats = opt.diagnostics(tau=3.5)["layer.weight"]
+    # alpha * g_hat = [3, 4]: one of two above 3.5, mean 3.5
+    assert stats["saturation"] == 0.5
+    assert stats["mean_abs_preactivation"] == pytest.approx(3.5)
+    assert stats["update_norm"] == pytest.approx(0.1 * math.hypot(math.tanh(3.0), math.tanh(4.0)), rel=1e-6)
+    assert opt.diagnostics(tau=2.5)["layer.weight"]["saturation"] == 1.0
+
+
+@pytest.mark.parametrize("path", PATHS + [dict(fused=True)])
+def test_nonfinite_gradient_raises_naming_the_tensor(path):
+    good, bad = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    good.grad, bad.grad = torch.ones(2), torch.tensor([1.0, float("nan"), 1.0])
+    opt = AlphaGrad([("encoder.weight", good), ("head.bias", bad)], lr=0.1, alpha=2.0, **path)
+    with pytest.raises(ValueError, match=r"head\.bias \(shape \(3,\)\)"):
+        opt.step()
+    assert torch.equal(good.detach(), torch.ones(2)) and torch.equal(bad.detach(), torch.ones(3))
+
+
+def test_nonfinite_gradient_skip_counts_and_leaves_parameters():
+    param = torch.nn.Parameter(torch.ones(2))
+    opt = AlphaGrad([param], lr=0.1, alpha=2.0, momentum=0.9, nonfinite="skip")
+    param.grad = torch.tensor([float("inf"), 1.0])
+    opt.step()
+    assert torch.equal(param.detach(), torch.ones(2))
+    assert opt.param_groups[0]["skipped_steps"] == 1
+    assert opt.state_dict()["param_groups"][0]["skipped_steps"] == 1
+    param.grad = torch.tensor([1.0, 1.0])
+    opt.step()
+    assert torch.all(param.detach() < 1.0)
+
+
+# ---- validation ----
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(lr=-0.1), "lr: -0.1"),
+        (dict(alpha=0.0), "alpha"),
+        (dict(alpha=-3.0), "-3.0"),
+        (dict(alpha="big"), "'big'"),
+        (dict(eps=0.0), "eps: 0.0"),
+        (dict(momentum=1.0), "momentum: 1.0"),
+        (dict(momentum=-0.1), "momentum: -0.1"),
+        (dict(weight_decay=-1.0), "weight_decay: -1.0"),
+        (dict(transform="relu"), "transform: 'relu'"),
+        (dict(normalization="layer"), "normalization: 'layer'"),
+        (dict(momentum_form="nesterov"), "momentum_form"),
+        (dict(nonfinite="ignore"), "nonfinite"),
+        (dict(hybrid_lambda=1.5), "hybrid_lambda: 1.5"),
+        (dict(fused=True, transform="sin_tanh"), "fused=True supports"),
+        (dict(alpha=float("nan")), "nan"),
+    ],
+)
+def test_invalid_hyperparameters_raise(options, message):
+    with pytest.raises(ValueError, match="allowed|supports") as error:
+        AlphaGrad([torch.nn.Parameter(torch.zeros(1))], **options)
+    assert message in str(error.value)
+
+
+def test_param_group_settings_are_validated():
+    with pytest.raises(ValueError, match="alpha"):
+        AlphaGrad([{"params": [torch.nn.Parameter(torch.zeros(1))], "alpha": -1.0}], alpha=2.0)
+
+
+# ---- convergence ----
+
+@pytest.mark.parametrize("options", [dict(alpha=2.0), dict(alpha="auto", momentum=0.9), dict(alpha=2.0, foreach=False)])
+def test_converges_on_convex_quadratic(options):
+    torch.manual_seed(0)
+    eigenvalues = torch.logspace(-1, 1, 10)
+    x = torch.nn.Parameter(torch.randn(10) * 3)
+    opt = AlphaGrad([x], lr=0.05, **options)
+    # normalized steps keep their length near the optimum: the lr must decay (total path ~25)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.998)
+    start = 0.5 * (eigenvalues * x.detach() ** 2).sum().item()
+    for _ in range(3000):
+        opt.zero_grad()
+        loss = 0.5 * (eigenvalues * x**2).sum()
+        loss.backward()
+        opt.step()
+        scheduler.step()
+    assert loss.item() < 1e-4 * start
+
+
+def test_fits_a_small_regression_problem():
+    torch.manual_seed(0)
+    inputs = torch.randn(256, 5)
+    targets = torch.sin(inputs[:, :1]) + 0.5 * inputs[:, 1:2] ** 2
+    model = torch.nn.Sequential(torch.nn.Linear(5, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    opt = AlphaGrad(model.parameters(), lr=3e-3, alpha="auto", momentum=0.9)
+    baseline = torch.nn.functional.mse_loss(targets.mean().expand_as(targets), targets).item()
+    for _ in range(600):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(inputs), targets)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 * baseline
