@@ -43,39 +43,48 @@ def _alphagrad_update(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     momentum_buffers: list[torch.Tensor],
-    norms: list[torch.Tensor],
-    alphas: list[torch.Tensor],
+    alphas: torch.Tensor,
     lr: torch.Tensor,
     eps: float,
     momentum: float,
     paper_momentum: bool,
     weight_decay: float,
     maximize: bool,
-) -> None:
+    group_norm: bool,
+) -> torch.Tensor:
+    """Update one param group in place; returns whether every gradient norm was finite.
+
+    When one is not, every update of the group is masked to zero (parameters and buffers unchanged).
+    """
+    norms = torch._foreach_norm(grads)
+    finite = torch.stack(norms).isfinite().all()
+    if group_norm:
+        norms = [torch.linalg.vector_norm(torch.stack(norms))] * len(grads)
+    step_lr = torch.where(finite, lr, 0.0)
     for i, (param, grad) in enumerate(zip(params, grads)):
         direction = rational_tanh(grad * (alphas[i] / (norms[i] + eps)))  # eq. 2-3
-        if maximize:
-            direction = -direction
+        direction = torch.where(finite, -direction if maximize else direction, 0.0)
         if weight_decay != 0.0:
-            param.mul_(1.0 - lr * weight_decay)
+            param.mul_(1.0 - step_lr * weight_decay)
         if momentum == 0.0:
-            param.sub_(lr * direction)  # eq. 4
+            param.sub_(step_lr * direction)  # eq. 4
         elif paper_momentum:
             buf = momentum_buffers[i]
-            buf.mul_(momentum).add_(lr * direction)  # eq. 5
-            param.sub_(buf)  # eq. 6
+            buf.copy_(torch.where(finite, buf * momentum + step_lr * direction, buf))  # eq. 5
+            param.sub_(buf * finite)  # eq. 6
         else:
             buf = momentum_buffers[i]
-            buf.mul_(momentum).add_(direction)
-            param.sub_(lr * buf)
+            buf.copy_(torch.where(finite, buf * momentum + direction, buf))
+            param.sub_(step_lr * buf)
+    return finite
 
 
 _compiled_update = None
 
 
-def fused_alphagrad_update(*args, **kwargs) -> None:
+def fused_alphagrad_update(*args, **kwargs) -> torch.Tensor:
     """Compile `_alphagrad_update` on first use (a few seconds; needs a C++ compiler on CPU, Triton on GPU)."""
     global _compiled_update
     if _compiled_update is None:
         _compiled_update = torch.compile(_alphagrad_update, dynamic=False, fullgraph=True)
-    _compiled_update(*args, **kwargs)
+    return _compiled_update(*args, **kwargs)

@@ -92,7 +92,8 @@ class AlphaGrad(Optimizer):
             single-tensor path).
         fused: one compiled pass per group (torch.compile; "tanh" transform with "tensor" or
             "group" normalization only). tanh is evaluated by a rational approximation within
-            4.4e-7 of it. The first step compiles for a few seconds.
+            4.4e-7 of it. The first step compiles for a few seconds. The non-finite check is made
+            per param group inside the kernel (a group with a NaN/inf gradient is left unchanged).
     """
 
     def __init__(
@@ -122,7 +123,7 @@ class AlphaGrad(Optimizer):
             beta=beta, kappa=kappa, hybrid_lambda=hybrid_lambda, nonfinite=nonfinite,
             maximize=maximize, foreach=foreach, fused=fused, skipped_steps=0,
         )
-        self._fused_scalars: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self._fused_cache: dict[int, dict[str, Any]] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -131,7 +132,7 @@ class AlphaGrad(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._fused_scalars = {}
+        self._fused_cache = {}
         for group in self.param_groups:
             group.setdefault("skipped_steps", 0)
 
@@ -144,30 +145,49 @@ class AlphaGrad(Optimizer):
                 loss = closure()
 
         work = [(i, group, *self._gather(group)) for i, group in enumerate(self.param_groups)]
-        norms_per_group = [_norms(grads, group["normalization"]) for _, group, _, grads in work]
+        eager = [item for item in work if item[2] and not item[1]["fused"]]
+        norms_per_group = [_norms(grads, group["normalization"]) for _, group, _, grads in eager]
         all_norms = [n for norms in norms_per_group for n in norms]
         if all_norms and not bool(torch.stack(all_norms).isfinite().all()):
-            self._handle_nonfinite(work)
+            self._handle_nonfinite(eager, skipped=self.param_groups)
             return loss
-
-        for (index, group, params, grads), norms in zip(work, norms_per_group):
-            if not params:
-                continue
+        for (_, group, params, grads), norms in zip(eager, norms_per_group):
             buffers = self._momentum_buffers(group, params)
             alphas = _alphas(group, params)
-            if group["fused"]:
-                lr, alpha_tensors = self._fused_scalar_tensors(index, group, alphas, params[0].device)
-                if group["normalization"] == "group":  # the compiled kernel's guards reject aliased inputs
-                    norms = [norm.clone() for norm in norms]
-                fused_alphagrad_update(
-                    params, grads, buffers, norms, alpha_tensors, lr, group["eps"], group["momentum"],
-                    group["momentum_form"] == "paper", group["weight_decay"], group["maximize"],
-                )
-            elif group["foreach"] is False:
+            if group["foreach"] is False:
                 _single_tensor_alphagrad(params, grads, buffers, norms, alphas, group)
             else:
                 _multi_tensor_alphagrad(params, grads, buffers, norms, alphas, group)
+
+        fused = [item for item in work if item[2] and item[1]["fused"]]
+        not_applied = [item for item, finite in [(item, self._fused_step(*item)) for item in fused] if not bool(finite)]
+        if not_applied:
+            self._handle_nonfinite(not_applied, skipped=[group for _, group, _, _ in not_applied])
         return loss
+
+    def _fused_step(self, index, group, params, grads) -> torch.Tensor:
+        lr, alphas = self._fused_scalars(index, group, params)
+        return fused_alphagrad_update(
+            params, grads, self._momentum_buffers(group, params), alphas, lr, group["eps"], group["momentum"],
+            group["momentum_form"] == "paper", group["weight_decay"], group["maximize"],
+            group["normalization"] == "group",
+        )
+
+    def _fused_scalars(self, index, group, params) -> tuple[torch.Tensor, torch.Tensor]:
+        """lr and per-tensor alphas as tensors, so schedules change them without recompiling the kernel.
+
+        Cached per group and refilled only when a value changes.
+        """
+        alphas = tuple(_alphas(group, params))
+        cached = self._fused_cache.get(index)
+        if cached is None or cached["alpha_values"] != alphas or cached["alphas"].device != params[0].device:
+            cached = {"alpha_values": alphas, "alphas": torch.tensor(alphas, device=params[0].device),
+                      "lr_value": None, "lr": torch.zeros((), device=params[0].device)}
+            self._fused_cache[index] = cached
+        if cached["lr_value"] != group["lr"]:
+            cached["lr"].fill_(group["lr"])
+            cached["lr_value"] = group["lr"]
+        return cached["lr"], cached["alphas"]
 
     @torch.no_grad()
     def diagnostics(self, tau: float = 2.5) -> dict[str, dict[str, float]]:
@@ -212,19 +232,8 @@ class AlphaGrad(Optimizer):
             buffers.append(state["momentum_buffer"])
         return buffers
 
-    def _fused_scalar_tensors(self, index, group, alphas, device):
-        """0-dim tensors for lr and alpha, so schedules change values without recompiling the kernel."""
-        cached = self._fused_scalars.get(index)
-        if cached is None or len(cached[1]) != len(alphas) or cached[0].device != device:
-            cached = (torch.zeros((), device=device), [torch.zeros((), device=device) for _ in alphas])
-            self._fused_scalars[index] = cached
-        lr, alpha_tensors = cached
-        lr.fill_(group["lr"])
-        for tensor, alpha in zip(alpha_tensors, alphas):
-            tensor.fill_(alpha)
-        return cached
-
-    def _handle_nonfinite(self, work) -> None:
+    def _handle_nonfinite(self, work, skipped) -> None:
+        """Raise naming the tensors, or count the skipped step in each group that was not updated."""
         bad = [
             f"{name} (shape {tuple(param.shape)})"
             for index, group, params, _ in work
@@ -234,10 +243,10 @@ class AlphaGrad(Optimizer):
         if any(group["nonfinite"] == "raise" for _, group, _, _ in work):
             where = ", ".join(bad) if bad else "a gradient norm (finite values overflowed to inf)"
             raise ValueError(
-                f"AlphaGrad: non-finite gradient (NaN or inf) in {where}; no parameter was updated. "
-                "Pass nonfinite='skip' to skip such steps instead."
+                f"AlphaGrad: non-finite gradient (NaN or inf) in {where}; the step was not applied "
+                "(with fused=True, to that tensor's param group). Pass nonfinite='skip' to skip such steps instead."
             )
-        for group in self.param_groups:
+        for group in skipped:
             group["skipped_steps"] += 1
 
 
