@@ -1,0 +1,185 @@
+"""DQN (Mnih et al., 2015) for discrete-action gymnasium environments, in CleanRL's single-file style.
+
+Defaults are CleanRL's dqn.py (CartPole-v1). The optimizer comes from the shared factory:
+    python agents/dqn.py --optim.name alphagrad --optim.alpha 93
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from alphagrad import OptimizerSpec, make_alpha_scheduler, make_optimizer
+from alphagrad.buffers import ReplayBuffer
+from alphagrad.envs import finished_episodes, make_vector_env, true_next_obs
+from alphagrad.experiment import CommonArgs, check_common_args, cli, select_device, start_run, step_optimizer
+
+
+@dataclass
+class Args(CommonArgs):
+    env_id: str = "CartPole-v1"
+    """the id of the environment"""
+    total_timesteps: int = 500_000
+    """total timesteps of the experiment"""
+    optim: OptimizerSpec = field(default_factory=lambda: OptimizerSpec(name="adam", lr=2.5e-4))
+    """the Q-network's optimizer (--optim.name, --optim.lr, --optim.alpha, ...)"""
+    num_envs: int = 1
+    """the number of parallel game environments"""
+    buffer_size: int = 10_000
+    """the replay memory buffer size"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 1.0
+    """the target network update rate (1.0: hard copy)"""
+    target_network_frequency: int = 500
+    """the timesteps it takes to update the target network"""
+    batch_size: int = 128
+    """the batch size of samples from the replay memory"""
+    start_e: float = 1.0
+    """the starting epsilon for exploration"""
+    end_e: float = 0.05
+    """the ending epsilon for exploration"""
+    exploration_fraction: float = 0.5
+    """the fraction of total-timesteps it takes from start-e to go end-e"""
+    learning_starts: int = 10_000
+    """timestep to start learning"""
+    train_frequency: int = 10
+    """the frequency of training"""
+
+
+def check_args(args: Args) -> None:
+    check_common_args(args, args.env_id, args.total_timesteps)
+    for name in ("num_envs", "buffer_size", "target_network_frequency", "batch_size", "train_frequency"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"invalid {name}: {getattr(args, name)} (allowed: > 0)")
+    if not (0.0 < args.tau <= 1.0 and 0.0 <= args.gamma <= 1.0 and 0.0 < args.exploration_fraction <= 1.0):
+        raise ValueError("tau must be in (0, 1], gamma in [0, 1], exploration_fraction in (0, 1]")
+
+
+def make_env(env_id: str, seed: int, idx: int):
+    def thunk():
+        env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env.action_space.seed(seed + idx)
+        return env
+
+    return thunk
+
+
+class QNetwork(nn.Module):
+    def __init__(self, envs: gym.vector.VectorEnv):
+        super().__init__()
+        self.network = nn.Sequential(
+            nn.Linear(int(np.prod(envs.single_observation_space.shape)), 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, envs.single_action_space.n),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+
+def linear_schedule(start_e: float, end_e: float, duration: float, t: int) -> float:
+    slope = (end_e - start_e) / duration
+    return max(slope * t + start_e, end_e)
+
+
+def evaluate(q_network: QNetwork, args: Args, device: torch.device, episodes: int, epsilon: float = 0.05) -> list[float]:
+    """Returns of `episodes` epsilon-greedy episodes (CleanRL's dqn_eval uses epsilon 0.05)."""
+    envs = make_vector_env([make_env(args.env_id, args.seed + 10_000, 0)], gym.spaces.Discrete, "DQN")
+    rng = np.random.default_rng(args.seed + 10_000)
+    obs, _ = envs.reset(seed=args.seed + 10_000)
+    returns = []
+    while len(returns) < episodes:
+        if rng.random() < epsilon:
+            actions = np.array([envs.single_action_space.sample()])
+        else:
+            with torch.no_grad():
+                actions = torch.argmax(q_network(torch.as_tensor(obs, device=device)), dim=1).cpu().numpy()
+        obs, _, _, _, infos = envs.step(actions)
+        returns += [r for r, _ in finished_episodes(infos)]
+    envs.close()
+    return returns[:episodes]
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    envs = make_vector_env([make_env(args.env_id, args.seed + i, i) for i in range(args.num_envs)],
+                           gym.spaces.Discrete, "DQN")
+    record = start_run(args, "dqn", args.env_id, args.optim.name, args.total_timesteps)
+    device = select_device(args.cuda)
+    with record:
+        q_network = QNetwork(envs).to(device)
+        optimizer = make_optimizer(q_network.named_parameters(), args.optim)
+        alpha_scheduler = make_alpha_scheduler(optimizer, args.optim)
+        target_network = QNetwork(envs).to(device)
+        target_network.load_state_dict(q_network.state_dict())
+        rb = ReplayBuffer(args.buffer_size, envs.single_observation_space.shape, (), np.int64, device)
+        rng = np.random.default_rng(args.seed)
+        updates = 0
+
+        obs, _ = envs.reset(seed=args.seed)
+        for global_step in range(args.total_timesteps):
+            epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps,
+                                      global_step)
+            if rng.random() < epsilon:
+                actions = np.array([envs.single_action_space.sample() for _ in range(envs.num_envs)])
+            else:
+                with torch.no_grad():
+                    actions = torch.argmax(q_network(torch.as_tensor(obs, device=device)), dim=1).cpu().numpy()
+
+            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+            for episodic_return, episodic_length in finished_episodes(infos):
+                record.log_episode(global_step, episodic_return, episodic_length)
+
+            # the true last observation of finished episodes, never the next episode's first
+            rb.add(obs, true_next_obs(next_obs, terminations, truncations, infos), actions, rewards, terminations)
+            obs = next_obs
+
+            if global_step > args.learning_starts:
+                if global_step % args.train_frequency == 0:
+                    data = rb.sample(args.batch_size, rng)
+                    with torch.no_grad():
+                        target_max, _ = target_network(data.next_observations).max(dim=1)
+                        td_target = data.rewards.flatten() + args.gamma * target_max * (1 - data.terminations.flatten())
+                    old_val = q_network(data.observations).gather(1, data.actions.view(-1, 1)).squeeze(1)
+                    loss = F.mse_loss(td_target, old_val)
+
+                    optimizer.zero_grad()
+                    loss.backward()
+                    updates += 1
+                    diagnose = args.diagnostics_interval > 0 and updates % args.diagnostics_interval == 0
+                    diagnostics = step_optimizer(optimizer, "q", diagnose)
+                    if alpha_scheduler is not None:
+                        alpha_scheduler.step()
+                    if global_step % 100 == 0:
+                        record.log(global_step, {"losses/td_loss": loss.item(), "losses/q_values": old_val.mean().item(),
+                                                 "charts/SPS": record.sps(global_step), "charts/epsilon": epsilon,
+                                                 **diagnostics})
+                    elif diagnostics:
+                        record.log(global_step, diagnostics)
+
+                if global_step % args.target_network_frequency == 0:
+                    for target_param, q_param in zip(target_network.parameters(), q_network.parameters()):
+                        target_param.data.copy_(args.tau * q_param.data + (1.0 - args.tau) * target_param.data)
+        record.global_step = args.total_timesteps
+
+        if args.save_model:
+            model_path = record.run_dir / "dqn.pt"
+            torch.save({"q_network": q_network.state_dict()}, model_path)
+            returns = evaluate(q_network, args, device, args.eval_episodes)
+            record.evaluation = {"model": model_path.name, "episodes": len(returns),
+                                 "mean_return": float(np.mean(returns)) if returns else None, "returns": returns}
+    envs.close()
+    return record.summary
+
+
+if __name__ == "__main__":
+    cli(main, Args)

@@ -1,0 +1,241 @@
+"""TD3 (Fujimoto et al., 2018) for continuous actions, in CleanRL's single-file style (td3_continuous_action.py).
+
+Defaults are CleanRL's, on Hopper-v4 (the AlphaGrad paper's; any MuJoCo id works). The actor's and the
+critics' optimizers each come from the shared factory and can differ:
+    python agents/td3_continuous_action.py --actor-optim.name alphagrad --actor-optim.alpha 150 \\
+        --critic-optim.name alphagrad --critic-optim.alpha 150
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from alphagrad import OptimizerSpec, make_alpha_scheduler, make_optimizer
+from alphagrad.buffers import ReplayBuffer
+from alphagrad.envs import finished_episodes, make_vector_env, true_next_obs
+from alphagrad.experiment import CommonArgs, check_common_args, cli, select_device, start_run, step_optimizer
+
+
+@dataclass
+class Args(CommonArgs):
+    env_id: str = "Hopper-v4"
+    """the id of the environment"""
+    total_timesteps: int = 1_000_000
+    """total timesteps of the experiments"""
+    actor_optim: OptimizerSpec = field(default_factory=lambda: OptimizerSpec(name="adam", lr=3e-4))
+    """the actor's optimizer (--actor-optim.name, --actor-optim.lr, --actor-optim.alpha, ...)"""
+    critic_optim: OptimizerSpec = field(default_factory=lambda: OptimizerSpec(name="adam", lr=3e-4))
+    """the twin critics' optimizer (--critic-optim.name, ...)"""
+    num_envs: int = 1
+    """the number of parallel game environments"""
+    buffer_size: int = 1_000_000
+    """the replay memory buffer size"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 0.005
+    """target smoothing coefficient"""
+    batch_size: int = 256
+    """the batch size of sample from the replay memory"""
+    policy_noise: float = 0.2
+    """the scale of policy noise (times the action scale)"""
+    exploration_noise: float = 0.1
+    """the scale of exploration noise (times the action scale)"""
+    learning_starts: int = 25_000
+    """timestep to start learning"""
+    policy_frequency: int = 2
+    """the frequency of training policy (delayed)"""
+    noise_clip: float = 0.5
+    """noise clip parameter of the Target Policy Smoothing Regularization (times the action scale)"""
+
+
+def check_args(args: Args) -> None:
+    check_common_args(args, args.env_id, args.total_timesteps)
+    for name in ("num_envs", "buffer_size", "batch_size", "policy_frequency"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"invalid {name}: {getattr(args, name)} (allowed: > 0)")
+    if not (0.0 < args.tau <= 1.0 and 0.0 <= args.gamma <= 1.0):
+        raise ValueError(f"tau must be in (0, 1] and gamma in [0, 1] (got tau={args.tau}, gamma={args.gamma})")
+    if min(args.policy_noise, args.exploration_noise, args.noise_clip) < 0:
+        raise ValueError("policy_noise, exploration_noise and noise_clip must be >= 0")
+
+
+def make_env(env_id: str, seed: int, idx: int):
+    def thunk():
+        env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env.action_space.seed(seed + idx)
+        return env
+
+    return thunk
+
+
+class QNetwork(nn.Module):
+    def __init__(self, env: gym.vector.VectorEnv):
+        super().__init__()
+        obs_dim = int(np.array(env.single_observation_space.shape).prod())
+        action_dim = int(np.prod(env.single_action_space.shape))
+        self.fc1 = nn.Linear(obs_dim + action_dim, 256)
+        self.fc2 = nn.Linear(256, 256)
+        self.fc3 = nn.Linear(256, 1)
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x, a], 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class Actor(nn.Module):
+    def __init__(self, env: gym.vector.VectorEnv):
+        super().__init__()
+        obs_dim = int(np.array(env.single_observation_space.shape).prod())
+        action_dim = int(np.prod(env.single_action_space.shape))
+        self.fc1 = nn.Linear(obs_dim, 256)
+        self.fc2 = nn.Linear(256, 256)
+        self.fc_mu = nn.Linear(256, action_dim)
+        # action rescaling
+        high, low = env.single_action_space.high, env.single_action_space.low
+        self.register_buffer("action_scale", torch.tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        x = torch.tanh(self.fc_mu(x))
+        return x * self.action_scale + self.action_bias
+
+
+def evaluate(actor: Actor, args: Args, device: torch.device, episodes: int) -> list[float]:
+    """Returns of `episodes` episodes with the deterministic policy (no exploration noise)."""
+    envs = make_vector_env([make_env(args.env_id, args.seed + 10_000, 0)], gym.spaces.Box, "TD3")
+    obs, _ = envs.reset(seed=args.seed + 10_000)
+    returns = []
+    while len(returns) < episodes:
+        with torch.no_grad():
+            actions = actor(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        obs, _, _, _, infos = envs.step(actions)
+        returns += [r for r, _ in finished_episodes(infos)]
+    envs.close()
+    return returns[:episodes]
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    envs = make_vector_env([make_env(args.env_id, args.seed + i, i) for i in range(args.num_envs)],
+                           gym.spaces.Box, "TD3")
+    optimizer_name = (args.actor_optim.name if args.actor_optim.name == args.critic_optim.name
+                      else f"{args.actor_optim.name}+{args.critic_optim.name}")
+    record = start_run(args, "td3_continuous_action", args.env_id, optimizer_name, args.total_timesteps)
+    device = select_device(args.cuda)
+    with record:
+        actor = Actor(envs).to(device)
+        qf1 = QNetwork(envs).to(device)
+        qf2 = QNetwork(envs).to(device)
+        qf1_target = QNetwork(envs).to(device)
+        qf2_target = QNetwork(envs).to(device)
+        target_actor = Actor(envs).to(device)
+        target_actor.load_state_dict(actor.state_dict())
+        qf1_target.load_state_dict(qf1.state_dict())
+        qf2_target.load_state_dict(qf2.state_dict())
+        q_optimizer = make_optimizer([(f"qf1.{n}", p) for n, p in qf1.named_parameters()]
+                                     + [(f"qf2.{n}", p) for n, p in qf2.named_parameters()], args.critic_optim)
+        actor_optimizer = make_optimizer(actor.named_parameters(), args.actor_optim)
+        alpha_schedulers = [s for s in (make_alpha_scheduler(q_optimizer, args.critic_optim),
+                                        make_alpha_scheduler(actor_optimizer, args.actor_optim)) if s is not None]
+
+        action_low = torch.as_tensor(envs.single_action_space.low, device=device)
+        action_high = torch.as_tensor(envs.single_action_space.high, device=device)
+        rb = ReplayBuffer(args.buffer_size, envs.single_observation_space.shape, envs.single_action_space.shape,
+                          np.float32, device)
+        rng = np.random.default_rng(args.seed)
+        critic_updates = actor_updates = 0
+
+        obs, _ = envs.reset(seed=args.seed)
+        for global_step in range(args.total_timesteps):
+            if global_step < args.learning_starts:
+                actions = np.array([envs.single_action_space.sample() for _ in range(envs.num_envs)])
+            else:
+                with torch.no_grad():
+                    actions = actor(torch.as_tensor(obs, dtype=torch.float32, device=device))
+                    actions += torch.normal(0, actor.action_scale * args.exploration_noise)
+                    actions = actions.cpu().numpy().clip(envs.single_action_space.low, envs.single_action_space.high)
+
+            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+            for episodic_return, episodic_length in finished_episodes(infos):
+                record.log_episode(global_step, episodic_return, episodic_length)
+
+            # the true last observation of finished episodes, never the next episode's first
+            rb.add(obs, true_next_obs(next_obs, terminations, truncations, infos), actions, rewards, terminations)
+            obs = next_obs
+
+            if global_step > args.learning_starts:
+                data = rb.sample(args.batch_size, rng)
+                with torch.no_grad():
+                    clipped_noise = (torch.randn_like(data.actions) * args.policy_noise).clamp(
+                        -args.noise_clip, args.noise_clip) * target_actor.action_scale
+                    next_state_actions = (target_actor(data.next_observations) + clipped_noise).clamp(
+                        action_low, action_high)
+                    qf1_next_target = qf1_target(data.next_observations, next_state_actions)
+                    qf2_next_target = qf2_target(data.next_observations, next_state_actions)
+                    min_qf_next_target = torch.min(qf1_next_target, qf2_next_target)
+                    next_q_value = data.rewards.flatten() + (1 - data.terminations.flatten()) * args.gamma * (
+                        min_qf_next_target).view(-1)
+
+                qf1_a_values = qf1(data.observations, data.actions).view(-1)
+                qf2_a_values = qf2(data.observations, data.actions).view(-1)
+                qf1_loss = F.mse_loss(qf1_a_values, next_q_value)
+                qf2_loss = F.mse_loss(qf2_a_values, next_q_value)
+                qf_loss = qf1_loss + qf2_loss
+
+                # optimize the model
+                q_optimizer.zero_grad()
+                qf_loss.backward()
+                critic_updates += 1
+                diagnostics = step_optimizer(q_optimizer, "critic", args.diagnostics_interval > 0
+                                             and critic_updates % args.diagnostics_interval == 0)
+
+                if global_step % args.policy_frequency == 0:
+                    actor_loss = -qf1(data.observations, actor(data.observations)).mean()
+                    actor_optimizer.zero_grad()
+                    actor_loss.backward()
+                    actor_updates += 1
+                    diagnostics.update(step_optimizer(actor_optimizer, "actor", args.diagnostics_interval > 0
+                                                      and actor_updates % args.diagnostics_interval == 0))
+
+                    # update the target network
+                    with torch.no_grad():
+                        for net, target in ((actor, target_actor), (qf1, qf1_target), (qf2, qf2_target)):
+                            for param, target_param in zip(net.parameters(), target.parameters()):
+                                target_param.data.copy_(args.tau * param.data + (1 - args.tau) * target_param.data)
+                for scheduler in alpha_schedulers:
+                    scheduler.step()
+
+                if global_step % 100 == 0:
+                    record.log(global_step, {
+                        "losses/qf1_values": qf1_a_values.mean().item(), "losses/qf2_values": qf2_a_values.mean().item(),
+                        "losses/qf1_loss": qf1_loss.item(), "losses/qf2_loss": qf2_loss.item(),
+                        "losses/qf_loss": qf_loss.item() / 2.0, "losses/actor_loss": actor_loss.item(),
+                        "charts/SPS": record.sps(global_step), **diagnostics,
+                    })
+                elif diagnostics:
+                    record.log(global_step, diagnostics)
+        record.global_step = args.total_timesteps
+
+        if args.save_model:
+            model_path = record.run_dir / "td3_continuous_action.pt"
+            torch.save({"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict()}, model_path)
+            returns = evaluate(actor, args, device, args.eval_episodes)
+            record.evaluation = {"model": model_path.name, "episodes": len(returns),
+                                 "mean_return": float(np.mean(returns)) if returns else None, "returns": returns}
+    envs.close()
+    return record.summary
+
+
+if __name__ == "__main__":
+    cli(main, Args)

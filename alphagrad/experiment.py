@@ -1,0 +1,117 @@
+"""Command-line options and set-up every agent shares: seeding, device, run record, optimizer diagnostics."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+from torch.optim import Optimizer
+
+from .agr import AGR
+from .alphagrad import AlphaGrad
+from .envs import check_env_id
+from .runs import RunRecord
+
+
+@dataclass
+class CommonArgs:
+    """Options of every agent (CleanRL's names)."""
+
+    exp_name: str = "run"
+    """name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """set torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA when it is available (CPU otherwise)"""
+    track: bool = False
+    """log to Weights & Biases (works offline with WANDB_MODE=offline)"""
+    wandb_project_name: str = "alphagrad-rl"
+    """W&B project"""
+    wandb_entity: str | None = None
+    """W&B entity (team)"""
+    wandb_group: str | None = None
+    """W&B group (sweeps set one per sweep)"""
+    wandb_tags: tuple[str, ...] = ()
+    """W&B tags"""
+    results_dir: str = "results/runs"
+    """the run record goes to <results_dir>/<run_name>/"""
+    run_name: str | None = None
+    """run folder name; default <env_id>__<exp_name>__<optimizer>__<seed>__<unix time>"""
+    quiet: bool = False
+    """no progress line on the terminal"""
+    save_model: bool = False
+    """save the networks (and PPO's normalization statistics) and evaluate them"""
+    eval_episodes: int = 10
+    """episodes of the evaluation after --save-model"""
+    diagnostics_interval: int = 100
+    """log the optimizer's diagnostics (update norms, AlphaGrad saturation) every N optimizer steps; 0: never"""
+
+
+def check_common_args(args: CommonArgs, env_id: str, total_timesteps: int) -> None:
+    """Reject bad input with a clear message before anything is built."""
+    check_env_id(env_id)
+    if total_timesteps <= 0:
+        raise ValueError(f"invalid total_timesteps: {total_timesteps} (allowed: > 0)")
+    if args.eval_episodes < 0 or args.diagnostics_interval < 0:
+        raise ValueError("eval_episodes and diagnostics_interval must be >= 0")
+
+
+def seed_everything(seed: int, torch_deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+
+
+def select_device(cuda: bool) -> torch.device:
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+
+
+def start_run(args: CommonArgs, algorithm: str, env_id: str, optimizer_name: str, total_timesteps: int) -> RunRecord:
+    """Seed, name the run and open its record."""
+    seed_everything(args.seed, args.torch_deterministic)
+    run_name = args.run_name or f"{env_id}__{args.exp_name}__{optimizer_name}__{args.seed}__{int(time.time())}"
+    return RunRecord(
+        run_dir=Path(args.results_dir) / run_name, algorithm=algorithm, config=dataclasses.asdict(args),
+        total_timesteps=total_timesteps, track=args.track, wandb_project=args.wandb_project_name,
+        wandb_entity=args.wandb_entity, wandb_group=args.wandb_group, wandb_tags=args.wandb_tags, quiet=args.quiet,
+    )
+
+
+def step_optimizer(optimizer: Optimizer, prefix: str, diagnose: bool) -> dict[str, float]:
+    """optimizer.step(); when `diagnose`, also return per-tensor update norms and AlphaGrad's saturation."""
+    if not diagnose:
+        optimizer.step()
+        return {}
+    stats = {}
+    inner = optimizer.optimizer if isinstance(optimizer, AGR) else optimizer
+    if isinstance(inner, AlphaGrad):
+        for name, values in inner.diagnostics().items():
+            stats[f"optimizer/{prefix}/saturation/{name}"] = values["saturation"]
+    named = [(name, p) for i, group in enumerate(optimizer.param_groups)
+             for name, p in zip(group.get("param_names") or [f"group{i}.param{j}" for j in range(len(group["params"]))],
+                                group["params"])]
+    before = [p.detach().clone() for _, p in named]
+    optimizer.step()
+    for (name, p), old in zip(named, before):
+        stats[f"optimizer/{prefix}/update_norm/{name}"] = (p.detach() - old).norm().item()
+    return stats
+
+
+def cli(main: Callable, args_type: type) -> None:
+    """Parse `args_type` from the command line and run `main`; bad input exits with a one-line error."""
+    args = tyro.cli(args_type)
+    try:
+        main(args)
+    except ValueError as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,195 @@
+"""The run record: the one contract between agents, sweeps and analysis.
+
+Layout of `<results_dir>/<run_name>/` (schema version `SCHEMA_VERSION`):
+- `config.json`: {"schema_version", "algorithm", "run_name", "config": the agent's full Args}.
+- `metrics.jsonl`: one JSON object per line, {"step": env steps, "time": seconds since start,
+  "<metric>": value, ...}, CleanRL's names (charts/episodic_return, losses/..., optimizer/...).
+- `summary.json`: written last and atomically: status ("running", "finished", "crashed",
+  "interrupted"), global_step, total_timesteps, episodes, final_return (mean of the last
+  `final_window` episodic returns), best_return, wall_clock_s, sps, evaluation (if any), error.
+- `events.out.tfevents.*`: the same scalars for TensorBoard; W&B mirrors them with `--track`.
+Sweeps skip runs whose summary says "finished"; analysis reads config, metrics and summary only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "finished", "crashed", "interrupted")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=_jsonable)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: getattr(value, k) for k in value.__dataclass_fields__}
+    return str(value)
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """Load a run record: {"config": ..., "summary": ... or None, "metrics": [rows]}."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    if config.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{run_dir}: run record schema {config.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    metrics = []
+    metrics_path = run_dir / "metrics.jsonl"
+    if metrics_path.exists():
+        for line in metrics_path.read_text().splitlines():
+            try:
+                metrics.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill: the rest is intact
+                continue
+    return {"config": config, "summary": summary, "metrics": metrics}
+
+
+class RunRecord:
+    """Writes one run's record, TensorBoard events, optional W&B, and a progress line.
+
+    Use as a context manager around training: an exception marks the run "crashed" (with its
+    traceback) or "interrupted" (KeyboardInterrupt) before propagating.
+    """
+
+    def __init__(self, *, run_dir: str | Path, algorithm: str, config: dict[str, Any], total_timesteps: int,
+                 track: bool = False, wandb_project: str = "alphagrad-rl", wandb_entity: str | None = None,
+                 wandb_group: str | None = None, wandb_tags: tuple[str, ...] = (), final_window: int = 100,
+                 quiet: bool = False, progress_interval_s: float = 10.0) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        self.run_name = self.run_dir.name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.total_timesteps = total_timesteps
+        self.quiet = quiet
+        self.progress_interval_s = progress_interval_s
+        self.start = time.time()
+        self._last_progress = self.start
+        self.global_step = 0
+        self.episode_returns: list[float] = []
+        self.recent_returns: deque[float] = deque(maxlen=final_window)
+        self.evaluation: dict[str, Any] | None = None
+        self.summary: dict[str, Any] | None = None
+        write_json_atomic(self.run_dir / "config.json", {"schema_version": SCHEMA_VERSION, "algorithm": algorithm,
+                                                         "run_name": self.run_name, "config": config})
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a")
+        self.writer = SummaryWriter(str(self.run_dir))
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+            f"|{key}|{value}|" for key, value in _flatten(config).items()))
+        self.wandb_run = None
+        if track:
+            import wandb
+
+            self.wandb_run = wandb.init(project=wandb_project, entity=wandb_entity, group=wandb_group,
+                                        tags=list(wandb_tags), name=self.run_name, config=config,
+                                        dir=str(self.run_dir), sync_tensorboard=True, reinit="finish_previous")
+        self._write_summary("running")
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        """Record scalars at env step `step` (metrics.jsonl and TensorBoard)."""
+        self.global_step = step
+        row = {"step": int(step), "time": round(time.time() - self.start, 3)}
+        for name, value in scalars.items():
+            value = float(value)
+            row[name] = value if math.isfinite(value) else str(value)
+            self.writer.add_scalar(name, value, step)
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+
+    def log_episode(self, step: int, episodic_return: float, episodic_length: int) -> None:
+        self.episode_returns.append(float(episodic_return))
+        self.recent_returns.append(float(episodic_return))
+        self.log(step, {"charts/episodic_return": episodic_return, "charts/episodic_length": episodic_length})
+        self.progress(step)
+
+    def sps(self, step: int | None = None) -> float:
+        elapsed = time.time() - self.start
+        return (self.global_step if step is None else step) / elapsed if elapsed > 0 else 0.0
+
+    def progress(self, step: int, force: bool = False) -> None:
+        now = time.time()
+        if self.quiet or (not force and now - self._last_progress < self.progress_interval_s):
+            return
+        self._last_progress = now
+        recent = f"{sum(self.recent_returns) / len(self.recent_returns):.1f}" if self.recent_returns else "-"
+        print(f"[{self.run_name}] step {step:,}/{self.total_timesteps:,} ({100 * step / self.total_timesteps:.0f}%) "
+              f"| SPS {self.sps(step):.0f} | return (last {len(self.recent_returns)}) {recent}",
+              file=sys.stderr, flush=True)
+
+    def finish(self, status: str = "finished", error: str | None = None) -> dict[str, Any]:
+        """Close the writers and write the summary (last, atomically). Returns the summary."""
+        self.progress(self.global_step, force=status == "finished")
+        self._metrics.close()
+        self.writer.close()
+        summary = self.summary = self._write_summary(status, error)
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+            self.wandb_run.finish(exit_code=0 if status == "finished" else 1)
+        return summary
+
+    def _write_summary(self, status: str, error: str | None = None) -> dict[str, Any]:
+        recent = list(self.recent_returns)
+        summary = {
+            "schema_version": SCHEMA_VERSION,
+            "status": status,
+            "global_step": self.global_step,
+            "total_timesteps": self.total_timesteps,
+            "episodes": len(self.episode_returns),
+            "final_return": sum(recent) / len(recent) if recent else None,
+            "final_window": len(recent),
+            "best_return": max(self.episode_returns) if self.episode_returns else None,
+            "wall_clock_s": round(time.time() - self.start, 3),
+            "sps": round(self.sps(), 2),
+            "evaluation": self.evaluation,
+            "error": error,
+        }
+        write_json_atomic(self.run_dir / "summary.json", summary)
+        return summary
+
+    def __enter__(self) -> RunRecord:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.finish("finished")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("interrupted", error="KeyboardInterrupt")
+        else:
+            self.finish("crashed", error="".join(traceback.format_exception(exc_type, exc, tb)))
+        return False
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,224 @@
+"""Each agent on a tiny budget (CPU): complete run record, determinism, autoreset handling, optimizer choice."""
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from agents import dqn, ppo_continuous_action, td3_continuous_action
+from alphagrad import OptimizerSpec
+from alphagrad.envs import finished_episodes, make_vector_env, true_next_obs
+from alphagrad.runs import read_run
+
+
+def dqn_args(tmp_path, **overrides):
+    defaults = dict(total_timesteps=600, learning_starts=200, train_frequency=2, target_network_frequency=50,
+                    batch_size=32, buffer_size=1000, results_dir=str(tmp_path), run_name="dqn", quiet=True,
+                    cuda=False, diagnostics_interval=20)
+    return dqn.Args(**{**defaults, **overrides})
+
+
+def ppo_args(tmp_path, **overrides):
+    defaults = dict(env_id="Hopper-v5", total_timesteps=256, num_steps=128, num_minibatches=4, update_epochs=2,
+                    results_dir=str(tmp_path), run_name="ppo", quiet=True, cuda=False, diagnostics_interval=4)
+    return ppo_continuous_action.Args(**{**defaults, **overrides})
+
+
+def td3_args(tmp_path, **overrides):
+    defaults = dict(env_id="Hopper-v5", total_timesteps=300, learning_starts=100, batch_size=32, buffer_size=1000,
+                    results_dir=str(tmp_path), run_name="td3", quiet=True, cuda=False, diagnostics_interval=20)
+    return td3_continuous_action.Args(**{**defaults, **overrides})
+
+
+AGENTS = {
+    "dqn": (dqn, dqn_args, ["losses/td_loss", "losses/q_values"]),
+    "ppo": (ppo_continuous_action, ppo_args,
+            ["losses/value_loss", "losses/policy_loss", "losses/entropy", "losses/approx_kl", "losses/old_approx_kl",
+             "losses/clipfrac", "losses/explained_variance", "charts/learning_rate"]),
+    "td3": (td3_continuous_action, td3_args, ["losses/qf1_values", "losses/qf1_loss", "losses/actor_loss"]),
+}
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "time" and k != "charts/SPS"} for row in read_run(run_dir)["metrics"]]
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_agent_leaves_complete_run_record(agent, tmp_path):
+    module, make_args, expected_metrics = AGENTS[agent]
+    args = make_args(tmp_path, save_model=True, eval_episodes=1)
+    summary = module.main(args)
+    run_dir = tmp_path / args.run_name
+    record = read_run(run_dir)
+    assert summary["status"] == "finished" and record["summary"] == summary
+    assert record["config"]["config"]["seed"] == args.seed
+    assert summary["global_step"] == summary["total_timesteps"] and summary["episodes"] > 0
+    assert summary["final_return"] is not None and summary["sps"] > 0
+    names = {name for row in record["metrics"] for name in row}
+    assert {"charts/episodic_return", "charts/episodic_length", *expected_metrics} <= names
+    assert any(name.startswith("optimizer/") and "/update_norm/" in name for name in names)
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    # the saved model loads safely and was evaluated
+    model_file = run_dir / summary["evaluation"]["model"]
+    assert torch.load(model_file, weights_only=True)
+    assert summary["evaluation"]["episodes"] == 1
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_same_seed_gives_identical_metrics(agent, tmp_path):
+    module, make_args, _ = AGENTS[agent]
+    module.main(make_args(tmp_path / "a"))
+    module.main(make_args(tmp_path / "b"))
+    run = make_args(tmp_path).run_name
+    first, second = metric_rows(tmp_path / "a" / run), metric_rows(tmp_path / "b" / run)
+    assert first == second and len(first) > 3
+    module.main(make_args(tmp_path / "c", seed=2))
+    assert metric_rows(tmp_path / "c" / run) != first
+
+
+def test_alphagrad_is_the_optimizer_stepping(tmp_path):
+    """AlphaGrad's saturation diagnostics appear only when AlphaGrad steps; alpha changes the result."""
+    spec = OptimizerSpec(name="alphagrad", lr=2.5e-4, alpha=93.0)
+    dqn.main(dqn_args(tmp_path / "alpha", optim=spec))
+    names = {n for row in read_run(tmp_path / "alpha" / "dqn")["metrics"] for n in row}
+    assert any(n.startswith("optimizer/q/saturation/network.0.weight") for n in names)
+    dqn.main(dqn_args(tmp_path / "adam"))
+    names = {n for row in read_run(tmp_path / "adam" / "dqn")["metrics"] for n in row}
+    assert not any("saturation" in n for n in names)
+    dqn.main(dqn_args(tmp_path / "alpha2", optim=OptimizerSpec(name="alphagrad", lr=2.5e-4, alpha=279.0)))
+    assert metric_rows(tmp_path / "alpha" / "dqn") != metric_rows(tmp_path / "alpha2" / "dqn")
+
+
+def test_td3_takes_separate_actor_and_critic_optimizers(tmp_path, monkeypatch):
+    built = []
+    original = td3_continuous_action.make_optimizer
+
+    def recording(params, spec):
+        optimizer = original(params, spec)
+        built.append((spec.name, type(optimizer).__name__, [n for g in optimizer.param_groups for n in g["param_names"]]))
+        return optimizer
+
+    monkeypatch.setattr(td3_continuous_action, "make_optimizer", recording)
+    td3_continuous_action.main(td3_args(tmp_path, actor_optim=OptimizerSpec(name="alphagrad", alpha=150.0),
+                                        critic_optim=OptimizerSpec(name="adamw-agr")))
+    (critic_name, critic_type, critic_params), (actor_name, actor_type, actor_params) = built
+    assert (critic_name, critic_type) == ("adamw-agr", "AGR") and (actor_name, actor_type) == ("alphagrad", "AlphaGrad")
+    assert all(n.startswith(("qf1.", "qf2.")) for n in critic_params) and len(critic_params) == 12
+    assert actor_params == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc_mu.weight", "fc_mu.bias"]
+
+
+def test_ppo_lr_annealing_reaches_the_optimizer(tmp_path):
+    args = ppo_args(tmp_path, total_timesteps=512, optim=OptimizerSpec(name="adamw-agr", lr=1e-3, eps=1e-5))
+    ppo_continuous_action.main(args)
+    rates = [row["charts/learning_rate"] for row in read_run(tmp_path / "ppo")["metrics"] if "charts/learning_rate" in row]
+    np.testing.assert_allclose(rates, [1e-3, 0.75e-3, 0.5e-3, 0.25e-3])
+
+
+# ---- gymnasium 1.x autoreset handling ----
+
+def short_cartpole():
+    return gym.wrappers.RecordEpisodeStatistics(gym.make("CartPole-v1", max_episode_steps=5))
+
+
+def test_true_next_obs_and_episode_counting_on_truncation():
+    envs = make_vector_env([short_cartpole, short_cartpole], gym.spaces.Discrete, "test")
+    obs, _ = envs.reset(seed=0)
+    episodes = []
+    for step in range(12):
+        next_obs, _, terminations, truncations, infos = envs.step(np.zeros(2, dtype=np.int64))
+        real = true_next_obs(next_obs, terminations, truncations, infos)
+        episodes += list(finished_episodes(infos))
+        for i in range(2):
+            if terminations[i] or truncations[i]:
+                # the stored next observation is the finished episode's last one, which continues from obs ...
+                assert np.array_equal(real[i], infos["final_obs"][i])
+                assert not np.array_equal(real[i], next_obs[i])
+                # ... while next_obs already starts the next episode
+            else:
+                assert np.array_equal(real[i], next_obs[i])
+        obs = next_obs
+    envs.close()
+    # pushing left always: every episode ends by termination or the 5-step limit; each counted exactly once
+    assert all(length <= 5 for _, length in episodes)
+    assert sum(length for _, length in episodes) <= 24 and len(episodes) >= 4
+
+
+def test_replay_transitions_never_span_an_episode_boundary(tmp_path):
+    """Consecutive CartPole states differ by one physics step; a reset observation would break that."""
+    from alphagrad.buffers import ReplayBuffer
+
+    envs = make_vector_env([short_cartpole], gym.spaces.Discrete, "test")
+    rb = ReplayBuffer(100, (4,), (), np.int64, torch.device("cpu"))
+    obs, _ = envs.reset(seed=1)
+    for _ in range(40):
+        actions = np.array([envs.single_action_space.sample()])
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        rb.add(obs, true_next_obs(next_obs, terminations, truncations, infos), actions, rewards, terminations)
+        obs = next_obs
+    envs.close()
+    # CartPole's position changes by tau * velocity (0.02 * v) per step
+    positions, velocities, next_positions = rb.observations[:40, 0], rb.observations[:40, 1], rb.next_observations[:40, 0]
+    np.testing.assert_allclose(next_positions, positions + 0.02 * velocities, atol=1e-5)
+    # 40 steps of 5-step episodes: 8 truncations, none stored as terminal (they bootstrap)
+    assert rb.terminations[:40].sum() == 0
+
+
+def test_ppo_truncation_bootstrap_value(tmp_path, monkeypatch):
+    """With a 64-step time limit, each rollout of 128 steps bootstraps twice from the final observation."""
+    calls = []
+    original = ppo_continuous_action.Agent.get_value
+
+    def recording(self, x):
+        calls.append(x.detach().clone())
+        return original(self, x)
+
+    monkeypatch.setattr(ppo_continuous_action.Agent, "get_value", recording)
+    make_env = ppo_continuous_action.make_env
+    monkeypatch.setattr(ppo_continuous_action, "make_env", lambda env_id, gamma: (
+        lambda: gym.wrappers.TimeLimit(make_env(env_id, gamma)(), max_episode_steps=64)))
+    ppo_continuous_action.main(ppo_args(tmp_path, env_id="InvertedPendulum-v5", total_timesteps=128,
+                                        num_steps=128))
+    # one bootstrap per truncation (single observations) plus the GAE's next_value
+    truncation_calls = [c for c in calls if c.shape[0] == 1]
+    record = read_run(tmp_path / "ppo")
+    lengths = [row["charts/episodic_length"] for row in record["metrics"] if "charts/episodic_length" in row]
+    assert len(truncation_calls) - 1 == sum(1 for length in lengths if length == 64)
+
+
+# ---- failures ----
+
+def test_bad_input_is_rejected_before_a_run_starts(tmp_path):
+    with pytest.raises(ValueError, match="DQN needs a Discrete action space"):
+        dqn.main(dqn_args(tmp_path, env_id="Hopper-v5"))
+    with pytest.raises(ValueError, match="TD3 needs a Box action space"):
+        td3_continuous_action.main(td3_args(tmp_path, env_id="CartPole-v1"))
+    with pytest.raises(ValueError, match="unknown environment id 'CartPol-v1'.*CartPole-v1"):
+        dqn.main(dqn_args(tmp_path, env_id="CartPol-v1"))
+    with pytest.raises(ValueError, match="must be divisible"):
+        ppo_continuous_action.main(ppo_args(tmp_path, num_minibatches=3))
+    with pytest.raises(ValueError, match="total_timesteps: 0"):
+        td3_continuous_action.main(td3_args(tmp_path, total_timesteps=0))
+    assert not list(tmp_path.iterdir())
+
+
+def test_crash_is_recorded_with_traceback(tmp_path):
+    args = dqn_args(tmp_path, optim=OptimizerSpec(name="alphagrad", alpha=10.0, lr=float("nan")))
+    with pytest.raises(ValueError):
+        dqn.main(args)
+    summary = json.loads((tmp_path / "dqn" / "summary.json").read_text())
+    assert summary["status"] == "crashed" and "Traceback" in summary["error"]
+
+
+def test_wandb_offline_tracking_writes_no_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    dqn.main(dqn_args(tmp_path, track=True, wandb_group="g", wandb_tags=("t",), total_timesteps=300))
+    run_dir = tmp_path / "dqn"
+    assert list(run_dir.glob("wandb/offline-run-*"))
+    for path in run_dir.rglob("*"):
+        if path.is_file() and path.suffix in {".json", ".yaml", ".jsonl", ".log", ".txt"}:
+            assert "api_key" not in path.read_text(errors="ignore").lower()
