@@ -6,7 +6,12 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench-optimizers clean
+.PHONY: install test lint demo reproduce-dqn reproduce-td3 reproduce-ppo reproduce-paper bench-optimizers bench-agents clean
+
+# Extra arguments for the sweep launcher, e.g. a quick, smaller version of a paper experiment:
+#   make reproduce-ppo SWEEP_ARGS="--seeds 1 --total-timesteps 100000 --results-dir results/quick"
+SWEEP_ARGS ?=
+SWEEP := $(BIN)/python scripts/sweep.py
 
 install: $(STAMP)
 
@@ -23,9 +28,29 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# A small real sweep (DQN CartPole, Adam vs AlphaGrad vs AdamW-AGR, 2 seeds, 60k steps): ~1-2 min on 2 cores
+demo: $(STAMP)
+	$(SWEEP) configs/demo_dqn_cartpole.yaml $(SWEEP_ARGS)
+
+# The AlphaGrad paper's experiments at its budgets (3 seeds each; see configs/ for arms and budgets)
+reproduce-dqn: $(STAMP)
+	$(SWEEP) configs/paper_dqn_cartpole.yaml $(SWEEP_ARGS)
+
+reproduce-td3: $(STAMP)
+	$(SWEEP) configs/paper_td3_hopper.yaml $(SWEEP_ARGS)
+
+reproduce-ppo: $(STAMP)
+	$(SWEEP) configs/paper_ppo_halfcheetah.yaml $(SWEEP_ARGS)
+
+reproduce-paper: reproduce-dqn reproduce-ppo reproduce-td3
+
 # optimizer.step() time and state bytes: AlphaGrad vs Adam vs SGD (issue 2, section 6)
 bench-optimizers: $(STAMP)
 	$(BIN)/python scripts/bench_optimizers.py
+
+# DQN CartPole 500k (Adam) and PPO HalfCheetah 200k (Adam, AlphaGrad alpha=98): SPS and returns (issue 3)
+bench-agents: $(STAMP)
+	$(BIN)/python scripts/bench_agents.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

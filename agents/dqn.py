@@ -16,8 +16,16 @@ import torch.nn.functional as F
 
 from alphagrad import OptimizerSpec, make_alpha_scheduler, make_optimizer
 from alphagrad.buffers import ReplayBuffer
-from alphagrad.envs import finished_episodes, make_vector_env, true_next_obs
-from alphagrad.experiment import CommonArgs, check_common_args, cli, select_device, start_run, step_optimizer
+from alphagrad.envs import evaluate_policy, finished_episodes, make_vector_env, true_next_obs
+from alphagrad.experiment import (
+    CommonArgs,
+    check_common_args,
+    check_positive,
+    cli,
+    select_device,
+    start_run,
+    step_optimizer,
+)
 
 
 @dataclass
@@ -54,9 +62,7 @@ class Args(CommonArgs):
 
 def check_args(args: Args) -> None:
     check_common_args(args, args.env_id, args.total_timesteps)
-    for name in ("num_envs", "buffer_size", "target_network_frequency", "batch_size", "train_frequency"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"invalid {name}: {getattr(args, name)} (allowed: > 0)")
+    check_positive(args, "num_envs", "buffer_size", "target_network_frequency", "batch_size", "train_frequency")
     if not (0.0 < args.tau <= 1.0 and 0.0 <= args.gamma <= 1.0 and 0.0 < args.exploration_fraction <= 1.0):
         raise ValueError("tau must be in (0, 1], gamma in [0, 1], exploration_fraction in (0, 1]")
 
@@ -91,22 +97,18 @@ def linear_schedule(start_e: float, end_e: float, duration: float, t: int) -> fl
     return max(slope * t + start_e, end_e)
 
 
-def evaluate(q_network: QNetwork, args: Args, device: torch.device, episodes: int, epsilon: float = 0.05) -> list[float]:
+def evaluate(q_network: QNetwork, args: Args, device: torch.device, episodes: int, epsilon: float = 0.05):
     """Returns of `episodes` epsilon-greedy episodes (CleanRL's dqn_eval uses epsilon 0.05)."""
     envs = make_vector_env([make_env(args.env_id, args.seed + 10_000, 0)], gym.spaces.Discrete, "DQN")
     rng = np.random.default_rng(args.seed + 10_000)
-    obs, _ = envs.reset(seed=args.seed + 10_000)
-    returns = []
-    while len(returns) < episodes:
+
+    def act(obs: np.ndarray) -> np.ndarray:
         if rng.random() < epsilon:
-            actions = np.array([envs.single_action_space.sample()])
-        else:
-            with torch.no_grad():
-                actions = torch.argmax(q_network(torch.as_tensor(obs, device=device)), dim=1).cpu().numpy()
-        obs, _, _, _, infos = envs.step(actions)
-        returns += [r for r, _ in finished_episodes(infos)]
-    envs.close()
-    return returns[:episodes]
+            return np.array([envs.single_action_space.sample()])
+        with torch.no_grad():
+            return torch.argmax(q_network(torch.as_tensor(obs, device=device)), dim=1).cpu().numpy()
+
+    return evaluate_policy(envs, act, episodes, args.seed + 10_000)
 
 
 def main(args: Args) -> dict:
@@ -174,9 +176,7 @@ def main(args: Args) -> dict:
         if args.save_model:
             model_path = record.run_dir / "dqn.pt"
             torch.save({"q_network": q_network.state_dict()}, model_path)
-            returns = evaluate(q_network, args, device, args.eval_episodes)
-            record.evaluation = {"model": model_path.name, "episodes": len(returns),
-                                 "mean_return": float(np.mean(returns)) if returns else None, "returns": returns}
+            record.set_evaluation(model_path, evaluate(q_network, args, device, args.eval_episodes))
     envs.close()
     return record.summary
 

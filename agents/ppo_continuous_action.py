@@ -18,8 +18,16 @@ import torch.nn as nn
 from torch.distributions.normal import Normal
 
 from alphagrad import OptimizerSpec, make_alpha_scheduler, make_optimizer
-from alphagrad.envs import finished_episodes, make_vector_env
-from alphagrad.experiment import CommonArgs, check_common_args, cli, select_device, start_run, step_optimizer
+from alphagrad.envs import evaluate_policy, finished_episodes, make_vector_env
+from alphagrad.experiment import (
+    CommonArgs,
+    check_common_args,
+    check_positive,
+    cli,
+    select_device,
+    start_run,
+    step_optimizer,
+)
 
 
 @dataclass
@@ -62,9 +70,7 @@ class Args(CommonArgs):
 
 def check_args(args: Args) -> None:
     check_common_args(args, args.env_id, args.total_timesteps)
-    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"invalid {name}: {getattr(args, name)} (allowed: > 0)")
+    check_positive(args, "num_envs", "num_steps", "num_minibatches", "update_epochs")
     if (args.num_envs * args.num_steps) % args.num_minibatches:
         raise ValueError(f"num_envs * num_steps ({args.num_envs * args.num_steps}) must be divisible by "
                          f"num_minibatches ({args.num_minibatches})")
@@ -144,15 +150,12 @@ def evaluate(agent: Agent, obs_stats: dict, args: Args, device: torch.device, ep
     normalizer.obs_rms.mean = obs_stats["mean"].numpy().astype(np.float64)
     normalizer.obs_rms.var = obs_stats["var"].numpy().astype(np.float64)
     normalizer.obs_rms.count = float(obs_stats["count"])
-    obs, _ = envs.reset(seed=args.seed + 10_000)
-    returns = []
-    while len(returns) < episodes:
+
+    def act(obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            action = agent.actor_mean(torch.as_tensor(obs, dtype=torch.float32, device=device))
-        obs, _, _, _, infos = envs.step(action.cpu().numpy())
-        returns += [r for r, _ in finished_episodes(infos)]
-    envs.close()
-    return returns[:episodes]
+            return agent.actor_mean(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+
+    return evaluate_policy(envs, act, episodes, args.seed + 10_000)
 
 
 def main(args: Args) -> dict:
@@ -305,9 +308,7 @@ def main(args: Args) -> dict:
                          "count": torch.tensor(float(normalizer.obs_rms.count))}
             model_path = record.run_dir / "ppo_continuous_action.pt"
             torch.save({"agent": agent.state_dict(), "obs_rms": obs_stats}, model_path)
-            returns = evaluate(agent, obs_stats, args, device, args.eval_episodes)
-            record.evaluation = {"model": model_path.name, "episodes": len(returns),
-                                 "mean_return": float(np.mean(returns)) if returns else None, "returns": returns}
+            record.set_evaluation(model_path, evaluate(agent, obs_stats, args, device, args.eval_episodes))
     envs.close()
     return record.summary
 

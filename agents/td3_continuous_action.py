@@ -18,8 +18,16 @@ import torch.nn.functional as F
 
 from alphagrad import OptimizerSpec, make_alpha_scheduler, make_optimizer
 from alphagrad.buffers import ReplayBuffer
-from alphagrad.envs import finished_episodes, make_vector_env, true_next_obs
-from alphagrad.experiment import CommonArgs, check_common_args, cli, select_device, start_run, step_optimizer
+from alphagrad.envs import evaluate_policy, finished_episodes, make_vector_env, true_next_obs
+from alphagrad.experiment import (
+    CommonArgs,
+    check_common_args,
+    check_positive,
+    cli,
+    select_device,
+    start_run,
+    step_optimizer,
+)
 
 
 @dataclass
@@ -56,9 +64,7 @@ class Args(CommonArgs):
 
 def check_args(args: Args) -> None:
     check_common_args(args, args.env_id, args.total_timesteps)
-    for name in ("num_envs", "buffer_size", "batch_size", "policy_frequency"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"invalid {name}: {getattr(args, name)} (allowed: > 0)")
+    check_positive(args, "num_envs", "buffer_size", "batch_size", "policy_frequency")
     if not (0.0 < args.tau <= 1.0 and 0.0 <= args.gamma <= 1.0):
         raise ValueError(f"tau must be in (0, 1] and gamma in [0, 1] (got tau={args.tau}, gamma={args.gamma})")
     if min(args.policy_noise, args.exploration_noise, args.noise_clip) < 0:
@@ -114,15 +120,12 @@ class Actor(nn.Module):
 def evaluate(actor: Actor, args: Args, device: torch.device, episodes: int) -> list[float]:
     """Returns of `episodes` episodes with the deterministic policy (no exploration noise)."""
     envs = make_vector_env([make_env(args.env_id, args.seed + 10_000, 0)], gym.spaces.Box, "TD3")
-    obs, _ = envs.reset(seed=args.seed + 10_000)
-    returns = []
-    while len(returns) < episodes:
+
+    def act(obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            actions = actor(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-        obs, _, _, _, infos = envs.step(actions)
-        returns += [r for r, _ in finished_episodes(infos)]
-    envs.close()
-    return returns[:episodes]
+            return actor(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+
+    return evaluate_policy(envs, act, episodes, args.seed + 10_000)
 
 
 def main(args: Args) -> dict:
@@ -230,9 +233,7 @@ def main(args: Args) -> dict:
         if args.save_model:
             model_path = record.run_dir / "td3_continuous_action.pt"
             torch.save({"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict()}, model_path)
-            returns = evaluate(actor, args, device, args.eval_episodes)
-            record.evaluation = {"model": model_path.name, "episodes": len(returns),
-                                 "mean_return": float(np.mean(returns)) if returns else None, "returns": returns}
+            record.set_evaluation(model_path, evaluate(actor, args, device, args.eval_episodes))
     envs.close()
     return record.summary
 

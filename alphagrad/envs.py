@@ -54,3 +54,15 @@ def finished_episodes(infos: dict) -> Iterator[tuple[float, int]]:
     episode, mask = final_info["episode"], final_info["_episode"]
     for i in np.flatnonzero(mask):
         yield float(episode["r"][i]), int(episode["l"][i])
+
+
+def evaluate_policy(envs: gym.vector.VectorEnv, act: Callable[[np.ndarray], np.ndarray], episodes: int,
+                    seed: int) -> list[float]:
+    """Returns of the first `episodes` episodes of `act` (observations -> actions); closes `envs`."""
+    obs, _ = envs.reset(seed=seed)
+    returns: list[float] = []
+    while len(returns) < episodes:
+        obs, _, _, _, infos = envs.step(act(obs))
+        returns += [episodic_return for episodic_return, _ in finished_episodes(infos)]
+    envs.close()
+    return returns[:episodes]

@@ -66,6 +66,13 @@ def check_common_args(args: CommonArgs, env_id: str, total_timesteps: int) -> No
         raise ValueError("eval_episodes and diagnostics_interval must be >= 0")
 
 
+def check_positive(args: object, *names: str) -> None:
+    """Raise ValueError for the first of `names` whose value in `args` is not > 0."""
+    for name in names:
+        if getattr(args, name) <= 0:
+            raise ValueError(f"invalid {name}: {getattr(args, name)} (allowed: > 0)")
+
+
 def seed_everything(seed: int, torch_deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -128,6 +128,11 @@ class RunRecord:
         self.log(step, {"charts/episodic_return": episodic_return, "charts/episodic_length": episodic_length})
         self.progress(step)
 
+    def set_evaluation(self, model_file: Path, returns: list[float]) -> None:
+        """Record the saved model and the returns of its evaluation episodes (reported in the summary)."""
+        self.evaluation = {"model": model_file.name, "episodes": len(returns),
+                           "mean_return": sum(returns) / len(returns) if returns else None, "returns": returns}
+
     def sps(self, step: int | None = None) -> float:
         elapsed = time.time() - self.start
         return (self.global_step if step is None else step) / elapsed if elapsed > 0 else 0.0

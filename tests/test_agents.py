@@ -125,21 +125,20 @@ def short_cartpole():
 
 def test_true_next_obs_and_episode_counting_on_truncation():
     envs = make_vector_env([short_cartpole, short_cartpole], gym.spaces.Discrete, "test")
-    obs, _ = envs.reset(seed=0)
+    envs.reset(seed=0)
     episodes = []
-    for step in range(12):
+    for _ in range(12):
         next_obs, _, terminations, truncations, infos = envs.step(np.zeros(2, dtype=np.int64))
         real = true_next_obs(next_obs, terminations, truncations, infos)
         episodes += list(finished_episodes(infos))
         for i in range(2):
             if terminations[i] or truncations[i]:
-                # the stored next observation is the finished episode's last one, which continues from obs ...
+                # the stored next observation is the finished episode's last one, while next_obs already
+                # starts the next episode
                 assert np.array_equal(real[i], infos["final_obs"][i])
                 assert not np.array_equal(real[i], next_obs[i])
-                # ... while next_obs already starts the next episode
             else:
                 assert np.array_equal(real[i], next_obs[i])
-        obs = next_obs
     envs.close()
     # pushing left always: every episode ends by termination or the 5-step limit; each counted exactly once
     assert all(length <= 5 for _, length in episodes)

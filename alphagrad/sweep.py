@@ -1,0 +1,340 @@
+"""Sweeps: a config of environments x optimizer arms x hyperparameter grids x seeds, expanded into runs and
+executed in parallel (local process pool, GPU packing, or Ray), resumable.
+
+Config (YAML), in the layout of a Weights & Biases grid sweep plus one harness extension, `arms`:
+
+    name: paper-dqn-cartpole              # runs go to <results_dir>/<name>/<run name>/
+    program: agents/dqn.py                # one of the agents
+    method: grid
+    description: free text
+    metric: {name: charts/episodic_return, goal: maximize}
+    parameters:                           # the agent's flags: `value` (fixed) or `values` (a grid axis)
+      env-id: {value: CartPole-v1}
+      total-timesteps: {value: 500000}
+      seed: {values: [1, 2, 3]}
+    arms:                                 # named optimizer settings, each crossed with the grid
+      adam: {}
+      alphagrad-93: {optim.name: alphagrad, optim.alpha: 93}
+
+Each run is `python <program> --<flag> <value> ... --run-name <run> --results-dir <results_dir>/<name>`.
+A run whose summary.json says "finished" is skipped when the sweep is run again; any other run is
+started afresh (its folder cleared), so a killed sweep loses nothing finished and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import itertools
+import json
+import os
+import queue
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .runs import write_json_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+TOP_LEVEL_KEYS = {"name", "program", "method", "description", "metric", "parameters", "arms"}
+REQUIRED_KEYS = {"name", "program", "parameters", "arms"}
+PROGRAMS = {"agents/dqn.py": "dqn", "agents/ppo_continuous_action.py": "ppo_continuous_action",
+            "agents/td3_continuous_action.py": "td3_continuous_action"}
+RESERVED_FLAGS = {"run-name", "results-dir"}
+
+
+class SweepConfigError(ValueError):
+    """A malformed sweep config; the message names the file, the key and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    name: str
+    arm: str
+    seed: int
+    flags: tuple[tuple[str, Any], ...]  # (flag without dashes, value), in order
+
+    def argv(self, program: str, results_dir: Path, extra: tuple[str, ...] = ()) -> list[str]:
+        args = [sys.executable, program]
+        for flag, value in self.flags:
+            args += _flag_args(flag, value)
+        return args + ["--run-name", self.name, "--results-dir", str(results_dir), "--quiet", *extra]
+
+
+@dataclasses.dataclass
+class Sweep:
+    name: str
+    program: str
+    runs: list[RunSpec]
+    description: str = ""
+
+
+def _flag_args(flag: str, value: Any) -> list[str]:
+    if isinstance(value, bool):  # tyro booleans: --flag / --no-flag (nested: --optim.no-agr)
+        prefix, dot, leaf = flag.rpartition(".")
+        return [f"--{flag}" if value else f"--{prefix}{dot}no-{leaf}"]
+    if isinstance(value, (list, tuple)):
+        return [f"--{flag}", *map(str, value)]
+    return [f"--{flag}", "None" if value is None else str(value)]
+
+
+def _agent_flags(program: str) -> set[str]:
+    """Every flag the agent accepts (tyro style: dashes, nested dataclasses joined by dots)."""
+    import importlib
+
+    args_type = importlib.import_module(f"agents.{PROGRAMS[program]}").Args
+
+    def walk(cls: type, prefix: str) -> set[str]:
+        flags = set()
+        for f in dataclasses.fields(cls):
+            name = prefix + f.name.replace("_", "-")
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                flags |= walk(type(default), name + ".")
+            else:
+                flags.add(name)
+        return flags
+
+    return walk(args_type, "")
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read, validate and expand a sweep config (SweepConfigError on any problem)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepConfigError(f"{path}: no such sweep config")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SweepConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(config, dict):
+        raise SweepConfigError(f"{path}: the top level must be a mapping of {sorted(TOP_LEVEL_KEYS)}")
+
+    def fail(key: str, problem: str) -> SweepConfigError:
+        return SweepConfigError(f"{path}: key {key!r}: {problem}")
+
+    for key in config:
+        if key not in TOP_LEVEL_KEYS:
+            raise fail(key, f"unknown key (allowed: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+    for key in sorted(REQUIRED_KEYS - set(config)):
+        raise fail(key, "missing (required: " + ", ".join(sorted(REQUIRED_KEYS)) + ")")
+    if config.get("method", "grid") != "grid":
+        raise fail("method", f"{config['method']!r} is not supported (allowed: grid)")
+    name = config["name"]
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise fail("name", "must be a non-empty folder name")
+    program = config["program"]
+    if program not in PROGRAMS:
+        raise fail("program", f"{program!r} (allowed: {', '.join(PROGRAMS)})")
+    flags = _agent_flags(program)
+
+    def check_flag(key: str, flag: Any) -> None:
+        if flag in RESERVED_FLAGS:
+            raise fail(key, f"{flag!r} is set by the launcher")
+        if flag not in flags:
+            raise fail(key, f"{flag!r} is not a flag of {program} (allowed: {', '.join(sorted(flags))})")
+
+    parameters = config["parameters"]
+    if not isinstance(parameters, dict):
+        raise fail("parameters", "must map flags to {value: x} or {values: [x, ...]}")
+    axes: list[tuple[str, list[Any]]] = []
+    for flag, spec in parameters.items():
+        check_flag(f"parameters.{flag}", flag)
+        if not isinstance(spec, dict) or len(spec) != 1 or not ({"value", "values"} & set(spec)):
+            raise fail(f"parameters.{flag}", "must be {value: x} or {values: [x, ...]}")
+        values = [spec["value"]] if "value" in spec else spec["values"]
+        if not isinstance(values, list) or not values:
+            raise fail(f"parameters.{flag}.values", "must be a non-empty list")
+        axes.append((flag, values))
+    if "seed" not in parameters:
+        axes.append(("seed", [1]))
+
+    arms = config["arms"]
+    if not isinstance(arms, dict) or not arms:
+        raise fail("arms", "must map arm names to flag settings (an empty {} keeps the agent's defaults)")
+    for arm, settings in arms.items():
+        if not isinstance(arm, str) or not arm.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise fail(f"arms.{arm}", "arm names use letters, digits, '-', '_' and '.'")
+        if not isinstance(settings, dict):
+            raise fail(f"arms.{arm}", "must map flags to values")
+        for flag in settings:
+            check_flag(f"arms.{arm}.{flag}", flag)
+            if flag in parameters:
+                raise fail(f"arms.{arm}.{flag}", "is also set under parameters")
+
+    varying = [flag for flag, values in axes if len(values) > 1 and flag != "seed"]
+    runs = []
+    for arm, settings in arms.items():
+        for combination in itertools.product(*(values for _, values in axes)):
+            chosen = dict(zip((flag for flag, _ in axes), combination))
+            label = "__".join([arm] + [f"{flag}={chosen[flag]}" for flag in varying] + [f"s{chosen['seed']}"])
+            runs.append(RunSpec(label, arm, int(chosen["seed"]), tuple({**chosen, **settings}.items())))
+    return Sweep(name=name, program=program, runs=runs, description=str(config.get("description", "")))
+
+
+def filter_runs(runs: list[RunSpec], arms: tuple[str, ...] = (), seeds: tuple[int, ...] = ()) -> list[RunSpec]:
+    known_arms = {run.arm for run in runs}
+    unknown = set(arms) - known_arms
+    if unknown:
+        raise SweepConfigError(f"unknown arm(s) {sorted(unknown)} (allowed: {', '.join(sorted(known_arms))})")
+    return [run for run in runs if (not arms or run.arm in arms) and (not seeds or run.seed in seeds)]
+
+
+def override_flag(runs: list[RunSpec], flag: str, value: Any) -> list[RunSpec]:
+    """Set `flag` to `value` in every run (e.g. a smaller total-timesteps for a quick version)."""
+    return [dataclasses.replace(run, flags=tuple({**dict(run.flags), flag: value}.items())) for run in runs]
+
+
+def run_status(run_dir: Path) -> str | None:
+    """The status in a run's summary.json, or None when it has none (never started, or cut off)."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def assign_gpus(num_gpus: int, runs_per_gpu: int) -> list[str]:
+    """Slots for GPU packing: each visible GPU id repeated `runs_per_gpu` times, interleaved across GPUs."""
+    if num_gpus < 0 or runs_per_gpu < 1:
+        raise ValueError(f"invalid GPU packing: {num_gpus} GPUs x {runs_per_gpu} runs per GPU")
+    return [str(gpu) for _ in range(runs_per_gpu) for gpu in range(num_gpus)]
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES if set, else every device torch sees."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [gpu for gpu in visible.split(",") if gpu.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the launcher dies, so a killed sweep leaves no orphan run behind."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def execute_run(argv: list[str], run_dir: str, env: dict[str, str], cwd: str) -> dict[str, Any]:
+    """Run one agent process; its output goes to <run_dir>/output.log. Returns the run's summary."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an unfinished earlier attempt: start afresh
+    run_dir.mkdir(parents=True)
+    start = time.time()
+    with open(run_dir / "output.log", "w") as log:
+        returncode = subprocess.run(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    preexec_fn=_die_with_parent).returncode
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if returncode != 0 and summary.get("status") in (None, "running", "finished"):
+        tail = (run_dir / "output.log").read_text(errors="replace")[-4000:]
+        summary = {**summary, "status": "crashed", "error": f"exit code {returncode}\n{tail}",
+                   "wall_clock_s": round(time.time() - start, 3)}
+        write_json_atomic(summary_path, summary)
+    return summary
+
+
+@dataclasses.dataclass
+class LaunchOptions:
+    results_dir: Path = Path("results/runs")
+    workers: int = 0  # 0: one per core (local) or per GPU slot
+    backend: str = "local"  # local | ray
+    ray_address: str | None = None
+    runs_per_gpu: int = 1
+    use_gpus: bool = True
+    track: bool = False
+    extra_args: tuple[str, ...] = ()
+
+
+def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
+           report: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Run every unfinished run of `runs`; returns {run name: summary} for all of them (skipped ones included)."""
+    sweep_dir = options.results_dir.resolve() / sweep.name
+    extra = options.extra_args + (("--track", "--wandb-group", sweep.name) if options.track else ())
+    done = {run.name: json.loads((sweep_dir / run.name / "summary.json").read_text())
+            for run in runs if run_status(sweep_dir / run.name) == "finished"}
+    pending = [run for run in runs if run.name not in done]
+    gpus = visible_gpus() if options.use_gpus else []
+    slots = assign_gpus(len(gpus), options.runs_per_gpu) if gpus else []
+    workers = options.workers or len(slots) or os.cpu_count() or 1
+    report(f"sweep {sweep.name}: {len(runs)} runs, {len(done)} already finished, {len(pending)} to run "
+           f"on {workers} worker(s) ({options.backend}{', GPUs ' + ','.join(gpus) if gpus else ', CPU'})")
+
+    base_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    results = dict(done)
+    counter = itertools.count(len(done) + 1)
+
+    def finished(run: RunSpec, summary: dict[str, Any]) -> None:
+        results[run.name] = summary
+        final = summary.get("final_return")
+        report(f"[{next(counter)}/{len(runs)}] {run.name}: {summary.get('status')}"
+               + (f", final return {final:.1f}" if isinstance(final, (int, float)) else "")
+               + (f", {summary.get('wall_clock_s', 0):.0f}s" if summary.get("wall_clock_s") else ""))
+
+    if options.backend == "ray":
+        _launch_ray(sweep, pending, options, sweep_dir, extra, base_env, gpus, finished)
+    else:
+        free_slots: queue.Queue[str] = queue.Queue()
+        for slot in slots:
+            free_slots.put(slot)
+
+        def one(run: RunSpec) -> None:
+            gpu = free_slots.get() if slots else ""
+            try:
+                env = {**base_env, "CUDA_VISIBLE_DEVICES": gpu}
+                summary = execute_run(run.argv(sweep.program, sweep_dir, extra), str(sweep_dir / run.name), env,
+                                      str(ROOT))
+            finally:
+                if slots:
+                    free_slots.put(gpu)
+            finished(run, summary)
+
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, pending))
+    return results
+
+
+def _launch_ray(sweep, pending, options, sweep_dir, extra, base_env, gpus, finished) -> None:
+    import ray
+
+    ray.init(address=options.ray_address, include_dashboard=False, log_to_driver=False,
+             ignore_reinit_error=True, num_cpus=None if options.ray_address else (options.workers or None))
+    gpu_share = 1.0 / options.runs_per_gpu if gpus else 0
+    remote = ray.remote(num_cpus=1, num_gpus=gpu_share)(
+        lambda argv, run_dir, env, cwd: execute_run(argv, run_dir, {**env, **_ray_gpu_env()}, cwd))
+    futures = {remote.remote(run.argv(sweep.program, sweep_dir, extra), str(sweep_dir / run.name), base_env,
+                             str(ROOT)): run for run in pending}
+    while futures:
+        ready, _ = ray.wait(list(futures), num_returns=1)
+        run = futures.pop(ready[0])
+        finished(run, ray.get(ready[0]))
+
+
+def _ray_gpu_env() -> dict[str, str]:
+    import ray
+
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in ray.get_gpu_ids())}
+
+
+def arm_table(sweep: Sweep, runs: list[RunSpec], results: dict[str, dict[str, Any]]) -> str:
+    """Per arm: finished/total runs and the mean +- std over seeds of the final return."""
+    lines = [f"{'arm':28s} {'finished':>9s} {'final return (mean +- std)':>28s}"]
+    for arm in dict.fromkeys(run.arm for run in runs):
+        summaries = [results.get(run.name, {}) for run in runs if run.arm == arm]
+        finals = [s["final_return"] for s in summaries if s.get("status") == "finished"
+                  and isinstance(s.get("final_return"), (int, float))]
+        spread = statistics.stdev(finals) if len(finals) > 1 else 0.0
+        shown = f"{statistics.mean(finals):.1f} +- {spread:.1f}" if finals else "-"
+        lines.append(f"{arm:28s} {len(finals):>4d}/{len(summaries):<4d} {shown:>28s}")
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""Launch a sweep: expand a config (configs/*.yaml) into runs and execute them, resuming where it stopped.
+
+    python scripts/sweep.py configs/paper_dqn_cartpole.yaml                 # every run, one per core
+    python scripts/sweep.py configs/paper_dqn_cartpole.yaml --dry-run       # list the runs
+    python scripts/sweep.py configs/paper_ppo_halfcheetah.yaml --arms adam alphagrad-98 --seeds 1 \\
+        --total-timesteps 100000                                            # a quick, smaller version
+    python scripts/sweep.py CONFIG --backend ray --ray-address auto         # on a Ray cluster
+
+Exit status 0 when every run finished, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from alphagrad.sweep import LaunchOptions, SweepConfigError, arm_table, filter_runs, launch, load_sweep, override_flag
+
+
+@dataclass
+class Args:
+    config: tyro.conf.Positional[Path]
+    """the sweep config (YAML)"""
+    dry_run: bool = False
+    """list the runs (and which are finished) without running anything"""
+    arms: tuple[str, ...] = ()
+    """run only these arms"""
+    seeds: tuple[int, ...] = ()
+    """run only these seeds"""
+    total_timesteps: int | None = None
+    """override every run's budget (a quick version; runs are named the same, so use another --results-dir)"""
+    results_dir: Path = Path("results/runs")
+    """runs go to <results_dir>/<sweep name>/<run name>/"""
+    workers: int = 0
+    """parallel runs; 0: one per core, or one per GPU slot when GPUs are used"""
+    backend: Literal["local", "ray"] = "local"
+    """local process pool, or Ray (a local instance, or a cluster with --ray-address)"""
+    ray_address: str | None = None
+    """address of a running Ray cluster (e.g. auto); none starts a local instance"""
+    gpus: bool = True
+    """use the visible GPUs (CUDA_VISIBLE_DEVICES), packing --runs-per-gpu runs on each"""
+    runs_per_gpu: int = 1
+    """runs that share one GPU"""
+    track: bool = False
+    """log every run to Weights & Biases, grouped by the sweep's name"""
+
+
+def main(args: Args) -> int:
+    try:
+        sweep = load_sweep(args.config)
+        runs = filter_runs(sweep.runs, args.arms, args.seeds)
+    except SweepConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.total_timesteps is not None:
+        if args.total_timesteps <= 0:
+            print(f"error: invalid --total-timesteps {args.total_timesteps} (allowed: > 0)", file=sys.stderr)
+            return 2
+        runs = override_flag(runs, "total-timesteps", args.total_timesteps)
+    if args.dry_run:
+        from alphagrad.sweep import run_status
+
+        for run in runs:
+            status = run_status(args.results_dir / sweep.name / run.name) or "not started"
+            print(f"{run.name:50s} {status:12s} {' '.join(run.argv(sweep.program, args.results_dir / sweep.name)[2:])}")
+        print(f"{len(runs)} runs")
+        return 0
+    options = LaunchOptions(results_dir=args.results_dir, workers=args.workers, backend=args.backend,
+                            ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu, use_gpus=args.gpus,
+                            track=args.track)
+    results = launch(sweep, runs, options)
+    print("\n" + arm_table(sweep, runs, results))
+    failed = [name for name, summary in results.items() if summary.get("status") != "finished"]
+    for name in failed:
+        print(f"not finished: {name} ({results[name].get('status')}); see "
+              f"{args.results_dir / sweep.name / name / 'output.log'}")
+    print(f"\n{len(results) - len(failed)}/{len(runs)} runs finished")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(tyro.cli(Args)))

@@ -1,0 +1,195 @@
+"""Sweep configs, expansion, resume, crash isolation, GPU packing and the Ray backend."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alphagrad import sweep as sweep_module
+from alphagrad.runs import read_run
+from alphagrad.sweep import (
+    LaunchOptions,
+    SweepConfigError,
+    assign_gpus,
+    filter_runs,
+    launch,
+    load_sweep,
+    override_flag,
+    run_status,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"total-timesteps": {"value": 400}, "learning-starts": {"value": 100}, "buffer-size": {"value": 500},
+        "batch-size": {"value": 16}, "diagnostics-interval": {"value": 0}}
+
+
+def write_config(tmp_path, **overrides):
+    config = {"name": "tiny", "program": "agents/dqn.py", "method": "grid",
+              "parameters": {**TINY, "seed": {"values": [1, 2]}},
+              "arms": {"adam": {}, "alphagrad-93": {"optim.name": "alphagrad", "optim.alpha": 93}}}
+    config.update(overrides)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
+    expected = {"paper_dqn_cartpole.yaml": 15, "paper_td3_hopper.yaml": 21, "paper_ppo_halfcheetah.yaml": 15,
+                "demo_dqn_cartpole.yaml": 6}
+    for name, runs in expected.items():
+        assert len(load_sweep(ROOT / "configs" / name).runs) == runs
+    td3 = load_sweep(ROOT / "configs" / "paper_td3_hopper.yaml")
+    alphas = {dict(run.flags).get("critic-optim.alpha") for run in td3.runs}
+    assert alphas == {None, 100, 150, 200, 250, 457}
+
+
+def test_grid_expansion_crosses_arms_axes_and_seeds(tmp_path):
+    path = write_config(tmp_path, parameters={**TINY, "env-id": {"values": ["CartPole-v1", "Acrobot-v1"]},
+                                              "seed": {"values": [1, 2, 3]}})
+    sweep = load_sweep(path)
+    assert len(sweep.runs) == 2 * 2 * 3
+    names = [run.name for run in sweep.runs]
+    assert len(set(names)) == len(names)
+    assert "alphagrad-93__env-id=Acrobot-v1__s3" in names
+    run = next(r for r in sweep.runs if r.name == "alphagrad-93__env-id=Acrobot-v1__s3")
+    argv = run.argv("agents/dqn.py", Path("out"))
+    assert argv[argv.index("--optim.alpha") + 1] == "93" and argv[argv.index("--env-id") + 1] == "Acrobot-v1"
+    assert argv[argv.index("--seed") + 1] == "3" and argv[argv.index("--run-name") + 1] == run.name
+    assert len(filter_runs(sweep.runs, arms=("adam",), seeds=(2,))) == 2
+    quick = override_flag(sweep.runs, "total-timesteps", 50)
+    assert all(dict(r.flags)["total-timesteps"] == 50 for r in quick)
+
+
+def test_boolean_flags_use_tyro_negation(tmp_path):
+    sweep = load_sweep(write_config(tmp_path, arms={"agr-off": {"optim.agr": False, "save-model": True}}))
+    argv = sweep.runs[0].argv("agents/dqn.py", Path("out"))
+    assert "--optim.no-agr" in argv and "--save-model" in argv
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(metod="grid"), "key 'metod': unknown key"),
+        (dict(method="bayes"), "key 'method': 'bayes' is not supported"),
+        (dict(program="agents/sac.py"), "key 'program': 'agents/sac.py'"),
+        (dict(arms={}), "key 'arms'"),
+        (dict(parameters={"seeds": {"values": [1]}}), "key 'parameters.seeds': 'seeds' is not a flag"),
+        (dict(parameters={"seed": {"values": []}}), "key 'parameters.seed.values': must be a non-empty list"),
+        (dict(parameters={"seed": [1, 2]}), "key 'parameters.seed': must be"),
+        (dict(parameters={"run-name": {"value": "x"}}), "set by the launcher"),
+        (dict(arms={"a": {"optim.alpah": 3}}), "key 'arms.a.optim.alpah': 'optim.alpah' is not a flag"),
+        (dict(arms={"a": {"seed": 3}}), "key 'arms.a.seed': is also set under parameters"),
+        (dict(arms={"bad/name": {}}), "arm names use"),
+    ],
+)
+def test_config_validation_names_file_key_and_allowed(tmp_path, overrides, message):
+    path = write_config(tmp_path, **overrides)
+    with pytest.raises(SweepConfigError) as error:
+        load_sweep(path)
+    assert str(path) in str(error.value) and message in str(error.value)
+
+
+def test_missing_key_and_bad_yaml(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\nprogram: agents/dqn.py\nparameters: {}\n")
+    with pytest.raises(SweepConfigError, match="key 'arms': missing"):
+        load_sweep(path)
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(SweepConfigError, match="not valid YAML"):
+        load_sweep(path)
+
+
+def quiet(_message):
+    pass
+
+
+def test_sweep_runs_resumes_and_isolates_a_crash(tmp_path):
+    path = write_config(tmp_path, arms={"adam": {}, "broken": {"optim.lr": -1.0}},
+                        parameters={**TINY, "seed": {"values": [1]}})
+    sweep = load_sweep(path)
+    options = LaunchOptions(results_dir=tmp_path / "runs", workers=2, use_gpus=False)
+    results = launch(sweep, sweep.runs, options, report=quiet)
+    assert results["adam__s1"]["status"] == "finished"
+    crashed = results["broken__s1"]
+    assert crashed["status"] == "crashed" and "Traceback" in crashed["error"] and "learning rate" in crashed["error"]
+    assert "error: Invalid learning rate: -1.0" in (tmp_path / "runs" / "tiny" / "broken__s1" / "output.log").read_text()
+
+    # running it again skips the finished run (its files untouched) and retries only the crashed one
+    finished_summary = tmp_path / "runs" / "tiny" / "adam__s1" / "summary.json"
+    before = finished_summary.stat().st_mtime_ns
+    again = launch(sweep, sweep.runs, options, report=quiet)
+    assert finished_summary.stat().st_mtime_ns == before and again["adam__s1"]["status"] == "finished"
+    assert again["broken__s1"]["status"] == "crashed"
+
+
+def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
+    path = write_config(tmp_path, parameters={**TINY, "total-timesteps": {"value": 3000}, "seed": {"values": [1]}})
+    command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(path), "--results-dir", str(tmp_path / "runs"),
+               "--workers", "1", "--no-gpus"]
+    launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    sweep_dir = tmp_path / "runs" / "tiny"
+    deadline = time.time() + 120
+    while time.time() < deadline and run_status(sweep_dir / "adam__s1") != "finished":
+        time.sleep(0.2)
+    assert run_status(sweep_dir / "adam__s1") == "finished"
+    while time.time() < deadline and not (sweep_dir / "alphagrad-93__s1" / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    os.kill(launcher.pid, signal.SIGKILL)  # mid-way through the second run
+    launcher.wait()
+    time.sleep(1.0)
+    assert run_status(sweep_dir / "alphagrad-93__s1") in (None, "running")  # its process died with the launcher
+
+    finished_mtime = (sweep_dir / "adam__s1" / "summary.json").stat().st_mtime_ns
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "1 already finished, 1 to run" in completed.stdout
+    assert (sweep_dir / "adam__s1" / "summary.json").stat().st_mtime_ns == finished_mtime
+    record = read_run(sweep_dir / "alphagrad-93__s1")
+    assert record["summary"]["status"] == "finished"
+    steps = [row["step"] for row in record["metrics"] if "charts/episodic_return" in row]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # one attempt's metrics, no duplicates
+
+
+def test_gpu_slots_pack_runs_and_pass_cuda_visible_devices(tmp_path, monkeypatch):
+    assert assign_gpus(2, 3) == ["0", "1", "0", "1", "0", "1"]
+    assert assign_gpus(0, 2) == []
+    with pytest.raises(ValueError):
+        assign_gpus(1, 0)
+
+    sweep = load_sweep(write_config(tmp_path, parameters={**TINY, "seed": {"values": [1, 2, 3, 4]}}))
+    monkeypatch.setattr(sweep_module, "visible_gpus", lambda: ["0", "1"])
+    lock, active, seen, peak = threading.Lock(), {}, [], [0]
+
+    def fake_execute(argv, run_dir, env, cwd):
+        gpu = env["CUDA_VISIBLE_DEVICES"]
+        with lock:
+            active[gpu] = active.get(gpu, 0) + 1
+            peak[0] = max(peak[0], max(active.values()))
+            seen.append(gpu)
+        time.sleep(0.05)
+        with lock:
+            active[gpu] -= 1
+        return {"status": "finished", "final_return": 1.0}
+
+    monkeypatch.setattr(sweep_module, "execute_run", fake_execute)
+    results = launch(sweep, sweep.runs, LaunchOptions(results_dir=tmp_path / "runs", runs_per_gpu=2), report=quiet)
+    assert len(results) == 8 and sorted(set(seen)) == ["0", "1"]
+    assert peak[0] <= 2 and seen.count("0") + seen.count("1") == 8
+
+
+def test_ray_backend_runs_a_two_run_sweep(tmp_path):
+    pytest.importorskip("ray")
+    path = write_config(tmp_path, parameters={**TINY, "seed": {"values": [1]}})
+    sweep = load_sweep(path)
+    options = LaunchOptions(results_dir=tmp_path / "runs", workers=2, backend="ray", use_gpus=False)
+    results = launch(sweep, sweep.runs, options, report=quiet)
+    assert {name: s["status"] for name, s in results.items()} == {"adam__s1": "finished", "alphagrad-93__s1": "finished"}
+    assert json.loads((tmp_path / "runs" / "tiny" / "adam__s1" / "summary.json").read_text())["episodes"] > 0
