@@ -12,6 +12,7 @@ STAMP := $(VENV)/.installed
 #   make reproduce-ppo SWEEP_ARGS="--seeds 1 --total-timesteps 100000 --results-dir results/quick"
 SWEEP_ARGS ?=
 SWEEP := $(BIN)/python scripts/sweep.py
+ANALYZE := $(BIN)/python scripts/analyze.py
 
 install: $(STAMP)
 
@@ -28,19 +29,25 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# A small real sweep (DQN CartPole, Adam vs AlphaGrad vs AdamW-AGR, 2 seeds, 60k steps): ~1-2 min on 2 cores
+# A small real sweep (DQN CartPole, Adam vs AlphaGrad vs AdamW-AGR, 2 seeds, 60k steps; ~1-2 min on 2 cores),
+# then its analysis: results/demo-dqn-cartpole/REPORT.md with tables and figures
 demo: $(STAMP)
-	$(SWEEP) configs/demo_dqn_cartpole.yaml $(SWEEP_ARGS)
+	$(SWEEP) configs/demo_dqn_cartpole.yaml $(SWEEP_ARGS); status=$$?; \
+	$(ANALYZE) results/runs/demo-dqn-cartpole && exit $$status
 
 # The AlphaGrad paper's experiments at its budgets (3 seeds each; see configs/ for arms and budgets)
+# (each ends with its analysis: results/<sweep name>/REPORT.md)
 reproduce-dqn: $(STAMP)
-	$(SWEEP) configs/paper_dqn_cartpole.yaml $(SWEEP_ARGS)
+	$(SWEEP) configs/paper_dqn_cartpole.yaml $(SWEEP_ARGS); status=$$?; \
+	$(ANALYZE) results/runs/paper-dqn-cartpole && exit $$status
 
 reproduce-td3: $(STAMP)
-	$(SWEEP) configs/paper_td3_hopper.yaml $(SWEEP_ARGS)
+	$(SWEEP) configs/paper_td3_hopper.yaml $(SWEEP_ARGS); status=$$?; \
+	$(ANALYZE) results/runs/paper-td3-hopper && exit $$status
 
 reproduce-ppo: $(STAMP)
-	$(SWEEP) configs/paper_ppo_halfcheetah.yaml $(SWEEP_ARGS)
+	$(SWEEP) configs/paper_ppo_halfcheetah.yaml $(SWEEP_ARGS); status=$$?; \
+	$(ANALYZE) results/runs/paper-ppo-halfcheetah && exit $$status
 
 reproduce-paper: reproduce-dqn reproduce-ppo reproduce-td3
 

@@ -1,0 +1,188 @@
+"""Figures (matplotlib, PNG and SVG) and the markdown report of a sweep's analysis."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from .analysis import (  # noqa: E402
+    CONFIDENCE,
+    PANELS,
+    SMOOTHING_EPISODES,
+    ArmStats,
+    Claim,
+    Run,
+    arm_stats,
+    load_runs,
+    paper_claims,
+    series,
+    smoothed,
+    write_table,
+)
+
+GRID_POINTS = 200
+
+
+def _save(figure, path_stem: Path) -> list[Path]:
+    paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".svg")]
+    for path in paths:
+        figure.savefig(path, dpi=120 if path.suffix == ".png" else None, bbox_inches="tight")
+    plt.close(figure)
+    return paths
+
+
+def curve_band(runs: list[Run], metric: str, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Mean over runs of `metric` interpolated on `grid`, with a t-based 95% band (None without data)."""
+    curves = []
+    for run in runs:
+        steps, values = series(run.metrics, metric)
+        values = smoothed(values)
+        steps = steps[len(steps) - len(values):]
+        if len(steps) >= 2:
+            inside = grid <= steps[-1]
+            curve = np.full(len(grid), np.nan)
+            curve[inside] = np.interp(grid[inside], steps, values)
+            curves.append(curve)
+    if not curves:
+        return None
+    stacked = np.vstack(curves)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # grid points past some runs' ends
+        count = np.sum(~np.isnan(stacked), axis=0)
+        mean = np.nanmean(stacked, axis=0)
+        sem = np.nanstd(stacked, axis=0, ddof=1) / np.sqrt(count)
+        half = stats.t.ppf(0.5 + CONFIDENCE / 2, np.maximum(count - 1, 1)) * np.nan_to_num(sem)
+    return mean, mean - half, mean + half
+
+
+def plot_panels(runs: list[Run], algorithm: str, out_dir: Path) -> list[Path]:
+    metrics = PANELS.get(algorithm, ["charts/episodic_return"])
+    runs = [run for run in runs if run.algorithm == algorithm and run.metrics]
+    if not runs:
+        return []
+    end = max(max((row["step"] for row in run.metrics), default=0) for run in runs)
+    grid = np.linspace(0, end, GRID_POINTS)
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        means = []
+        for arm in dict.fromkeys(run.arm for run in runs):
+            band = curve_band([run for run in runs if run.arm == arm], metric, grid)
+            if band is None:
+                continue
+            mean, low, high = band
+            means.append(mean)
+            (line,) = axis.plot(grid, mean, label=arm, linewidth=1.4)
+            axis.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        if means:  # scale to the mean curves: with few seeds the bands can be far wider
+            finite = np.concatenate(means)[np.isfinite(np.concatenate(means))]
+            if finite.size:
+                bottom, top = finite.min(), finite.max()
+                pad = 0.5 * (top - bottom) or 1.0
+                axis.set_ylim(bottom - pad, top + pad)
+        axis.set_title(metric, fontsize=9)
+        axis.set_xlabel("environment steps")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    figure.suptitle(f"{algorithm} on {', '.join(sorted({run.env_id for run in runs}))}: mean over seeds of "
+                    f"{SMOOTHING_EPISODES}-point moving means, {int(CONFIDENCE * 100)}% CI band (clipped to the axes)",
+                    fontsize=10)
+    return _save(figure, out_dir / f"curves_{algorithm}")
+
+
+def plot_iqm(arms: list[ArmStats], out_dir: Path) -> list[Path]:
+    shown = [a for a in arms if a.finished]
+    if not shown:
+        return []
+    figure, axis = plt.subplots(figsize=(1.2 + 1.1 * len(shown), 3.4))
+    values = [a.iqm for a in shown]
+    errors = np.array([[a.iqm - a.iqm_ci[0] for a in shown], [a.iqm_ci[1] - a.iqm for a in shown]])
+    axis.bar(range(len(shown)), values, yerr=errors, capsize=4, color="tab:blue", alpha=0.75)
+    axis.set_xticks(range(len(shown)), [a.arm for a in shown], rotation=30, ha="right", fontsize=8)
+    axis.set_ylabel("IQM final return")
+    axis.set_title(f"IQM with {int(CONFIDENCE * 100)}% stratified bootstrap CI", fontsize=9)
+    axis.grid(axis="y", alpha=0.3)
+    return _save(figure, out_dir / "iqm")
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def write_report(sweep_dir: str | Path, out_dir: str | Path, final_window: int = 100,
+                 baseline: str = "adam") -> Path:
+    """Analyze every run under `sweep_dir`; write runs.csv, arms.csv, figures and REPORT.md into `out_dir`."""
+    sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
+    runs = load_runs(sweep_dir, final_window)
+    if not runs:
+        raise ValueError(f"no run records (folders with config.json) under {sweep_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_table(runs, out_dir / "runs.csv")
+    arms = arm_stats(runs, baseline)
+    with open(out_dir / "arms.csv", "w") as f:
+        f.write("arm,runs,finished,mean,std,iqm,iqm_ci_low,iqm_ci_high,p_improvement,p_low,p_high,"
+                "mean_drawdown,variability\n")
+        for a in arms:
+            p = a.improvement_over_baseline or (math.nan,) * 3
+            f.write(",".join(map(str, [a.arm, a.runs, a.finished, a.mean, a.std, a.iqm, *a.iqm_ci, *p,
+                                       a.mean_drawdown, a.variability])) + "\n")
+    figures = [path for algorithm in dict.fromkeys(run.algorithm for run in runs)
+               for path in plot_panels(runs, algorithm, out_dir)] + plot_iqm(arms, out_dir)
+    claims = paper_claims(runs, baseline)
+    report = out_dir / "REPORT.md"
+    report.write_text(_markdown(sweep_dir, runs, arms, claims, figures, final_window, baseline))
+    return report
+
+
+def _markdown(sweep_dir, runs, arms, claims: list[Claim], figures, final_window, baseline) -> str:
+    statuses = {}
+    for run in runs:
+        statuses[run.status] = statuses.get(run.status, 0) + 1
+    lines = [
+        f"# Report: {sweep_dir.name}", "",
+        f"Generated from the run records in `{sweep_dir}`: {len(runs)} runs "
+        f"({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}). Statistics use finished runs only; "
+        f"final return = mean of the last {final_window} episodes.", "",
+        "## Arms", "",
+        f"| arm | finished | mean +- std | IQM [{int(CONFIDENCE * 100)}% CI] | P(improvement over {baseline}) "
+        "| mean drawdown | variability |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for a in arms:
+        p = a.improvement_over_baseline
+        lines.append(f"| {a.arm} | {a.finished}/{a.runs} | {_fmt(a.mean)} +- {_fmt(a.std)} | {_fmt(a.iqm)} "
+                     f"[{_fmt(a.iqm_ci[0])}, {_fmt(a.iqm_ci[1])}] | "
+                     + (f"{p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]" if p else "-")
+                     + f" | {_fmt(a.mean_drawdown)} | {_fmt(a.variability, 2)} |")
+    lines += ["", "## Claims of the AlphaGrad paper", "",
+              "Verdicts are decided from the confidence intervals: *holds* when the whole interval supports the "
+              "claim, *does not hold* when the whole interval contradicts it, *inconclusive* otherwise.", "",
+              "| claim | evidence | verdict |", "|---|---|---|"]
+    lines += [f"| {c.claim} | {c.evidence} | **{c.verdict}** |" for c in claims] or ["| (none for these arms) | | |"]
+    unfinished = [run for run in runs if run.status != "finished"]
+    if unfinished:
+        lines += ["", "## Runs not finished", "", "| run | status | error |", "|---|---|---|"]
+        for run in unfinished:
+            error = (run.summary.get("error") or "").strip().splitlines()
+            lines.append(f"| {run.name} | {run.status} | {error[-1][:120] if error else ''} |")
+    lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
+    lines += ["", "## Definitions", "",
+              "- IQM: interquartile mean of the final returns; CI: percentile bootstrap, stratified by environment.",
+              "- P(improvement): probability that a random run of the arm ends above a random run of the baseline "
+              "(Mann-Whitney U / nm), with a bootstrap CI.",
+              "- Mean drawdown: mean over episodes of (best smoothed return so far - smoothed return), on the "
+              "return curve smoothed over 10 episodes; 0 for a monotonic curve.",
+              "- Variability: standard deviation of the step-to-step changes of the smoothed return curve on a "
+              "100-point grid.",
+              "- TD-loss spikes: logged TD losses above 5x the median of the 20 values before them.",
+              "- Per-run values: `runs.csv`; per-arm values: `arms.csv`.", ""]
+    return "\n".join(lines)

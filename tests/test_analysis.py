@@ -1,0 +1,181 @@
+"""Analysis on synthetic run records with known answers."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alphagrad.analysis import (
+    bootstrap_ci,
+    iqm,
+    load_runs,
+    mean_drawdown,
+    paper_claims,
+    probability_of_improvement,
+    spike_count,
+    verdict_above,
+    verdict_below,
+)
+from alphagrad.report import write_report
+from alphagrad.runs import SCHEMA_VERSION
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_run(sweep_dir: Path, name: str, algorithm: str, optimizer: str, alpha, seed: int, returns,
+             status="finished", td_losses=None, env_id="HalfCheetah-v5"):
+    run_dir = sweep_dir / name
+    run_dir.mkdir(parents=True)
+    spec = {"name": optimizer, "alpha": alpha if alpha is not None else "auto"}
+    key = "critic_optim" if algorithm == "td3_continuous_action" else "optim"
+    config = {"env_id": env_id, "seed": seed, key: spec}
+    (run_dir / "config.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "algorithm": algorithm,
+                                                     "run_name": name, "config": config}))
+    rows = [{"step": 1000 * (i + 1), "time": i, "charts/episodic_return": float(r), "charts/episodic_length": 1000}
+            for i, r in enumerate(returns)]
+    rows += [{"step": 100 * (i + 1), "time": i, "losses/td_loss": float(v)} for i, v in enumerate([] if td_losses is None else td_losses)]
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in sorted(rows, key=lambda r: r["step"])) + "\n")
+    summary = {"schema_version": SCHEMA_VERSION, "status": status, "total_timesteps": 1000 * len(returns),
+               "global_step": 1000 * len(returns), "wall_clock_s": 1.0, "sps": 1000.0,
+               "error": "Traceback ...\nValueError: boom" if status == "crashed" else None}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def learning_curve(final: float, rng, episodes=200, noise=20.0):
+    return np.linspace(0, final, episodes) + rng.normal(0, noise, episodes)
+
+
+# ---- statistics ----
+
+def test_iqm_of_known_arrays():
+    assert iqm([1, 2, 3, 4, 5, 6, 7, 8]) == 4.5  # mean of 3, 4, 5, 6
+    assert iqm([0, 0, 0, 100]) == 0.0  # the outlier is trimmed
+    assert iqm([5.0] * 7) == 5.0
+
+
+def test_bootstrap_ci_coverage_in_a_small_simulation():
+    rng = np.random.default_rng(0)
+    covered = 0
+    trials = 50
+    for trial in range(trials):
+        sample = rng.normal(10.0, 2.0, size=25)  # symmetric: true IQM = 10
+        low, high = bootstrap_ci([sample], iqm, seed=trial, resamples=300)
+        covered += low <= 10.0 <= high
+    assert covered / trials >= 0.85
+
+
+def test_stratified_bootstrap_resamples_each_environment_separately():
+    low, high = bootstrap_ci([[0.0, 0.0, 0.0], [100.0, 100.0, 100.0]], lambda a, b: iqm(np.concatenate([a, b])))
+    assert low == high == 50.0  # each stratum constant: every resample keeps three of each
+
+
+def test_probability_of_improvement():
+    assert probability_of_improvement([5, 6, 7], [1, 2, 3]) == 1.0
+    assert probability_of_improvement([1, 2, 3], [5, 6, 7]) == 0.0
+    assert probability_of_improvement([1, 2], [1, 2]) == 0.5
+
+
+def test_verdicts_for_clear_opposite_and_overlapping_intervals():
+    assert verdict_above(1.0, 2.0) == "holds"
+    assert verdict_above(-2.0, -1.0) == "does not hold"
+    assert verdict_above(-1.0, 1.0) == "inconclusive"
+    assert verdict_above(5.0, 6.0, threshold=4.0) == "holds"
+    assert verdict_below(-2.0, -1.0) == "holds"
+    assert verdict_below(1.0, 2.0) == "does not hold"
+
+
+def test_stability_metrics():
+    assert mean_drawdown(np.arange(100.0)) == 0.0
+    oscillating = np.tile([0.0] * 10 + [100.0] * 10, 5)
+    assert mean_drawdown(oscillating) > 10.0
+    losses = [1.0] * 30 + [50.0] + [1.0] * 10 + [60.0]
+    assert spike_count(losses) == 2
+
+
+# ---- claims on synthetic sweeps ----
+
+def ppo_sweep(tmp_path, alphagrad_final, adam_final=1500.0, noise=20.0):
+    rng = np.random.default_rng(1)
+    for seed in (1, 2, 3, 4, 5):
+        make_run(tmp_path, f"adam__s{seed}", "ppo_continuous_action", "adam", None, seed,
+                 learning_curve(adam_final + rng.normal(0, 50), rng, noise=noise))
+        make_run(tmp_path, f"alphagrad-98__s{seed}", "ppo_continuous_action", "alphagrad", 98, seed,
+                 learning_curve(alphagrad_final + rng.normal(0, 50), rng, noise=noise))
+    return load_runs(tmp_path)
+
+
+@pytest.mark.parametrize(("alphagrad_final", "verdict"),
+                         [(3000.0, "holds"), (800.0, "does not hold"), (1510.0, "inconclusive")])
+def test_ppo_claim_verdicts(tmp_path, alphagrad_final, verdict):
+    claims = paper_claims(ppo_sweep(tmp_path, alphagrad_final))
+    (claim,) = [c for c in claims if "alpha=98" in c.claim]
+    assert claim.verdict == verdict
+
+
+def test_td3_claims_competitive_smoother_and_failure(tmp_path):
+    rng = np.random.default_rng(2)
+    for seed in (1, 2, 3, 4):
+        volatile = np.tile(np.r_[np.linspace(0, 3000, 20), np.linspace(3000, 1000, 20)], 5) + rng.normal(0, 10, 200)
+        make_run(tmp_path, f"adam__s{seed}", "td3_continuous_action", "adam", None, seed, volatile, env_id="Hopper-v4")
+        make_run(tmp_path, f"alphagrad-150__s{seed}", "td3_continuous_action", "alphagrad", 150, seed,
+                 np.linspace(0, 2500, 200) + rng.normal(0, 10, 200), env_id="Hopper-v4")
+        make_run(tmp_path, f"alphagrad-457__s{seed}", "td3_continuous_action", "alphagrad", 457, seed,
+                 rng.normal(20, 5, 200), env_id="Hopper-v4")
+    claims = {c.claim.split(" (")[0]: c.verdict for c in paper_claims(load_runs(tmp_path))}
+    assert claims["TD3: alphagrad-150 learns more smoothly than Adam"] == "holds"
+    assert claims["TD3: alphagrad-457 fails to learn"] == "holds"
+    # last 100 episodes: alphagrad-150 ~1875 vs Adam's volatile ~1750, within the 10% margin
+    assert claims["TD3: alphagrad-150 competitive with Adam"] == "holds"
+
+
+def test_too_few_runs_make_every_verdict_inconclusive(tmp_path):
+    rng = np.random.default_rng(3)
+    for seed in (1, 2):
+        make_run(tmp_path, f"adam__s{seed}", "ppo_continuous_action", "adam", None, seed, learning_curve(1500, rng))
+        make_run(tmp_path, f"alphagrad-98__s{seed}", "ppo_continuous_action", "alphagrad", 98, seed,
+                 learning_curve(3000, rng))
+    claims = paper_claims(load_runs(tmp_path))
+    assert claims and all(c.verdict == "inconclusive" for c in claims)
+
+
+# ---- report ----
+
+def test_report_with_a_failed_run(tmp_path):
+    sweep_dir = tmp_path / "runs" / "dqn-sweep"
+    rng = np.random.default_rng(4)
+    for seed in (1, 2, 3):
+        make_run(sweep_dir, f"adam__s{seed}", "dqn", "adam", None, seed, learning_curve(480, rng),
+                 td_losses=rng.uniform(0.5, 1.5, 300), env_id="CartPole-v1")
+        make_run(sweep_dir, f"alphagrad-93__s{seed}", "dqn", "alphagrad", 93, seed,
+                 np.abs(learning_curve(300, rng, noise=120.0)), td_losses=np.r_[rng.uniform(0.5, 1.5, 300)],
+                 env_id="CartPole-v1")
+    make_run(sweep_dir, "alphagrad-93__s4", "dqn", "alphagrad", 93, 4, [10.0, 12.0], status="crashed",
+             env_id="CartPole-v1")
+
+    report = write_report(sweep_dir, tmp_path / "report")
+    text = report.read_text()
+    assert "## Claims of the AlphaGrad paper" in text and "DQN: alphagrad-93 learns" in text
+    assert "## Runs not finished" in text and "alphagrad-93__s4 | crashed | ValueError: boom" in text
+    assert "| alphagrad-93 | 3/4 |" in text
+    for name in ("curves_dqn.png", "curves_dqn.svg", "iqm.png", "iqm.svg"):
+        assert (tmp_path / "report" / name).stat().st_size > 5000
+    with open(tmp_path / "report" / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7 and {r["status"] for r in rows} == {"finished", "crashed"}
+    adam = [r for r in rows if r["arm"] == "adam"]
+    expected = np.linspace(0, 480, 200)[-100:].mean()  # final return: mean of the last 100 episodes
+    assert all(abs(float(r["final_return"]) - expected) < 10 for r in adam)
+
+
+def test_analyze_cli_rejects_a_missing_folder(tmp_path):
+    completed = subprocess.run([sys.executable, str(ROOT / "scripts" / "analyze.py"), str(tmp_path / "nope")],
+                               capture_output=True, text=True)
+    assert completed.returncode == 2 and "is not a folder of run records" in completed.stderr
+    (tmp_path / "empty").mkdir()
+    completed = subprocess.run([sys.executable, str(ROOT / "scripts" / "analyze.py"), str(tmp_path / "empty")],
+                               capture_output=True, text=True)
+    assert completed.returncode == 2 and "no run records" in completed.stderr
