@@ -75,6 +75,9 @@ class Sweep:
     name: str
     program: str
     runs: list[RunSpec]
+    parameters: dict[str, dict[str, Any]]
+    arms: dict[str, dict[str, Any]]
+    metric: dict[str, Any] | None = None
     description: str = ""
 
 
@@ -178,7 +181,27 @@ def load_sweep(path: str | Path) -> Sweep:
             chosen = dict(zip((flag for flag, _ in axes), combination))
             label = "__".join([arm] + [f"{flag}={chosen[flag]}" for flag in varying] + [f"s{chosen['seed']}"])
             runs.append(RunSpec(label, arm, int(chosen["seed"]), tuple({**chosen, **settings}.items())))
-    return Sweep(name=name, program=program, runs=runs, description=str(config.get("description", "")))
+    return Sweep(name=name, program=program, runs=runs, parameters=parameters, arms=arms,
+                 metric=config.get("metric"), description=str(config.get("description", "")))
+
+
+def wandb_sweep_configs(sweep: Sweep) -> dict[str, dict[str, Any]]:
+    """One plain W&B grid-sweep config per arm (W&B has no arms: the arm's settings become fixed
+    parameters). Each run logs to W&B in the group named after the sweep; `wandb sweep FILE` then
+    `wandb agent ID` runs it on the W&B service."""
+    configs = {}
+    for arm, settings in sweep.arms.items():
+        configs[f"{sweep.name}-{arm}"] = {
+            "name": f"{sweep.name}-{arm}",
+            "description": f"{sweep.description} (arm {arm})".strip(),
+            "program": sweep.program,
+            "method": "grid",
+            **({"metric": sweep.metric} if sweep.metric else {}),
+            "parameters": {**sweep.parameters, **{flag: {"value": value} for flag, value in settings.items()}},
+            "command": ["${env}", "${interpreter}", "${program}", "--track", "--wandb-group", sweep.name,
+                        "${args_no_boolean_flags}"],  # --flag=value, and true booleans as bare --flag (tyro)
+        }
+    return configs
 
 
 def filter_runs(runs: list[RunSpec], arms: tuple[str, ...] = (), seeds: tuple[int, ...] = ()) -> list[RunSpec]:

@@ -5,6 +5,7 @@
     python scripts/sweep.py configs/paper_ppo_halfcheetah.yaml --arms adam alphagrad-98 --seeds 1 \\
         --total-timesteps 100000                                            # a quick, smaller version
     python scripts/sweep.py CONFIG --backend ray --ray-address auto         # on a Ray cluster
+    python scripts/sweep.py CONFIG --export-wandb wandb_sweeps/             # W&B grid sweeps, one per arm
 
 Exit status 0 when every run finished, 1 otherwise.
 """
@@ -47,6 +48,8 @@ class Args:
     """runs that share one GPU"""
     track: bool = False
     """log every run to Weights & Biases, grouped by the sweep's name"""
+    export_wandb: Path | None = None
+    """write one W&B grid-sweep config per arm into this folder (for `wandb sweep`) and exit"""
 
 
 def main(args: Args) -> int:
@@ -61,6 +64,17 @@ def main(args: Args) -> int:
             print(f"error: invalid --total-timesteps {args.total_timesteps} (allowed: > 0)", file=sys.stderr)
             return 2
         runs = override_flag(runs, "total-timesteps", args.total_timesteps)
+    if args.export_wandb is not None:
+        import yaml
+
+        from alphagrad.sweep import wandb_sweep_configs
+
+        args.export_wandb.mkdir(parents=True, exist_ok=True)
+        for name, config in wandb_sweep_configs(sweep).items():
+            path = args.export_wandb / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            print(f"wandb sweep {path}")
+        return 0
     if args.dry_run:
         from alphagrad.sweep import run_status
 

@@ -67,6 +67,26 @@ def test_grid_expansion_crosses_arms_axes_and_seeds(tmp_path):
     assert all(dict(r.flags)["total-timesteps"] == 50 for r in quick)
 
 
+def test_wandb_export_gives_one_plain_grid_per_arm_that_the_agent_parses(tmp_path):
+    import tyro
+
+    from agents import dqn
+    from alphagrad.sweep import wandb_sweep_configs
+
+    configs = wandb_sweep_configs(load_sweep(ROOT / "configs" / "paper_dqn_cartpole.yaml"))
+    assert set(configs) == {f"paper-dqn-cartpole-{arm}" for arm in
+                            ("adam", "alphagrad-93", "alphagrad-186", "alphagrad-279", "adamw-agr")}
+    config = configs["paper-dqn-cartpole-alphagrad-186"]
+    assert set(config) <= {"name", "description", "program", "method", "metric", "parameters", "command"}
+    assert config["method"] == "grid" and config["parameters"]["seed"] == {"values": [1, 2, 3]}
+    assert config["parameters"]["optim.alpha"] == {"value": 186}
+    assert "--track" in config["command"] and "paper-dqn-cartpole" in config["command"]
+    # a W&B agent passes --flag=value; the agent's tyro parser must accept every one of them
+    argv = [f"--{flag}={spec.get('value', (spec.get('values') or [None])[0])}" for flag, spec in config["parameters"].items()]
+    args = tyro.cli(dqn.Args, args=argv)
+    assert args.optim.name == "alphagrad" and args.optim.alpha == 186.0 and args.total_timesteps == 500000
+
+
 def test_boolean_flags_use_tyro_negation(tmp_path):
     sweep = load_sweep(write_config(tmp_path, arms={"agr-off": {"optim.agr": False, "save-model": True}}))
     argv = sweep.runs[0].argv("agents/dqn.py", Path("out"))
