@@ -1,4 +1,7 @@
-"""The fused AlphaGrad update: one compiled read-modify-write pass over the parameters.
+"""The fused AlphaGrad update: per param group, one pass for the norms, then one read-modify-write pass
+over the parameters. On the CPU (float32/float64) a small C++ kernel does it (csrc/fused_alphagrad.cpp,
+built on first use by torch.utils.cpp_extension, ~30-60 s once per machine); elsewhere (CUDA, other
+dtypes) a torch.compile'd kernel does (a few seconds per process; Triton on GPUs).
 
 `torch.tanh` costs ~4 ns per element on a CPU (even compiled), more than the whole memory traffic of
 the update. `rational_tanh` replaces it with an odd rational function, x * P(x^2) / Q(x^2), on
@@ -11,6 +14,10 @@ write p (Adam reads and writes 7 tensors' worth).
 """
 
 from __future__ import annotations
+
+import hashlib
+import platform
+from pathlib import Path
 
 import torch
 
@@ -80,11 +87,41 @@ def _alphagrad_update(
 
 
 _compiled_update = None
+_cpu_kernels = None
 
 
-def fused_alphagrad_update(*args, **kwargs) -> torch.Tensor:
+def compiled_alphagrad_update(*args, **kwargs) -> torch.Tensor:
     """Compile `_alphagrad_update` on first use (a few seconds; needs a C++ compiler on CPU, Triton on GPU)."""
     global _compiled_update
     if _compiled_update is None:
         _compiled_update = torch.compile(_alphagrad_update, dynamic=False, fullgraph=True)
     return _compiled_update(*args, **kwargs)
+
+
+def cpu_kernel_applies(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
+    """Whether the C++ kernel can update these tensors (CPU, float32/float64, dense and contiguous)."""
+    dtype = params[0].dtype
+    return dtype in (torch.float32, torch.float64) and all(
+        t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
+        for t in (*params, *grads))
+
+
+def _instruction_set_tag() -> str:
+    """Tag of this CPU's instruction set: the kernel is built with -march=native, once per kind of CPU."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor() or platform.machine()
+    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+
+
+def cpu_alphagrad_update(*args) -> bool:
+    """The C++ kernel (built on first use); returns False, writing nothing, when a gradient norm is not finite."""
+    global _cpu_kernels
+    if _cpu_kernels is None:
+        from torch.utils.cpp_extension import load
+
+        _cpu_kernels = load(name=f"alphagrad_fused_{_instruction_set_tag()}",
+                            sources=[str(Path(__file__).parent / "csrc" / "fused_alphagrad.cpp")],
+                            extra_cflags=["-O3", "-march=native"], verbose=False)
+    return _cpu_kernels.alphagrad_update(*args)

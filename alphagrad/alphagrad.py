@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._fused import fused_alphagrad_update
+from ._fused import compiled_alphagrad_update, cpu_alphagrad_update, cpu_kernel_applies
 from ._validation import check_choice, check_range
 
 TRANSFORMS = ("tanh", "scaled_tanh", "sin_tanh", "hybrid", "linear")
@@ -90,10 +90,11 @@ class AlphaGrad(Optimizer):
         maximize: ascend instead of descend.
         foreach: use torch._foreach_* kernels (default on every device; False for the reference
             single-tensor path).
-        fused: one compiled pass per group (torch.compile; "tanh" transform with "tensor" or
-            "group" normalization only). tanh is evaluated by a rational approximation within
-            4.4e-7 of it. The first step compiles for a few seconds. The non-finite check is made
-            per param group inside the kernel (a group with a NaN/inf gradient is left unchanged).
+        fused: one pass per param group ("tanh" transform with "tensor" or "group" normalization
+            only), tanh evaluated by a rational approximation within 4.4e-7 of it: a C++ kernel on
+            the CPU (built on first use, ~30-60 s once per machine), torch.compile elsewhere (a
+            few seconds per process). The non-finite check is made per param group (a group with
+            a NaN/inf gradient is left unchanged).
     """
 
     def __init__(
@@ -160,18 +161,20 @@ class AlphaGrad(Optimizer):
                 _multi_tensor_alphagrad(params, grads, buffers, norms, alphas, group)
 
         fused = [item for item in work if item[2] and item[1]["fused"]]
-        not_applied = [item for item, finite in [(item, self._fused_step(*item)) for item in fused] if not bool(finite)]
+        not_applied = [item for item in fused if not self._fused_step(*item)]
         if not_applied:
             self._handle_nonfinite(not_applied, skipped=[group for _, group, _, _ in not_applied])
         return loss
 
-    def _fused_step(self, index, group, params, grads) -> torch.Tensor:
+    def _fused_step(self, index, group, params, grads) -> bool:
+        """Update one group in a single pass; False (nothing written) when a gradient norm is not finite."""
+        options = (group["eps"], group["momentum"], group["momentum_form"] == "paper", group["weight_decay"],
+                   group["maximize"], group["normalization"] == "group")
+        buffers = self._momentum_buffers(group, params)
+        if cpu_kernel_applies(params, grads):
+            return cpu_alphagrad_update(params, grads, buffers, _alphas(group, params), group["lr"], *options)
         lr, alphas = self._fused_scalars(index, group, params)
-        return fused_alphagrad_update(
-            params, grads, self._momentum_buffers(group, params), alphas, lr, group["eps"], group["momentum"],
-            group["momentum_form"] == "paper", group["weight_decay"], group["maximize"],
-            group["normalization"] == "group",
-        )
+        return bool(compiled_alphagrad_update(params, grads, buffers, alphas, lr, *options))
 
     def _fused_scalars(self, index, group, params) -> tuple[torch.Tensor, torch.Tensor]:
         """lr and per-tensor alphas as tensors, so schedules change them without recompiling the kernel.

@@ -210,11 +210,32 @@ def test_rational_tanh_is_within_tolerance_and_bounded():
     assert approx.abs().max() < 1.0
 
 
-@pytest.mark.parametrize("options", [dict(alpha=10.0, momentum=0.9, weight_decay=0.01), dict(alpha="auto", normalization="group")])
-def test_fused_matches_exact_formula(options):
+FUSED_OPTIONS = [
+    dict(alpha=10.0, momentum=0.9, weight_decay=0.01),
+    dict(alpha="auto", normalization="group"),
+    dict(alpha=30.0, momentum=0.5, momentum_form="sgd", maximize=True),
+]
+
+
+@pytest.mark.parametrize("kernel", ["cpu", "compiled"])
+@pytest.mark.parametrize("options", FUSED_OPTIONS)
+def test_fused_matches_exact_formula(options, kernel, monkeypatch):
+    """Both fused kernels: the C++ one (CPU default) and the torch.compile one (GPUs, other dtypes)."""
+    if kernel == "compiled":
+        monkeypatch.setattr("alphagrad.alphagrad.cpu_kernel_applies", lambda params, grads: False)
     fused, exact = train({**options, "fused": True}, steps=3), train({**options, "foreach": False}, steps=3)
     # each update component within 1e-6 of tanh; lr = 0.01 and 3 steps (with momentum <= 3 * 2.71 lr)
     assert (fused - exact).abs().max() < 1e-6
+
+
+def test_fused_cpu_kernel_on_float64_and_fallback_for_other_dtypes():
+    for dtype in (torch.float64, torch.bfloat16):
+        param = torch.nn.Parameter(torch.ones(4, dtype=dtype))
+        param.grad = torch.tensor([3.0, 4.0, 0.0, 0.0], dtype=dtype)
+        AlphaGrad([param], lr=0.1, alpha=1.0, fused=True).step()
+        expected = 1 - 0.1 * torch.tensor([math.tanh(0.6), math.tanh(0.8), 0.0, 0.0], dtype=torch.float64)
+        torch.testing.assert_close(param.detach().double(), expected, atol=1e-6 if dtype == torch.float64 else 1e-2,
+                                   rtol=0)
 
 
 # ---- state, diagnostics, non-finite gradients ----
