@@ -286,27 +286,20 @@ def paper_claims(runs: list[Run], baseline: str = "adam") -> list[Claim]:
                       "inconclusive")]
     adam_iqm = iqm(baseline_final)
 
-    def above(arm, column, label):
+    def compared(arm, column, label, verdict=verdict_above):
+        """A claim about column(arm) - column(baseline), judged by `verdict` on its CI."""
         comparison = _compare(runs, arm, baseline, column)
         if comparison is None:
             return Claim(label, _too_few(arm), "inconclusive")
         diff, low, high = comparison
         return Claim(label, f"{column} difference {arm} - {baseline}: {diff:.3g} [{low:.3g}, {high:.3g}]",
-                     verdict_above(low, high))
-
-    def below(arm, column, label):
-        comparison = _compare(runs, arm, baseline, column)
-        if comparison is None:
-            return Claim(label, _too_few(arm), "inconclusive")
-        diff, low, high = comparison
-        return Claim(label, f"{column} difference {arm} - {baseline}: {diff:.3g} [{low:.3g}, {high:.3g}]",
-                     verdict_below(low, high))
+                     verdict(low, high))
 
     if "ppo_continuous_action" in algorithms:
         for arm in _arms_with(runs, "alphagrad", {98.0}):
-            claims.append(above(arm, "final_return", f"PPO: AlphaGrad alpha=98 ({arm}) ends clearly above Adam"))
+            claims.append(compared(arm, "final_return", f"PPO: AlphaGrad alpha=98 ({arm}) ends clearly above Adam"))
         for arm in _arms_with(runs, "alphagrad", {196.0, 294.0}):
-            claims.append(above(arm, "final_return", f"PPO: AlphaGrad ({arm}) ends above Adam"))
+            claims.append(compared(arm, "final_return", f"PPO: AlphaGrad ({arm}) ends above Adam"))
     if "td3_continuous_action" in algorithms:
         margin = 0.1 * abs(adam_iqm)
         for arm in _arms_with(runs, "alphagrad", {100.0, 150.0, 200.0, 250.0}):
@@ -319,7 +312,8 @@ def paper_claims(runs: list[Run], baseline: str = "adam") -> list[Claim]:
                     f"TD3: {arm} competitive with Adam (IQM final return within 10% of Adam's, or above)",
                     f"IQM difference {diff:.3g} [{low:.3g}, {high:.3g}], margin -{margin:.3g}",
                     verdict_above(low, high, -margin)))
-            claims.append(below(arm, "mean_drawdown", f"TD3: {arm} learns more smoothly than Adam (lower mean drawdown)"))
+            claims.append(compared(arm, "mean_drawdown", f"TD3: {arm} learns more smoothly than Adam (lower mean drawdown)",
+                                   verdict_below))
         for arm in _arms_with(runs, "alphagrad", {457.0}):
             values = sum(finished_values(runs, arm, "final_return").values(), [])
             if len(values) < MIN_RUNS:
@@ -342,6 +336,6 @@ def paper_claims(runs: list[Run], baseline: str = "adam") -> list[Claim]:
                 claims.append(Claim(f"DQN: {arm} learns (IQM final return above twice the first episodes' mean)",
                                     f"IQM {iqm(values):.3g} [{low:.3g}, {high:.3g}], threshold {threshold:.3g}",
                                     verdict_above(low, high, threshold)))
-            claims.append(above(arm, "mean_drawdown", f"DQN: {arm} is less stable than Adam (higher mean drawdown)"))
-            claims.append(above(arm, "td_loss_spikes", f"DQN: {arm} has more TD-loss spikes than Adam"))
+            claims.append(compared(arm, "mean_drawdown", f"DQN: {arm} is less stable than Adam (higher mean drawdown)"))
+            claims.append(compared(arm, "td_loss_spikes", f"DQN: {arm} has more TD-loss spikes than Adam"))
     return claims
