@@ -123,5 +123,5 @@ def cpu_alphagrad_update(*args) -> bool:
 
         _cpu_kernels = load(name=f"alphagrad_fused_{_instruction_set_tag()}",
                             sources=[str(Path(__file__).parent / "csrc" / "fused_alphagrad.cpp")],
-                            extra_cflags=["-O3", "-march=native"], verbose=False)
+                            extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"], verbose=False)
     return _cpu_kernels.alphagrad_update(*args)

@@ -177,6 +177,8 @@ def _markdown(sweep_dir, runs, arms, claims: list[Claim], figures, final_window,
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
     lines += ["", "## Definitions", "",
               "- IQM: interquartile mean of the final returns; CI: percentile bootstrap, stratified by environment.",
+              "- With few runs per arm (fewer than ~10), percentile-bootstrap intervals are narrower than their "
+              "nominal 95%: treat verdicts from 3-5 seeds as provisional. No verdict is given below 3.",
               "- P(improvement): probability that a random run of the arm ends above a random run of the baseline "
               "(Mann-Whitney U / nm), with a bootstrap CI.",
               "- Mean drawdown: mean over episodes of (best smoothed return so far - smoothed return), on the "

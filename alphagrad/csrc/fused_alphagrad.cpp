@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <vector>
@@ -16,7 +17,7 @@ constexpr int64_t kGrain = 1 << 15;
 template <typename T>
 inline T rational_tanh(T x) {
   const T c = T(7.90531110763549805);
-  x = x < -c ? -c : (x > c ? c : x);
+  x = std::min(std::max(x, -c), c);
   const T z = x * x;
   const T p = ((T(1.1417681317808258e-05) * z + T(0.0029487993626052334)) * z + T(0.1292295755231318)) * z +
               T(0.9999994282327312);
@@ -56,29 +57,29 @@ bool update(std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>
     norms[i] = std::sqrt(squared);
     group_total += squared;
   }
+  // weight decay multiplies by 1 when off (exact); one branch-free loop per momentum form, so it vectorizes
   const T decay = T(1.0 - lr * weight_decay);
   const T step = T(lr);
   const T gamma = T(momentum);
   for (size_t i = 0; i < count; ++i) {
     const double norm = group_norm ? std::sqrt(group_total) : norms[i];
     const T scale = T((maximize ? -alphas[i] : alphas[i]) / (norm + eps));  // eq. 2-3, sign for maximize
-    T* p = params[i].data_ptr<T>();
-    const T* g = grads[i].data_ptr<T>();
-    T* v = momentum != 0.0 ? buffers[i].data_ptr<T>() : nullptr;
-    at::parallel_for(0, params[i].numel(), kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) {
-        const T direction = rational_tanh(g[j] * scale);
-        T value = weight_decay != 0.0 ? p[j] * decay : p[j];
-        if (v == nullptr) {
-          value -= step * direction;  // eq. 4
-        } else if (paper_momentum) {
-          v[j] = gamma * v[j] + step * direction;  // eq. 5
-          value -= v[j];  // eq. 6
-        } else {
-          v[j] = gamma * v[j] + direction;
-          value -= step * v[j];
+    T* __restrict__ p = params[i].data_ptr<T>();
+    const T* __restrict__ g = grads[i].data_ptr<T>();
+    T* __restrict__ v = momentum != 0.0 ? buffers[i].data_ptr<T>() : nullptr;
+    at::parallel_for(0, params[i].numel(), kGrain, [=](int64_t begin, int64_t end) {
+      if (v == nullptr) {
+        for (int64_t j = begin; j < end; ++j) p[j] = p[j] * decay - step * rational_tanh(g[j] * scale);  // eq. 4
+      } else if (paper_momentum) {
+        for (int64_t j = begin; j < end; ++j) {
+          v[j] = gamma * v[j] + step * rational_tanh(g[j] * scale);  // eq. 5
+          p[j] = p[j] * decay - v[j];  // eq. 6
         }
-        p[j] = value;
+      } else {
+        for (int64_t j = begin; j < end; ++j) {
+          v[j] = gamma * v[j] + rational_tanh(g[j] * scale);
+          p[j] = p[j] * decay - step * v[j];
+        }
       }
     });
   }
