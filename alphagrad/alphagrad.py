@@ -74,11 +74,11 @@ class AlphaGrad(Optimizer):
         lr: learning rate (eq. 4).
         alpha: tanh steepness (eq. 3), > 0; or "auto" for alpha = alpha_k * sqrt(d) per normalized
             unit (eq. 7, d its number of elements).
-        alpha_k: k of the "auto" rule.
         momentum: gamma of eq. 5, in [0, 1).
-        momentum_form: "paper" (eq. 5-6) or "sgd" (torch SGD's convention; see module docstring).
         weight_decay: decoupled, theta *= 1 - lr * weight_decay.
         eps: added to the norm (eq. 2), > 0.
+        alpha_k: k of the "auto" rule.
+        momentum_form: "paper" (eq. 5-6) or "sgd" (torch SGD's convention; see module docstring).
         normalization: "tensor" (each tensor its own unit, the default), "group" (the whole param
             group as one vector, the paper's section 5.3), or "none" (tanh only, no normalization).
         transform: "tanh" (eq. 3), "scaled_tanh" (beta * tanh), "sin_tanh" (sin(kappa * tanh)),
@@ -102,12 +102,12 @@ class AlphaGrad(Optimizer):
         params,
         lr: float = 1e-3,
         alpha: float | str = "auto",
-        *,
-        alpha_k: float = 1.0,
         momentum: float = 0.0,
-        momentum_form: str = "paper",
         weight_decay: float = 0.0,
         eps: float = 1e-8,
+        *,
+        alpha_k: float = 1.0,
+        momentum_form: str = "paper",
         normalization: str = "tensor",
         transform: str = "tanh",
         beta: float = 1.0,

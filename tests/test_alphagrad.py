@@ -337,6 +337,12 @@ def test_invalid_hyperparameters_raise(options, message):
     assert message in str(error.value)
 
 
+def test_positional_arguments_follow_torch_optim_order():
+    opt = AlphaGrad([torch.nn.Parameter(torch.zeros(1))], 0.1, 98.0, 0.9, 0.01, 1e-6)
+    assert (opt.defaults["lr"], opt.defaults["alpha"], opt.defaults["momentum"], opt.defaults["weight_decay"],
+            opt.defaults["eps"]) == (0.1, 98.0, 0.9, 0.01, 1e-6)
+
+
 def test_param_group_settings_are_validated():
     with pytest.raises(ValueError, match="alpha"):
         AlphaGrad([{"params": [torch.nn.Parameter(torch.zeros(1))], "alpha": -1.0}], alpha=2.0)
