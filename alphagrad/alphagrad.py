@@ -297,10 +297,15 @@ def _alphas(group: dict[str, Any], params: list[torch.Tensor]) -> list[float]:
     return [auto_alpha(p.numel(), group["alpha_k"]) for p in params]
 
 
+def _normalized(grad: torch.Tensor, norm: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+    """g_hat of eq. 2 (the raw gradient for normalization="none")."""
+    return grad / (norm + group["eps"]) if group["normalization"] != "none" else grad
+
+
 def abs_preactivations(group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]):
     """Yield (g_hat, alpha, |alpha * g_hat|) per tensor of a group: the input of tanh in eq. 3."""
     for grad, norm, alpha in zip(grads, _norms(grads, group["normalization"]), _alphas(group, params)):
-        g_hat = grad / (norm + group["eps"]) if group["normalization"] != "none" else grad
+        g_hat = _normalized(grad, norm, group)
         yield g_hat, alpha, (g_hat * alpha).abs_()
 
 
@@ -315,7 +320,7 @@ def _param_names(index: int, group: dict[str, Any], params: list[torch.Tensor]) 
 def _single_tensor_alphagrad(params, grads, buffers, norms, alphas, group) -> None:
     lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
     for i, (param, grad) in enumerate(zip(params, grads)):
-        g_hat = grad / (norms[i] + group["eps"]) if group["normalization"] != "none" else grad
+        g_hat = _normalized(grad, norms[i], group)
         direction = _direction(g_hat, alphas[i], group)
         if weight_decay != 0.0:
             param.mul_(1.0 - lr * weight_decay)

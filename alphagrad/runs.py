@@ -51,14 +51,21 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """A run's summary.json, or None when it has none (never started, or its folder was cleared)."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def read_run(run_dir: str | Path) -> dict[str, Any]:
     """Load a run record: {"config": ..., "summary": ... or None, "metrics": [rows]}."""
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     if config.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{run_dir}: run record schema {config.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    summary = read_summary(run_dir)
     metrics = []
     metrics_path = run_dir / "metrics.jsonl"
     if metrics_path.exists():

@@ -26,7 +26,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import itertools
-import json
 import os
 import queue
 import shutil
@@ -42,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from .runs import write_json_atomic
+from .runs import read_summary, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL_KEYS = {"name", "program", "method", "description", "metric", "parameters", "arms"}
@@ -219,10 +218,8 @@ def override_flag(runs: list[RunSpec], flag: str, value: Any) -> list[RunSpec]:
 
 def run_status(run_dir: Path) -> str | None:
     """The status in a run's summary.json, or None when it has none (never started, or cut off)."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status")
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    summary = read_summary(run_dir)
+    return summary.get("status") if summary else None
 
 
 def assign_gpus(num_gpus: int, runs_per_gpu: int) -> list[str]:
@@ -258,13 +255,12 @@ def execute_run(argv: list[str], run_dir: str, env: dict[str, str], cwd: str) ->
     with open(run_dir / "output.log", "w") as log:
         returncode = subprocess.run(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     preexec_fn=_die_with_parent).returncode
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = read_summary(run_dir) or {}
     if returncode != 0 and summary.get("status") in (None, "running", "finished"):
         tail = (run_dir / "output.log").read_text(errors="replace")[-4000:]
         summary = {**summary, "status": "crashed", "error": f"exit code {returncode}\n{tail}",
                    "wall_clock_s": round(time.time() - start, 3)}
-        write_json_atomic(summary_path, summary)
+        write_json_atomic(run_dir / "summary.json", summary)
     return summary
 
 
@@ -285,8 +281,8 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
     """Run every unfinished run of `runs`; returns {run name: summary} for all of them (skipped ones included)."""
     sweep_dir = options.results_dir.resolve() / sweep.name
     extra = options.extra_args + (("--track", "--wandb-group", sweep.name) if options.track else ())
-    done = {run.name: json.loads((sweep_dir / run.name / "summary.json").read_text())
-            for run in runs if run_status(sweep_dir / run.name) == "finished"}
+    summaries = {run.name: read_summary(sweep_dir / run.name) for run in runs}
+    done = {name: summary for name, summary in summaries.items() if summary and summary.get("status") == "finished"}
     pending = [run for run in runs if run.name not in done]
     gpus = visible_gpus() if options.use_gpus else []
     slots = assign_gpus(len(gpus), options.runs_per_gpu) if gpus else []

@@ -19,7 +19,16 @@ from typing import Literal
 
 import tyro
 
-from alphagrad.sweep import LaunchOptions, SweepConfigError, arm_table, filter_runs, launch, load_sweep, override_flag
+from alphagrad.sweep import (
+    LaunchOptions,
+    SweepConfigError,
+    arm_table,
+    filter_runs,
+    launch,
+    load_sweep,
+    override_flag,
+    run_status,
+)
 
 
 @dataclass
@@ -76,8 +85,6 @@ def main(args: Args) -> int:
             print(f"wandb sweep {path}")
         return 0
     if args.dry_run:
-        from alphagrad.sweep import run_status
-
         for run in runs:
             status = run_status(args.results_dir / sweep.name / run.name) or "not started"
             print(f"{run.name:50s} {status:12s} {' '.join(run.argv(sweep.program, args.results_dir / sweep.name)[2:])}")
