@@ -220,10 +220,11 @@ def main(args: Args) -> dict:
                     scheduler.step()
 
                 if global_step % 100 == 0:
+                    actor_logged = {"losses/actor_loss": actor_loss.item()} if actor_updates else {}
                     record.log(global_step, {
                         "losses/qf1_values": qf1_a_values.mean().item(), "losses/qf2_values": qf2_a_values.mean().item(),
                         "losses/qf1_loss": qf1_loss.item(), "losses/qf2_loss": qf2_loss.item(),
-                        "losses/qf_loss": qf_loss.item() / 2.0, "losses/actor_loss": actor_loss.item(),
+                        "losses/qf_loss": qf_loss.item() / 2.0, **actor_logged,
                         "charts/SPS": record.sps(global_step), **diagnostics,
                     })
                 elif diagnostics:

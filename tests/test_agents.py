@@ -110,6 +110,14 @@ def test_td3_takes_separate_actor_and_critic_optimizers(tmp_path, monkeypatch):
     assert actor_params == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc_mu.weight", "fc_mu.bias"]
 
 
+def test_td3_logs_before_its_first_delayed_actor_update(tmp_path):
+    summary = td3_continuous_action.main(td3_args(tmp_path, policy_frequency=250, total_timesteps=400))
+    assert summary["status"] == "finished"
+    rows = read_run(tmp_path / "td3")["metrics"]
+    assert any("losses/qf1_loss" in row and "losses/actor_loss" not in row for row in rows)
+    assert any("losses/actor_loss" in row for row in rows)
+
+
 def test_ppo_lr_annealing_reaches_the_optimizer(tmp_path):
     args = ppo_args(tmp_path, total_timesteps=512, optim=OptimizerSpec(name="adamw-agr", lr=1e-3, eps=1e-5))
     ppo_continuous_action.main(args)
