@@ -236,6 +236,20 @@ def arm_stats(runs: list[Run], baseline: str = "adam") -> list[ArmStats]:
     return result
 
 
+ARM_COLUMNS = ["arm", "runs", "finished", "mean", "std", "iqm", "iqm_ci_low", "iqm_ci_high", "p_improvement",
+               "p_low", "p_high", "mean_drawdown", "variability"]
+
+
+def write_arm_table(arms: list[ArmStats], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(ARM_COLUMNS)
+        for a in arms:
+            writer.writerow([a.arm, a.runs, a.finished, a.mean, a.std, a.iqm, *a.iqm_ci,
+                             *(a.improvement_over_baseline or (math.nan,) * 3), a.mean_drawdown, a.variability])
+
+
 # ---- claims ----
 
 @dataclass

@@ -25,6 +25,7 @@ from .analysis import (  # noqa: E402
     paper_claims,
     series,
     smoothed,
+    write_arm_table,
     write_table,
 )
 
@@ -128,13 +129,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, final_window: int =
     out_dir.mkdir(parents=True, exist_ok=True)
     write_table(runs, out_dir / "runs.csv")
     arms = arm_stats(runs, baseline)
-    with open(out_dir / "arms.csv", "w") as f:
-        f.write("arm,runs,finished,mean,std,iqm,iqm_ci_low,iqm_ci_high,p_improvement,p_low,p_high,"
-                "mean_drawdown,variability\n")
-        for a in arms:
-            p = a.improvement_over_baseline or (math.nan,) * 3
-            f.write(",".join(map(str, [a.arm, a.runs, a.finished, a.mean, a.std, a.iqm, *a.iqm_ci, *p,
-                                       a.mean_drawdown, a.variability])) + "\n")
+    write_arm_table(arms, out_dir / "arms.csv")
     figures = [path for algorithm in dict.fromkeys(run.algorithm for run in runs)
                for path in plot_panels(runs, algorithm, out_dir)] + plot_iqm(arms, out_dir)
     claims = paper_claims(runs, baseline)
