@@ -115,9 +115,9 @@ def main(args: Args) -> dict:
     check_args(args)
     envs = make_vector_env([make_env(args.env_id, args.seed + i, i) for i in range(args.num_envs)],
                            gym.spaces.Discrete, "DQN")
-    record = start_run(args, "dqn", args.env_id, args.optim.name, args.total_timesteps)
+    record, checkpoints = start_run(args, "dqn", args.env_id, args.optim.name, args.total_timesteps)
     device = select_device(args.cuda)
-    with record:
+    with checkpoints, record:
         q_network = QNetwork(envs).to(device)
         optimizer = make_optimizer(q_network.named_parameters(), args.optim)
         alpha_scheduler = make_alpha_scheduler(optimizer, args.optim)
@@ -125,10 +125,17 @@ def main(args: Args) -> dict:
         target_network.load_state_dict(q_network.state_dict())
         rb = ReplayBuffer(args.buffer_size, envs.single_observation_space.shape, (), np.int64, device)
         rng = np.random.default_rng(args.seed)
-        updates = 0
+        start_step = updates = 0
 
         obs, _ = envs.reset(seed=args.seed)
-        for global_step in range(args.total_timesteps):
+        checkpoints.track(q_network=q_network, target_network=target_network, optimizer=optimizer,
+                          alpha_scheduler=alpha_scheduler, replay_buffer=rb, envs=envs, rng=rng)
+        if (resumed := checkpoints.restore()) is not None:  # --resume: continue exactly where the checkpoint was
+            start_step, updates, obs = resumed["global_step"], resumed["updates"], resumed["obs"]
+            for env_index, first_obs in resumed["fresh_obs"].items():
+                obs[env_index] = first_obs
+
+        for global_step in range(start_step, args.total_timesteps):
             epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps,
                                       global_step)
             if rng.random() < epsilon:
@@ -171,6 +178,9 @@ def main(args: Args) -> dict:
                 if global_step % args.target_network_frequency == 0:
                     for target_param, q_param in zip(target_network.parameters(), q_network.parameters()):
                         target_param.data.copy_(args.tau * q_param.data + (1.0 - args.tau) * target_param.data)
+
+            if checkpoints.due(global_step + 1):
+                checkpoints.save(global_step + 1, global_step=global_step + 1, updates=updates, obs=obs)
         record.global_step = args.total_timesteps
 
         if args.save_model:

@@ -164,9 +164,10 @@ def main(args: Args) -> dict:
     minibatch_size = batch_size // args.num_minibatches
     num_iterations = max(1, args.total_timesteps // batch_size)
     envs = make_vector_env([make_env(args.env_id, args.gamma) for _ in range(args.num_envs)], gym.spaces.Box, "PPO")
-    record = start_run(args, "ppo_continuous_action", args.env_id, args.optim.name, num_iterations * batch_size)
+    record, checkpoints = start_run(args, "ppo_continuous_action", args.env_id, args.optim.name,
+                                    num_iterations * batch_size)
     device = select_device(args.cuda)
-    with record:
+    with checkpoints, record:
         agent = Agent(envs).to(device)
         optimizer = make_optimizer(agent.named_parameters(), args.optim)
         alpha_scheduler = make_alpha_scheduler(optimizer, args.optim)
@@ -180,11 +181,20 @@ def main(args: Args) -> dict:
 
         global_step = 0
         updates = 0
+        start_iteration = 1
         next_obs, _ = envs.reset(seed=args.seed)
         next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
         next_done = torch.zeros(args.num_envs, device=device)
+        # checkpoints fall between iterations: the rollout buffers are refilled, and the lr follows the iteration
+        checkpoints.track(agent=agent, optimizer=optimizer, alpha_scheduler=alpha_scheduler, envs=envs)
+        if (resumed := checkpoints.restore()) is not None:  # --resume: continue exactly where the checkpoint was
+            global_step, updates, start_iteration = resumed["global_step"], resumed["updates"], resumed["iteration"]
+            next_obs, next_done = resumed["next_obs"].to(device), resumed["next_done"].to(device)
+            for env_index, first_obs in resumed["fresh_obs"].items():  # episodes that could not be continued
+                next_obs[env_index] = torch.as_tensor(first_obs, dtype=torch.float32, device=device)
+                next_done[env_index] = 1.0
 
-        for iteration in range(1, num_iterations + 1):
+        for iteration in range(start_iteration, num_iterations + 1):
             if args.anneal_lr:
                 frac = 1.0 - (iteration - 1.0) / num_iterations
                 for group in optimizer.param_groups:
@@ -301,6 +311,9 @@ def main(args: Args) -> dict:
                 "losses/explained_variance": explained_var, "charts/SPS": record.sps(global_step), **diagnostics,
             })
             record.progress(global_step)
+            if checkpoints.due(global_step):
+                checkpoints.save(global_step, global_step=global_step, updates=updates, iteration=iteration + 1,
+                                 next_obs=next_obs, next_done=next_done)
 
         if args.save_model:
             normalizer = observation_normalizers(envs)[0]

@@ -134,9 +134,9 @@ def main(args: Args) -> dict:
                            gym.spaces.Box, "TD3")
     optimizer_name = (args.actor_optim.name if args.actor_optim.name == args.critic_optim.name
                       else f"{args.actor_optim.name}+{args.critic_optim.name}")
-    record = start_run(args, "td3_continuous_action", args.env_id, optimizer_name, args.total_timesteps)
+    record, checkpoints = start_run(args, "td3_continuous_action", args.env_id, optimizer_name, args.total_timesteps)
     device = select_device(args.cuda)
-    with record:
+    with checkpoints, record:
         actor = Actor(envs).to(device)
         qf1 = QNetwork(envs).to(device)
         qf2 = QNetwork(envs).to(device)
@@ -157,10 +157,22 @@ def main(args: Args) -> dict:
         rb = ReplayBuffer(args.buffer_size, envs.single_observation_space.shape, envs.single_action_space.shape,
                           np.float32, device)
         rng = np.random.default_rng(args.seed)
-        critic_updates = actor_updates = 0
+        start_step = critic_updates = actor_updates = 0
+        actor_loss = None
 
         obs, _ = envs.reset(seed=args.seed)
-        for global_step in range(args.total_timesteps):
+        checkpoints.track(actor=actor, qf1=qf1, qf2=qf2, target_actor=target_actor, qf1_target=qf1_target,
+                          qf2_target=qf2_target, q_optimizer=q_optimizer, actor_optimizer=actor_optimizer,
+                          **{f"alpha_scheduler{i}": s for i, s in enumerate(alpha_schedulers)},
+                          replay_buffer=rb, envs=envs, rng=rng)
+        if (resumed := checkpoints.restore()) is not None:  # --resume: continue exactly where the checkpoint was
+            start_step, obs = resumed["global_step"], resumed["obs"]
+            critic_updates, actor_updates = resumed["critic_updates"], resumed["actor_updates"]
+            actor_loss = None if resumed["actor_loss"] is None else torch.tensor(resumed["actor_loss"])
+            for env_index, first_obs in resumed["fresh_obs"].items():
+                obs[env_index] = first_obs
+
+        for global_step in range(start_step, args.total_timesteps):
             if global_step < args.learning_starts:
                 actions = np.array([envs.single_action_space.sample() for _ in range(envs.num_envs)])
             else:
@@ -220,7 +232,7 @@ def main(args: Args) -> dict:
                     scheduler.step()
 
                 if global_step % 100 == 0:
-                    actor_logged = {"losses/actor_loss": actor_loss.item()} if actor_updates else {}
+                    actor_logged = {"losses/actor_loss": actor_loss.item()} if actor_loss is not None else {}
                     record.log(global_step, {
                         "losses/qf1_values": qf1_a_values.mean().item(), "losses/qf2_values": qf2_a_values.mean().item(),
                         "losses/qf1_loss": qf1_loss.item(), "losses/qf2_loss": qf2_loss.item(),
@@ -229,6 +241,10 @@ def main(args: Args) -> dict:
                     })
                 elif diagnostics:
                     record.log(global_step, diagnostics)
+
+            if checkpoints.due(global_step + 1):
+                checkpoints.save(global_step + 1, global_step=global_step + 1, obs=obs, critic_updates=critic_updates,
+                                 actor_updates=actor_updates, actor_loss=None if actor_loss is None else actor_loss.item())
         record.global_step = args.total_timesteps
 
         if args.save_model:

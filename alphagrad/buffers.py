@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ class ReplayBuffer:
         self.terminations = np.zeros((capacity, 1), dtype=np.float32)
         self.position = 0
         self.full = False
+        self.rows_per_add = 1  # the number of envs: a row's successor in its own env is rows_per_add rows later
 
     def __len__(self) -> int:
         return self.capacity if self.full else self.position
@@ -43,6 +44,7 @@ class ReplayBuffer:
     def add(self, obs: np.ndarray, next_obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
             terminations: np.ndarray) -> None:
         """Add one step of a vector env (leading axis = envs)."""
+        self.rows_per_add = len(obs)
         for i in range(len(obs)):
             self.observations[self.position] = obs[i]
             self.next_observations[self.position] = next_obs[i]
@@ -60,3 +62,39 @@ class ReplayBuffer:
 
         return ReplayBatch(tensor(self.observations).float(), tensor(self.actions), tensor(self.next_observations).float(),
                            tensor(self.rewards), tensor(self.terminations))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The filled rows, compactly: a next observation that equals the observation of the row's successor
+        (the same env's next row, which is nearly always the case within an episode) is not stored again."""
+        n = len(self)
+        observations, next_observations = self.observations[:n], self.next_observations[:n]
+        successor = (np.arange(n) + self.rows_per_add) % self.capacity
+        has_successor = np.flatnonzero(successor < n)
+        shared = np.zeros(n, dtype=bool)
+        shared[has_successor] = (_row_bytes(next_observations[has_successor])
+                                 == _row_bytes(observations[successor[has_successor]])).all(axis=1)
+        return {"capacity": self.capacity, "position": self.position, "full": self.full,
+                "rows_per_add": self.rows_per_add, "observations": observations, "actions": self.actions[:n],
+                "rewards": self.rewards[:n], "terminations": self.terminations[:n],
+                "next_obs_is_successor_obs": shared, "other_next_observations": next_observations[~shared]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        observations = state["observations"]
+        if state["capacity"] != self.capacity or observations.shape[1:] != self.observations.shape[1:]:
+            raise ValueError(f"the saved replay buffer holds {state['capacity']} x {tuple(observations.shape[1:])} "
+                             f"observations, this one {self.capacity} x {tuple(self.observations.shape[1:])}")
+        n = len(observations)
+        self.position, self.full, self.rows_per_add = int(state["position"]), bool(state["full"]), state["rows_per_add"]
+        self.observations[:n] = observations
+        self.actions[:n] = state["actions"]
+        self.rewards[:n] = state["rewards"]
+        self.terminations[:n] = state["terminations"]
+        shared = state["next_obs_is_successor_obs"]
+        rows = np.flatnonzero(shared)
+        self.next_observations[rows] = observations[(rows + self.rows_per_add) % self.capacity]
+        self.next_observations[np.flatnonzero(~shared)] = state["other_next_observations"]
+
+
+def _row_bytes(array: np.ndarray) -> np.ndarray:
+    """Each row as raw bytes, so that equality is bit equality (NaN and -0.0 included)."""
+    return np.ascontiguousarray(array).reshape(len(array), int(np.prod(array.shape[1:]))).view(np.uint8)

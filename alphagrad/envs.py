@@ -8,6 +8,7 @@ stored transition spans an episode boundary, and truncated episodes bootstrap fr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import gymnasium as gym
@@ -66,3 +67,164 @@ def evaluate_policy(envs: gym.vector.VectorEnv, act: Callable[[np.ndarray], np.n
         returns += [episodic_return for episodic_return, _ in finished_episodes(infos)]
     envs.close()
     return returns[:episodes]
+
+
+# --- Saving and restoring environment state (checkpoints) -------------------------------------------------
+# A sub-environment is restorable when every layer of its wrapper stack is known here: stateless
+# wrappers, the stateful ones below, and a MuJoCo or classic-control core. Any other layer makes it
+# non-restorable: a resumed run then starts a fresh episode in it (and records that).
+
+_STATELESS_WRAPPERS = (
+    gym.wrappers.OrderEnforcing, gym.wrappers.PassiveEnvChecker, gym.wrappers.FlattenObservation,
+    gym.wrappers.ClipAction, gym.wrappers.TransformObservation, gym.wrappers.TransformReward,
+)
+_CLASSIC_CONTROL_STATE = {  # the attributes that hold the whole simulation state
+    "CartPoleEnv": ("state", "steps_beyond_terminated"),
+    "AcrobotEnv": ("state",),
+    "MountainCarEnv": ("state",),
+    "Continuous_MountainCarEnv": ("state",),
+    "PendulumEnv": ("state", "last_u"),
+}
+
+
+def _layers(env: gym.Env) -> list[gym.Env]:
+    layers = [env]
+    while isinstance(layers[-1], gym.Wrapper):
+        layers.append(layers[-1].env)
+    return layers
+
+
+def _rms_state(rms) -> dict:
+    return {"mean": rms.mean.copy(), "var": rms.var.copy(), "count": float(rms.count)}
+
+
+def _set_rms(rms, state: dict) -> None:
+    rms.mean, rms.var, rms.count = np.array(state["mean"]), np.array(state["var"]), float(state["count"])
+
+
+def _generator_state(generator: np.random.Generator | None) -> dict | None:
+    return None if generator is None else generator.bit_generator.state
+
+
+def _layer_state(layer: gym.Env) -> dict | None:
+    """The state of one layer, {} for a stateless one, None when it cannot be saved (a core that is
+    neither MuJoCo nor classic control keeps its RNG state, with restorable False)."""
+    if isinstance(layer, _STATELESS_WRAPPERS):
+        return {}
+    if isinstance(layer, gym.wrappers.TimeLimit):
+        return {"elapsed_steps": layer._elapsed_steps}
+    if isinstance(layer, gym.wrappers.RecordEpisodeStatistics):
+        return {"episode_returns": float(layer.episode_returns), "episode_lengths": int(layer.episode_lengths),
+                "episode_count": layer.episode_count, "episode_time": time.perf_counter() - layer.episode_start_time,
+                "time_queue": list(layer.time_queue), "return_queue": [float(r) for r in layer.return_queue],
+                "length_queue": list(layer.length_queue)}
+    if isinstance(layer, gym.wrappers.NormalizeObservation):
+        return {"obs_rms": _rms_state(layer.obs_rms), "update": layer.update_running_mean}
+    if isinstance(layer, gym.wrappers.NormalizeReward):
+        return {"return_rms": _rms_state(layer.return_rms), "discounted_reward": layer.discounted_reward.copy(),
+                "update": layer.update_running_mean}
+    if isinstance(layer, gym.Wrapper):
+        return None
+    state = {"np_random": _generator_state(layer._np_random)}
+    if _is_mujoco(layer):
+        import mujoco
+
+        physics = np.empty(mujoco.mj_stateSize(layer.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+        mujoco.mj_getState(layer.model, layer.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+        return {**state, "mujoco_integration_state": physics}
+    attributes = _CLASSIC_CONTROL_STATE.get(type(layer).__name__)
+    if attributes is None:
+        return {**state, "simulation_saved": False}
+    return {**state, **{name: np.array(getattr(layer, name)) if isinstance(getattr(layer, name), (np.ndarray, tuple))
+                        else getattr(layer, name) for name in attributes}}
+
+
+def _is_mujoco(env: gym.Env) -> bool:
+    try:
+        from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+    except ImportError:  # gymnasium without the mujoco extra
+        return False
+    return isinstance(env, MujocoEnv)
+
+
+def env_state(env: gym.Env) -> dict:
+    """Everything needed to continue `env` exactly where it is: each layer's state (wrapper counters,
+    normalization statistics, physics), the RNGs of the core and of the spaces. `restorable` is False
+    when some layer's state cannot be saved."""
+    layers = _layers(env)
+    states = [_layer_state(layer) for layer in layers]
+    restorable = all(s is not None for s in states) and states[-1].get("simulation_saved", True)
+    return {"layers": [type(layer).__name__ for layer in layers], "restorable": restorable,
+            "states": states, "action_space_rng": _generator_state(env.action_space._np_random),
+            "observation_space_rng": _generator_state(env.observation_space._np_random)}
+
+
+def _restore_layer(layer: gym.Env, state: dict) -> None:
+    if isinstance(layer, gym.wrappers.TimeLimit):
+        layer._elapsed_steps = state["elapsed_steps"]
+    elif isinstance(layer, gym.wrappers.RecordEpisodeStatistics):
+        layer.episode_returns, layer.episode_lengths = state["episode_returns"], state["episode_lengths"]
+        layer.episode_count = state["episode_count"]
+        layer.episode_start_time = time.perf_counter() - state["episode_time"]
+        for name in ("time_queue", "return_queue", "length_queue"):
+            queue = getattr(layer, name)
+            queue.clear()
+            queue.extend(state[name])
+    elif isinstance(layer, gym.wrappers.NormalizeObservation):
+        _set_rms(layer.obs_rms, state["obs_rms"])
+        layer.update_running_mean = state["update"]
+    elif isinstance(layer, gym.wrappers.NormalizeReward):
+        _set_rms(layer.return_rms, state["return_rms"])
+        layer.discounted_reward = state["discounted_reward"].copy()
+        layer.update_running_mean = state["update"]
+    elif not isinstance(layer, gym.Wrapper):  # the core: its RNG, and its physics when it could be saved
+        if state["np_random"] is not None:
+            layer.np_random.bit_generator.state = state["np_random"]
+        if "mujoco_integration_state" in state:
+            import mujoco
+
+            physics = state["mujoco_integration_state"]
+            if physics.size != mujoco.mj_stateSize(layer.model, mujoco.mjtState.mjSTATE_INTEGRATION):
+                raise ValueError(f"the saved MuJoCo state of {type(layer).__name__} does not fit its model")
+            mujoco.mj_setState(layer.model, layer.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+            mujoco.mj_forward(layer.model, layer.data)  # derived quantities (positions, contacts) for the next step
+        for name in _CLASSIC_CONTROL_STATE.get(type(layer).__name__, ()):
+            value = state[name]
+            setattr(layer, name, value.copy() if isinstance(value, np.ndarray) else value)
+
+
+def restore_env_state(env: gym.Env, state: dict) -> np.ndarray | None:
+    """Put `env` (reset once already) back into a state from `env_state`. Returns None when it continues
+    exactly; otherwise (a non-restorable env) the first observation of the fresh episode it started,
+    with the RNGs restored so that this fresh episode is itself reproducible."""
+    layers = _layers(env)
+    names = [type(layer).__name__ for layer in layers]
+    if names != list(state["layers"]):
+        raise ValueError(f"the saved environment has layers {list(state['layers'])}, this one {names}")
+    for space, rng in ((env.action_space, state["action_space_rng"]),
+                       (env.observation_space, state["observation_space_rng"])):
+        if rng is not None:
+            space.np_random.bit_generator.state = rng
+    for layer, layer_state in zip(layers, state["states"]):
+        if layer_state:
+            _restore_layer(layer, layer_state)
+    if state["restorable"]:
+        return None
+    obs, _ = env.reset()  # continues the restored RNGs and keeps the restored statistics
+    return obs
+
+
+def vector_env_state(envs: gym.vector.SyncVectorEnv) -> list[dict]:
+    return [env_state(env) for env in envs.envs]
+
+
+def restore_vector_env_state(envs: gym.vector.SyncVectorEnv, states: list[dict]) -> dict[int, np.ndarray]:
+    """Restore each sub-environment; returns {index: first observation} for those that started a fresh episode."""
+    if len(states) != envs.num_envs:
+        raise ValueError(f"the checkpoint has {len(states)} environments, this run {envs.num_envs}")
+    fresh = {}
+    for index, (env, state) in enumerate(zip(envs.envs, states)):
+        obs = restore_env_state(env, state)
+        if obs is not None:
+            fresh[index] = obs
+    return fresh

@@ -17,8 +17,9 @@ from torch.optim import Optimizer
 
 from .agr import AGR
 from .alphagrad import AlphaGrad
+from .checkpoint import Checkpointer, RunInterrupted
 from .envs import check_env_id
-from .runs import RunRecord
+from .runs import RunRecord, clear_record
 
 
 @dataclass
@@ -55,6 +56,14 @@ class CommonArgs:
     """episodes of the evaluation after --save-model"""
     diagnostics_interval: int = 100
     """log the optimizer's diagnostics (update norms, AlphaGrad saturation) every N optimizer steps; 0: never"""
+    checkpoint_interval_s: float = 300.0
+    """write a checkpoint every this many seconds of training (0: not by time); SIGTERM/SIGINT always write one"""
+    checkpoint_interval_steps: int = 0
+    """also write a checkpoint every this many env steps (0: not by steps)"""
+    resume: bool = False
+    """continue <results-dir>/<run-name> from its newest intact checkpoint (from step 0 when it has none)"""
+    keep_checkpoints: bool = False
+    """keep the checkpoints of a finished run (by default only unfinished runs keep theirs)"""
 
 
 def check_common_args(args: CommonArgs, env_id: str, total_timesteps: int) -> None:
@@ -64,6 +73,11 @@ def check_common_args(args: CommonArgs, env_id: str, total_timesteps: int) -> No
         raise ValueError(f"invalid total_timesteps: {total_timesteps} (allowed: > 0)")
     if args.eval_episodes < 0 or args.diagnostics_interval < 0:
         raise ValueError("eval_episodes and diagnostics_interval must be >= 0")
+    if args.checkpoint_interval_s < 0 or args.checkpoint_interval_steps < 0:
+        raise ValueError(f"invalid checkpoint interval: {args.checkpoint_interval_s} s, "
+                         f"{args.checkpoint_interval_steps} steps (allowed: >= 0, 0 turns it off)")
+    if args.resume and not args.run_name:
+        raise ValueError("--resume needs --run-name: the name of the run folder to continue")
 
 
 def check_positive(args: object, *names: str) -> None:
@@ -84,15 +98,32 @@ def select_device(cuda: bool) -> torch.device:
     return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
 
 
-def start_run(args: CommonArgs, algorithm: str, env_id: str, optimizer_name: str, total_timesteps: int) -> RunRecord:
-    """Seed, name the run and open its record."""
+def start_run(args: CommonArgs, algorithm: str, env_id: str, optimizer_name: str,
+              total_timesteps: int) -> tuple[RunRecord, Checkpointer]:
+    """Seed, name the run and open its record, or with --resume load its newest checkpoint and continue
+    the record from there. The Checkpointer then restores the agent's objects (`restore()`)."""
     seed_everything(args.seed, args.torch_deterministic)
     run_name = args.run_name or f"{env_id}__{args.exp_name}__{optimizer_name}__{args.seed}__{int(time.time())}"
-    return RunRecord(
-        run_dir=Path(args.results_dir) / run_name, algorithm=algorithm, config=dataclasses.asdict(args),
-        total_timesteps=total_timesteps, track=args.track, wandb_project=args.wandb_project_name,
-        wandb_entity=args.wandb_entity, wandb_group=args.wandb_group, wandb_tags=args.wandb_tags, quiet=args.quiet,
+    run_dir = Path(args.results_dir) / run_name
+    config = dataclasses.asdict(args)
+    checkpoints = Checkpointer(run_dir, algorithm, config, interval_steps=args.checkpoint_interval_steps,
+                               interval_s=args.checkpoint_interval_s, keep_after_finish=args.keep_checkpoints)
+    resume_state = None
+    if args.resume:
+        loaded = checkpoints.load_latest()  # CheckpointMismatch (a ValueError) before anything is touched
+        if loaded is None:
+            print(f"warning: {run_dir} has no intact checkpoint: the run starts from step 0", file=sys.stderr)
+            clear_record(run_dir)
+        else:
+            resume_state = loaded["record"]
+            print(f"resuming {run_dir} from {checkpoints.loaded_path.name}", file=sys.stderr)
+    record = RunRecord(
+        run_dir=run_dir, algorithm=algorithm, config=config, total_timesteps=total_timesteps, track=args.track,
+        wandb_project=args.wandb_project_name, wandb_entity=args.wandb_entity, wandb_group=args.wandb_group,
+        wandb_tags=args.wandb_tags, quiet=args.quiet, resume_state=resume_state,
     )
+    checkpoints.record = record
+    return record, checkpoints
 
 
 def step_optimizer(optimizer: Optimizer, prefix: str, diagnose: bool) -> dict[str, float]:
@@ -122,3 +153,6 @@ def cli(main: Callable, args_type: type) -> None:
         main(args)
     except ValueError as error:
         sys.exit(f"error: {error}")
+    except RunInterrupted as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(128 + stop.signum)

@@ -7,7 +7,13 @@ Layout of `<results_dir>/<run_name>/` (schema version `SCHEMA_VERSION`):
 - `summary.json`: written last and atomically: status ("running", "finished", "crashed",
   "interrupted"), global_step, total_timesteps, episodes, final_return (mean of the last
   `final_window` episodic returns), best_return, wall_clock_s, sps, evaluation (if any), error.
-- `events.out.tfevents.*`: the same scalars for TensorBoard; W&B mirrors them with `--track`.
+- `events.out.tfevents.*`: the same scalars for TensorBoard; W&B gets them too with `--track` (step =
+  env steps).
+- `checkpoints/`: while a run is unfinished, its newest checkpoints (see alphagrad.checkpoint).
+A resumed run continues its record from a checkpoint: metrics.jsonl is cut back to the checkpoint,
+TensorBoard purges later points, W&B continues the same run id, and the summary lists the resumes
+("resumes": [{"step", "discarded_steps", "lost_s", "fresh_episodes"}]); "time" and wall_clock_s count
+training time only, without the time the run was down.
 Sweeps skip runs whose summary says "finished"; analysis reads config, metrics and summary only.
 """
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -26,6 +33,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 STATUSES = ("running", "finished", "crashed", "interrupted")
+CHECKPOINT_DIR = "checkpoints"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -59,6 +67,11 @@ def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def checkpoint_manifests(run_dir: str | Path) -> list[Path]:
+    """Manifests of a run's checkpoints (alphagrad.checkpoint), newest first; empty when it has none."""
+    return sorted((Path(run_dir) / CHECKPOINT_DIR).glob("step-*.json"), reverse=True)
+
+
 def read_run(run_dir: str | Path) -> dict[str, Any]:
     """Load a run record: {"config": ..., "summary": ... or None, "metrics": [rows]}."""
     run_dir = Path(run_dir)
@@ -77,17 +90,30 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     return {"config": config, "summary": summary, "metrics": metrics}
 
 
+def clear_record(run_dir: str | Path) -> None:
+    """Delete a run record's files (config, metrics, summary, TensorBoard events, checkpoints, W&B files)."""
+    run_dir = Path(run_dir)
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    for events in run_dir.glob("events.out.tfevents.*"):
+        events.unlink()
+    for folder in (CHECKPOINT_DIR, "wandb"):
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
+
+
 class RunRecord:
     """Writes one run's record, TensorBoard events, optional W&B, and a progress line.
 
     Use as a context manager around training: an exception marks the run "crashed" (with its
-    traceback) or "interrupted" (KeyboardInterrupt) before propagating.
+    traceback) or "interrupted" (KeyboardInterrupt) before propagating. `resume_state` (from
+    `state_dict()` saved in a checkpoint) continues an existing record instead of starting one.
     """
 
     def __init__(self, *, run_dir: str | Path, algorithm: str, config: dict[str, Any], total_timesteps: int,
                  track: bool = False, wandb_project: str = "alphagrad-rl", wandb_entity: str | None = None,
                  wandb_group: str | None = None, wandb_tags: tuple[str, ...] = (), final_window: int = 100,
-                 quiet: bool = False, progress_interval_s: float = 10.0) -> None:
+                 quiet: bool = False, progress_interval_s: float = 10.0, resume_state: dict[str, Any] | None = None,
+                 ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
@@ -99,28 +125,80 @@ class RunRecord:
         self.start = time.time()
         self._last_progress = self.start
         self.global_step = 0
+        self.last_logged_step = -1
         self.episode_returns: list[float] = []
         self.recent_returns: deque[float] = deque(maxlen=final_window)
         self.evaluation: dict[str, Any] | None = None
         self.summary: dict[str, Any] | None = None
+        self.resumes: list[dict[str, Any]] = []
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if resume_state is not None:
+            self._continue(resume_state, metrics_path)
+        elif metrics_path.exists() or (self.run_dir / "summary.json").exists():
+            raise ValueError(f"{self.run_dir} already holds a run record: resume it with --resume, "
+                             "or pick another --run-name")
         write_json_atomic(self.run_dir / "config.json", {"schema_version": SCHEMA_VERSION, "algorithm": algorithm,
                                                          "run_name": self.run_name, "config": config})
-        self._metrics = open(self.run_dir / "metrics.jsonl", "a")
-        self.writer = SummaryWriter(str(self.run_dir))
-        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-            f"|{key}|{value}|" for key, value in _flatten(config).items()))
+        self._metrics = open(metrics_path, "a")
+        # a resumed writer purges the points after the checkpoint that an earlier attempt wrote
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=self.last_logged_step + 1 if self.resumes else None)
+        if not self.resumes:
+            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+                f"|{key}|{value}|" for key, value in flatten_config(config).items()))
         self.wandb_run = None
         if track:
             import wandb
 
+            wandb_id = resume_state.get("wandb_run_id") if resume_state else None
             self.wandb_run = wandb.init(project=wandb_project, entity=wandb_entity, group=wandb_group,
                                         tags=list(wandb_tags), name=self.run_name, config=config,
-                                        dir=str(self.run_dir), sync_tensorboard=True, reinit="finish_previous")
+                                        dir=str(self.run_dir), reinit="finish_previous",
+                                        id=wandb_id, resume="allow" if wandb_id else None)
+        self._write_summary("running")
+
+    def _continue(self, state: dict[str, Any], metrics_path: Path) -> None:
+        """Cut metrics.jsonl back to the checkpoint, measuring what the cut-off tail held (work lost)."""
+        kept = int(state["metrics_bytes"])
+        with open(metrics_path, "rb+") as f:
+            f.seek(kept)
+            tail = f.read().decode(errors="replace").splitlines()
+            f.truncate(kept)
+        tail_rows = []
+        for line in tail:
+            try:
+                tail_rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+        elapsed = float(state["elapsed_s"])
+        self.start = time.time() - elapsed
+        self._last_progress = time.time()
+        self.global_step = self.last_logged_step = int(state["last_logged_step"])
+        self.episode_returns = list(state["episode_returns"])
+        self.recent_returns.extend(self.episode_returns[-self.recent_returns.maxlen:])
+        self.resumes = list(state["resumes"]) + [{
+            "step": int(state["global_step"]),
+            "discarded_steps": max([row["step"] for row in tail_rows] + [state["global_step"]]) - state["global_step"],
+            "lost_s": round(max([row["time"] for row in tail_rows] + [elapsed]) - elapsed, 3),
+            "fresh_episodes": [],
+        }]
+
+    def state_dict(self, global_step: int) -> dict[str, Any]:
+        """What a checkpoint at env step `global_step` needs to continue this record."""
+        self._metrics.flush()
+        return {"metrics_bytes": self._metrics.tell(), "elapsed_s": time.time() - self.start,
+                "global_step": global_step, "last_logged_step": self.last_logged_step,
+                "episode_returns": list(self.episode_returns), "resumes": self.resumes,
+                "wandb_run_id": self.wandb_run.id if self.wandb_run is not None else None}
+
+    def note_fresh_episodes(self, env_indices: list[int]) -> None:
+        """Record that the resume started a fresh episode in these envs (their state could not be restored)."""
+        self.resumes[-1]["fresh_episodes"] = sorted(env_indices)
         self._write_summary("running")
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         """Record scalars at env step `step` (metrics.jsonl and TensorBoard)."""
         self.global_step = step
+        self.last_logged_step = max(self.last_logged_step, int(step))
         row = {"step": int(step), "time": round(time.time() - self.start, 3)}
         for name, value in scalars.items():
             value = float(value)
@@ -128,6 +206,8 @@ class RunRecord:
             self.writer.add_scalar(name, value, step)
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(dict(scalars), step=int(step))
 
     def log_episode(self, step: int, episodic_return: float, episodic_length: int) -> None:
         self.episode_returns.append(float(episodic_return))
@@ -180,6 +260,7 @@ class RunRecord:
             "sps": round(self.sps(), 2),
             "evaluation": self.evaluation,
             "error": error,
+            **({"resumes": self.resumes} if self.resumes else {}),
         }
         write_json_atomic(self.run_dir / "summary.json", summary)
         return summary
@@ -191,17 +272,18 @@ class RunRecord:
         if exc_type is None:
             self.finish("finished")
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.finish("interrupted", error="KeyboardInterrupt")
+            self.finish("interrupted", error=str(exc) or "KeyboardInterrupt")
         else:
             self.finish("crashed", error="".join(traceback.format_exception(exc_type, exc, tb)))
         return False
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested options as one level of dotted keys ({"optim": {"lr": x}} -> {"optim.lr": x})."""
     flat = {}
     for key, value in config.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_config(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

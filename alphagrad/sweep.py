@@ -17,8 +17,10 @@ Config (YAML), in the layout of a Weights & Biases grid sweep plus one harness e
       alphagrad-93: {optim.name: alphagrad, optim.alpha: 93}
 
 Each run is `python <program> --<flag> <value> ... --run-name <run> --results-dir <results_dir>/<name>`.
-A run whose summary.json says "finished" is skipped when the sweep is run again; any other run is
-started afresh (its folder cleared), so a killed sweep loses nothing finished and duplicates nothing.
+A run whose summary.json says "finished" is skipped when the sweep is run again; an unfinished run
+continues from its newest checkpoint (`--resume`, see alphagrad.checkpoint), or is started afresh (its
+folder cleared) when it has none, so a killed sweep loses at most the work since each run's last
+checkpoint and duplicates nothing. Killing the launcher sends its runs SIGTERM: each saves a checkpoint.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from .runs import read_summary, write_json_atomic
+from .runs import checkpoint_manifests, read_summary, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL_KEYS = {"name", "program", "method", "description", "metric", "parameters", "arms"}
@@ -239,22 +241,28 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the launcher dies, so a killed sweep leaves no orphan run behind."""
+def _stop_with_parent() -> None:
+    """In the child: get SIGTERM when the launcher dies, so a killed sweep leaves no orphan run behind;
+    the run saves a checkpoint and stops, and the next launch resumes it."""
     if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def execute_run(argv: list[str], run_dir: str, env: dict[str, str], cwd: str) -> dict[str, Any]:
-    """Run one agent process; its output goes to <run_dir>/output.log. Returns the run's summary."""
+    """Run one agent process; its output goes to <run_dir>/output.log. Returns the run's summary.
+    An unfinished earlier attempt is resumed from its checkpoint (--resume), or started afresh without one."""
     run_dir = Path(run_dir)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an unfinished earlier attempt: start afresh
-    run_dir.mkdir(parents=True)
+    resume = bool(checkpoint_manifests(run_dir))
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    with open(run_dir / "output.log", "w") as log:
-        returncode = subprocess.run(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    preexec_fn=_die_with_parent).returncode
+    with open(run_dir / "output.log", "a" if resume else "w") as log:
+        if resume:
+            log.write(f"\n--- resumed by the sweep launcher at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+            log.flush()
+        returncode = subprocess.run(argv + ["--resume"] * resume, cwd=cwd, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, preexec_fn=_stop_with_parent).returncode
     summary = read_summary(run_dir) or {}
     if returncode != 0 and summary.get("status") in (None, "running", "finished"):
         tail = (run_dir / "output.log").read_text(errors="replace")[-4000:]

@@ -5,6 +5,7 @@
     python scripts/sweep.py configs/paper_ppo_halfcheetah.yaml --arms adam alphagrad-98 --seeds 1 \\
         --total-timesteps 100000                                            # a quick, smaller version
     python scripts/sweep.py CONFIG --backend ray --ray-address auto         # on a Ray cluster
+    python scripts/sweep.py CONFIG                                          # again: resumes unfinished runs
     python scripts/sweep.py CONFIG --export-wandb wandb_sweeps/             # W&B grid sweeps, one per arm
 
 Exit status 0 when every run finished, 1 otherwise.
@@ -43,6 +44,8 @@ class Args:
     """run only these seeds"""
     total_timesteps: int | None = None
     """override every run's budget (a quick version; runs are named the same, so use another --results-dir)"""
+    checkpoint_interval_s: float | None = None
+    """override how often each run writes a checkpoint (seconds of training; the agents' default is 300)"""
     results_dir: Path = Path("results/runs")
     """runs go to <results_dir>/<sweep name>/<run name>/"""
     workers: int = 0
@@ -73,6 +76,12 @@ def main(args: Args) -> int:
             print(f"error: invalid --total-timesteps {args.total_timesteps} (allowed: > 0)", file=sys.stderr)
             return 2
         runs = override_flag(runs, "total-timesteps", args.total_timesteps)
+    if args.checkpoint_interval_s is not None:
+        if args.checkpoint_interval_s < 0:
+            print(f"error: invalid --checkpoint-interval-s {args.checkpoint_interval_s} (allowed: >= 0)",
+                  file=sys.stderr)
+            return 2
+        runs = override_flag(runs, "checkpoint-interval-s", args.checkpoint_interval_s)
     if args.export_wandb is not None:
         import yaml
 

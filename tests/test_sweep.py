@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_agents import metric_rows
 
 from alphagrad import sweep as sweep_module
 from alphagrad.runs import read_run
@@ -164,8 +165,11 @@ def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
         time.sleep(0.1)
     os.kill(launcher.pid, signal.SIGKILL)  # mid-way through the second run
     launcher.wait()
-    time.sleep(1.0)
-    assert run_status(sweep_dir / "alphagrad-93__s1") in (None, "running")  # its process died with the launcher
+    while time.time() < deadline and run_status(sweep_dir / "alphagrad-93__s1") == "running":
+        time.sleep(0.1)
+    # its process got SIGTERM when the launcher died: it saved a checkpoint and stopped
+    assert run_status(sweep_dir / "alphagrad-93__s1") == "interrupted"
+    assert list((sweep_dir / "alphagrad-93__s1" / "checkpoints").glob("step-*.pt"))
 
     finished_mtime = (sweep_dir / "adam__s1" / "summary.json").stat().st_mtime_ns
     completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -174,8 +178,42 @@ def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
     assert (sweep_dir / "adam__s1" / "summary.json").stat().st_mtime_ns == finished_mtime
     record = read_run(sweep_dir / "alphagrad-93__s1")
     assert record["summary"]["status"] == "finished"
+    assert record["summary"]["resumes"][0]["discarded_steps"] == 0  # resumed from the checkpoint written on SIGTERM
+    assert "resumed by the sweep launcher" in (sweep_dir / "alphagrad-93__s1" / "output.log").read_text()
     steps = [row["step"] for row in record["metrics"] if "charts/episodic_return" in row]
-    assert steps == sorted(steps) and len(steps) == len(set(steps))  # one attempt's metrics, no duplicates
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # one complete record, no duplicates
+
+
+def test_run_killed_with_sigkill_resumes_from_its_checkpoint_when_the_sweep_runs_again(tmp_path):
+    """The issue's scenario: the agent process dies without warning; running the same sweep again continues
+    it from its last periodic checkpoint, and it ends exactly as an uninterrupted run."""
+    parameters = {**TINY, "total-timesteps": {"value": 4000}, "checkpoint-interval-steps": {"value": 1000},
+                  "checkpoint-interval-s": {"value": 0}, "seed": {"values": [1]}}
+    path = write_config(tmp_path, parameters=parameters, arms={"adam": {}})
+    command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(path), "--results-dir", str(tmp_path / "runs"),
+               "--workers", "1", "--no-gpus"]
+    launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir = tmp_path / "runs" / "tiny" / "adam__s1"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((run_dir / "checkpoints").glob("step-*.json")):
+        time.sleep(0.01)
+    agent = subprocess.run(["pgrep", "-f", str(run_dir.parent)], capture_output=True, text=True).stdout.split()
+    assert len(agent) == 1, agent
+    os.kill(int(agent[0]), signal.SIGKILL)
+    output, _ = launcher.communicate(timeout=120)
+    summary = read_run(run_dir)["summary"]
+    if summary["status"] == "finished":
+        pytest.skip("the run finished before it could be killed")
+    assert launcher.returncode == 1 and "adam__s1: crashed" in output and "exit code -9" in summary["error"]
+
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    resumed = read_run(run_dir)["summary"]
+    assert resumed["status"] == "finished" and resumed["resumes"][0]["step"] % 1000 == 0
+    reference = launch(load_sweep(path), load_sweep(path).runs, LaunchOptions(results_dir=tmp_path / "reference",
+                                                                           workers=1, use_gpus=False), report=quiet)
+    assert reference["adam__s1"]["final_return"] == resumed["final_return"]
+    assert metric_rows(run_dir) == metric_rows(tmp_path / "reference" / "tiny" / "adam__s1")
 
 
 def test_gpu_slots_pack_runs_and_pass_cuda_visible_devices(tmp_path, monkeypatch):

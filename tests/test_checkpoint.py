@@ -1,0 +1,362 @@
+"""Checkpoints and exact resume: every agent, damaged checkpoints, refused configs, signals, env state, buffer."""
+
+import io
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_agents import AGENTS, metric_rows
+
+from agents import dqn, td3_continuous_action
+from alphagrad import OptimizerSpec
+from alphagrad.buffers import ReplayBuffer
+from alphagrad.checkpoint import Checkpointer, CheckpointMismatch, _decode, _encode
+from alphagrad.envs import env_state, restore_env_state
+from alphagrad.runs import read_run
+
+ROOT = Path(__file__).resolve().parents[1]
+# checkpoint every CHECKPOINT_EVERY[agent] steps; the simulated crash comes CRASH_AFTER steps after the second one
+CHECKPOINT_EVERY = {"dqn": 200, "td3": 100, "ppo": 128}
+CRASH_AFTER = 30
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+def crash_at_env_step(monkeypatch, crash_step):
+    """Make the vector env raise on its `crash_step`-th step, as a killed process would stop there."""
+    original, calls = gym.vector.SyncVectorEnv.step, [0]
+
+    def step(self, actions):
+        calls[0] += 1
+        if calls[0] == crash_step:
+            raise SimulatedCrash(f"killed at env step {crash_step}")
+        return original(self, actions)
+
+    monkeypatch.setattr(gym.vector.SyncVectorEnv, "step", step)
+
+
+def checkpoint_args(agent, tmp_path, run_name, **overrides):
+    _, make_args, _ = AGENTS[agent]
+    defaults = dict(run_name=run_name, checkpoint_interval_steps=CHECKPOINT_EVERY[agent], checkpoint_interval_s=0,
+                    save_model=True, eval_episodes=1)
+    if agent == "ppo":
+        defaults["total_timesteps"] = 512
+    return make_args(tmp_path, **{**defaults, **overrides})
+
+
+def interrupted_then_resumed(agent, tmp_path, monkeypatch, run_name="cut", **overrides):
+    module = AGENTS[agent][0]
+    with monkeypatch.context() as patch:
+        crash_at_env_step(patch, 2 * CHECKPOINT_EVERY[agent] + CRASH_AFTER)
+        with pytest.raises(SimulatedCrash):
+            module.main(checkpoint_args(agent, tmp_path, run_name, **overrides))
+    assert read_run(tmp_path / run_name)["summary"]["status"] == "crashed"
+    return module.main(checkpoint_args(agent, tmp_path, run_name, resume=True, **overrides))
+
+
+def tensorboard_points(run_dir, tag):
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(point.step, point.value) for point in events.Scalars(tag)]
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_interrupted_run_resumes_to_the_uninterrupted_result(agent, tmp_path, monkeypatch):
+    module = AGENTS[agent][0]
+    full = module.main(checkpoint_args(agent, tmp_path, "full"))
+    resumed = interrupted_then_resumed(agent, tmp_path, monkeypatch)
+
+    # identical metrics, each logged once, and the same summary and final networks
+    assert metric_rows(tmp_path / "cut") == metric_rows(tmp_path / "full")
+    for key in ("status", "global_step", "episodes", "final_return", "best_return"):
+        assert resumed[key] == full[key], key
+    assert resumed["evaluation"]["returns"] == full["evaluation"]["returns"]
+    model = full["evaluation"]["model"]
+    for name, tensor in torch.load(tmp_path / "full" / model, weights_only=True).items():
+        if isinstance(tensor, dict):
+            saved = torch.load(tmp_path / "cut" / model, weights_only=True)[name]
+            assert all(torch.equal(tensor[key], saved[key]) for key in tensor), name
+    # the resume is recorded: from the second checkpoint, with the steps that were done twice
+    (resume,) = resumed["resumes"]
+    assert resume["step"] == 2 * CHECKPOINT_EVERY[agent] and resume["fresh_episodes"] == []
+    assert 0 <= resume["discarded_steps"] < CRASH_AFTER and resume["lost_s"] >= 0
+    # TensorBoard shows one complete curve: the points after the checkpoint written before the crash are purged
+    tag = "charts/episodic_return"
+    assert tensorboard_points(tmp_path / "cut", tag) == tensorboard_points(tmp_path / "full", tag)
+    # a finished run deletes its checkpoints
+    assert not (tmp_path / "cut" / "checkpoints").exists()
+
+
+def test_optimizer_state_and_scheduled_alpha_survive_a_resume(tmp_path, monkeypatch):
+    """AlphaGrad with momentum and the saturation scheduler (TD3: two optimizers, two schedulers)."""
+    spec = OptimizerSpec(name="alphagrad", lr=1e-4, alpha=150.0, momentum=0.9, alpha_schedule="saturation")
+    td3_continuous_action.main(checkpoint_args("td3", tmp_path, "full", actor_optim=spec, critic_optim=spec))
+    interrupted_then_resumed("td3", tmp_path, monkeypatch, actor_optim=spec, critic_optim=spec)
+    rows = metric_rows(tmp_path / "cut")
+    assert rows == metric_rows(tmp_path / "full") and any("saturation" in name for row in rows for name in row)
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "no manifest", "garbled manifest"])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(damage, tmp_path, monkeypatch, capsys):
+    dqn.main(checkpoint_args("dqn", tmp_path, "full"))
+    with monkeypatch.context() as patch:
+        crash_at_env_step(patch, 2 * CHECKPOINT_EVERY["dqn"] + CRASH_AFTER)
+        with pytest.raises(SimulatedCrash):
+            dqn.main(checkpoint_args("dqn", tmp_path, "cut"))
+    newest = tmp_path / "cut" / "checkpoints" / f"step-{2 * CHECKPOINT_EVERY['dqn']:012d}.pt"
+    data = bytearray(newest.read_bytes())
+    if damage == "flipped byte":
+        data[len(data) // 2] ^= 0x01
+        newest.write_bytes(bytes(data))
+    elif damage == "truncated":
+        newest.write_bytes(bytes(data[: len(data) // 3]))
+    elif damage == "no manifest":  # killed between writing the data and its manifest
+        newest.with_suffix(".json").unlink()
+    else:
+        newest.with_suffix(".json").write_text('{"format": 1, "algo')
+
+    resumed = dqn.main(checkpoint_args("dqn", tmp_path, "cut", resume=True))
+    assert resumed["resumes"][0]["step"] == CHECKPOINT_EVERY["dqn"]  # the previous, intact checkpoint
+    assert metric_rows(tmp_path / "cut") == metric_rows(tmp_path / "full")
+    if damage != "no manifest":
+        assert "trying the previous one" in capsys.readouterr().err
+
+
+def test_resume_without_an_intact_checkpoint_starts_over(tmp_path, monkeypatch):
+    dqn.main(checkpoint_args("dqn", tmp_path, "full"))
+    with monkeypatch.context() as patch:
+        crash_at_env_step(patch, CHECKPOINT_EVERY["dqn"] // 2)  # before the first checkpoint
+        with pytest.raises(SimulatedCrash):
+            dqn.main(checkpoint_args("dqn", tmp_path, "cut"))
+    summary = dqn.main(checkpoint_args("dqn", tmp_path, "cut", resume=True))
+    assert "resumes" not in summary and metric_rows(tmp_path / "cut") == metric_rows(tmp_path / "full")
+
+
+def test_a_new_run_never_appends_to_an_existing_record(tmp_path):
+    dqn.main(checkpoint_args("dqn", tmp_path, "run", total_timesteps=300))
+    with pytest.raises(ValueError, match="already holds a run record.*--resume"):
+        dqn.main(checkpoint_args("dqn", tmp_path, "run", total_timesteps=300))
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(env_id="Acrobot-v1"), "env_id: 'CartPole-v1' (checkpoint) != 'Acrobot-v1' (now)"),
+    (dict(optim=OptimizerSpec(name="alphagrad", lr=2.5e-4, alpha=93.0)), "optim.name: 'adam' (checkpoint)"),
+    (dict(total_timesteps=700), "total_timesteps: 600 (checkpoint) != 700 (now)"),
+])
+def test_checkpoint_of_another_config_is_refused_and_nothing_is_touched(change, named, tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        crash_at_env_step(patch, 2 * CHECKPOINT_EVERY["dqn"] + CRASH_AFTER)
+        with pytest.raises(SimulatedCrash):
+            dqn.main(checkpoint_args("dqn", tmp_path, "cut"))
+    run_dir = tmp_path / "cut"
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    with pytest.raises(CheckpointMismatch, match="refusing to resume") as refused:
+        dqn.main(checkpoint_args("dqn", tmp_path, "cut", resume=True, **change))
+    assert named in str(refused.value)
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+    # options that do not change the computation may differ
+    assert dqn.main(checkpoint_args("dqn", tmp_path, "cut", resume=True, quiet=False, exp_name="renamed"))
+
+
+def test_checkpoint_of_another_algorithm_is_refused(tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        crash_at_env_step(patch, CHECKPOINT_EVERY["dqn"] + CRASH_AFTER)
+        with pytest.raises(SimulatedCrash):
+            dqn.main(checkpoint_args("dqn", tmp_path, "cut"))
+    with pytest.raises(CheckpointMismatch, match="algorithm: 'dqn' \\(checkpoint\\) != 'td3_continuous_action'"):
+        td3_continuous_action.main(checkpoint_args("td3", tmp_path, "cut", resume=True))
+
+
+def test_network_of_another_shape_is_refused(tmp_path):
+    saver = Checkpointer(tmp_path, "toy", {"seed": 1}, interval_steps=1)
+    saver.track(net=torch.nn.Linear(4, 8))
+    saver.save(1)
+    loader = Checkpointer(tmp_path, "toy", {"seed": 1})
+    loader.track(net=torch.nn.Linear(4, 16))
+    loader.load_latest()
+    with pytest.raises(CheckpointMismatch, match=r"net.weight is \(8, 4\) in the checkpoint and \(16, 4\) in this run"):
+        loader.restore()
+
+
+def test_checkpoints_are_safe_to_load_and_only_the_newest_two_are_kept(tmp_path):
+    saver = Checkpointer(tmp_path, "toy", {"seed": 1}, interval_steps=10)
+    net = torch.nn.Linear(2, 2)
+    saver.track(net=net, rng=np.random.default_rng(0))
+    assert not saver.due(9) and saver.due(10)
+    for step in (10, 20, 30):
+        saver.save(step, obs=np.arange(3.0), note="x")
+        assert not saver.due(step + 9)
+    names = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-000000000020.json", "step-000000000020.pt", "step-000000000030.json", "step-000000000030.pt"]
+    payload = torch.load(tmp_path / "checkpoints" / "step-000000000030.pt", weights_only=True)
+    assert payload["step"] == 30 and torch.equal(payload["tracked"]["net"]["weight"], net.weight.detach())
+    loaded = Checkpointer(tmp_path, "toy", {"seed": 1})
+    loaded.track(net=torch.nn.Linear(2, 2), rng=np.random.default_rng(5))
+    loaded.load_latest()
+    values = loaded.restore()
+    np.testing.assert_array_equal(values["obs"], np.arange(3.0))
+    assert values["note"] == "x" and values["fresh_obs"] == {}
+
+
+def test_time_based_checkpoints(tmp_path, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    saver = Checkpointer(tmp_path, "toy", {}, interval_s=300)
+    assert not saver.due(10**6)
+    clock[0] += 300
+    assert saver.due(1)
+
+
+def test_encoding_round_trips_what_agents_save():
+    rng = np.random.default_rng(3)
+    value = {"array": np.arange(6, dtype=np.float32).reshape(2, 3), "flags": np.array([True, False]),
+             "scalar": np.float64(0.5), "generator": rng.bit_generator.state, "legacy": np.random.get_state(legacy=False),
+             "nested": [(1, None, "a")], "tensor": torch.ones(2)}
+    buffer = io.BytesIO()
+    torch.save(_encode(value), buffer)
+    buffer.seek(0)
+    back = _decode(torch.load(buffer, weights_only=True))
+    assert back["array"].dtype == np.float32 and np.array_equal(back["array"], value["array"])
+    assert back["flags"].dtype == bool and back["scalar"] == 0.5 and back["generator"] == value["generator"]
+    assert np.array_equal(back["legacy"]["state"]["key"], value["legacy"]["state"]["key"])
+    assert back["nested"] == [(1, None, "a")] and torch.equal(back["tensor"], value["tensor"])
+
+
+# ---- environment state ----
+
+@pytest.mark.parametrize("make", [
+    lambda: gym.wrappers.RecordEpisodeStatistics(gym.make("CartPole-v1")),
+    lambda: gym.wrappers.RecordEpisodeStatistics(gym.make("Hopper-v5")),
+    lambda: gym.wrappers.NormalizeReward(gym.wrappers.NormalizeObservation(gym.make("HalfCheetah-v5"))),
+    lambda: gym.make("Pendulum-v1"),
+], ids=["cartpole", "hopper", "halfcheetah-normalized", "pendulum"])
+def test_restored_env_continues_exactly(make):
+    env = make()
+    env.reset(seed=3)
+    env.action_space.seed(4)
+    for _ in range(7):
+        env.step(env.action_space.sample())
+    saved = env_state(env)
+    assert saved["restorable"]
+    copy = make()
+    copy.reset(seed=99)  # a different episode, overwritten by the restore
+    assert restore_env_state(copy, saved) is None
+
+    def trajectory(env, actions):
+        rows = []
+        for action in actions:
+            obs, reward, terminated, truncated, info = env.step(action)
+            rows.append((obs.tobytes(), float(reward), terminated, truncated, info.get("episode", {}).get("r")))
+            if terminated or truncated:
+                rows.append(env.reset()[0].tobytes())  # continues the restored RNG
+        return rows + [env.action_space.sample().tobytes()]
+
+    actions = [env.action_space.sample() for _ in range(200)]
+    copy.action_space.np_random.bit_generator.state = env.action_space.np_random.bit_generator.state
+    assert trajectory(copy, actions) == trajectory(env, actions)
+
+
+class UnknownCoreCartPole(CartPoleEnv):
+    """A core environment whose simulation state alphagrad.envs does not know how to save."""
+
+
+gym.register("tests/UnknownCore-v0", entry_point=UnknownCoreCartPole, max_episode_steps=500)
+
+
+def test_unrestorable_env_starts_a_fresh_episode_and_records_it(tmp_path, monkeypatch):
+    env = gym.wrappers.RecordEpisodeStatistics(gym.make("tests/UnknownCore-v0"))
+    env.reset(seed=0)
+    assert not env_state(env)["restorable"]
+
+    dqn.main(checkpoint_args("dqn", tmp_path, "full", env_id="tests/UnknownCore-v0"))
+    resumed = interrupted_then_resumed("dqn", tmp_path, monkeypatch, env_id="tests/UnknownCore-v0")
+    assert resumed["status"] == "finished" and resumed["resumes"][0]["fresh_episodes"] == [0]
+    # guaranteed: everything up to the checkpoint is the uninterrupted run's; after it the run differs
+    step = resumed["resumes"][0]["step"]
+    full, cut = metric_rows(tmp_path / "full"), metric_rows(tmp_path / "cut")
+    assert [r for r in cut if r["step"] < step] == [r for r in full if r["step"] < step] and cut != full
+    assert resumed["global_step"] == 600 and sorted(r["step"] for r in cut) == [r["step"] for r in cut]
+
+
+# ---- replay buffer ----
+
+def test_replay_buffer_state_is_exact_and_compact():
+    rng = np.random.default_rng(0)
+    buffer = ReplayBuffer(1000, (11,), (3,), np.float32, torch.device("cpu"))
+    obs = rng.standard_normal((2, 11)).astype(np.float32)
+    for step in range(1300):  # two envs, wraps around; episodes end every 50 steps
+        next_obs = rng.standard_normal((2, 11)).astype(np.float32)
+        real_next = next_obs.copy()
+        if step % 50 == 49:
+            real_next[0] = rng.standard_normal(11)  # the true last observation, not the next episode's first
+        buffer.add(obs, real_next, rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal(2),
+                   np.zeros(2))
+        obs = next_obs
+    state = buffer.state_dict()
+    copy = ReplayBuffer(1000, (11,), (3,), np.float32, torch.device("cpu"))
+    copy.load_state_dict(_decode(_encode(state)))
+    for name in ("observations", "next_observations", "actions", "rewards", "terminations"):
+        assert np.array_equal(getattr(copy, name), getattr(buffer, name)), name
+    assert (copy.position, copy.full) == (buffer.position, buffer.full)
+    in_memory = sum(getattr(buffer, n).nbytes for n in ("observations", "next_observations", "actions", "rewards",
+                                                        "terminations"))
+    saved = sum(v.nbytes for v in state.values() if isinstance(v, np.ndarray))
+    assert saved < 0.65 * in_memory  # the next observations are mostly the successors' observations
+    small = ReplayBuffer(1000, (11,), (3,), np.float32, torch.device("cpu"))
+    small.add(obs, obs, np.zeros((2, 3), np.float32), np.zeros(2), np.zeros(2))
+    assert len(small.state_dict()["observations"]) == 2  # only the filled rows
+
+
+def test_replay_buffer_refuses_another_shape():
+    state = ReplayBuffer(10, (4,), (), np.int64, torch.device("cpu")).state_dict()
+    with pytest.raises(ValueError, match="saved replay buffer holds 10 x \\(4,\\) observations, this one 10 x \\(5,\\)"):
+        ReplayBuffer(10, (5,), (), np.int64, torch.device("cpu")).load_state_dict(state)
+
+
+# ---- signals and W&B ----
+
+def test_sigterm_saves_a_checkpoint_and_stops_and_the_run_resumes_exactly(tmp_path):
+    flags = ["--total-timesteps", "6000", "--learning-starts", "500", "--buffer-size", "2000", "--batch-size", "32",
+             "--diagnostics-interval", "0", "--results-dir", str(tmp_path), "--quiet", "--no-cuda",
+             "--checkpoint-interval-s", "0"]
+    reference = subprocess.run([sys.executable, "agents/dqn.py", *flags, "--run-name", "full"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr
+    process = subprocess.Popen([sys.executable, "agents/dqn.py", *flags, "--run-name", "cut"], cwd=ROOT,
+                               stderr=subprocess.PIPE, text=True)
+    metrics, deadline = tmp_path / "cut" / "metrics.jsonl", time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 2000):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    summary = read_run(tmp_path / "cut")["summary"]
+    if summary["status"] == "finished":
+        pytest.skip("the run finished before SIGTERM arrived")
+    assert process.returncode == 128 + signal.SIGTERM and summary["status"] == "interrupted"
+    assert "SIGTERM at step" in summary["error"] and "checkpoint saved" in stderr
+    assert len(list((tmp_path / "cut" / "checkpoints").glob("step-*.pt"))) == 1  # written on SIGTERM
+
+    resumed = subprocess.run([sys.executable, "agents/dqn.py", *flags, "--run-name", "cut", "--resume"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metric_rows(tmp_path / "cut") == metric_rows(tmp_path / "full")
+    assert read_run(tmp_path / "cut")["summary"]["resumes"][0]["discarded_steps"] == 0  # nothing lost
+
+
+def test_wandb_run_resumes_under_the_same_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    interrupted_then_resumed("dqn", tmp_path, monkeypatch, track=True, save_model=False)
+    ids = {path.name.rsplit("-", 1)[1] for path in (tmp_path / "cut" / "wandb").glob("offline-run-*")}
+    assert len(ids) == 1 and len(list((tmp_path / "cut" / "wandb").glob("offline-run-*"))) == 2
