@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo reproduce-dqn reproduce-td3 reproduce-ppo reproduce-paper bench-optimizers bench-agents clean
+.PHONY: install test lint demo reproduce-dqn reproduce-td3 reproduce-ppo reproduce-paper bench-optimizers bench-agents bench-checkpoint demo-resume clean
 
 # Extra arguments for the sweep launcher, e.g. a quick, smaller version of a paper experiment:
 #   make reproduce-ppo SWEEP_ARGS="--seeds 1 --total-timesteps 100000 --results-dir results/quick"
@@ -58,6 +58,14 @@ bench-optimizers: $(STAMP)
 # DQN CartPole 500k (Adam) and PPO HalfCheetah 200k (Adam, AlphaGrad alpha=98): SPS and returns (issue 3)
 bench-agents: $(STAMP)
 	$(BIN)/python scripts/bench_agents.py
+
+# a full TD3 Hopper checkpoint (1M transitions): size on disk vs memory, save and load times
+bench-checkpoint: $(STAMP)
+	$(BIN)/python scripts/bench_checkpoint.py
+
+# a TD3 Hopper run killed with SIGKILL, resumed by running its sweep again, compared with an uninterrupted copy
+demo-resume: $(STAMP)
+	$(BIN)/python scripts/demo_resume.py --reference
 
 clean:
 	rm -rf $(VENV) .pytest_cache

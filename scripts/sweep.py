@@ -20,6 +20,7 @@ from typing import Literal
 
 import tyro
 
+from alphagrad.runs import checkpoint_manifests
 from alphagrad.sweep import (
     LaunchOptions,
     SweepConfigError,
@@ -95,7 +96,10 @@ def main(args: Args) -> int:
         return 0
     if args.dry_run:
         for run in runs:
-            status = run_status(args.results_dir / sweep.name / run.name) or "not started"
+            run_dir = args.results_dir / sweep.name / run.name
+            status = run_status(run_dir) or "not started"
+            if manifests := checkpoint_manifests(run_dir):
+                status += f" (checkpoint at step {int(manifests[0].stem.split('-')[1]):,})"
             print(f"{run.name:50s} {status:12s} {' '.join(run.argv(sweep.program, args.results_dir / sweep.name)[2:])}")
         print(f"{len(runs)} runs")
         return 0

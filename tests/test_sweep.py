@@ -170,6 +170,8 @@ def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
     # its process got SIGTERM when the launcher died: it saved a checkpoint and stopped
     assert run_status(sweep_dir / "alphagrad-93__s1") == "interrupted"
     assert list((sweep_dir / "alphagrad-93__s1" / "checkpoints").glob("step-*.pt"))
+    listing = subprocess.run(command + ["--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
+    assert "interrupted (checkpoint at step" in listing
 
     finished_mtime = (sweep_dir / "adam__s1" / "summary.json").stat().st_mtime_ns
     completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
