@@ -171,23 +171,29 @@ class Checkpointer:
     def load_latest(self) -> dict[str, Any] | None:
         """The newest intact checkpoint (verified against its manifest; damaged ones are reported and skipped),
         or None when there is none. Raises CheckpointMismatch when it comes from another configuration."""
+        damaged = []
         for manifest_path in checkpoint_manifests(self.run_dir):
             data_path = manifest_path.with_suffix(".pt")
             try:
                 manifest = json.loads(manifest_path.read_text())
                 data = data_path.read_bytes()
-            except (OSError, json.JSONDecodeError) as error:
+                intact = len(data) == manifest.get("bytes") and hashlib.sha256(data).hexdigest() == manifest.get("sha256")
+            except (OSError, json.JSONDecodeError, AttributeError) as error:
                 print(f"warning: checkpoint {manifest_path.name} unreadable ({error}); trying the previous one",
                       file=sys.stderr)
+                damaged.append(manifest_path)
                 continue
-            if len(data) != manifest.get("bytes") or hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
+            if not intact:
                 print(f"warning: checkpoint {data_path} is damaged (size or SHA-256 differs from its manifest); "
                       "trying the previous one", file=sys.stderr)
+                damaged.append(manifest_path)
                 continue
             self._check_compatible(manifest, data_path)
             payload = _decode(torch.load(io.BytesIO(data), weights_only=True, map_location="cpu"))
             self.loaded, self.loaded_path = payload, data_path
             self._last_step = payload["step"]
+            for path in damaged:  # so that they never shadow the checkpoints this run writes next
+                _remove_checkpoint(path)
             return payload
         return None
 
@@ -283,17 +289,18 @@ class Checkpointer:
             "sha256": writer.sha256.hexdigest(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "config": self.config})
         _fsync_dir(self.directory)
-        for old in checkpoint_manifests(self.run_dir)[self.keep:]:
-            old.unlink(missing_ok=True)  # the manifest first: a half-deleted checkpoint is never trusted
-            old.with_suffix(".pt").unlink(missing_ok=True)
+        manifests = checkpoint_manifests(self.run_dir)
+        for old in manifests[self.keep:]:
+            _remove_checkpoint(old)
+        kept = {manifest.stem for manifest in manifests[:self.keep]}
+        for orphan in self.directory.glob("step-*.pt"):  # data whose manifest was never written (a killed save)
+            if orphan.stem not in kept:
+                orphan.unlink(missing_ok=True)
         return path
 
     def delete_all(self) -> None:
-        for manifest in checkpoint_manifests(self.run_dir):
-            manifest.unlink(missing_ok=True)
-            manifest.with_suffix(".pt").unlink(missing_ok=True)
-        for leftover in self.directory.glob(".step-*.tmp"):
-            leftover.unlink(missing_ok=True)
+        for path in [*self.directory.glob("step-*"), *self.directory.glob(".step-*.tmp")]:
+            path.unlink(missing_ok=True)
         if self.directory.exists() and not any(self.directory.iterdir()):
             self.directory.rmdir()
 
@@ -318,6 +325,11 @@ class Checkpointer:
         if exc_type is None and not self.keep_after_finish:
             self.delete_all()
         return False
+
+
+def _remove_checkpoint(manifest: Path) -> None:
+    manifest.unlink(missing_ok=True)  # the manifest first: a half-deleted checkpoint is never trusted
+    manifest.with_suffix(".pt").unlink(missing_ok=True)
 
 
 def _check_shapes(name: str, expected: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], path: Path) -> None:

@@ -208,6 +208,25 @@ def test_checkpoints_are_safe_to_load_and_only_the_newest_two_are_kept(tmp_path)
     assert values["note"] == "x" and values["fresh_obs"] == {}
 
 
+def test_damaged_and_orphaned_files_never_shadow_later_checkpoints(tmp_path):
+    saver = Checkpointer(tmp_path, "toy", {}, interval_steps=1)
+    saver.track(net=torch.nn.Linear(2, 2))
+    saver.save(10)
+    saver.save(20)
+    folder = tmp_path / "checkpoints"
+    (folder / "step-000000000020.pt").write_bytes(b"damaged")
+    (folder / "step-000000000099.pt").write_bytes(b"a save killed before its manifest")
+    resumed = Checkpointer(tmp_path, "toy", {}, interval_steps=1)
+    resumed.track(net=torch.nn.Linear(2, 2))
+    assert resumed.load_latest()["step"] == 10
+    resumed.save(15)  # e.g. after a change of interval: 15 must be the newest now
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "step-000000000010.json", "step-000000000010.pt", "step-000000000015.json", "step-000000000015.pt"]
+    assert Checkpointer(tmp_path, "toy", {}).load_latest()["step"] == 15
+    resumed.delete_all()
+    assert not folder.exists()
+
+
 def test_time_based_checkpoints(tmp_path, monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
