@@ -327,8 +327,13 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
                     free_slots.put(gpu)
             finished(run, summary)
 
-        with ThreadPoolExecutor(workers) as pool:
+        pool = ThreadPoolExecutor(workers)
+        try:
             list(pool.map(one, pending))
+        except KeyboardInterrupt:  # Ctrl-C reached the running runs too: they save a checkpoint and stop
+            pool.shutdown(wait=True, cancel_futures=True)  # and no queued run starts
+            raise
+        pool.shutdown()
     return results
 
 

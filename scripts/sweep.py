@@ -106,7 +106,11 @@ def main(args: Args) -> int:
     options = LaunchOptions(results_dir=args.results_dir, workers=args.workers, backend=args.backend,
                             ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu, use_gpus=args.gpus,
                             track=args.track)
-    results = launch(sweep, runs, options)
+    try:
+        results = launch(sweep, runs, options)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the running runs saved a checkpoint; the same command resumes the sweep", file=sys.stderr)
+        return 130
     print("\n" + arm_table(sweep, runs, results))
     failed = [name for name, summary in results.items() if summary.get("status") != "finished"]
     for name in failed:

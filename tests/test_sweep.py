@@ -186,6 +186,23 @@ def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # one complete record, no duplicates
 
 
+def test_ctrl_c_stops_the_sweep_and_its_runs_save_checkpoints(tmp_path):
+    path = write_config(tmp_path, parameters={**TINY, "total-timesteps": {"value": 20000}, "seed": {"values": [1]}})
+    command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(path), "--results-dir", str(tmp_path / "runs"),
+               "--workers", "1", "--no-gpus"]
+    launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    sweep_dir, deadline = tmp_path / "runs" / "tiny", time.time() + 120
+    while time.time() < deadline and not (sweep_dir / "adam__s1" / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole process group
+    output, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130 and "the same command resumes the sweep" in output, output
+    assert run_status(sweep_dir / "adam__s1") == "interrupted"
+    assert not (sweep_dir / "alphagrad-93__s1").exists()  # the queued run never started
+
+
 def test_run_killed_with_sigkill_resumes_from_its_checkpoint_when_the_sweep_runs_again(tmp_path):
     """The issue's scenario: the agent process dies without warning; running the same sweep again continues
     it from its last periodic checkpoint, and it ends exactly as an uninterrupted run."""
