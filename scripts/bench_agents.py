@@ -9,6 +9,7 @@ alpha=98 for 200k steps. Runs go in parallel, one process per core, one torch th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,7 @@ def run(name: str, args: Args) -> dict:
     command = [sys.executable, *BENCHMARKS[name], "--seed", str(args.seed), "--results-dir", args.results_dir,
                "--run-name", f"{name}__{args.seed}", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    shutil.rmtree(ROOT / args.results_dir / f"{name}__{args.seed}", ignore_errors=True)  # a benchmark starts afresh
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if completed.returncode:
         return {"status": "crashed", "error": completed.stderr[-2000:]}
