@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from gymnasium.envs.classic_control.pendulum import PendulumEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_agents import AGENTS, metric_rows
 
@@ -289,22 +290,29 @@ class UnknownCoreCartPole(CartPoleEnv):
     """A core environment whose simulation state alphagrad.envs does not know how to save."""
 
 
+class UnknownCorePendulum(PendulumEnv):
+    """The same, with continuous actions (PPO)."""
+
+
 gym.register("tests/UnknownCore-v0", entry_point=UnknownCoreCartPole, max_episode_steps=500)
+gym.register("tests/UnknownCoreContinuous-v0", entry_point=UnknownCorePendulum, max_episode_steps=200)
 
 
-def test_unrestorable_env_starts_a_fresh_episode_and_records_it(tmp_path, monkeypatch):
-    env = gym.wrappers.RecordEpisodeStatistics(gym.make("tests/UnknownCore-v0"))
+@pytest.mark.parametrize("agent, env_id", [("dqn", "tests/UnknownCore-v0"), ("ppo", "tests/UnknownCoreContinuous-v0")])
+def test_unrestorable_env_starts_a_fresh_episode_and_records_it(agent, env_id, tmp_path, monkeypatch):
+    env = gym.make(env_id)
     env.reset(seed=0)
     assert not env_state(env)["restorable"]
 
-    dqn.main(checkpoint_args("dqn", tmp_path, "full", env_id="tests/UnknownCore-v0"))
-    resumed = interrupted_then_resumed("dqn", tmp_path, monkeypatch, env_id="tests/UnknownCore-v0")
+    full_summary = AGENTS[agent][0].main(checkpoint_args(agent, tmp_path, "full", env_id=env_id))
+    resumed = interrupted_then_resumed(agent, tmp_path, monkeypatch, env_id=env_id)
     assert resumed["status"] == "finished" and resumed["resumes"][0]["fresh_episodes"] == [0]
     # guaranteed: everything up to the checkpoint is the uninterrupted run's; after it the run differs
     step = resumed["resumes"][0]["step"]
     full, cut = metric_rows(tmp_path / "full"), metric_rows(tmp_path / "cut")
     assert [r for r in cut if r["step"] < step] == [r for r in full if r["step"] < step] and cut != full
-    assert resumed["global_step"] == 600 and sorted(r["step"] for r in cut) == [r["step"] for r in cut]
+    assert resumed["global_step"] == full_summary["global_step"] and [r["step"] for r in cut] == sorted(
+        r["step"] for r in cut)
 
 
 # ---- replay buffer ----
