@@ -159,6 +159,9 @@ class RunRecord:
     def _continue(self, state: dict[str, Any], metrics_path: Path) -> None:
         """Cut metrics.jsonl back to the checkpoint, measuring what the cut-off tail held (work lost)."""
         kept = int(state["metrics_bytes"])
+        if not metrics_path.exists() or metrics_path.stat().st_size < kept:
+            raise ValueError(f"{metrics_path} is missing or shorter than when the checkpoint was written: the run "
+                             "record was changed, so the run cannot continue it (start a new run)")
         with open(metrics_path, "rb+") as f:
             f.seek(kept)
             tail = f.read().decode(errors="replace").splitlines()

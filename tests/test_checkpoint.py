@@ -169,6 +169,16 @@ def test_checkpoint_of_another_config_is_refused_and_nothing_is_touched(change, 
     assert dqn.main(checkpoint_args("dqn", tmp_path, "cut", resume=True, quiet=False, exp_name="renamed"))
 
 
+def test_resume_refuses_a_run_record_cut_shorter_than_its_checkpoint(tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        crash_at_env_step(patch, CHECKPOINT_EVERY["dqn"] + CRASH_AFTER)
+        with pytest.raises(SimulatedCrash):
+            dqn.main(checkpoint_args("dqn", tmp_path, "cut"))
+    (tmp_path / "cut" / "metrics.jsonl").write_text("")
+    with pytest.raises(ValueError, match="metrics.jsonl is missing or shorter"):
+        dqn.main(checkpoint_args("dqn", tmp_path, "cut", resume=True))
+
+
 def test_checkpoint_of_another_algorithm_is_refused(tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         crash_at_env_step(patch, CHECKPOINT_EVERY["dqn"] + CRASH_AFTER)
