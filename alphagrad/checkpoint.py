@@ -105,11 +105,13 @@ def set_global_rng_state(state: dict[str, Any]) -> None:
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """'key: saved != current' for each option that differs, ignoring RESUME_MAY_CHANGE."""
     saved_flat, current_flat = flatten_config(saved), flatten_config(current)
-    keys = [key for key in dict.fromkeys([*saved_flat, *current_flat]) if key not in RESUME_MAY_CHANGE]
-    missing = object()
-    return [f"{key}: {saved_flat.get(key, missing)!r} (checkpoint) != {current_flat.get(key, missing)!r} (now)"
-            .replace(repr(missing), "unset") for key in keys
-            if json.dumps(saved_flat.get(key), default=str) != json.dumps(current_flat.get(key), default=str)]
+
+    def shown(flat: dict[str, Any], key: str) -> str:
+        return json.dumps(flat[key], default=str) if key in flat else "unset"  # tuples and lists alike
+
+    return [f"{key}: {shown(saved_flat, key)} (checkpoint) != {shown(current_flat, key)} (now)"
+            for key in dict.fromkeys([*saved_flat, *current_flat])
+            if key not in RESUME_MAY_CHANGE and shown(saved_flat, key) != shown(current_flat, key)]
 
 
 class _HashingWriter(io.RawIOBase):

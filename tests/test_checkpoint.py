@@ -150,8 +150,8 @@ def test_a_new_run_never_appends_to_an_existing_record(tmp_path):
 
 
 @pytest.mark.parametrize("change, named", [
-    (dict(env_id="Acrobot-v1"), "env_id: 'CartPole-v1' (checkpoint) != 'Acrobot-v1' (now)"),
-    (dict(optim=OptimizerSpec(name="alphagrad", lr=2.5e-4, alpha=93.0)), "optim.name: 'adam' (checkpoint)"),
+    (dict(env_id="Acrobot-v1"), 'env_id: "CartPole-v1" (checkpoint) != "Acrobot-v1" (now)'),
+    (dict(optim=OptimizerSpec(name="alphagrad", lr=2.5e-4, alpha=93.0)), 'optim.name: "adam" (checkpoint) != "alphagrad" (now)'),
     (dict(total_timesteps=700), "total_timesteps: 600 (checkpoint) != 700 (now)"),
 ])
 def test_checkpoint_of_another_config_is_refused_and_nothing_is_touched(change, named, tmp_path, monkeypatch):
