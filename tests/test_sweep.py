@@ -190,8 +190,9 @@ def test_ctrl_c_stops_the_sweep_and_its_runs_save_checkpoints(tmp_path):
     path = write_config(tmp_path, parameters={**TINY, "total-timesteps": {"value": 20000}, "seed": {"values": [1]}})
     command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(path), "--results-dir", str(tmp_path / "runs"),
                "--workers", "1", "--no-gpus"]
+    # as from an interactive terminal: SIGINT handled (a background job, as CI may run us, inherits it ignored)
     launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     sweep_dir, deadline = tmp_path / "runs" / "tiny", time.time() + 120
     while time.time() < deadline and not (sweep_dir / "adam__s1" / "metrics.jsonl").exists():
         time.sleep(0.05)
