@@ -79,15 +79,19 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     if config.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{run_dir}: run record schema {config.get('schema_version')!r}, expected {SCHEMA_VERSION}")
     summary = read_summary(run_dir)
-    metrics = []
     metrics_path = run_dir / "metrics.jsonl"
-    if metrics_path.exists():
-        for line in metrics_path.read_text().splitlines():
-            try:
-                metrics.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a kill: the rest is intact
-                continue
+    metrics = _parse_metrics(metrics_path.read_text()) if metrics_path.exists() else []
     return {"config": config, "summary": summary, "metrics": metrics}
+
+
+def _parse_metrics(text: str) -> list[dict[str, Any]]:
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill: the rest is intact
+            continue
+    return rows
 
 
 def clear_record(run_dir: str | Path) -> None:
@@ -164,18 +168,13 @@ class RunRecord:
                              "record was changed, so the run cannot continue it (start a new run)")
         with open(metrics_path, "rb+") as f:
             f.seek(kept)
-            tail = f.read().decode(errors="replace").splitlines()
+            tail_rows = _parse_metrics(f.read().decode(errors="replace"))
             f.truncate(kept)
-        tail_rows = []
-        for line in tail:
-            try:
-                tail_rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
         elapsed = float(state["elapsed_s"])
         self.start = time.time() - elapsed
         self._last_progress = time.time()
-        self.global_step = self.last_logged_step = int(state["last_logged_step"])
+        self.global_step = int(state["global_step"])
+        self.last_logged_step = int(state["last_logged_step"])
         self.episode_returns = list(state["episode_returns"])
         self.recent_returns.extend(self.episode_returns[-self.recent_returns.maxlen:])
         self.resumes = list(state["resumes"]) + [{
