@@ -307,7 +307,8 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
         final = summary.get("final_return")
         report(f"[{next(counter)}/{len(runs)}] {run.name}: {summary.get('status')}"
                + (f", final return {final:.1f}" if isinstance(final, (int, float)) else "")
-               + (f", {summary.get('wall_clock_s', 0):.0f}s" if summary.get("wall_clock_s") else ""))
+               + (f", {summary.get('wall_clock_s', 0):.0f}s" if summary.get("wall_clock_s") else "")
+               + "".join(f", resumed at step {r['step']:,} (lost {r['lost_s']:.0f}s)" for r in summary.get("resumes", [])))
 
     if options.backend == "ray":
         _launch_ray(sweep, pending, options, sweep_dir, extra, base_env, gpus, finished)

@@ -230,6 +230,8 @@ def test_run_killed_with_sigkill_resumes_from_its_checkpoint_when_the_sweep_runs
     assert again.returncode == 0, again.stdout + again.stderr
     resumed = read_run(run_dir)["summary"]
     assert resumed["status"] == "finished" and resumed["resumes"][0]["step"] % 1000 == 0
+    assert f"adam__s1: finished, final return {resumed['final_return']:.1f}" in again.stdout
+    assert f"resumed at step {resumed['resumes'][0]['step']:,} (lost" in again.stdout
     reference = launch(load_sweep(path), load_sweep(path).runs, LaunchOptions(results_dir=tmp_path / "reference",
                                                                            workers=1, use_gpus=False), report=quiet)
     assert reference["adam__s1"]["final_return"] == resumed["final_return"]
