@@ -12,8 +12,9 @@ Layout of `<results_dir>/<run_name>/` (schema version `SCHEMA_VERSION`):
 - `checkpoints/`: while a run is unfinished, its newest checkpoints (see alphagrad.checkpoint).
 A resumed run continues its record from a checkpoint: metrics.jsonl is cut back to the checkpoint,
 TensorBoard purges later points, W&B continues the same run id, and the summary lists the resumes
-("resumes": [{"step", "discarded_steps", "lost_s", "fresh_episodes"}]); "time" and wall_clock_s count
-training time only, without the time the run was down.
+("resumes": [{"step", "discarded_steps", "lost_s", "fresh_episodes"}]: the checkpoint's step, the steps and
+training seconds the stopped attempt had logged after it, the envs that started a fresh episode); "time"
+and wall_clock_s count training time only, without the time the run was down.
 Sweeps skip runs whose summary says "finished"; analysis reads config, metrics and summary only.
 """
 
