@@ -59,11 +59,12 @@ bench-optimizers: $(STAMP)
 bench-agents: $(STAMP)
 	$(BIN)/python scripts/bench_agents.py
 
-# a full TD3 Hopper checkpoint (1M transitions): size on disk vs memory, save and load times
+# a full TD3 Hopper checkpoint (1M transitions): size on disk vs memory, save and load times (~6 min)
 bench-checkpoint: $(STAMP)
 	$(BIN)/python scripts/bench_checkpoint.py
 
 # a TD3 Hopper run killed with SIGKILL, resumed by running its sweep again, compared with an uninterrupted copy
+# (~21 min on 2 cores; results/demo-resume/)
 demo-resume: $(STAMP)
 	$(BIN)/python scripts/demo_resume.py --reference
 
