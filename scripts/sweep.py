@@ -95,12 +95,16 @@ def main(args: Args) -> int:
             print(f"wandb sweep {path}")
         return 0
     if args.dry_run:
+        statuses = {}
         for run in runs:
             run_dir = args.results_dir / sweep.name / run.name
-            status = run_status(run_dir) or "not started"
+            statuses[run.name] = run_status(run_dir) or "not started"
             if manifests := checkpoint_manifests(run_dir):
-                status += f" (checkpoint at step {int(manifests[0].stem.split('-')[1]):,})"
-            print(f"{run.name:50s} {status:12s} {' '.join(run.argv(sweep.program, args.results_dir / sweep.name)[2:])}")
+                statuses[run.name] += f" (checkpoint at step {int(manifests[0].stem.split('-')[1]):,})"
+        width = max((len(status) for status in statuses.values()), default=0)
+        for run in runs:
+            print(f"{run.name:50s} {statuses[run.name]:{width}s} "
+                  f"{' '.join(run.argv(sweep.program, args.results_dir / sweep.name)[2:])}")
         print(f"{len(runs)} runs")
         return 0
     options = LaunchOptions(results_dir=args.results_dir, workers=args.workers, backend=args.backend,
