@@ -395,5 +395,5 @@ def test_wandb_run_resumes_under_the_same_id(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     interrupted_then_resumed("dqn", tmp_path, monkeypatch, track=True, save_model=False)
-    ids = {path.name.rsplit("-", 1)[1] for path in (tmp_path / "cut" / "wandb").glob("offline-run-*")}
-    assert len(ids) == 1 and len(list((tmp_path / "cut" / "wandb").glob("offline-run-*"))) == 2
+    attempts = list((tmp_path / "cut" / "wandb").glob("offline-run-*/run-*.wandb"))  # run-<id>.wandb per attempt
+    assert len(attempts) == 2 and len({path.name for path in attempts}) == 1
