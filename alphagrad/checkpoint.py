@@ -39,7 +39,14 @@ import numpy as np
 import torch
 
 from .envs import restore_vector_env_state, vector_env_state
-from .runs import CHECKPOINT_DIR, RunRecord, checkpoint_manifests, flatten_config, write_json_atomic
+from .runs import (
+    CHECKPOINT_DIR,
+    RunRecord,
+    atomic_write,
+    checkpoint_manifests,
+    flatten_config,
+    write_json_atomic,
+)
 
 FORMAT_VERSION = 1
 RESUME_MAY_CHANGE = frozenset({  # options that do not change what a run computes
@@ -273,19 +280,10 @@ class Checkpointer:
         return path
 
     def _write(self, step: int, payload: dict[str, Any]) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"step-{step:012d}.pt"
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                writer = _HashingWriter(f)
-                torch.save(payload, writer)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_write(path, "wb") as f:
+            writer = _HashingWriter(f)
+            torch.save(payload, writer)
         write_json_atomic(path.with_suffix(".json"), {
             "format": FORMAT_VERSION, "algorithm": self.algorithm, "step": step, "bytes": writer.size,
             "sha256": writer.sha256.hexdigest(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
