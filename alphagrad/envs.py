@@ -135,8 +135,10 @@ def _layer_state(layer: gym.Env) -> dict | None:
     attributes = _CLASSIC_CONTROL_STATE.get(type(layer).__name__)
     if attributes is None:
         return {**state, "simulation_saved": False}
-    return {**state, **{name: np.array(getattr(layer, name)) if isinstance(getattr(layer, name), (np.ndarray, tuple))
-                        else getattr(layer, name) for name in attributes}}
+    for name in attributes:
+        value = getattr(layer, name)
+        state[name] = np.array(value) if isinstance(value, (np.ndarray, tuple)) else value
+    return state
 
 
 def _is_mujoco(env: gym.Env) -> bool:
