@@ -55,14 +55,18 @@ def checkpoint_args(agent, tmp_path, run_name, **overrides):
     return make_args(tmp_path, **{**defaults, **overrides})
 
 
-def interrupted_then_resumed(agent, tmp_path, monkeypatch, run_name="cut", **overrides):
-    module = AGENTS[agent][0]
+def crashed_run(agent, tmp_path, monkeypatch, crash_step, run_name="cut", **overrides):
+    """Run `agent` into `tmp_path/run_name` until its vector env's `crash_step`-th step kills it."""
     with monkeypatch.context() as patch:
-        crash_at_env_step(patch, 2 * CHECKPOINT_EVERY[agent] + CRASH_AFTER)
+        crash_at_env_step(patch, crash_step)
         with pytest.raises(SimulatedCrash):
-            module.main(checkpoint_args(agent, tmp_path, run_name, **overrides))
+            AGENTS[agent][0].main(checkpoint_args(agent, tmp_path, run_name, **overrides))
     assert read_run(tmp_path / run_name)["summary"]["status"] == "crashed"
-    return module.main(checkpoint_args(agent, tmp_path, run_name, resume=True, **overrides))
+
+
+def interrupted_then_resumed(agent, tmp_path, monkeypatch, run_name="cut", **overrides):
+    crashed_run(agent, tmp_path, monkeypatch, 2 * CHECKPOINT_EVERY[agent] + CRASH_AFTER, run_name, **overrides)
+    return AGENTS[agent][0].main(checkpoint_args(agent, tmp_path, run_name, resume=True, **overrides))
 
 
 def tensorboard_points(run_dir, tag):
@@ -110,10 +114,7 @@ def test_optimizer_state_and_scheduled_alpha_survive_a_resume(tmp_path, monkeypa
 @pytest.mark.parametrize("damage", ["flipped byte", "truncated", "no manifest", "garbled manifest"])
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(damage, tmp_path, monkeypatch, capsys):
     dqn.main(checkpoint_args("dqn", tmp_path, "full"))
-    with monkeypatch.context() as patch:
-        crash_at_env_step(patch, 2 * CHECKPOINT_EVERY["dqn"] + CRASH_AFTER)
-        with pytest.raises(SimulatedCrash):
-            dqn.main(checkpoint_args("dqn", tmp_path, "cut"))
+    crashed_run("dqn", tmp_path, monkeypatch, 2 * CHECKPOINT_EVERY["dqn"] + CRASH_AFTER)
     newest = tmp_path / "cut" / "checkpoints" / f"step-{2 * CHECKPOINT_EVERY['dqn']:012d}.pt"
     data = bytearray(newest.read_bytes())
     if damage == "flipped byte":
@@ -135,10 +136,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(damage, tmp_pa
 
 def test_resume_without_an_intact_checkpoint_starts_over(tmp_path, monkeypatch):
     dqn.main(checkpoint_args("dqn", tmp_path, "full"))
-    with monkeypatch.context() as patch:
-        crash_at_env_step(patch, CHECKPOINT_EVERY["dqn"] // 2)  # before the first checkpoint
-        with pytest.raises(SimulatedCrash):
-            dqn.main(checkpoint_args("dqn", tmp_path, "cut"))
+    crashed_run("dqn", tmp_path, monkeypatch, CHECKPOINT_EVERY["dqn"] // 2)  # before the first checkpoint
     summary = dqn.main(checkpoint_args("dqn", tmp_path, "cut", resume=True))
     assert "resumes" not in summary and metric_rows(tmp_path / "cut") == metric_rows(tmp_path / "full")
 
@@ -155,10 +153,7 @@ def test_a_new_run_never_appends_to_an_existing_record(tmp_path):
     (dict(total_timesteps=700), "total_timesteps: 600 (checkpoint) != 700 (now)"),
 ])
 def test_checkpoint_of_another_config_is_refused_and_nothing_is_touched(change, named, tmp_path, monkeypatch):
-    with monkeypatch.context() as patch:
-        crash_at_env_step(patch, 2 * CHECKPOINT_EVERY["dqn"] + CRASH_AFTER)
-        with pytest.raises(SimulatedCrash):
-            dqn.main(checkpoint_args("dqn", tmp_path, "cut"))
+    crashed_run("dqn", tmp_path, monkeypatch, 2 * CHECKPOINT_EVERY["dqn"] + CRASH_AFTER)
     run_dir = tmp_path / "cut"
     before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
     with pytest.raises(CheckpointMismatch, match="refusing to resume") as refused:
@@ -170,20 +165,14 @@ def test_checkpoint_of_another_config_is_refused_and_nothing_is_touched(change, 
 
 
 def test_resume_refuses_a_run_record_cut_shorter_than_its_checkpoint(tmp_path, monkeypatch):
-    with monkeypatch.context() as patch:
-        crash_at_env_step(patch, CHECKPOINT_EVERY["dqn"] + CRASH_AFTER)
-        with pytest.raises(SimulatedCrash):
-            dqn.main(checkpoint_args("dqn", tmp_path, "cut"))
+    crashed_run("dqn", tmp_path, monkeypatch, CHECKPOINT_EVERY["dqn"] + CRASH_AFTER)
     (tmp_path / "cut" / "metrics.jsonl").write_text("")
     with pytest.raises(ValueError, match="metrics.jsonl is missing or shorter"):
         dqn.main(checkpoint_args("dqn", tmp_path, "cut", resume=True))
 
 
 def test_checkpoint_of_another_algorithm_is_refused(tmp_path, monkeypatch):
-    with monkeypatch.context() as patch:
-        crash_at_env_step(patch, CHECKPOINT_EVERY["dqn"] + CRASH_AFTER)
-        with pytest.raises(SimulatedCrash):
-            dqn.main(checkpoint_args("dqn", tmp_path, "cut"))
+    crashed_run("dqn", tmp_path, monkeypatch, CHECKPOINT_EVERY["dqn"] + CRASH_AFTER)
     with pytest.raises(CheckpointMismatch, match="algorithm: 'dqn' \\(checkpoint\\) != 'td3_continuous_action'"):
         td3_continuous_action.main(checkpoint_args("td3", tmp_path, "cut", resume=True))
 
