@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import sys
 import time
@@ -17,9 +18,9 @@ from torch.optim import Optimizer
 
 from .agr import AGR
 from .alphagrad import AlphaGrad
-from .checkpoint import Checkpointer, RunInterrupted
+from .checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted, config_differences
 from .envs import check_env_id
-from .runs import RunRecord, clear_record
+from .runs import RunRecord, clear_record, read_summary
 
 
 @dataclass
@@ -110,7 +111,7 @@ def start_run(args: CommonArgs, algorithm: str, env_id: str, optimizer_name: str
                                interval_s=args.checkpoint_interval_s, keep_after_finish=args.keep_checkpoints)
     resume_state = None
     if args.resume:
-        loaded = checkpoints.load_latest()  # CheckpointMismatch (a ValueError) before anything is touched
+        loaded = _checkpoint_to_resume(run_dir, checkpoints, config)  # refusals come before anything is touched
         if loaded is None:
             print(f"warning: {run_dir} has no intact checkpoint: the run starts from step 0", file=sys.stderr)
             clear_record(run_dir)
@@ -124,6 +125,29 @@ def start_run(args: CommonArgs, algorithm: str, env_id: str, optimizer_name: str
     )
     checkpoints.record = record
     return record, checkpoints
+
+
+def _checkpoint_to_resume(run_dir: Path, checkpoints: Checkpointer, config: dict) -> dict | None:
+    """The newest intact checkpoint of `run_dir`, or None when the run may start over (nothing finished there,
+    and the earlier attempt's options are today's). Raises ValueError for a finished run, and
+    CheckpointMismatch when the checkpoint or the earlier attempt's record has other options."""
+    summary = read_summary(run_dir)
+    if summary is not None and summary.get("status") == "finished":
+        raise ValueError(f"{run_dir} holds a finished run: there is nothing to resume, and its record is kept "
+                         "(pick another --run-name for a new run)")
+    loaded = checkpoints.load_latest()
+    if loaded is not None or not (run_dir / "config.json").exists():
+        return loaded
+    try:
+        earlier = json.loads((run_dir / "config.json").read_text())["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{run_dir}/config.json is unreadable ({error}), so the earlier attempt's options cannot "
+                         "be compared with today's: delete the folder to start over") from None
+    if differences := config_differences(earlier, config):
+        raise CheckpointMismatch(f"refusing to resume {run_dir}: it has no intact checkpoint, and its earlier attempt "
+                                 "ran with other options (" + "; ".join(differences) + "). Resume with the options "
+                                 "the run started with, or start a new run with another --run-name.")
+    return None
 
 
 def step_optimizer(optimizer: Optimizer, prefix: str, diagnose: bool) -> dict[str, float]:

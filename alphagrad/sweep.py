@@ -111,13 +111,30 @@ def _agent_flags(program: str) -> set[str]:
     return walk(args_type, "")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with a key given twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
+
+
 def load_sweep(path: str | Path) -> Sweep:
     """Read, validate and expand a sweep config (SweepConfigError on any problem)."""
     path = Path(path)
     if not path.is_file():
         raise SweepConfigError(f"{path}: no such sweep config")
     try:
-        config = yaml.safe_load(path.read_text())
+        config = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise SweepConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(config, dict):
@@ -158,6 +175,10 @@ def load_sweep(path: str | Path) -> Sweep:
         values = [spec["value"]] if "value" in spec else spec["values"]
         if not isinstance(values, list) or not values:
             raise fail(f"parameters.{flag}.values", "must be a non-empty list")
+        as_flags = [" ".join(_flag_args(flag, value)) for value in values]  # 5000 and "5000" are the same run
+        if repeated := sorted({shown for shown in as_flags if as_flags.count(shown) > 1}):
+            raise fail(f"parameters.{flag}.values", f"lists a value more than once ({', '.join(repeated)}): "
+                       "two runs would share one folder")
         axes.append((flag, values))
     if "seed" not in parameters:
         axes.append(("seed", [1]))
@@ -182,6 +203,10 @@ def load_sweep(path: str | Path) -> Sweep:
             chosen = dict(zip((flag for flag, _ in axes), combination))
             label = "__".join([arm] + [f"{flag}={chosen[flag]}" for flag in varying] + [f"s{chosen['seed']}"])
             runs.append(RunSpec(label, arm, int(chosen["seed"]), tuple({**chosen, **settings}.items())))
+    names = [run.name for run in runs]
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        raise fail("arms", f"two runs would share the folder {repeated[0]!r}: arm names and grid values must tell "
+                   "every run apart")
     return Sweep(name=name, program=program, runs=runs, parameters=parameters, arms=arms,
                  metric=config.get("metric"), description=str(config.get("description", "")))
 

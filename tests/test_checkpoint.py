@@ -141,6 +141,25 @@ def test_resume_without_an_intact_checkpoint_starts_over(tmp_path, monkeypatch):
     assert "resumes" not in summary and metric_rows(tmp_path / "cut") == metric_rows(tmp_path / "full")
 
 
+@pytest.mark.parametrize("keep_checkpoints", [False, True])
+def test_resume_of_a_finished_run_is_refused_and_its_record_kept(keep_checkpoints, tmp_path):
+    dqn.main(checkpoint_args("dqn", tmp_path, "done", total_timesteps=300, keep_checkpoints=keep_checkpoints))
+    before = {path: path.read_bytes() for path in (tmp_path / "done").rglob("*") if path.is_file()}
+    for total_timesteps in (300, 600):  # the same options, or others
+        with pytest.raises(ValueError, match="holds a finished run: there is nothing to resume"):
+            dqn.main(checkpoint_args("dqn", tmp_path, "done", total_timesteps=total_timesteps, resume=True,
+                                     keep_checkpoints=keep_checkpoints))
+    assert {path: path.read_bytes() for path in (tmp_path / "done").rglob("*") if path.is_file()} == before
+
+
+def test_resume_without_a_checkpoint_refuses_changed_options_and_keeps_the_record(tmp_path, monkeypatch):
+    crashed_run("dqn", tmp_path, monkeypatch, CHECKPOINT_EVERY["dqn"] // 2)  # before the first checkpoint
+    before = {path: path.read_bytes() for path in (tmp_path / "cut").rglob("*") if path.is_file()}
+    with pytest.raises(CheckpointMismatch, match="no intact checkpoint.*total_timesteps: 600 \\(checkpoint\\) != 700"):
+        dqn.main(checkpoint_args("dqn", tmp_path, "cut", resume=True, total_timesteps=700))
+    assert {path: path.read_bytes() for path in (tmp_path / "cut").rglob("*") if path.is_file()} == before
+
+
 def test_a_new_run_never_appends_to_an_existing_record(tmp_path):
     dqn.main(checkpoint_args("dqn", tmp_path, "run", total_timesteps=300))
     with pytest.raises(ValueError, match="already holds a run record.*--resume"):

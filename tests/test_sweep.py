@@ -117,6 +117,21 @@ def test_config_validation_names_file_key_and_allowed(tmp_path, overrides, messa
     assert str(path) in str(error.value) and message in str(error.value)
 
 
+@pytest.mark.parametrize("values", [[1, 1], [5000, "5000"]])
+def test_a_grid_value_given_twice_is_refused(tmp_path, values):
+    path = write_config(tmp_path, parameters={**TINY, "seed": {"values": [1]}, "buffer-size": {"values": values}})
+    with pytest.raises(SweepConfigError, match="parameters.buffer-size.values': lists a value more than once"):
+        load_sweep(path)
+
+
+def test_a_key_given_twice_in_the_yaml_is_refused(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\nprogram: agents/dqn.py\nparameters: {}\narms:\n  adam: {}\n"
+                    "  adam: {optim.name: adamw}\n")
+    with pytest.raises(SweepConfigError, match="found duplicate key 'adam'"):
+        load_sweep(path)
+
+
 def test_missing_key_and_bad_yaml(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: x\nprogram: agents/dqn.py\nparameters: {}\n")
