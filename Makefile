@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -c "from alphagrad._fused import build_cpu_kernel; build_cpu_kernel()"  # once per machine, ~30-60 s
 	touch $(STAMP)
 
 test: $(STAMP)

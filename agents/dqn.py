@@ -14,18 +14,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from alphagrad import OptimizerSpec, make_alpha_scheduler, make_optimizer
-from alphagrad.buffers import ReplayBuffer
-from alphagrad.envs import evaluate_policy, finished_episodes, make_vector_env, true_next_obs
-from alphagrad.experiment import (
+from alphagrad_rl.buffers import ReplayBuffer
+from alphagrad_rl.envs import evaluate_policy, finished_episodes, make_vector_env, true_next_obs
+from alphagrad_rl.experiment import (
     CommonArgs,
     check_common_args,
     check_positive,
     cli,
+    seed_everything,
     select_device,
     start_run,
-    step_optimizer,
+    update_diagnostics,
 )
+from alphagrad_rl.factory import OptimizerSpec, make_alpha_scheduler, make_optimizer
 
 
 @dataclass
@@ -113,6 +114,7 @@ def evaluate(q_network: QNetwork, args: Args, device: torch.device, episodes: in
 
 def main(args: Args) -> dict:
     check_args(args)
+    seed_everything(args.seed, args.torch_deterministic)
     envs = make_vector_env([make_env(args.env_id, args.seed + i, i) for i in range(args.num_envs)],
                            gym.spaces.Discrete, "DQN")
     record, checkpoints = start_run(args, "dqn", args.env_id, args.optim.name, args.total_timesteps)
@@ -165,7 +167,8 @@ def main(args: Args) -> dict:
                     loss.backward()
                     updates += 1
                     diagnose = args.diagnostics_interval > 0 and updates % args.diagnostics_interval == 0
-                    diagnostics = step_optimizer(optimizer, "q", diagnose)
+                    with update_diagnostics(optimizer, "q", diagnose) as diagnostics:
+                        optimizer.step()
                     if alpha_scheduler is not None:
                         alpha_scheduler.step()
                     if global_step % 100 == 0:
@@ -181,7 +184,7 @@ def main(args: Args) -> dict:
 
             if checkpoints.due(global_step + 1):
                 checkpoints.save(global_step + 1, global_step=global_step + 1, updates=updates, obs=obs)
-        record.global_step = args.total_timesteps
+        record.training_done(args.total_timesteps)
 
         if args.save_model:
             model_path = record.run_dir / "dqn.pt"

@@ -17,17 +17,18 @@ import torch
 import torch.nn as nn
 from torch.distributions.normal import Normal
 
-from alphagrad import OptimizerSpec, make_alpha_scheduler, make_optimizer
-from alphagrad.envs import evaluate_policy, finished_episodes, make_vector_env
-from alphagrad.experiment import (
+from alphagrad_rl.envs import evaluate_policy, finished_episodes, make_vector_env
+from alphagrad_rl.experiment import (
     CommonArgs,
     check_common_args,
     check_positive,
     cli,
+    seed_everything,
     select_device,
     start_run,
-    step_optimizer,
+    update_diagnostics,
 )
+from alphagrad_rl.factory import OptimizerSpec, make_alpha_scheduler, make_optimizer
 
 
 @dataclass
@@ -160,6 +161,7 @@ def evaluate(agent: Agent, obs_stats: dict, args: Args, device: torch.device, ep
 
 def main(args: Args) -> dict:
     check_args(args)
+    seed_everything(args.seed, args.torch_deterministic)
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
     num_iterations = max(1, args.total_timesteps // batch_size)
@@ -293,7 +295,9 @@ def main(args: Args) -> dict:
                     nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                     updates += 1
                     diagnose = args.diagnostics_interval > 0 and updates % args.diagnostics_interval == 0
-                    diagnostics.update(step_optimizer(optimizer, "agent", diagnose))
+                    with update_diagnostics(optimizer, "agent", diagnose) as step_diagnostics:
+                        optimizer.step()
+                    diagnostics.update(step_diagnostics)
                     if alpha_scheduler is not None:
                         alpha_scheduler.step()
 

@@ -16,18 +16,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from alphagrad import OptimizerSpec, make_alpha_scheduler, make_optimizer
-from alphagrad.buffers import ReplayBuffer
-from alphagrad.envs import evaluate_policy, finished_episodes, make_vector_env, true_next_obs
-from alphagrad.experiment import (
+from alphagrad_rl.buffers import ReplayBuffer
+from alphagrad_rl.envs import evaluate_policy, finished_episodes, make_vector_env, true_next_obs
+from alphagrad_rl.experiment import (
     CommonArgs,
     check_common_args,
     check_positive,
     cli,
+    seed_everything,
     select_device,
     start_run,
-    step_optimizer,
+    update_diagnostics,
 )
+from alphagrad_rl.factory import OptimizerSpec, make_alpha_scheduler, make_optimizer
 
 
 @dataclass
@@ -130,6 +131,7 @@ def evaluate(actor: Actor, args: Args, device: torch.device, episodes: int) -> l
 
 def main(args: Args) -> dict:
     check_args(args)
+    seed_everything(args.seed, args.torch_deterministic)
     envs = make_vector_env([make_env(args.env_id, args.seed + i, i) for i in range(args.num_envs)],
                            gym.spaces.Box, "TD3")
     optimizer_name = (args.actor_optim.name if args.actor_optim.name == args.critic_optim.name
@@ -212,16 +214,19 @@ def main(args: Args) -> dict:
                 q_optimizer.zero_grad()
                 qf_loss.backward()
                 critic_updates += 1
-                diagnostics = step_optimizer(q_optimizer, "critic", args.diagnostics_interval > 0
-                                             and critic_updates % args.diagnostics_interval == 0)
+                with update_diagnostics(q_optimizer, "critic", args.diagnostics_interval > 0
+                                        and critic_updates % args.diagnostics_interval == 0) as diagnostics:
+                    q_optimizer.step()
 
                 if global_step % args.policy_frequency == 0:
                     actor_loss = -qf1(data.observations, actor(data.observations)).mean()
                     actor_optimizer.zero_grad()
                     actor_loss.backward()
                     actor_updates += 1
-                    diagnostics.update(step_optimizer(actor_optimizer, "actor", args.diagnostics_interval > 0
-                                                      and actor_updates % args.diagnostics_interval == 0))
+                    with update_diagnostics(actor_optimizer, "actor", args.diagnostics_interval > 0
+                                            and actor_updates % args.diagnostics_interval == 0) as actor_diagnostics:
+                        actor_optimizer.step()
+                    diagnostics.update(actor_diagnostics)
 
                     # update the target network
                     with torch.no_grad():
@@ -245,7 +250,7 @@ def main(args: Args) -> dict:
             if checkpoints.due(global_step + 1):
                 checkpoints.save(global_step + 1, global_step=global_step + 1, obs=obs, critic_updates=critic_updates,
                                  actor_updates=actor_updates, actor_loss=None if actor_loss is None else actor_loss.item())
-        record.global_step = args.total_timesteps
+        record.training_done(args.total_timesteps)
 
         if args.save_model:
             model_path = record.run_dir / "td3_continuous_action.pt"

@@ -1,13 +1,12 @@
-"""alphagrad: AlphaGrad and AGR optimizers in torch.optim conventions, and a factory for every optimizer
-the harness compares."""
+"""alphagrad: the AlphaGrad and AGR optimizers in torch.optim conventions. Needs torch only.
 
-from .agr import AGR, agr_
-from .alphagrad import AlphaGrad, auto_alpha
-from .factory import OPTIMIZER_NAMES, OptimizerSpec, make_alpha_scheduler, make_optimizer
+The RL harness that benchmarks them (optimizer factory, agents' plumbing, sweeps, analysis) is the
+separate package `alphagrad_rl`, installed with the `rl` extra.
+"""
+
+from .agr import AGR, agr_, with_agr
+from .optimizer import AlphaGrad, alphagrad, auto_alpha
 from .scheduler import SaturationAlphaScheduler
 
-__all__ = [
-    "AGR", "AlphaGrad", "OPTIMIZER_NAMES", "OptimizerSpec", "SaturationAlphaScheduler",
-    "agr_", "auto_alpha", "make_alpha_scheduler", "make_optimizer",
-]
-__version__ = "0.1.0"
+__all__ = ["AGR", "AlphaGrad", "SaturationAlphaScheduler", "agr_", "alphagrad", "auto_alpha", "with_agr"]
+__version__ = "0.2.0"

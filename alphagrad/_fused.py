@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -88,6 +90,7 @@ def _alphagrad_update(
 
 _compiled_update = None
 _cpu_kernels = None
+_cpu_kernel_error: str | None = None
 
 
 def compiled_alphagrad_update(*args, **kwargs) -> torch.Tensor:
@@ -112,16 +115,49 @@ def _instruction_set_tag() -> str:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         flags = platform.processor() or platform.machine()
-    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+    source = (Path(__file__).parent / "csrc" / "fused_alphagrad.cpp").read_bytes()
+    return hashlib.sha1(flags.encode() + source).hexdigest()[:10]
 
 
-def cpu_alphagrad_update(*args) -> bool:
-    """The C++ kernel (built on first use); returns False, writing nothing, when a gradient norm is not finite."""
+def build_cpu_kernel(verbose: bool = False):
+    """Build (once per machine and kind of CPU, ~30-60 s; cached by torch.utils.cpp_extension) and load the C++
+    kernel. Raises when it cannot be built (no C++ compiler, no ninja). `make install` calls it."""
     global _cpu_kernels
     if _cpu_kernels is None:
-        from torch.utils.cpp_extension import load
+        from torch.utils.cpp_extension import _get_build_directory, load
 
-        _cpu_kernels = load(name=f"alphagrad_fused_{_instruction_set_tag()}",
+        name = f"alphagrad_fused_{_instruction_set_tag()}"
+        if not (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists():
+            print("alphagrad: building the fused CPU kernel (once per machine, ~30-60 s)", file=sys.stderr, flush=True)
+        _cpu_kernels = load(name=name,
                             sources=[str(Path(__file__).parent / "csrc" / "fused_alphagrad.cpp")],
-                            extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"], verbose=False)
-    return _cpu_kernels.alphagrad_update(*args)
+                            extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"],
+                            verbose=verbose)
+    return _cpu_kernels
+
+
+def cpu_kernel_available() -> bool:
+    """Whether the C++ kernel can be used; the first call loads it, building it if needed (a message says so).
+    A failed build is reported once, and AlphaGrad then takes its foreach path."""
+    global _cpu_kernel_error
+    if _cpu_kernels is not None:
+        return True
+    if _cpu_kernel_error is not None:
+        return False
+    try:
+        build_cpu_kernel()
+    except Exception as error:  # no compiler, no ninja, a failed build: the foreach path still works
+        _cpu_kernel_error = f"{type(error).__name__}: {error}".strip()
+        warnings.warn(f"alphagrad: the fused CPU kernel could not be built ({_cpu_kernel_error.splitlines()[0]}); "
+                      "AlphaGrad uses its foreach path instead (exact, slower). It needs a C++ compiler and "
+                      "`pip install ninja`.", RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
+def cpu_alphagrad_update(params, grads, buffers, alphas, lr, eps, momentum, paper_momentum, weight_decay, maximize,
+                         group_norm) -> bool:
+    """The C++ kernel; returns False, writing nothing, when a gradient norm is not finite."""
+    return build_cpu_kernel().alphagrad_update(
+        params, grads, buffers, alphas, lr, eps, momentum, paper_momentum, weight_decay, maximize, group_norm,
+        list(_NUMERATOR), list(_DENOMINATOR), CLAMP)

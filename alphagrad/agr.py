@@ -1,7 +1,10 @@
 """Adaptive Gradient Regularization (Jiang et al., 2024, arXiv 2407.16944) as a gradient transform.
 
 Per tensor:  g' = g - (|g| / sum|g|) * g,  the sum over the whole tensor. `agr_` applies it in place;
-`AGR` puts it in front of any torch optimizer (AdamW(AGR), Adan(AGR), AlphaGrad(AGR), SGD(AGR)).
+`with_agr(optimizer)` attaches it in front of any torch optimizer (AdamW(AGR), Adan(AGR), AlphaGrad(AGR),
+SGD(AGR)) through the optimizer's own step pre-hook, so the optimizer stays itself: learning-rate
+schedulers, gradient clipping and `isinstance` checks see the real optimizer, and there is nothing to
+unwrap. `AGR.of(optimizer)` finds the attached transform; `AGR.remove()` detaches it.
 Unlike the authors' code, a tensor whose gradient is all zero stays zero (their 0/0 gives NaN).
 """
 
@@ -15,11 +18,13 @@ from torch.optim import Optimizer
 from ._validation import check_choice, check_range
 
 SCOPES = ("all", "matrices")
+NONFINITE_POLICIES = ("raise", "skip")
+_ATTRIBUTE = "_alphagrad_agr"  # where an optimizer keeps its attached AGR
 
 
 @torch.no_grad()
 def agr_(grads: list[torch.Tensor], foreach: bool = True) -> None:
-    """Apply AGR to each gradient in place."""
+    """Apply AGR to each gradient in place (an all-zero gradient stays zero)."""
     if not grads:
         return
     if not foreach:
@@ -34,72 +39,118 @@ def agr_(grads: list[torch.Tensor], foreach: bool = True) -> None:
     torch._foreach_addcmul_(grads, coefficients, grads, value=-1.0)
 
 
-class AGR(Optimizer):
-    """Wrap an optimizer so every step first regularizes the gradients with AGR (in place).
+def with_agr(optimizer: Optimizer, **options: Any) -> Optimizer:
+    """Attach AGR (see `AGR` for the options) in front of `optimizer` and return the same optimizer."""
+    AGR(optimizer, **options)
+    return optimizer
+
+
+class AGR:
+    """AGR attached to an optimizer: before each `optimizer.step()` it regularizes the gradients in place.
 
     Args:
-        optimizer: any torch.optim.Optimizer; the wrapper shares its param groups and state, so
-            learning-rate schedulers and gradient clipping work on either.
+        optimizer: any torch.optim.Optimizer (it must not have AGR attached already).
         scope: "all" tensors, or only "matrices" (weights with dim > 1; the AGR paper applies it to
             fully connected and convolution weights).
         active_steps: apply AGR only for this many steps (the AGR paper suspends it after early
             training); None applies it always.
+        nonfinite: a gradient tensor holding a NaN or inf: "raise" (ValueError naming it, before any
+            gradient is changed) or "skip" (leave that tensor as it is, so one NaN does not spread over
+            the whole tensor through the sum, and let the optimizer's own policy decide; counted in
+            `skipped_tensors`).
         foreach: torch._foreach_* kernels (default) or the per-tensor loop.
+
+    The optimizer's `state_dict()` gains an "agr" entry (steps taken, options); loading a state_dict
+    without one, or with other options, raises ValueError. Closures are not supported: compute the
+    gradients before `step()`, since AGR reads them in the step pre-hook.
     """
 
     def __init__(self, optimizer: Optimizer, *, scope: str = "all", active_steps: int | None = None,
-                 foreach: bool = True) -> None:
+                 nonfinite: str = "raise", foreach: bool = True) -> None:
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"AGR wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
+            raise TypeError(f"AGR attaches to a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if AGR.of(optimizer) is not None:
+            raise ValueError(f"{type(optimizer).__name__} already has AGR attached")
         check_choice("scope", scope, SCOPES)
+        check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         if active_steps is not None:
             check_range("active_steps", active_steps, low=0)
-        # Optimizer.__init__ sets up the hook registries; the groups and state are the inner optimizer's.
-        super().__init__([{"params": []}], {})
         self.optimizer = optimizer
-        self.param_groups = optimizer.param_groups
-        self.state = optimizer.state
-        self.defaults = optimizer.defaults
         self.scope = scope
         self.active_steps = active_steps
+        self.nonfinite = nonfinite
         self.foreach = foreach
         self.steps_taken = 0
+        self.skipped_tensors = 0
+        self._handles = [
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+            optimizer.register_state_dict_post_hook(self._save),
+            optimizer.register_load_state_dict_pre_hook(self._load),
+        ]
+        setattr(optimizer, _ATTRIBUTE, self)
+
+    @staticmethod
+    def of(optimizer: Optimizer) -> AGR | None:
+        """The AGR attached to `optimizer`, or None."""
+        return getattr(optimizer, _ATTRIBUTE, None)
+
+    def remove(self) -> None:
+        """Detach from the optimizer: its next steps take the raw gradients."""
+        for handle in self._handles:
+            handle.remove()
+        delattr(self.optimizer, _ATTRIBUTE)
 
     def __repr__(self) -> str:
-        return f"AGR(scope={self.scope!r}, active_steps={self.active_steps}) -> {self.optimizer!r}"
+        return (f"AGR(scope={self.scope!r}, active_steps={self.active_steps}, nonfinite={self.nonfinite!r}) "
+                f"-> {type(self.optimizer).__name__}")
 
     @property
     def active(self) -> bool:
         return self.active_steps is None or self.steps_taken < self.active_steps
 
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        if self.active:
-            agr_(
-                [p.grad for group in self.param_groups for p in group["params"]
-                 if p.grad is not None and (self.scope == "all" or p.dim() > 1)],
-                foreach=self.foreach,
-            )
-        self.optimizer.step()
+    def _before_step(self, _optimizer, args, kwargs) -> None:
+        if (len(args) > 1 and args[1] is not None) or kwargs.get("closure") is not None:  # args[0]: the optimizer
+            raise ValueError("AGR regularizes the gradients before step(): call loss.backward() first instead of "
+                             "passing a closure")
+        if not self.active:
+            return
+        named = [(f"group{i}.param{j}" if not group.get("param_names") else group["param_names"][j], p.grad)
+                 for i, group in enumerate(self.optimizer.param_groups) for j, p in enumerate(group["params"])
+                 if p.grad is not None and (self.scope == "all" or p.dim() > 1)]
+        if not named:
+            return
+        with torch.no_grad():
+            finite = torch.stack(torch._foreach_norm([grad for _, grad in named], ord=1)).isfinite().tolist()
+        if not all(finite):
+            bad = [name for (name, _), ok in zip(named, finite) if not ok]
+            if self.nonfinite == "raise":
+                raise ValueError(f"AGR: non-finite gradient (NaN or inf) in {', '.join(bad)}; no gradient was "
+                                 "changed. Pass nonfinite='skip' to leave such tensors to the optimizer's own policy.")
+            self.skipped_tensors += len(bad)
+            named = [item for item, ok in zip(named, finite) if ok]
+        agr_([grad for _, grad in named], foreach=self.foreach)
+
+    def _after_step(self, _optimizer, _args, _kwargs) -> None:
         self.steps_taken += 1
-        return loss
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
+    def _options(self) -> dict[str, Any]:
+        return {"scope": self.scope, "active_steps": self.active_steps, "nonfinite": self.nonfinite}
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if "optimizer" not in self.__dict__:  # the placeholder group of Optimizer.__init__
-            return super().add_param_group(param_group)
-        self.optimizer.add_param_group(param_group)
+    def _save(self, _optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+        return {**state_dict, "agr": {"steps_taken": self.steps_taken, "skipped_tensors": self.skipped_tensors,
+                                      **self._options()}}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "agr_steps_taken": self.steps_taken}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state_dict["optimizer"])
-        self.param_groups = self.optimizer.param_groups
-        self.state = self.optimizer.state
-        self.steps_taken = int(state_dict["agr_steps_taken"])
+    def _load(self, _optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+        saved = state_dict.get("agr")
+        if not isinstance(saved, dict):
+            raise ValueError(f"this state_dict was saved by a {type(self.optimizer).__name__} without AGR "
+                             "(it has no 'agr' entry): it cannot continue an optimizer with AGR")
+        differing = {key: (saved.get(key), value) for key, value in self._options().items() if saved.get(key) != value}
+        if differing:
+            raise ValueError("this state_dict was saved with other AGR options: " + ", ".join(
+                f"{key} {old!r} (saved) != {new!r} (now)" for key, (old, new) in differing.items()))
+        steps = saved.get("steps_taken")
+        check_range("agr steps_taken", steps, low=0)
+        self.steps_taken, self.skipped_tensors = int(steps), int(saved.get("skipped_tensors", 0))
+        return {key: value for key, value in state_dict.items() if key != "agr"}

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ._validation import check_range
-from .alphagrad import AlphaGrad, abs_preactivations
+from .optimizer import AlphaGrad, abs_preactivations
 
 
 class SaturationAlphaScheduler:

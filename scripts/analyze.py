@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tyro
 
-from alphagrad.report import write_report
+from alphagrad_rl.report import write_report
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import tyro
 
-from alphagrad.runs import read_run
+from alphagrad_rl.runs import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = {

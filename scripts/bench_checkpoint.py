@@ -2,7 +2,7 @@
 
 Fills TD3's replay buffer with `--transitions` real Hopper-v4 transitions under random actions (short
 episodes, so many episode ends: the compact storage's worst case), builds TD3's networks and Adam
-optimizers (with state, after a few updates), then writes one checkpoint with alphagrad.checkpoint and
+optimizers (with state, after a few updates), then writes one checkpoint with alphagrad_rl.checkpoint and
 reads it back. Reports the buffer's size in memory, the checkpoint's size on disk, and the save and
 load times; checks the restored buffer equals the original.
     python scripts/bench_checkpoint.py                      # 1M transitions, ~6 min to fill on one core
@@ -20,10 +20,10 @@ import torch
 import tyro
 
 from agents.td3_continuous_action import Actor, QNetwork, make_env
-from alphagrad import OptimizerSpec, make_optimizer
-from alphagrad.buffers import ReplayBuffer
-from alphagrad.checkpoint import Checkpointer
-from alphagrad.envs import make_vector_env, true_next_obs
+from alphagrad_rl.buffers import ReplayBuffer
+from alphagrad_rl.checkpoint import Checkpointer
+from alphagrad_rl.envs import make_vector_env, true_next_obs
+from alphagrad_rl.factory import OptimizerSpec, make_optimizer
 
 BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "terminations")
 

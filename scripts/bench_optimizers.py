@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import tyro
 
-from alphagrad import make_optimizer
+from alphagrad_rl.factory import make_optimizer
 
 
 @dataclass

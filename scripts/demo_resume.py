@@ -22,7 +22,7 @@ from pathlib import Path
 
 import tyro
 
-from alphagrad.runs import checkpoint_manifests, read_run
+from alphagrad_rl.runs import checkpoint_manifests, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,8 +20,9 @@ from typing import Literal
 
 import tyro
 
-from alphagrad.runs import checkpoint_manifests
-from alphagrad.sweep import (
+from agents import sweep_registry
+from alphagrad_rl.runs import check_results_dir, checkpoint_manifests
+from alphagrad_rl.sweep import (
     LaunchOptions,
     SweepConfigError,
     arm_table,
@@ -67,9 +68,18 @@ class Args:
 
 def main(args: Args) -> int:
     try:
-        sweep = load_sweep(args.config)
+        sweep = load_sweep(args.config, sweep_registry())
         runs = filter_runs(sweep.runs, args.arms, args.seeds)
     except SweepConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.workers < 0 or args.runs_per_gpu < 1:
+        print(f"error: invalid --workers {args.workers} or --runs-per-gpu {args.runs_per_gpu} "
+              "(allowed: workers >= 0, 0 = one per core or GPU slot; runs-per-gpu >= 1)", file=sys.stderr)
+        return 2
+    try:
+        check_results_dir(args.results_dir / sweep.name)
+    except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.total_timesteps is not None:
@@ -86,7 +96,7 @@ def main(args: Args) -> int:
     if args.export_wandb is not None:
         import yaml
 
-        from alphagrad.sweep import wandb_sweep_configs
+        from alphagrad_rl.sweep import wandb_sweep_configs
 
         args.export_wandb.mkdir(parents=True, exist_ok=True)
         for name, config in wandb_sweep_configs(sweep).items():
@@ -104,7 +114,7 @@ def main(args: Args) -> int:
         width = max((len(status) for status in statuses.values()), default=0)
         for run in runs:
             print(f"{run.name:50s} {statuses[run.name]:{width}s} "
-                  f"{' '.join(run.argv(sweep.program, args.results_dir / sweep.name)[2:])}")
+                  f"{' '.join(run.flag_args())}")
         print(f"{len(runs)} runs")
         return 0
     options = LaunchOptions(results_dir=args.results_dir, workers=args.workers, backend=args.backend,

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from agents import dqn, ppo_continuous_action, td3_continuous_action
-from alphagrad import OptimizerSpec
-from alphagrad.envs import finished_episodes, make_vector_env, true_next_obs
-from alphagrad.runs import read_run
+from alphagrad import AGR
+from alphagrad_rl.envs import finished_episodes, make_vector_env, true_next_obs
+from alphagrad_rl.factory import OptimizerSpec
+from alphagrad_rl.runs import read_run
 
 
 def dqn_args(tmp_path, **overrides):
@@ -98,14 +99,15 @@ def test_td3_takes_separate_actor_and_critic_optimizers(tmp_path, monkeypatch):
 
     def recording(params, spec):
         optimizer = original(params, spec)
-        built.append((spec.name, type(optimizer).__name__, [n for g in optimizer.param_groups for n in g["param_names"]]))
+        built.append((spec.name, type(optimizer).__name__ + "+AGR" * (AGR.of(optimizer) is not None),
+                      [n for g in optimizer.param_groups for n in g["param_names"]]))
         return optimizer
 
     monkeypatch.setattr(td3_continuous_action, "make_optimizer", recording)
     td3_continuous_action.main(td3_args(tmp_path, actor_optim=OptimizerSpec(name="alphagrad", alpha=150.0),
                                         critic_optim=OptimizerSpec(name="adamw-agr")))
     (critic_name, critic_type, critic_params), (actor_name, actor_type, actor_params) = built
-    assert (critic_name, critic_type) == ("adamw-agr", "AGR") and (actor_name, actor_type) == ("alphagrad", "AlphaGrad")
+    assert (critic_name, critic_type) == ("adamw-agr", "AdamW+AGR") and (actor_name, actor_type) == ("alphagrad", "AlphaGrad")
     assert all(n.startswith(("qf1.", "qf2.")) for n in critic_params) and len(critic_params) == 12
     assert actor_params == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc_mu.weight", "fc_mu.bias"]
 
@@ -155,7 +157,7 @@ def test_true_next_obs_and_episode_counting_on_truncation():
 
 def test_replay_transitions_never_span_an_episode_boundary(tmp_path):
     """Consecutive CartPole states differ by one physics step; a reset observation would break that."""
-    from alphagrad.buffers import ReplayBuffer
+    from alphagrad_rl.buffers import ReplayBuffer
 
     envs = make_vector_env([short_cartpole], gym.spaces.Discrete, "test")
     rb = ReplayBuffer(100, (4,), (), np.int64, torch.device("cpu"))
@@ -208,12 +210,14 @@ def test_bad_input_is_rejected_before_a_run_starts(tmp_path):
         ppo_continuous_action.main(ppo_args(tmp_path, num_minibatches=3))
     with pytest.raises(ValueError, match="total_timesteps: 0"):
         td3_continuous_action.main(td3_args(tmp_path, total_timesteps=0))
+    with pytest.raises(ValueError, match="--optim: invalid alpha .*: nan"):  # the optimizer, before the run folder
+        dqn.main(dqn_args(tmp_path, optim=OptimizerSpec(name="alphagrad", alpha=float("nan"))))
     assert not list(tmp_path.iterdir())
 
 
 def test_crash_is_recorded_with_traceback(tmp_path):
-    args = dqn_args(tmp_path, optim=OptimizerSpec(name="alphagrad", alpha=10.0, lr=float("nan")))
-    with pytest.raises(ValueError):
+    args = dqn_args(tmp_path, optim=OptimizerSpec(name="alphagrad", alpha=10.0, lr=1e30))  # diverges: NaN gradients
+    with pytest.raises(ValueError, match="non-finite gradient"):
         dqn.main(args)
     summary = json.loads((tmp_path / "dqn" / "summary.json").read_text())
     assert summary["status"] == "crashed" and "Traceback" in summary["error"]

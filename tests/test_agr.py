@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from alphagrad import AGR, AlphaGrad, agr_
+from alphagrad import AGR, AlphaGrad, agr_, with_agr
 
 
 @pytest.mark.parametrize("foreach", [True, False])
@@ -44,7 +44,7 @@ def make_problem(seed=0):
 def test_agr_adamw_equals_manual_computation():
     model, batches = make_problem()
     manual = copy.deepcopy(model)
-    wrapped = AGR(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1))
+    wrapped = with_agr(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1))
     plain = torch.optim.AdamW(manual.parameters(), lr=1e-2, weight_decay=0.1)
     for x in batches:
         wrapped.zero_grad()
@@ -63,7 +63,7 @@ def test_agr_adamw_equals_manual_computation():
 def test_agr_differs_from_plain_optimizer():
     model, batches = make_problem()
     plain_model = copy.deepcopy(model)
-    wrapped, plain = AGR(torch.optim.SGD(model.parameters(), lr=0.1)), torch.optim.SGD(plain_model.parameters(), lr=0.1)
+    wrapped, plain = with_agr(torch.optim.SGD(model.parameters(), lr=0.1)), torch.optim.SGD(plain_model.parameters(), lr=0.1)
     for net, opt in ((model, wrapped), (plain_model, plain)):
         opt.zero_grad()
         net(batches[0]).pow(2).mean().backward()
@@ -73,31 +73,31 @@ def test_agr_differs_from_plain_optimizer():
 
 def test_scope_matrices_skips_biases_and_active_steps_stops():
     layer = torch.nn.Linear(3, 2)
-    opt = AGR(torch.optim.SGD(layer.parameters(), lr=0.0), scope="matrices", active_steps=1)
+    opt = with_agr(torch.optim.SGD(layer.parameters(), lr=0.0), scope="matrices", active_steps=1)
     for step in range(2):
         layer.weight.grad, layer.bias.grad = torch.ones(2, 3), torch.tensor([1.0, 3.0])
         opt.step()
         expected = torch.full((2, 3), 1 - 1 / 6) if step == 0 else torch.ones(2, 3)
         torch.testing.assert_close(layer.weight.grad, expected)
         torch.testing.assert_close(layer.bias.grad, torch.tensor([1.0, 3.0]))
-    assert not opt.active
+    assert not AGR.of(opt).active
 
 
 def test_agr_wraps_alphagrad_and_works_with_lr_schedulers_and_state_dict():
     model, batches = make_problem()
-    opt = AGR(AlphaGrad(model.parameters(), lr=0.1, alpha=4.0, momentum=0.9), active_steps=10)
+    opt = with_agr(AlphaGrad(model.parameters(), lr=0.1, alpha=4.0, momentum=0.9), active_steps=10)
     scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     for x in batches[:2]:
         opt.zero_grad()
         model(x).pow(2).mean().backward()
         opt.step()
         scheduler.step()
-    assert opt.optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert type(opt) is AlphaGrad and opt.param_groups[0]["lr"] == pytest.approx(0.025)
 
     clone = copy.deepcopy(model)
-    clone_opt = AGR(AlphaGrad(clone.parameters(), lr=0.1, alpha=4.0, momentum=0.9), active_steps=10)
+    clone_opt = with_agr(AlphaGrad(clone.parameters(), lr=0.1, alpha=4.0, momentum=0.9), active_steps=10)
     clone_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
-    assert clone_opt.steps_taken == 2 and clone_opt.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert AGR.of(clone_opt).steps_taken == 2 and clone_opt.param_groups[0]["lr"] == pytest.approx(0.025)
     for net, optimizer in ((model, opt), (clone, clone_opt)):
         for x in batches[2:]:
             optimizer.zero_grad()
@@ -113,5 +113,54 @@ def test_agr_rejects_bad_arguments():
         AGR(opt, scope="weights")
     with pytest.raises(ValueError, match="active_steps: -1"):
         AGR(opt, active_steps=-1)
+    with pytest.raises(ValueError, match="nonfinite: 'ignore'"):
+        AGR(opt, nonfinite="ignore")
     with pytest.raises(TypeError, match="torch.optim.Optimizer"):
         AGR("adam")
+    AGR(opt)
+    with pytest.raises(ValueError, match="already has AGR attached"):
+        AGR(opt)
+
+
+def nan_problem(nonfinite):
+    good, bad = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([{"params": [good, bad], "param_names": ["encoder.weight", "head.bias"]}], lr=0.1)
+    with_agr(opt, nonfinite=nonfinite)
+    good.grad, bad.grad = torch.tensor([1.0, 3.0]), torch.tensor([1.0, float("nan"), 2.0])
+    return opt, good, bad
+
+
+def test_nonfinite_gradient_raises_naming_the_tensor_before_any_change():
+    opt, good, bad = nan_problem("raise")
+    with pytest.raises(ValueError, match=r"non-finite gradient \(NaN or inf\) in head\.bias;"):
+        opt.step()
+    assert torch.equal(good.grad, torch.tensor([1.0, 3.0])) and torch.equal(good.detach(), torch.ones(2))
+
+
+def test_nonfinite_skip_leaves_that_tensor_alone_instead_of_spreading_the_nan():
+    opt, good, bad = nan_problem("skip")
+    opt.step()
+    torch.testing.assert_close(good.grad, torch.tensor([0.75, 0.75]))  # [1, 3] - ([1, 3] / 4) * [1, 3]
+    assert bad.grad[0] == 1.0 and bad.grad[2] == 2.0 and AGR.of(opt).skipped_tensors == 1
+
+
+def test_state_dict_without_agr_or_with_other_options_is_refused_at_load():
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    plain_state = torch.optim.AdamW(params, lr=0.1).state_dict()
+    with pytest.raises(ValueError, match="saved by a AdamW without AGR"):
+        with_agr(torch.optim.AdamW(params, lr=0.1)).load_state_dict(plain_state)
+    saved = with_agr(torch.optim.AdamW(params, lr=0.1), scope="matrices").state_dict()
+    with pytest.raises(ValueError, match="scope 'matrices' \\(saved\\) != 'all' \\(now\\)"):
+        with_agr(torch.optim.AdamW(params, lr=0.1)).load_state_dict(saved)
+
+
+def test_closure_is_refused_and_remove_detaches():
+    param = torch.nn.Parameter(torch.ones(2))
+    opt = with_agr(torch.optim.SGD([param], lr=1.0))
+    param.grad = torch.tensor([1.0, 3.0])
+    with pytest.raises(ValueError, match="closure"):
+        opt.step(lambda: torch.tensor(0.0))
+    AGR.of(opt).remove()
+    assert AGR.of(opt) is None
+    opt.step()
+    torch.testing.assert_close(param.detach(), torch.tensor([0.0, -2.0]))  # the raw gradient

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alphagrad.analysis import (
+from alphagrad_rl.analysis import (
     bootstrap_ci,
     iqm,
     load_runs,
@@ -20,8 +20,8 @@ from alphagrad.analysis import (
     verdict_above,
     verdict_below,
 )
-from alphagrad.report import write_report
-from alphagrad.runs import SCHEMA_VERSION
+from alphagrad_rl.report import write_report
+from alphagrad_rl.runs import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,11 +17,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_agents import AGENTS, metric_rows
 
 from agents import dqn, td3_continuous_action
-from alphagrad import OptimizerSpec
-from alphagrad.buffers import ReplayBuffer
-from alphagrad.checkpoint import Checkpointer, CheckpointMismatch, _decode, _encode
-from alphagrad.envs import env_state, restore_env_state
-from alphagrad.runs import read_run
+from alphagrad_rl.buffers import ReplayBuffer
+from alphagrad_rl.checkpoint import Checkpointer, CheckpointMismatch, _decode, _encode
+from alphagrad_rl.envs import env_state, restore_env_state
+from alphagrad_rl.factory import OptimizerSpec
+from alphagrad_rl.runs import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 # checkpoint every CHECKPOINT_EVERY[agent] steps; the simulated crash comes CRASH_AFTER steps after the second one
@@ -104,7 +104,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(agent, tmp_path, mo
 
 def test_optimizer_state_and_scheduled_alpha_survive_a_resume(tmp_path, monkeypatch):
     """AlphaGrad with momentum and the saturation scheduler (TD3: two optimizers, two schedulers)."""
-    spec = OptimizerSpec(name="alphagrad", lr=1e-4, alpha=150.0, momentum=0.9, alpha_schedule="saturation")
+    spec = OptimizerSpec(name="alphagrad", lr=1e-4, alpha=150.0, momentum=0.9, alpha_schedule=True)
     td3_continuous_action.main(checkpoint_args("td3", tmp_path, "full", actor_optim=spec, critic_optim=spec))
     interrupted_then_resumed("td3", tmp_path, monkeypatch, actor_optim=spec, critic_optim=spec)
     rows = metric_rows(tmp_path / "cut")
@@ -305,7 +305,7 @@ def test_restored_env_continues_exactly(make):
 
 
 class UnknownCoreCartPole(CartPoleEnv):
-    """A core environment whose simulation state alphagrad.envs does not know how to save."""
+    """A core environment whose simulation state alphagrad_rl.envs does not know how to save."""
 
 
 class UnknownCorePendulum(PendulumEnv):

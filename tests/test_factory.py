@@ -3,21 +3,14 @@ import pytorch_optimizer
 import torch
 import tyro
 
-from alphagrad import (
-    AGR,
-    OPTIMIZER_NAMES,
-    AlphaGrad,
-    OptimizerSpec,
-    SaturationAlphaScheduler,
-    make_alpha_scheduler,
-    make_optimizer,
-)
+from alphagrad import AGR, AlphaGrad, SaturationAlphaScheduler
+from alphagrad_rl.factory import OPTIMIZER_NAMES, OptimizerSpec, make_alpha_scheduler, make_optimizer
 
-EXPECTED_TYPES = {
-    "adam": (torch.optim.Adam, None), "adamw": (torch.optim.AdamW, None), "sgd": (torch.optim.SGD, None),
-    "alphagrad": (AlphaGrad, None), "adamw-agr": (AGR, torch.optim.AdamW), "adan": (pytorch_optimizer.Adan, None),
-    "adan-agr": (AGR, pytorch_optimizer.Adan), "lion": (pytorch_optimizer.Lion, None),
-    "signsgd": (pytorch_optimizer.SignSGD, None),
+EXPECTED_TYPES = {  # the optimizer's type, and whether AGR is attached to it
+    "adam": (torch.optim.Adam, False), "adamw": (torch.optim.AdamW, False), "sgd": (torch.optim.SGD, False),
+    "alphagrad": (AlphaGrad, False), "adamw-agr": (torch.optim.AdamW, True), "adan": (pytorch_optimizer.Adan, False),
+    "adan-agr": (pytorch_optimizer.Adan, True), "lion": (pytorch_optimizer.Lion, False),
+    "signsgd": (pytorch_optimizer.SignSGD, False),
 }
 
 
@@ -30,11 +23,10 @@ def test_factory_builds_every_name_and_it_reduces_a_loss(name):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     inputs, targets = torch.randn(64, 4), torch.randn(64, 1)
-    opt = make_optimizer(model.named_parameters(), OptimizerSpec(name=name, lr=1e-2, alpha=4.0))
-    outer, inner = EXPECTED_TYPES[name]
-    assert type(opt) is outer
-    if inner is not None:
-        assert type(opt.optimizer) is inner
+    opt = make_optimizer(model.named_parameters(), OptimizerSpec(name=name, lr=1e-2,
+                                                                 alpha=4.0 if name == "alphagrad" else "auto"))
+    expected_type, with_agr = EXPECTED_TYPES[name]
+    assert type(opt) is expected_type and (AGR.of(opt) is not None) == with_agr
     losses = []
     for _ in range(50):
         opt.zero_grad()
@@ -52,8 +44,8 @@ def test_spec_settings_reach_the_optimizer():
     alpha = make_optimizer(params, name="alphagrad", alpha=98.0, momentum=0.9, momentum_form="sgd", fused=False)
     assert alpha.defaults["alpha"] == 98.0 and alpha.defaults["momentum_form"] == "sgd"
     assert make_optimizer(params, name="adan", betas=(0.9, 0.9, 0.9)).defaults["betas"] == (0.9, 0.9, 0.9)
-    wrapped = make_optimizer(params, name="sgd", agr=True, agr_scope="matrices", agr_active_steps=5)
-    assert isinstance(wrapped, AGR) and wrapped.scope == "matrices" and wrapped.active_steps == 5
+    with_agr = make_optimizer(params, name="sgd", agr=True, agr_scope="matrices", agr_active_steps=5)
+    assert AGR.of(with_agr).scope == "matrices" and AGR.of(with_agr).active_steps == 5
 
 
 @pytest.mark.parametrize(
@@ -63,7 +55,16 @@ def test_spec_settings_reach_the_optimizer():
         (dict(name="adam", betas=(0.9, 0.9, 0.9)), "betas for adam"),
         (dict(name="adan", betas=(0.9, 0.9)), "betas for adan"),
         (dict(name="alphagrad", alpha=0.0), "alpha"),
-        (dict(name="adam", lr=-1.0), "learning rate"),
+        (dict(name="adam", lr=-1.0), "lr: -1.0"),
+        (dict(name="adam", lr="0.1"), "lr: '0.1' \\(allowed: a number\\)"),
+        (dict(name="sgd", agr="yes"), "agr: 'yes' \\(allowed: True or False\\)"),
+        (dict(name="sgd", momentum=1.5), "momentum: 1.5"),
+        (dict(name="adam", betas=(0.9, 1.2)), "betas \\(each\\): 1.2"),
+        (dict(name="alphagrad", fused="no"), "fused: 'no'"),
+        (dict(name="adam", alpha=98.0), "'adam' does not use alpha=98.0: remove it, or set it back to its default \\(alpha='auto'\\)"),
+        (dict(name="alphagrad", beta=0.5), "does not use beta=0.5"),  # beta belongs to the scaled_tanh transform
+        (dict(name="adamw", agr_scope="matrices"), "does not use agr_scope"),  # AGR is off
+        (dict(name="adam", alhpa=3.0), "unknown optimizer option\\(s\\) alhpa"),
     ],
 )
 def test_factory_rejects_bad_specs(overrides, message):
@@ -84,6 +85,7 @@ def test_alpha_scheduler_from_spec():
     assert make_alpha_scheduler(make_optimizer(params, name="alphagrad"), OptimizerSpec(name="alphagrad")) is None
     spec = OptimizerSpec(name="alphagrad", alpha_schedule=True, agr=True)
     assert isinstance(make_alpha_scheduler(make_optimizer(params, spec), spec), SaturationAlphaScheduler)
+    with pytest.raises(ValueError, match="'adam' does not use alpha_schedule=True"):
+        make_optimizer(params, OptimizerSpec(name="adam", alpha_schedule=True))
     with pytest.raises(ValueError, match="alpha_schedule needs the alphagrad optimizer"):
-        spec = OptimizerSpec(name="adam", alpha_schedule=True)
-        make_alpha_scheduler(make_optimizer(params, spec), spec)
+        make_alpha_scheduler(make_optimizer(params, name="adam"), OptimizerSpec(name="adam", alpha_schedule=True))

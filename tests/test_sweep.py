@@ -13,9 +13,10 @@ import pytest
 import yaml
 from test_agents import metric_rows
 
-from alphagrad import sweep as sweep_module
-from alphagrad.runs import read_run
-from alphagrad.sweep import (
+from agents import sweep_registry
+from alphagrad_rl import sweep as sweep_module
+from alphagrad_rl.runs import read_run
+from alphagrad_rl.sweep import (
     LaunchOptions,
     SweepConfigError,
     assign_gpus,
@@ -27,6 +28,7 @@ from alphagrad.sweep import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+REGISTRY = sweep_registry()
 TINY = {"total-timesteps": {"value": 400}, "learning-starts": {"value": 100}, "buffer-size": {"value": 500},
         "batch-size": {"value": 16}, "diagnostics-interval": {"value": 0}}
 
@@ -45,8 +47,8 @@ def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
     expected = {"paper_dqn_cartpole.yaml": 15, "paper_td3_hopper.yaml": 21, "paper_ppo_halfcheetah.yaml": 15,
                 "demo_dqn_cartpole.yaml": 6}
     for name, runs in expected.items():
-        assert len(load_sweep(ROOT / "configs" / name).runs) == runs
-    td3 = load_sweep(ROOT / "configs" / "paper_td3_hopper.yaml")
+        assert len(load_sweep(ROOT / "configs" / name, REGISTRY).runs) == runs
+    td3 = load_sweep(ROOT / "configs" / "paper_td3_hopper.yaml", REGISTRY)
     alphas = {dict(run.flags).get("critic-optim.alpha") for run in td3.runs}
     assert alphas == {None, 100, 150, 200, 250, 457}
 
@@ -54,7 +56,7 @@ def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
 def test_grid_expansion_crosses_arms_axes_and_seeds(tmp_path):
     path = write_config(tmp_path, parameters={**TINY, "env-id": {"values": ["CartPole-v1", "Acrobot-v1"]},
                                               "seed": {"values": [1, 2, 3]}})
-    sweep = load_sweep(path)
+    sweep = load_sweep(path, REGISTRY)
     assert len(sweep.runs) == 2 * 2 * 3
     names = [run.name for run in sweep.runs]
     assert len(set(names)) == len(names)
@@ -72,9 +74,9 @@ def test_wandb_export_gives_one_plain_grid_per_arm_that_the_agent_parses(tmp_pat
     import tyro
 
     from agents import dqn
-    from alphagrad.sweep import wandb_sweep_configs
+    from alphagrad_rl.sweep import wandb_sweep_configs
 
-    configs = wandb_sweep_configs(load_sweep(ROOT / "configs" / "paper_dqn_cartpole.yaml"))
+    configs = wandb_sweep_configs(load_sweep(ROOT / "configs" / "paper_dqn_cartpole.yaml", REGISTRY))
     assert set(configs) == {f"paper-dqn-cartpole-{arm}" for arm in
                             ("adam", "alphagrad-93", "alphagrad-186", "alphagrad-279", "adamw-agr")}
     config = configs["paper-dqn-cartpole-alphagrad-186"]
@@ -89,7 +91,7 @@ def test_wandb_export_gives_one_plain_grid_per_arm_that_the_agent_parses(tmp_pat
 
 
 def test_boolean_flags_use_tyro_negation(tmp_path):
-    sweep = load_sweep(write_config(tmp_path, arms={"agr-off": {"optim.agr": False, "save-model": True}}))
+    sweep = load_sweep(write_config(tmp_path, arms={"agr-off": {"optim.agr": False, "save-model": True}}), REGISTRY)
     argv = sweep.runs[0].argv("agents/dqn.py", Path("out"))
     assert "--optim.no-agr" in argv and "--save-model" in argv
 
@@ -113,7 +115,7 @@ def test_boolean_flags_use_tyro_negation(tmp_path):
 def test_config_validation_names_file_key_and_allowed(tmp_path, overrides, message):
     path = write_config(tmp_path, **overrides)
     with pytest.raises(SweepConfigError) as error:
-        load_sweep(path)
+        load_sweep(path, REGISTRY)
     assert str(path) in str(error.value) and message in str(error.value)
 
 
@@ -121,7 +123,7 @@ def test_config_validation_names_file_key_and_allowed(tmp_path, overrides, messa
 def test_a_grid_value_given_twice_is_refused(tmp_path, values):
     path = write_config(tmp_path, parameters={**TINY, "seed": {"values": [1]}, "buffer-size": {"values": values}})
     with pytest.raises(SweepConfigError, match="parameters.buffer-size.values': lists a value more than once"):
-        load_sweep(path)
+        load_sweep(path, REGISTRY)
 
 
 def test_a_key_given_twice_in_the_yaml_is_refused(tmp_path):
@@ -129,17 +131,38 @@ def test_a_key_given_twice_in_the_yaml_is_refused(tmp_path):
     path.write_text("name: x\nprogram: agents/dqn.py\nparameters: {}\narms:\n  adam: {}\n"
                     "  adam: {optim.name: adamw}\n")
     with pytest.raises(SweepConfigError, match="found duplicate key 'adam'"):
-        load_sweep(path)
+        load_sweep(path, REGISTRY)
+
+
+@pytest.mark.parametrize(("arms", "parameters", "message"), [
+    ({"a": {"optim.name": "alphagrad", "optim.alpha": -1}}, {}, "run a__s1'.*--optim.alpha -1 .*: --optim: invalid alpha"),
+    ({"a": {"optim.lr": "fast"}}, {}, "run a__s1'.*Error parsing --optim.lr"),
+    ({"a": {}}, {"seed": {"values": [1.7]}}, "seed 1.7 is not an integer"),
+    ({"a": {}}, {"seed": {"values": [None]}}, "seed None is not an integer"),
+    ({"a": {"optim.alpha": 98}}, {}, "'adam' does not use alpha=98.0"),
+    ({"a": {}}, {"env-id": {"value": "CartPole-v9"}}, "unknown environment id 'CartPole-v9'"),
+])
+def test_every_run_is_checked_by_the_agent_before_anything_starts(tmp_path, arms, parameters, message):
+    path = write_config(tmp_path, arms=arms, parameters={**TINY, "seed": {"values": [1]}, **parameters})
+    with pytest.raises(SweepConfigError, match=message):
+        load_sweep(path, REGISTRY)
+
+
+def test_grid_values_become_safe_run_names(tmp_path):
+    path = write_config(tmp_path, arms={"adam": {}}, parameters={**TINY, "seed": {"values": [1]},
+                                                                  "exp-name": {"values": ["../../x", "a/b"]}})
+    assert [run.name for run in load_sweep(path, REGISTRY).runs] == ["adam__exp-name=..-..-x__s1",
+                                                                      "adam__exp-name=a-b__s1"]
 
 
 def test_missing_key_and_bad_yaml(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: x\nprogram: agents/dqn.py\nparameters: {}\n")
     with pytest.raises(SweepConfigError, match="key 'arms': missing"):
-        load_sweep(path)
+        load_sweep(path, REGISTRY)
     path.write_text("name: [unclosed\n")
     with pytest.raises(SweepConfigError, match="not valid YAML"):
-        load_sweep(path)
+        load_sweep(path, REGISTRY)
 
 
 def quiet(_message):
@@ -147,15 +170,17 @@ def quiet(_message):
 
 
 def test_sweep_runs_resumes_and_isolates_a_crash(tmp_path):
-    path = write_config(tmp_path, arms={"adam": {}, "broken": {"optim.lr": -1.0}},
+    # a valid config whose second arm diverges: lr 1e30 overflows the Q-values, AlphaGrad then meets NaN gradients
+    path = write_config(tmp_path, arms={"adam": {}, "broken": {"optim.name": "alphagrad", "optim.alpha": 93,
+                                                                "optim.lr": 1e30}},
                         parameters={**TINY, "seed": {"values": [1]}})
-    sweep = load_sweep(path)
+    sweep = load_sweep(path, REGISTRY)
     options = LaunchOptions(results_dir=tmp_path / "runs", workers=2, use_gpus=False)
     results = launch(sweep, sweep.runs, options, report=quiet)
     assert results["adam__s1"]["status"] == "finished"
     crashed = results["broken__s1"]
-    assert crashed["status"] == "crashed" and "Traceback" in crashed["error"] and "learning rate" in crashed["error"]
-    assert "error: Invalid learning rate: -1.0" in (tmp_path / "runs" / "tiny" / "broken__s1" / "output.log").read_text()
+    assert crashed["status"] == "crashed" and "Traceback" in crashed["error"] and "non-finite gradient" in crashed["error"]
+    assert "error: AlphaGrad: non-finite gradient" in (tmp_path / "runs" / "tiny" / "broken__s1" / "output.log").read_text()
 
     # running it again skips the finished run (its files untouched) and retries only the crashed one
     finished_summary = tmp_path / "runs" / "tiny" / "adam__s1" / "summary.json"
@@ -248,7 +273,7 @@ def test_run_killed_with_sigkill_resumes_from_its_checkpoint_when_the_sweep_runs
     assert resumed["status"] == "finished" and resumed["resumes"][0]["step"] % 1000 == 0
     assert f"adam__s1: finished, final return {resumed['final_return']:.1f}" in again.stdout
     assert f"resumed at step {resumed['resumes'][0]['step']:,} (lost" in again.stdout
-    reference = launch(load_sweep(path), load_sweep(path).runs, LaunchOptions(results_dir=tmp_path / "reference",
+    reference = launch(load_sweep(path, REGISTRY), load_sweep(path, REGISTRY).runs, LaunchOptions(results_dir=tmp_path / "reference",
                                                                            workers=1, use_gpus=False), report=quiet)
     assert reference["adam__s1"]["final_return"] == resumed["final_return"]
     assert metric_rows(run_dir) == metric_rows(tmp_path / "reference" / "tiny" / "adam__s1")
@@ -260,7 +285,7 @@ def test_gpu_slots_pack_runs_and_pass_cuda_visible_devices(tmp_path, monkeypatch
     with pytest.raises(ValueError):
         assign_gpus(1, 0)
 
-    sweep = load_sweep(write_config(tmp_path, parameters={**TINY, "seed": {"values": [1, 2, 3, 4]}}))
+    sweep = load_sweep(write_config(tmp_path, parameters={**TINY, "seed": {"values": [1, 2, 3, 4]}}), REGISTRY)
     monkeypatch.setattr(sweep_module, "visible_gpus", lambda: ["0", "1"])
     lock, active, seen, peak = threading.Lock(), {}, [], [0]
 
@@ -284,7 +309,7 @@ def test_gpu_slots_pack_runs_and_pass_cuda_visible_devices(tmp_path, monkeypatch
 def test_ray_backend_runs_a_two_run_sweep(tmp_path):
     pytest.importorskip("ray")
     path = write_config(tmp_path, parameters={**TINY, "seed": {"values": [1]}})
-    sweep = load_sweep(path)
+    sweep = load_sweep(path, REGISTRY)
     options = LaunchOptions(results_dir=tmp_path / "runs", workers=2, backend="ray", use_gpus=False)
     results = launch(sweep, sweep.runs, options, report=quiet)
     assert {name: s["status"] for name, s in results.items()} == {"adam__s1": "finished", "alphagrad-93__s1": "finished"}

@@ -1,6 +1,6 @@
 // The fused AlphaGrad update on the CPU: per param group, one pass over the gradients for the norms
 // (eq. 2), then one read-modify-write pass over the parameters with tanh evaluated by the rational
-// approximation of alphagrad/_fused.py (same coefficients; |error| < 4.4e-7, strictly inside (-1, 1)).
+// approximation whose coefficients alphagrad/_fused.py passes in (|error| < 4.4e-7, strictly inside (-1, 1)).
 // Built on first use by torch.utils.cpp_extension (see alphagrad/_fused.py).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -14,17 +14,24 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 15;
 
+// tanh(x) ~ x * P(x^2) / Q(x^2) on |x| <= clamp; the coefficients come from alphagrad/_fused.py (the one place
+// they are defined), lowest degree first: 4 for P, 5 for Q.
 template <typename T>
-inline T rational_tanh(T x) {
-  const T c = T(7.90531110763549805);
-  x = std::min(std::max(x, -c), c);
-  const T z = x * x;
-  const T p = ((T(1.1417681317808258e-05) * z + T(0.0029487993626052334)) * z + T(0.1292295755231318)) * z +
-              T(0.9999994282327312);
-  const T q = (((T(2.4581779562473504e-07) * z + T(0.0002384354737026495)) * z + T(0.023804701200465978)) * z +
-               T(0.4625607894119939)) * z + T(1.0);
-  return x * p / q;
-}
+struct RationalTanh {
+  T p0, p1, p2, p3, q0, q1, q2, q3, q4, clamp;
+
+  RationalTanh(const std::vector<double>& p, const std::vector<double>& q, double c)
+      : p0(T(p[0])), p1(T(p[1])), p2(T(p[2])), p3(T(p[3])),
+        q0(T(q[0])), q1(T(q[1])), q2(T(q[2])), q3(T(q[3])), q4(T(q[4])), clamp(T(c)) {}
+
+  inline T operator()(T x) const {
+    x = std::min(std::max(x, -clamp), clamp);
+    const T z = x * x;
+    const T num = ((p3 * z + p2) * z + p1) * z + p0;
+    const T den = (((q4 * z + q3) * z + q2) * z + q1) * z + q0;
+    return x * num / den;
+  }
+};
 
 template <typename T>
 double squared_norm(const T* g, int64_t n) {
@@ -47,7 +54,8 @@ double squared_norm(const T* g, int64_t n) {
 template <typename T>
 bool update(std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& grads,
             std::vector<torch::Tensor>& buffers, const std::vector<double>& alphas, double lr, double eps,
-            double momentum, bool paper_momentum, double weight_decay, bool maximize, bool group_norm) {
+            double momentum, bool paper_momentum, double weight_decay, bool maximize, bool group_norm,
+            const RationalTanh<T> rational_tanh) {
   const size_t count = params.size();
   std::vector<double> norms(count);
   double group_total = 0.0;
@@ -88,17 +96,20 @@ bool update(std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>
 
 bool alphagrad_update(std::vector<torch::Tensor> params, std::vector<torch::Tensor> grads,
                       std::vector<torch::Tensor> buffers, std::vector<double> alphas, double lr, double eps,
-                      double momentum, bool paper_momentum, double weight_decay, bool maximize, bool group_norm) {
+                      double momentum, bool paper_momentum, double weight_decay, bool maximize, bool group_norm,
+                      std::vector<double> numerator, std::vector<double> denominator, double clamp) {
+  TORCH_CHECK(numerator.size() == 4 && denominator.size() == 5,
+              "fused AlphaGrad: the rational tanh needs 4 numerator and 5 denominator coefficients");
   for (size_t i = 0; i < params.size(); ++i) {
     TORCH_CHECK(params[i].is_contiguous() && grads[i].is_contiguous(), "fused AlphaGrad needs contiguous tensors");
   }
   if (params.empty()) return true;
   if (params[0].scalar_type() == at::kDouble) {
     return update<double>(params, grads, buffers, alphas, lr, eps, momentum, paper_momentum, weight_decay, maximize,
-                          group_norm);
+                          group_norm, RationalTanh<double>(numerator, denominator, clamp));
   }
   return update<float>(params, grads, buffers, alphas, lr, eps, momentum, paper_momentum, weight_decay, maximize,
-                       group_norm);
+                       group_norm, RationalTanh<float>(numerator, denominator, clamp));
 }
 
 }  // namespace

@@ -19,7 +19,7 @@ class ReplayBatch(NamedTuple):
 class ReplayBuffer:
     """Ring buffer of (obs, action, next_obs, reward, terminated), one row per env per step.
 
-    `next_obs` must be the true next observation (see alphagrad.envs.true_next_obs) and `terminated`
+    `next_obs` must be the true next observation (see alphagrad_rl.envs.true_next_obs) and `terminated`
     must exclude time-limit truncations, which bootstrap.
     """
 

@@ -18,15 +18,17 @@ Config (YAML), in the layout of a Weights & Biases grid sweep plus one harness e
 
 Each run is `python <program> --<flag> <value> ... --run-name <run> --results-dir <results_dir>/<name>`.
 A run whose summary.json says "finished" is skipped when the sweep is run again; an unfinished run
-continues from its newest checkpoint (`--resume`, see alphagrad.checkpoint), or is started afresh (its
+continues from its newest checkpoint (`--resume`, see alphagrad_rl.checkpoint), or is started afresh (its
 folder cleared) when it has none, so a killed sweep loses at most the work since each run's last
 checkpoint and duplicates nothing. Killing the launcher sends its runs SIGTERM: each saves a checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import io
 import itertools
 import os
 import queue
@@ -36,25 +38,33 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import tyro
 import yaml
 
-from .runs import checkpoint_manifests, read_summary, write_json_atomic
+from .runs import checkpoint_manifests, is_safe_name, read_summary, safe_name, write_json_atomic
 
-ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL_KEYS = {"name", "program", "method", "description", "metric", "parameters", "arms"}
 REQUIRED_KEYS = {"name", "program", "parameters", "arms"}
-PROGRAMS = {"agents/dqn.py": "dqn", "agents/ppo_continuous_action.py": "ppo_continuous_action",
-            "agents/td3_continuous_action.py": "td3_continuous_action"}
 RESERVED_FLAGS = {"run-name", "results-dir"}
 
 
 class SweepConfigError(ValueError):
     """A malformed sweep config; the message names the file, the key and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentEntry:
+    """An agent that sweeps can run: its script, its tyro Args dataclass and its argument checks (raise ValueError).
+    The launcher is given a registry {program as configs name it (e.g. "agents/dqn.py"): AgentEntry}."""
+
+    path: Path
+    args_type: type
+    check: Callable[[Any], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,17 +74,20 @@ class RunSpec:
     seed: int
     flags: tuple[tuple[str, Any], ...]  # (flag without dashes, value), in order
 
-    def argv(self, program: str, results_dir: Path, extra: tuple[str, ...] = ()) -> list[str]:
-        args = [sys.executable, program]
-        for flag, value in self.flags:
-            args += _flag_args(flag, value)
-        return args + ["--run-name", self.name, "--results-dir", str(results_dir), "--quiet", *extra]
+    def flag_args(self) -> list[str]:
+        """The agent's command-line flags for this run, without the launcher's own (run name, results folder)."""
+        return [arg for flag, value in self.flags for arg in _flag_args(flag, value)]
+
+    def argv(self, program: Path, results_dir: Path, extra: tuple[str, ...] = ()) -> list[str]:
+        return [sys.executable, str(program), *self.flag_args(), "--run-name", self.name,
+                "--results-dir", str(results_dir), "--quiet", *extra]
 
 
 @dataclasses.dataclass
 class Sweep:
     name: str
     program: str
+    agent: AgentEntry
     runs: list[RunSpec]
     parameters: dict[str, dict[str, Any]]
     arms: dict[str, dict[str, Any]]
@@ -91,11 +104,8 @@ def _flag_args(flag: str, value: Any) -> list[str]:
     return [f"--{flag}", "None" if value is None else str(value)]
 
 
-def _agent_flags(program: str) -> set[str]:
+def _agent_flags(args_type: type) -> set[str]:
     """Every flag the agent accepts (tyro style: dashes, nested dataclasses joined by dots)."""
-    import importlib
-
-    args_type = importlib.import_module(f"agents.{PROGRAMS[program]}").Args
 
     def walk(cls: type, prefix: str) -> set[str]:
         flags = set()
@@ -109,6 +119,20 @@ def _agent_flags(program: str) -> set[str]:
         return flags
 
     return walk(args_type, "")
+
+
+def check_run_arguments(agent: AgentEntry, run: RunSpec) -> None:
+    """Parse a run's flags with the agent's own parser and run the agent's own checks; ValueError if they fail."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
+            args = tyro.cli(agent.args_type, args=[*run.flag_args(), "--run-name", run.name])
+    except SystemExit:
+        lines = [line.strip(" │|-─") for line in captured.getvalue().splitlines()]
+        message = next((line for line in lines if line.startswith("Error")), None) or next(
+            (line for line in lines if line and "rror" in line), "the agent's parser refused its arguments")
+        raise ValueError(message) from None
+    agent.check(args)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -128,8 +152,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Read, validate and expand a sweep config (SweepConfigError on any problem)."""
+def load_sweep(path: str | Path, agents: Mapping[str, AgentEntry]) -> Sweep:
+    """Read, validate and expand a sweep config whose program is one of `agents` (SweepConfigError on any
+    problem). Every run's arguments are checked with the agent's own parser and checks."""
     path = Path(path)
     if not path.is_file():
         raise SweepConfigError(f"{path}: no such sweep config")
@@ -151,12 +176,13 @@ def load_sweep(path: str | Path) -> Sweep:
     if config.get("method", "grid") != "grid":
         raise fail("method", f"{config['method']!r} is not supported (allowed: grid)")
     name = config["name"]
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise fail("name", "must be a non-empty folder name")
+    if not (isinstance(name, str) and is_safe_name(name)):
+        raise fail("name", f"{name!r} must be one folder name of letters, digits and '-_.=+,@'")
     program = config["program"]
-    if program not in PROGRAMS:
-        raise fail("program", f"{program!r} (allowed: {', '.join(PROGRAMS)})")
-    flags = _agent_flags(program)
+    if program not in agents:
+        raise fail("program", f"{program!r} (allowed: {', '.join(agents)})")
+    agent = agents[program]
+    flags = _agent_flags(agent.args_type)
 
     def check_flag(key: str, flag: Any) -> None:
         if flag in RESERVED_FLAGS:
@@ -201,13 +227,21 @@ def load_sweep(path: str | Path) -> Sweep:
     for arm, settings in arms.items():
         for combination in itertools.product(*(values for _, values in axes)):
             chosen = dict(zip((flag for flag, _ in axes), combination))
-            label = "__".join([arm] + [f"{flag}={chosen[flag]}" for flag in varying] + [f"s{chosen['seed']}"])
-            runs.append(RunSpec(label, arm, int(chosen["seed"]), tuple({**chosen, **settings}.items())))
+            label = "__".join([arm] + [safe_name(f"{flag}={chosen[flag]}") for flag in varying] + [f"s{chosen['seed']}"])
+            seed = chosen["seed"]
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                raise fail("parameters.seed", f"seed {seed!r} is not an integer")
+            runs.append(RunSpec(label, arm, seed, tuple({**chosen, **settings}.items())))
     names = [run.name for run in runs]
     if repeated := sorted({name for name in names if names.count(name) > 1}):
         raise fail("arms", f"two runs would share the folder {repeated[0]!r}: arm names and grid values must tell "
                    "every run apart")
-    return Sweep(name=name, program=program, runs=runs, parameters=parameters, arms=arms,
+    for run in runs:
+        try:
+            check_run_arguments(agent, run)
+        except ValueError as error:
+            raise fail(f"run {run.name}", f"{' '.join(run.flag_args())}: {error}") from None
+    return Sweep(name=name, program=program, agent=agent, runs=runs, parameters=parameters, arms=arms,
                  metric=config.get("metric"), description=str(config.get("description", "")))
 
 
@@ -346,8 +380,8 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
             gpu = free_slots.get() if slots else ""
             try:
                 env = {**base_env, "CUDA_VISIBLE_DEVICES": gpu}
-                summary = execute_run(run.argv(sweep.program, sweep_dir, extra), str(sweep_dir / run.name), env,
-                                      str(ROOT))
+                summary = execute_run(run.argv(sweep.agent.path, sweep_dir, extra), str(sweep_dir / run.name), env,
+                                      os.getcwd())
             finally:
                 if slots:
                     free_slots.put(gpu)
@@ -371,8 +405,8 @@ def _launch_ray(sweep, pending, options, sweep_dir, extra, base_env, gpus, finis
     gpu_share = 1.0 / options.runs_per_gpu if gpus else 0
     remote = ray.remote(num_cpus=1, num_gpus=gpu_share)(
         lambda argv, run_dir, env, cwd: execute_run(argv, run_dir, {**env, **_ray_gpu_env()}, cwd))
-    futures = {remote.remote(run.argv(sweep.program, sweep_dir, extra), str(sweep_dir / run.name), base_env,
-                             str(ROOT)): run for run in pending}
+    futures = {remote.remote(run.argv(sweep.agent.path, sweep_dir, extra), str(sweep_dir / run.name), base_env,
+                             os.getcwd()): run for run in pending}
     while futures:
         ready, _ = ray.wait(list(futures), num_returns=1)
         run = futures.pop(ready[0])

@@ -7,17 +7,16 @@ works everywhere, and call `make_optimizer(params, args.optim)`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pytorch_optimizer
 import torch
 from torch.optim import Optimizer
 
-from ._validation import check_choice
-from .agr import AGR
-from .alphagrad import AlphaGrad
-from .scheduler import SaturationAlphaScheduler
+from alphagrad import AGR, AlphaGrad, SaturationAlphaScheduler
+from alphagrad._validation import check_choice, check_range
 
 OptimizerName = Literal["adam", "adamw", "sgd", "alphagrad", "adamw-agr", "adan", "adan-agr", "lion", "signsgd"]
 OPTIMIZER_NAMES: tuple[str, ...] = OptimizerName.__args__
@@ -25,7 +24,8 @@ OPTIMIZER_NAMES: tuple[str, ...] = OptimizerName.__args__
 
 @dataclass
 class OptimizerSpec:
-    """Which optimizer to build and its hyperparameters; fields the chosen optimizer has no use for are ignored."""
+    """Which optimizer to build and its hyperparameters. A field the chosen optimizer does not use must keep its
+    default (make_optimizer raises otherwise), so no setting is silently ignored."""
 
     name: OptimizerName = "adam"
     """adam, adamw, sgd, alphagrad, adamw-agr (AdamW behind AGR), adan, adan-agr, lion, signsgd"""
@@ -56,7 +56,7 @@ class OptimizerSpec:
     hybrid_lambda: float = 0.5
     """lambda of the hybrid transform"""
     nonfinite: Literal["raise", "skip"] = "raise"
-    """AlphaGrad on a NaN/inf gradient: raise naming the tensor, or skip the step and count it"""
+    """on a NaN/inf gradient: raise naming the tensor, or skip (AlphaGrad: the step; AGR: that tensor)"""
     agr: bool = False
     """put AGR in front of the optimizer (implied by the -agr names)"""
     agr_scope: Literal["all", "matrices"] = "all"
@@ -79,24 +79,115 @@ def make_optimizer(params, spec: OptimizerSpec | None = None, **overrides) -> Op
     """Build the optimizer `spec` names over `params` (tensors, named tensors or param groups).
 
     Keyword overrides replace spec fields: `make_optimizer(model.parameters(), name="alphagrad", alpha=98)`.
+    The spec is checked first (`check_spec`): a value of the wrong type or range, or a field the chosen
+    optimizer does not use, raises ValueError naming it. AGR (`agr=True` or an "-agr" name) is attached to
+    the optimizer (alphagrad.AGR), which is returned as itself.
     """
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(OptimizerSpec)})
+    if unknown:
+        raise ValueError(f"unknown optimizer option(s) {', '.join(unknown)} "
+                         f"(allowed: {', '.join(f.name for f in dataclasses.fields(OptimizerSpec))})")
     spec = dataclasses.replace(spec or OptimizerSpec(), **overrides)
-    check_choice("optimizer name", spec.name, OPTIMIZER_NAMES)
-    base_name = spec.name.removesuffix("-agr")
-    optimizer = _BUILDERS[base_name](params, spec)
-    if spec.agr or spec.name.endswith("-agr"):
-        optimizer = AGR(optimizer, scope=spec.agr_scope, active_steps=spec.agr_active_steps)
+    check_spec(spec)
+    optimizer = _BUILDERS[spec.name.removesuffix("-agr")](params, spec)
+    if uses_agr(spec):
+        AGR(optimizer, scope=spec.agr_scope, active_steps=spec.agr_active_steps, nonfinite=spec.nonfinite)
     return optimizer
+
+
+def uses_agr(spec: OptimizerSpec) -> bool:
+    return spec.agr or spec.name.endswith("-agr")
 
 
 def make_alpha_scheduler(optimizer: Optimizer, spec: OptimizerSpec) -> SaturationAlphaScheduler | None:
     """The saturation-aware alpha scheduler the spec asks for, or None."""
     if not spec.alpha_schedule:
         return None
-    inner = optimizer.optimizer if isinstance(optimizer, AGR) else optimizer
-    if not isinstance(inner, AlphaGrad):
+    if not isinstance(optimizer, AlphaGrad):
         raise ValueError(f"alpha_schedule needs the alphagrad optimizer, got {spec.name!r}")
-    return SaturationAlphaScheduler(inner, spec.saturation_target, tau=spec.saturation_tau)
+    return SaturationAlphaScheduler(optimizer, spec.saturation_target, tau=spec.saturation_tau)
+
+
+# ---- checking a spec ----
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numbers(value: Any, count: int | None = None) -> bool:
+    return isinstance(value, (tuple, list)) and all(map(_number, value)) and (count is None or len(value) == count)
+
+
+_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {  # field: (accepts, what is allowed)
+    "lr": (_number, "a number"),
+    "betas": (lambda v: v is None or _numbers(v), "numbers, or None"),
+    "eps": (lambda v: v is None or _number(v), "a number, or None"),
+    "weight_decay": (_number, "a number"),
+    "momentum": (_number, "a number"),
+    "alpha": (lambda v: v == "auto" or _number(v), "a number > 0, or 'auto'"),
+    "alpha_k": (_number, "a number"),
+    "beta": (_number, "a number"),
+    "kappa": (_number, "a number"),
+    "hybrid_lambda": (_number, "a number"),
+    "agr": (lambda v: isinstance(v, bool), "True or False"),
+    "agr_active_steps": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer, or None"),
+    "alpha_schedule": (lambda v: isinstance(v, bool), "True or False"),
+    "saturation_target": (lambda v: _numbers(v, 2), "two numbers"),
+    "saturation_tau": (_number, "a number"),
+    "foreach": (lambda v: v is None or isinstance(v, bool), "True, False or None"),
+    "fused": (lambda v: v is None or isinstance(v, bool), "True, False or None"),
+}
+_CHOICES = {"name": OPTIMIZER_NAMES, "momentum_form": ("paper", "sgd"),
+            "normalization": ("tensor", "group", "none"),
+            "transform": ("tanh", "scaled_tanh", "sin_tanh", "hybrid", "linear"), "nonfinite": ("raise", "skip"),
+            "agr_scope": ("all", "matrices")}
+_ALWAYS_USED = {"name", "lr", "weight_decay", "foreach", "agr"}
+_USED_BY = {  # the spec fields each optimizer reads, besides _ALWAYS_USED and the conditional ones in used_fields
+    "adam": {"betas", "eps", "fused"}, "adamw": {"betas", "eps", "fused"}, "sgd": {"momentum"},
+    "alphagrad": {"eps", "momentum", "alpha", "momentum_form", "normalization", "transform", "nonfinite",
+                  "alpha_schedule", "fused"},
+    "adan": {"betas", "eps"}, "lion": {"betas"}, "signsgd": {"momentum"},
+}
+
+
+def used_fields(spec: OptimizerSpec) -> set[str]:
+    """The spec fields that the optimizer `spec` names reads, given its other settings."""
+    base = spec.name.removesuffix("-agr")
+    used = _ALWAYS_USED | _USED_BY[base]
+    if base == "alphagrad":
+        used |= {"alpha_k"} if spec.alpha == "auto" else set()
+        used |= {"saturation_target", "saturation_tau"} if spec.alpha_schedule else set()
+        used |= {constant for constant, transform in (("beta", "scaled_tanh"), ("kappa", "sin_tanh"),
+                                                        ("hybrid_lambda", "hybrid")) if spec.transform == transform}
+    if uses_agr(spec):
+        used |= {"agr_scope", "agr_active_steps", "nonfinite"}
+    return used
+
+
+def check_spec(spec: OptimizerSpec) -> None:
+    """Raise ValueError naming the first field of `spec` with a value of the wrong type or range, or set (away
+    from OptimizerSpec's default) although the chosen optimizer does not use it."""
+    for name, allowed in _CHOICES.items():
+        check_choice(f"optimizer {name}", getattr(spec, name), allowed)
+    for name, (accepts, allowed) in _TYPES.items():
+        value = getattr(spec, name)
+        if not accepts(value):
+            raise ValueError(f"invalid optimizer {name}: {value!r} (allowed: {allowed})")
+    check_range("optimizer lr", spec.lr, low=0.0)
+    check_range("optimizer weight_decay", spec.weight_decay, low=0.0)
+    check_range("optimizer momentum", spec.momentum, low=0.0, high=1.0)
+    if spec.eps is not None:
+        check_range("optimizer eps", spec.eps, low=0.0, low_inclusive=False)
+    if spec.betas is not None:
+        for beta in spec.betas:
+            check_range("optimizer betas (each)", beta, low=0.0, high=1.0)
+    default = OptimizerSpec()
+    unused = [f.name for f in dataclasses.fields(OptimizerSpec)
+              if f.name not in used_fields(spec) and getattr(spec, f.name) != getattr(default, f.name)]
+    if unused:
+        shown = ", ".join(f"{name}={getattr(spec, name)!r}" for name in unused)
+        raise ValueError(f"optimizer {spec.name!r} does not use {shown}: remove it, or set it back to its default "
+                         f"({', '.join(f'{name}={getattr(default, name)!r}' for name in unused)})")
 
 
 def _optional(**kwargs) -> dict:

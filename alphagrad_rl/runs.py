@@ -9,7 +9,7 @@ Layout of `<results_dir>/<run_name>/` (schema version `SCHEMA_VERSION`):
   `final_window` episodic returns), best_return, wall_clock_s, sps, evaluation (if any), error.
 - `events.out.tfevents.*`: the same scalars for TensorBoard; W&B gets them too with `--track` (step =
   env steps).
-- `checkpoints/`: while a run is unfinished, its newest checkpoints (see alphagrad.checkpoint).
+- `checkpoints/`: while a run is unfinished, its newest checkpoints (see alphagrad_rl.checkpoint).
 A resumed run continues its record from a checkpoint: metrics.jsonl is cut back to the checkpoint,
 TensorBoard purges later points, W&B continues the same run id, and the summary lists the resumes
 ("resumes": [{"step", "discarded_steps", "lost_s", "fresh_episodes"}]: the checkpoint's step, the steps and
@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import string
 import sys
 import tempfile
 import time
@@ -39,6 +40,41 @@ STATUSES = ("running", "finished", "crashed", "interrupted")
 CHECKPOINT_DIR = "checkpoints"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once, at import: the files written here get the mode open() would give them
+RUN_NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_.=+,@")
+
+
+def safe_name(text: str) -> str:
+    """`text` as a run-name component: each character outside RUN_NAME_CHARACTERS becomes '-'
+    (an env id such as "phys2d/CartPole-v1" -> "phys2d-CartPole-v1")."""
+    return "".join(c if c in RUN_NAME_CHARACTERS else "-" for c in str(text))
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether `name` is one safe folder name: it never leaves, or names, the folder it is put in."""
+    return bool(name) and name not in (".", "..") and len(name) <= 200 and not set(name) - RUN_NAME_CHARACTERS
+
+
+def check_run_name(name: str) -> None:
+    """Raise ValueError unless `name` is one safe folder name (see is_safe_name)."""
+    if not is_safe_name(name):
+        raise ValueError(f"invalid run name {name!r} (allowed: one folder name of up to 200 letters, digits and "
+                         f"'-_.=+,@', not '.' or '..')")
+
+
+def check_results_dir(path: Path) -> None:
+    """Raise ValueError unless run records can be written under `path` (it, or its nearest existing parent,
+    is a writable folder). Creates nothing."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"invalid results folder {str(path)!r}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"invalid results folder {str(path)!r}: {str(existing)!r} is not writable")
+
+
 @contextmanager
 def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
     """A file to write `path` through: a temporary file in the same folder, fsynced and renamed onto `path`
@@ -46,6 +82,7 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it 0600
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -79,7 +116,7 @@ def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def checkpoint_manifests(run_dir: str | Path) -> list[Path]:
-    """Manifests of a run's checkpoints (alphagrad.checkpoint), newest first; empty when it has none."""
+    """Manifests of a run's checkpoints (alphagrad_rl.checkpoint), newest first; empty when it has none."""
     return sorted((Path(run_dir) / CHECKPOINT_DIR).glob("step-*.json"), reverse=True)
 
 
@@ -227,6 +264,10 @@ class RunRecord:
         self.recent_returns.append(float(episodic_return))
         self.log(step, {"charts/episodic_return": episodic_return, "charts/episodic_length": episodic_length})
         self.progress(step)
+
+    def training_done(self, step: int) -> None:
+        """Mark the training loop as complete at env step `step` (the summary's global_step)."""
+        self.global_step = int(step)
 
     def set_evaluation(self, model_file: Path, returns: list[float]) -> None:
         """Record the saved model and the returns of its evaluation episodes (reported in the summary)."""

@@ -7,7 +7,8 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +17,12 @@ import torch
 import tyro
 from torch.optim import Optimizer
 
-from .agr import AGR
-from .alphagrad import AlphaGrad
+from alphagrad import AlphaGrad
+
 from .checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted, config_differences
 from .envs import check_env_id
-from .runs import RunRecord, clear_record, read_summary
+from .factory import OptimizerSpec, make_alpha_scheduler, make_optimizer
+from .runs import RunRecord, check_results_dir, check_run_name, clear_record, read_summary, safe_name
 
 
 @dataclass
@@ -79,6 +81,16 @@ def check_common_args(args: CommonArgs, env_id: str, total_timesteps: int) -> No
                          f"{args.checkpoint_interval_steps} steps (allowed: >= 0, 0 turns it off)")
     if args.resume and not args.run_name:
         raise ValueError("--resume needs --run-name: the name of the run folder to continue")
+    if args.run_name is not None:
+        check_run_name(args.run_name)
+    check_results_dir(Path(args.results_dir))
+    for f in dataclasses.fields(args):
+        spec = getattr(args, f.name)
+        if isinstance(spec, OptimizerSpec):
+            try:  # on a stand-in parameter: every check of the factory and of the optimizer itself, nothing kept
+                make_alpha_scheduler(make_optimizer([torch.zeros(1, requires_grad=True)], spec), spec)
+            except ValueError as error:
+                raise ValueError(f"--{f.name.replace('_', '-')}: {error}") from None
 
 
 def check_positive(args: object, *names: str) -> None:
@@ -101,10 +113,9 @@ def select_device(cuda: bool) -> torch.device:
 
 def start_run(args: CommonArgs, algorithm: str, env_id: str, optimizer_name: str,
               total_timesteps: int) -> tuple[RunRecord, Checkpointer]:
-    """Seed, name the run and open its record, or with --resume load its newest checkpoint and continue
+    """Name the run and open its record, or with --resume load its newest checkpoint and continue
     the record from there. The Checkpointer then restores the agent's objects (`restore()`)."""
-    seed_everything(args.seed, args.torch_deterministic)
-    run_name = args.run_name or f"{env_id}__{args.exp_name}__{optimizer_name}__{args.seed}__{int(time.time())}"
+    run_name = args.run_name or safe_name(f"{env_id}__{args.exp_name}__{optimizer_name}__{args.seed}__{int(time.time())}")
     run_dir = Path(args.results_dir) / run_name
     config = dataclasses.asdict(args)
     checkpoints = Checkpointer(run_dir, algorithm, config, interval_steps=args.checkpoint_interval_steps,
@@ -150,29 +161,29 @@ def _checkpoint_to_resume(run_dir: Path, checkpoints: Checkpointer, config: dict
     return None
 
 
-def step_optimizer(optimizer: Optimizer, prefix: str, diagnose: bool) -> dict[str, float]:
-    """optimizer.step(); when `diagnose`, also return per-tensor update norms and AlphaGrad's saturation."""
-    if not diagnose:
-        optimizer.step()
-        return {}
-    stats = {}
-    inner = optimizer.optimizer if isinstance(optimizer, AGR) else optimizer
-    if isinstance(inner, AlphaGrad):
-        for name, values in inner.diagnostics().items():
+@contextmanager
+def update_diagnostics(optimizer: Optimizer, prefix: str, enabled: bool) -> Iterator[dict[str, float]]:
+    """Around `optimizer.step()`: when `enabled`, fill the yielded dict with each tensor's update norm and, for
+    AlphaGrad, its saturation ratio (read from the gradients before the step)."""
+    stats: dict[str, float] = {}
+    if not enabled:
+        yield stats
+        return
+    if isinstance(optimizer, AlphaGrad):
+        for name, values in optimizer.diagnostics().items():
             stats[f"optimizer/{prefix}/saturation/{name}"] = values["saturation"]
     named = [(name, p) for i, group in enumerate(optimizer.param_groups)
              for name, p in zip(group.get("param_names") or [f"group{i}.param{j}" for j in range(len(group["params"]))],
                                 group["params"])]
     before = [p.detach().clone() for _, p in named]
-    optimizer.step()
+    yield stats
     for (name, p), old in zip(named, before):
         stats[f"optimizer/{prefix}/update_norm/{name}"] = (p.detach() - old).norm().item()
-    return stats
 
 
-def cli(main: Callable, args_type: type) -> None:
-    """Parse `args_type` from the command line and run `main`; bad input exits with a one-line error."""
-    args = tyro.cli(args_type)
+def cli(main: Callable, args_type: type, argv: list[str] | None = None) -> None:
+    """Parse `args_type` from the command line (or `argv`) and run `main`; bad input exits with a one-line error."""
+    args = tyro.cli(args_type, args=argv)
     try:
         main(args)
     except ValueError as error:

@@ -6,7 +6,7 @@ status "interrupted"; a second SIGINT stops at once). It holds everything the ru
 if it had never stopped: the agent's tracked objects (networks, target networks, optimizers with their
 state and scheduled alpha, schedulers, replay buffer, environments, RNG generators), the agent's own
 counters and current observation, every global RNG (python, numpy, torch, CUDA) and the run record's
-position (alphagrad.runs).
+position (alphagrad_rl.runs).
 
 Files, in `<run_dir>/checkpoints/`: `step-<012d>.pt` (torch.save; loaded with weights_only=True, so a
 checkpoint cannot run code; numpy arrays are stored as tensors) and its manifest `step-<012d>.json`
@@ -48,7 +48,7 @@ from .runs import (
     write_json_atomic,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: AGR state inside the optimizer's state_dict; AlphaGrad's default path is the fused kernel
 RESUME_MAY_CHANGE = frozenset({  # options that do not change what a run computes
     "exp_name", "track", "wandb_project_name", "wandb_entity", "wandb_group", "wandb_tags", "results_dir", "run_name",
     "quiet", "resume", "checkpoint_interval_s", "checkpoint_interval_steps", "keep_checkpoints", "save_model",
