@@ -62,7 +62,7 @@ class Args(CommonArgs):
 
 
 def check_args(args: Args) -> None:
-    check_common_args(args, args.env_id, args.total_timesteps)
+    check_common_args(args, args.env_id, args.total_timesteps, gym.spaces.Discrete, "DQN")
     check_positive(args, "num_envs", "buffer_size", "target_network_frequency", "batch_size", "train_frequency")
     if not (0.0 < args.tau <= 1.0 and 0.0 <= args.gamma <= 1.0 and 0.0 < args.exploration_fraction <= 1.0):
         raise ValueError("tau must be in (0, 1], gamma in [0, 1], exploration_fraction in (0, 1]")

@@ -9,6 +9,7 @@ evaluation reproduces training conditions. The optimizer comes from the shared f
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -70,7 +71,7 @@ class Args(CommonArgs):
 
 
 def check_args(args: Args) -> None:
-    check_common_args(args, args.env_id, args.total_timesteps)
+    check_common_args(args, args.env_id, args.total_timesteps, gym.spaces.Box, "PPO")
     check_positive(args, "num_envs", "num_steps", "num_minibatches", "update_epochs")
     if (args.num_envs * args.num_steps) % args.num_minibatches:
         raise ValueError(f"num_envs * num_steps ({args.num_envs * args.num_steps}) must be divisible by "
@@ -165,6 +166,10 @@ def main(args: Args) -> dict:
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
     num_iterations = max(1, args.total_timesteps // batch_size)
+    if num_iterations * batch_size != args.total_timesteps:
+        print(f"note: PPO runs whole iterations of num_envs * num_steps = {batch_size} env steps, so "
+              f"--total-timesteps {args.total_timesteps} runs {num_iterations * batch_size} (CleanRL rounds down, "
+              "to one iteration at least)", file=sys.stderr)
     envs = make_vector_env([make_env(args.env_id, args.gamma) for _ in range(args.num_envs)], gym.spaces.Box, "PPO")
     record, checkpoints = start_run(args, "ppo_continuous_action", args.env_id, args.optim.name,
                                     num_iterations * batch_size)

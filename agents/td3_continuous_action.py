@@ -64,7 +64,7 @@ class Args(CommonArgs):
 
 
 def check_args(args: Args) -> None:
-    check_common_args(args, args.env_id, args.total_timesteps)
+    check_common_args(args, args.env_id, args.total_timesteps, gym.spaces.Box, "TD3")
     check_positive(args, "num_envs", "buffer_size", "batch_size", "policy_frequency")
     if not (0.0 < args.tau <= 1.0 and 0.0 <= args.gamma <= 1.0):
         raise ValueError(f"tau must be in (0, 1] and gamma in [0, 1] (got tau={args.tau}, gamma={args.gamma})")

@@ -106,13 +106,26 @@ def variability(steps: Sequence[float], returns: Sequence[float], points: int = 
 
 
 def spike_count(losses: Sequence[float]) -> int:
+    """Logged losses that are non-finite, or above SPIKE_FACTOR x the median of the SPIKE_WINDOW finite ones before."""
     losses = np.asarray(losses, dtype=float)
-    return int(sum(losses[i] > SPIKE_FACTOR * np.median(losses[i - SPIKE_WINDOW:i])
-                   for i in range(SPIKE_WINDOW, len(losses))))
+    finite = losses[np.isfinite(losses)]
+    positions = np.cumsum(np.isfinite(losses)) - np.isfinite(losses)  # finite values before each logged loss
+    return int(sum(not math.isfinite(loss) or (start >= SPIKE_WINDOW and
+                                               loss > SPIKE_FACTOR * np.median(finite[start - SPIKE_WINDOW:start]))
+                   for loss, start in zip(losses, positions)))
+
+
+def _value(logged: Any) -> float | None:
+    """A logged metric as a float: numbers, and the strings "nan", "inf", "-inf" the run record writes for them."""
+    if isinstance(logged, (int, float)) and not isinstance(logged, bool):
+        return float(logged)
+    if logged in ("nan", "inf", "-inf"):
+        return float(logged)
+    return None
 
 
 def series(metrics: list[dict], name: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = [(row["step"], row[name]) for row in metrics if isinstance(row.get(name), (int, float))]
+    rows = [(row["step"], _value(row.get(name))) for row in metrics if _value(row.get(name)) is not None]
     if not rows:
         return np.zeros(0), np.zeros(0)
     steps, values = zip(*rows)
@@ -134,6 +147,19 @@ class Run:
     summary: dict[str, Any]
     metrics: list[dict] = field(repr=False)
     row: dict[str, Any] = field(default_factory=dict)
+    excluded: str | None = None  # why a finished run is left out of the statistics
+
+    @property
+    def included(self) -> bool:
+        """Whether the run counts in the statistics: finished, with a finite final return."""
+        return self.status == "finished" and self.excluded is None
+
+    @property
+    def reason_left_out(self) -> str:
+        if self.status != "finished":
+            error = (self.summary.get("error") or "").strip().splitlines()
+            return f"{self.status}" + (f": {error[-1][:160]}" if error else "")
+        return self.excluded or ""
 
 
 def _optimizer_of(config: dict) -> tuple[str, float | None]:
@@ -143,33 +169,53 @@ def _optimizer_of(config: dict) -> tuple[str, float | None]:
     return name, (float(alpha) if isinstance(alpha, (int, float)) else None)
 
 
+def run_folders(sweep_dir: str | Path) -> list[Path]:
+    """Every run record under `sweep_dir` (a folder with config.json, at any depth; not inside another run)."""
+    folders = sorted(path.parent for path in Path(sweep_dir).rglob("config.json"))
+    return [folder for folder in folders if not any(other in folder.parents for other in folders)]
+
+
 def load_runs(sweep_dir: str | Path, final_window: int = 100) -> list[Run]:
-    """Every run record under `sweep_dir` (one folder per run), with its tidy-table row."""
+    """Every run record under `sweep_dir`, with its tidy-table row. A record that cannot be read becomes a run
+    with status "unreadable"; a finished run without a finite final return is `excluded` (with the reason)."""
     runs = []
-    for run_dir in sorted(p for p in Path(sweep_dir).iterdir() if (p / "config.json").exists()):
-        record = read_run(run_dir)
-        config = record["config"]["config"]
+    for run_dir in run_folders(sweep_dir):
+        name = run_dir.relative_to(sweep_dir).as_posix()
+        arm = run_dir.name.split("__")[0]
+        try:
+            record = read_run(run_dir)
+            config = record["config"]["config"]
+            algorithm = record["config"]["algorithm"]
+        except (ValueError, KeyError, TypeError, OSError) as error:  # json.JSONDecodeError is a ValueError
+            runs.append(Run(name, arm, "?", "?", "?", None, 0, "unreadable",
+                            {"error": f"{run_dir / 'config.json'}: {type(error).__name__}: {error}"}, [],
+                            row={"run": name, "arm": arm, "status": "unreadable"}))
+            continue
         optimizer, alpha = _optimizer_of(config)
         summary = record["summary"] or {}
-        arm = run_dir.name.split("__")[0] if "__" in run_dir.name else optimizer
-        run = Run(run_dir.name, arm, record["config"]["algorithm"], config.get("env_id", "?"), optimizer, alpha,
-                  int(config.get("seed", 0)), summary.get("status") or "missing", summary, record["metrics"])
+        run = Run(name, arm if "__" in run_dir.name else optimizer, algorithm, config.get("env_id", "?"), optimizer,
+                  alpha, int(config.get("seed", 0)), summary.get("status") or "missing", summary, record["metrics"])
         steps, returns = series(run.metrics, "charts/episodic_return")
         total = summary.get("total_timesteps") or (steps[-1] if len(steps) else 0)
         _, td_losses = series(run.metrics, "losses/td_loss")
+        final = float(np.mean(returns[-final_window:])) if len(returns) else math.nan
         run.row = {
             "run": run.name, "arm": run.arm, "algorithm": run.algorithm, "env_id": run.env_id,
             "optimizer": optimizer, "alpha": alpha, "seed": run.seed, "status": run.status,
-            "final_return": float(np.mean(returns[-final_window:])) if len(returns) else math.nan,
+            "final_return": final,
             # area under the return curve, per env step: the mean return over training
             "auc": float(np.trapezoid(returns, steps) / total) if len(returns) > 1 and total else math.nan,
-            "best_return": float(returns.max()) if len(returns) else math.nan,
+            "best_return": float(np.nanmax(returns)) if np.isfinite(returns).any() else math.nan,
             "episodes": len(returns),
             "mean_drawdown": mean_drawdown(returns),
             "variability": variability(steps, returns),
             "td_loss_spikes": spike_count(td_losses) if len(td_losses) else None,
             "wall_clock_s": summary.get("wall_clock_s"), "sps": summary.get("sps"),
         }
+        if not len(returns):
+            run.excluded = "finished without a single episode: no final return"
+        elif not math.isfinite(final):
+            run.excluded = f"its final return is {final} (non-finite episodic returns in the last {final_window})"
         runs.append(run)
     return runs
 
@@ -204,7 +250,7 @@ def finished_values(runs: list[Run], arm: str, column: str) -> dict[str, list[fl
     by_env: dict[str, list[float]] = {}
     for run in runs:
         value = run.row.get(column)
-        if run.arm == arm and run.status == "finished" and isinstance(value, (int, float)) and math.isfinite(value):
+        if run.arm == arm and run.included and isinstance(value, (int, float)) and math.isfinite(value):
             by_env.setdefault(run.env_id, []).append(float(value))
     return by_env
 
@@ -339,7 +385,7 @@ def paper_claims(runs: list[Run], baseline: str = "adam") -> list[Claim]:
                                 verdict_below(low, high, 0.25 * adam_iqm)))
     if "dqn" in algorithms:
         starts = [float(np.mean(series(run.metrics, "charts/episodic_return")[1][:10]))
-                  for run in runs if run.status == "finished" and run.row["episodes"]]
+                  for run in runs if run.included]
         threshold = 2.0 * float(np.mean(starts))
         for arm in _arms_with(runs, "alphagrad"):
             values = sum(finished_values(runs, arm, "final_return").values(), [])

@@ -15,26 +15,39 @@ import gymnasium as gym
 import numpy as np
 
 
-def check_env_id(env_id: str) -> None:
-    """Raise ValueError with close matches when `env_id` is not registered."""
-    if env_id in gym.registry:
-        return
-    import difflib
+def check_env(env_id: str, action_space_type: type[gym.Space], algorithm: str) -> None:
+    """Raise ValueError when `env_id` is not registered (naming close matches) or its action space is not an
+    `action_space_type` (the environment is made once, bare, to see it)."""
+    if env_id not in gym.registry:
+        import difflib
 
-    close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown environment id {env_id!r}.{hint} (see gymnasium.registry for all ids)")
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown environment id {env_id!r}.{hint} (see gymnasium.registry for all ids)")
+    try:
+        env = gym.make(env_id)
+    except Exception as error:  # a missing optional dependency (box2d, jax, ...), a broken registration
+        raise ValueError(f"environment {env_id!r} cannot be made here: {type(error).__name__}: {error}") from None
+    space = env.action_space
+    env.close()
+    _check_action_space(space, action_space_type, algorithm)
+
+
+def _check_action_space(space: gym.Space, action_space_type: type[gym.Space], algorithm: str) -> None:
+    if not isinstance(space, action_space_type):
+        raise ValueError(f"{algorithm} needs a {action_space_type.__name__} action space, "
+                         f"but the environment has {space}")
 
 
 def make_vector_env(env_fns: list[Callable[[], gym.Env]], action_space_type: type[gym.Space],
                     algorithm: str) -> gym.vector.SyncVectorEnv:
     """A SyncVectorEnv in SAME_STEP autoreset mode whose action space must be `action_space_type`."""
     envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    if not isinstance(envs.single_action_space, action_space_type):
-        space = envs.single_action_space
+    try:
+        _check_action_space(envs.single_action_space, action_space_type, algorithm)
+    except ValueError:
         envs.close()
-        raise ValueError(f"{algorithm} needs a {action_space_type.__name__} action space, "
-                         f"but the environment has {space}")
+        raise
     return envs
 
 

@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 from alphagrad import AlphaGrad
 
 from .checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted, config_differences
-from .envs import check_env_id
+from .envs import check_env
 from .factory import OptimizerSpec, make_alpha_scheduler, make_optimizer
 from .runs import RunRecord, check_results_dir, check_run_name, clear_record, read_summary, safe_name
 
@@ -69,9 +69,10 @@ class CommonArgs:
     """keep the checkpoints of a finished run (by default only unfinished runs keep theirs)"""
 
 
-def check_common_args(args: CommonArgs, env_id: str, total_timesteps: int) -> None:
-    """Reject bad input with a clear message before anything is built."""
-    check_env_id(env_id)
+def check_common_args(args: CommonArgs, env_id: str, total_timesteps: int, action_space_type: type,
+                      algorithm: str) -> None:
+    """Reject bad input with a clear message before anything is built (`algorithm` names the agent in messages)."""
+    check_env(env_id, action_space_type, algorithm)
     if total_timesteps <= 0:
         raise ValueError(f"invalid total_timesteps: {total_timesteps} (allowed: > 0)")
     if args.eval_episodes < 0 or args.diagnostics_interval < 0:

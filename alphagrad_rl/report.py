@@ -142,11 +142,13 @@ def _markdown(sweep_dir, runs, arms, claims: list[Claim], figures, final_window,
     statuses = {}
     for run in runs:
         statuses[run.status] = statuses.get(run.status, 0) + 1
+    left_out = [run for run in runs if not run.included]
     lines = [
         f"# Report: {sweep_dir.name}", "",
         f"Generated from the run records in `{sweep_dir}`: {len(runs)} runs "
-        f"({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}). Statistics use finished runs only; "
-        f"final return = mean of the last {final_window} episodes.", "",
+        f"({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}); {len(runs) - len(left_out)} in the "
+        "statistics (finished, with a finite final return; the others are listed under 'Runs left out'). "
+        f"Final return = mean of the last {final_window} episodes.", "",
         "## Arms", "",
         f"| arm | finished | mean +- std | IQM [{int(CONFIDENCE * 100)}% CI] | P(improvement over {baseline}) "
         "| mean drawdown | variability |",
@@ -163,12 +165,9 @@ def _markdown(sweep_dir, runs, arms, claims: list[Claim], figures, final_window,
               "claim, *does not hold* when the whole interval contradicts it, *inconclusive* otherwise.", "",
               "| claim | evidence | verdict |", "|---|---|---|"]
     lines += [f"| {c.claim} | {c.evidence} | **{c.verdict}** |" for c in claims] or ["| (none for these arms) | | |"]
-    unfinished = [run for run in runs if run.status != "finished"]
-    if unfinished:
-        lines += ["", "## Runs not finished", "", "| run | status | error |", "|---|---|---|"]
-        for run in unfinished:
-            error = (run.summary.get("error") or "").strip().splitlines()
-            lines.append(f"| {run.name} | {run.status} | {error[-1][:120] if error else ''} |")
+    if left_out:
+        lines += ["", "## Runs left out of the statistics", "", "| run | status | why |", "|---|---|---|"]
+        lines += [f"| {run.name} | {run.status} | {run.reason_left_out.replace('|', '/')} |" for run in left_out]
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
     lines += ["", "## Definitions", "",
               "- IQM: interquartile mean of the final returns; CI: percentile bootstrap, stratified by environment.",

@@ -159,7 +159,7 @@ def test_report_with_a_failed_run(tmp_path):
     report = write_report(sweep_dir, tmp_path / "report")
     text = report.read_text()
     assert "## Claims of the AlphaGrad paper" in text and "DQN: alphagrad-93 learns" in text
-    assert "## Runs not finished" in text and "alphagrad-93__s4 | crashed | ValueError: boom" in text
+    assert "## Runs left out of the statistics" in text and "alphagrad-93__s4 | crashed | crashed: ValueError: boom" in text
     assert "| alphagrad-93 | 3/4 |" in text
     for name in ("curves_dqn.png", "curves_dqn.svg", "iqm.png", "iqm.svg"):
         assert (tmp_path / "report" / name).stat().st_size > 5000
@@ -169,6 +169,37 @@ def test_report_with_a_failed_run(tmp_path):
     adam = [r for r in rows if r["arm"] == "adam"]
     expected = np.linspace(0, 480, 200)[-100:].mean()  # final return: mean of the last 100 episodes
     assert all(abs(float(r["final_return"]) - expected) < 10 for r in adam)
+
+
+def test_runs_that_cannot_count_are_listed_with_the_reason(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    rng = np.random.default_rng(0)
+    for seed in (1, 2, 3):
+        make_run(sweep_dir, f"adam__s{seed}", "dqn", "adam", None, seed, learning_curve(480, rng), env_id="CartPole-v1")
+    make_run(sweep_dir, "adam__s4", "dqn", "adam", None, 4, [10.0, float("nan")], env_id="CartPole-v1")
+    make_run(sweep_dir / "nested", "adam__s5", "dqn", "adam", None, 5, learning_curve(480, rng), env_id="CartPole-v1")
+    make_run(sweep_dir, "adam__s6", "dqn", "adam", None, 6, learning_curve(480, rng), env_id="CartPole-v1")
+    (sweep_dir / "adam__s6" / "config.json").write_text('{"schema_version": 1, "algo')  # cut short
+    make_run(sweep_dir, "adam__s7", "dqn", "adam", None, 7, [10.0, 11.0], td_losses=[1.0] * 25 + [float("inf")],
+             env_id="CartPole-v1")
+    metrics = sweep_dir / "adam__s7" / "metrics.jsonl"  # the run record writes non-finite values as strings
+    metrics.write_text(metrics.read_text().replace("Infinity", '"inf"'))
+
+    runs = {run.name: run for run in load_runs(sweep_dir)}
+    assert set(runs) == {"adam__s1", "adam__s2", "adam__s3", "adam__s4", "nested/adam__s5", "adam__s6", "adam__s7"}
+    assert runs["adam__s7"].row["td_loss_spikes"] == 1 and runs["adam__s7"].included
+    assert not runs["adam__s4"].included and runs["nested/adam__s5"].included
+    text = write_report(sweep_dir, tmp_path / "report").read_text()
+    assert "7 runs (6 finished, 1 unreadable); 5 in the statistics" in text
+    assert "| adam__s4 | finished | its final return is nan" in text
+    assert "| adam__s6 | unreadable | unreadable: " in text and "adam__s6/config.json: JSONDecodeError" in text
+    assert "| adam | 5/7 |" in text
+
+
+def test_spike_count_counts_non_finite_losses():
+    assert spike_count([1.0] * 20 + [10.0, 1.0]) == 1
+    assert spike_count([1.0] * 20 + [float("inf"), float("nan"), 1.0, 4.0]) == 2
+    assert spike_count([1.0] * 5 + [float("nan")]) == 1  # before a full window, only non-finite values count
 
 
 def test_analyze_cli_rejects_a_missing_folder(tmp_path):

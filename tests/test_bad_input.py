@@ -1,0 +1,116 @@
+"""Bad input at every entry point gets one clear line (never a traceback), is never silently accepted, and
+loses no data (issue 10). Command-line entry points are called in-process with their argv."""
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from agents import dqn, ppo_continuous_action
+from alphagrad import AlphaGrad
+from alphagrad_rl.experiment import cli
+from alphagrad_rl.runs import read_run
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import sweep as sweep_script  # noqa: E402  (scripts/sweep.py)
+
+TINY_DQN = ["--total-timesteps", "300", "--learning-starts", "100", "--batch-size", "16", "--buffer-size", "300",
+            "--quiet", "--no-cuda"]
+
+
+def agent_error(module, argv, capsys) -> str:
+    """Run an agent's command line; return its one-line error (and assert it is one line, no traceback)."""
+    with pytest.raises(SystemExit) as stopped:
+        cli(module.main, module.Args, argv)
+    message = str(stopped.value.code)
+    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in capsys.readouterr().err
+    return message
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--run-name", "../../x"], "invalid run name '../../x'"),
+    (["--run-name", "/tmp/abs"], "invalid run name '/tmp/abs'"),
+    (["--run-name", "a/b"], "invalid run name 'a/b'"),
+    (["--run-name", "."], "invalid run name '.'"),
+    (["--optim.name", "adam", "--optim.alpha", "98"], "--optim: optimizer 'adam' does not use alpha=98.0"),
+    (["--optim.name", "alphagrad", "--optim.alpha", "-1"], "--optim: invalid alpha"),
+    (["--optim.name", "sgd", "--optim.momentum", "1.5"], "--optim: invalid optimizer momentum: 1.5"),
+    (["--env-id", "Hopper-v5"], "DQN needs a Discrete action space"),
+])
+def test_agent_rejects_bad_options_before_creating_anything(argv, expected, tmp_path, capsys):
+    message = agent_error(dqn, [*TINY_DQN, "--results-dir", str(tmp_path), *argv], capsys)
+    assert expected in message
+    assert not list(tmp_path.iterdir())  # no run folder, no "crashed" record
+
+
+def test_ppo_on_a_discrete_action_env_is_one_clear_line(tmp_path, capsys):
+    message = agent_error(ppo_continuous_action, ["--env-id", "CartPole-v1", "--results-dir", str(tmp_path)], capsys)
+    assert message == "error: PPO needs a Box action space, but the environment has Discrete(2)"
+
+
+def test_results_dir_that_is_a_file_or_not_writable(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert "is a file, not a folder" in agent_error(dqn, [*TINY_DQN, "--results-dir", str(a_file / "runs")], capsys)
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert "is not writable" in agent_error(dqn, [*TINY_DQN, "--results-dir", str(locked)], capsys)
+
+
+def test_ppo_says_how_it_rounds_the_budget(tmp_path, capsys):
+    ppo_continuous_action.main(ppo_continuous_action.Args(
+        env_id="Hopper-v5", total_timesteps=200, num_steps=64, num_minibatches=2, update_epochs=1,
+        results_dir=str(tmp_path), run_name="ppo", quiet=True, cuda=False))
+    assert "--total-timesteps 200 runs 192" in capsys.readouterr().err
+    assert read_run(tmp_path / "ppo")["summary"]["total_timesteps"] == 192
+
+
+def test_run_record_files_get_the_usual_file_mode(tmp_path):
+    dqn.main(dqn.Args(total_timesteps=200, learning_starts=100, batch_size=16, buffer_size=300, quiet=True, cuda=False,
+                      results_dir=str(tmp_path), run_name="run"))
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "run").iterdir() if path.is_file()}
+    assert modes["config.json"] == modes["summary.json"] == modes["metrics.jsonl"] == 0o666 & ~umask
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--workers", "-1"], "invalid --workers -1"),
+    (["--runs-per-gpu", "0"], "--runs-per-gpu 0"),
+    (["--total-timesteps", "0"], "invalid --total-timesteps 0"),
+    (["--arms", "nope"], "unknown arm(s) ['nope']"),
+])
+def test_sweep_launcher_rejects_bad_options(argv, expected, tmp_path, capsys):
+    argv = [str(ROOT / "configs" / "demo_dqn_cartpole.yaml"), "--results-dir", str(tmp_path), *argv]
+    assert sweep_script.main(sweep_script.tyro.cli(sweep_script.Args, args=argv)) == 2
+    assert expected in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_sweep_results_dir_that_is_a_file(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    argv = [str(ROOT / "configs" / "demo_dqn_cartpole.yaml"), "--results-dir", str(a_file)]
+    assert sweep_script.main(sweep_script.tyro.cli(sweep_script.Args, args=argv)) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_alphagrad_refuses_complex_parameters_and_foreign_or_invalid_state():
+    with pytest.raises(ValueError, match="does not support complex parameters"):
+        AlphaGrad([torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))], alpha=2.0)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    params[0].grad = torch.ones(2)
+    adam = torch.optim.Adam(params)
+    adam.step()
+    with pytest.raises(ValueError, match="not an AlphaGrad state_dict: its param group 0 lacks alpha"):
+        AlphaGrad(params, alpha=2.0).load_state_dict(adam.state_dict())
+    saved = AlphaGrad(params, alpha=2.0).state_dict()
+    saved["param_groups"][0]["alpha"] = -5.0
+    optimizer = AlphaGrad(params, alpha=2.0)
+    with pytest.raises(ValueError, match="alpha .*: -5.0"):
+        optimizer.load_state_dict(saved)
+    assert optimizer.param_groups[0]["alpha"] == 2.0  # refused before anything was loaded
