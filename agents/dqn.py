@@ -65,7 +65,8 @@ def check_args(args: Args) -> None:
     check_common_args(args, args.env_id, args.total_timesteps, gym.spaces.Discrete, "DQN")
     check_positive(args, "num_envs", "buffer_size", "target_network_frequency", "batch_size", "train_frequency")
     if not (0.0 < args.tau <= 1.0 and 0.0 <= args.gamma <= 1.0 and 0.0 < args.exploration_fraction <= 1.0):
-        raise ValueError("tau must be in (0, 1], gamma in [0, 1], exploration_fraction in (0, 1]")
+        raise ValueError("tau must be in (0, 1], gamma in [0, 1], exploration_fraction in (0, 1] (got "
+                         f"tau={args.tau}, gamma={args.gamma}, exploration_fraction={args.exploration_fraction})")
 
 
 def make_env(env_id: str, seed: int, idx: int):

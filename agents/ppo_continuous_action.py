@@ -77,7 +77,8 @@ def check_args(args: Args) -> None:
         raise ValueError(f"num_envs * num_steps ({args.num_envs * args.num_steps}) must be divisible by "
                          f"num_minibatches ({args.num_minibatches})")
     if not (0.0 <= args.gamma <= 1.0 and 0.0 <= args.gae_lambda <= 1.0 and args.clip_coef > 0):
-        raise ValueError("gamma and gae_lambda must be in [0, 1], clip_coef > 0")
+        raise ValueError("gamma and gae_lambda must be in [0, 1], clip_coef > 0 (got "
+                         f"gamma={args.gamma}, gae_lambda={args.gae_lambda}, clip_coef={args.clip_coef})")
 
 
 def make_env(env_id: str, gamma: float):

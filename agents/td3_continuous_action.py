@@ -69,7 +69,8 @@ def check_args(args: Args) -> None:
     if not (0.0 < args.tau <= 1.0 and 0.0 <= args.gamma <= 1.0):
         raise ValueError(f"tau must be in (0, 1] and gamma in [0, 1] (got tau={args.tau}, gamma={args.gamma})")
     if min(args.policy_noise, args.exploration_noise, args.noise_clip) < 0:
-        raise ValueError("policy_noise, exploration_noise and noise_clip must be >= 0")
+        raise ValueError("policy_noise, exploration_noise and noise_clip must be >= 0 (got "
+                         f"{args.policy_noise}, {args.exploration_noise}, {args.noise_clip})")
 
 
 def make_env(env_id: str, seed: int, idx: int):

@@ -94,10 +94,13 @@ _cpu_kernel_error: str | None = None
 
 
 def compiled_alphagrad_update(*args, **kwargs) -> torch.Tensor:
-    """Compile `_alphagrad_update` on first use (a few seconds; needs a C++ compiler on CPU, Triton on GPU)."""
+    """Compile `_alphagrad_update` on first use (a few seconds; needs a C++ compiler on CPU, Triton on GPU).
+
+    Each new set of shapes or options compiles again; past dynamo's recompile limit (8) the update runs eagerly
+    (same result, unfused) instead of failing, hence no fullgraph."""
     global _compiled_update
     if _compiled_update is None:
-        _compiled_update = torch.compile(_alphagrad_update, dynamic=False, fullgraph=True)
+        _compiled_update = torch.compile(_alphagrad_update, dynamic=False)
     return _compiled_update(*args, **kwargs)
 
 

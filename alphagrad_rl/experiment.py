@@ -76,7 +76,8 @@ def check_common_args(args: CommonArgs, env_id: str, total_timesteps: int, actio
     if total_timesteps <= 0:
         raise ValueError(f"invalid total_timesteps: {total_timesteps} (allowed: > 0)")
     if args.eval_episodes < 0 or args.diagnostics_interval < 0:
-        raise ValueError("eval_episodes and diagnostics_interval must be >= 0")
+        raise ValueError(f"eval_episodes and diagnostics_interval must be >= 0 (got {args.eval_episodes} and "
+                         f"{args.diagnostics_interval})")
     if args.checkpoint_interval_s < 0 or args.checkpoint_interval_steps < 0:
         raise ValueError(f"invalid checkpoint interval: {args.checkpoint_interval_s} s, "
                          f"{args.checkpoint_interval_steps} steps (allowed: >= 0, 0 turns it off)")

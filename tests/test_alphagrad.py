@@ -129,12 +129,12 @@ def test_large_alpha_is_sign_descent():
 def test_update_components_bounded_before_lr(path):
     torch.manual_seed(0)
     grad = torch.randn(1000) * torch.logspace(-3, 3, 1000)
-    for alpha in (1.0, 30.0, 1e3):
+    # |step| = tanh(alpha * |g_hat|) per component: its largest is tanh(alpha * max|g| / ||g||), strictly below 1
+    # (float64 tanh rounds to 1 only past |x| ~ 19)
+    for alpha in (1.0, 8.0):
         step = 1 - one_step(grad.tolist(), lr=1.0, alpha=alpha, **path)
-        # strictly inside (-1, 1) in exact arithmetic; float32/64 tanh rounds to +-1 only past |x| ~ 9 / 19
-        assert step.abs().max() <= 1.0
-    step = 1 - one_step(grad.tolist(), lr=1.0, alpha=8.0, **path)
-    assert step.abs().max() < 1.0
+        largest = math.tanh(alpha * grad.double().abs().max().item() / grad.double().norm().item())
+        assert step.abs().max().item() == pytest.approx(largest, abs=1e-12) and largest < 1.0
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -171,11 +171,16 @@ def test_maximize_equals_minimizing_the_negative(path):
 
 # ---- the two (three) paths agree ----
 
-def train(options, steps=6, seed=0):
+def train(options, steps=6, seed=0, first_layer_alpha=None):
+    """Parameters after `steps` AlphaGrad steps on a small MLP; `first_layer_alpha` puts the first layer in a
+    param group of its own with that alpha (per-group alpha)."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
                                 torch.nn.Linear(32, 3))
-    opt = AlphaGrad(model.parameters(), lr=0.01, **options)
+    params = list(model.parameters())
+    groups = params if first_layer_alpha is None else [{"params": params[:2], "alpha": first_layer_alpha},
+                                                       {"params": params[2:]}]
+    opt = AlphaGrad(groups, lr=0.01, **options)
     for step in range(steps):
         torch.manual_seed(100 + step)
         opt.zero_grad()
@@ -210,22 +215,71 @@ def test_rational_tanh_is_within_tolerance_and_bounded():
     assert approx.abs().max() < 1.0
 
 
-FUSED_OPTIONS = [
-    dict(alpha=10.0, momentum=0.9, weight_decay=0.01),
-    dict(alpha="auto", normalization="group"),
-    dict(alpha=30.0, momentum=0.5, momentum_form="sgd", maximize=True),
+MOMENTA = [dict(momentum=0.0), dict(momentum=0.9, momentum_form="paper"), dict(momentum=0.9, momentum_form="sgd")]
+FUSED_GRID = [
+    dict(**momentum, weight_decay=weight_decay, maximize=maximize, normalization=normalization, alpha=alpha,
+         first_layer_alpha=first_layer_alpha)
+    for momentum in MOMENTA for weight_decay in (0.0, 0.01) for maximize in (False, True)
+    for normalization in ("tensor", "group") for alpha in (10.0, "auto") for first_layer_alpha in (None, 3.0)
 ]
 
 
-@pytest.mark.parametrize("kernel", ["cpu", "compiled"])
-@pytest.mark.parametrize("options", FUSED_OPTIONS)
-def test_fused_matches_exact_formula(options, kernel, monkeypatch):
-    """Both fused kernels: the C++ one (CPU default) and the torch.compile one (GPUs, other dtypes)."""
-    if kernel == "compiled":
-        monkeypatch.setattr("alphagrad.optimizer.cpu_kernel_applies", lambda params, grads: False)
-    fused, exact = train({**options, "fused": True}, steps=3), train({**options, "foreach": False}, steps=3)
-    # each update component within 1e-6 of tanh; lr = 0.01 and 3 steps (with momentum <= 3 * 2.71 lr)
-    assert (fused - exact).abs().max() < 1e-6
+def fused_error(options, steps=3):
+    """Max |parameter difference| between the fused path and the exact single-tensor path."""
+    options = dict(options)
+    first_layer_alpha = options.pop("first_layer_alpha")
+    fused = train({**options, "fused": True}, steps=steps, first_layer_alpha=first_layer_alpha)
+    exact = train({**options, "foreach": False}, steps=steps, first_layer_alpha=first_layer_alpha)
+    return (fused - exact).abs().max().item()
+
+
+@pytest.mark.parametrize("options", FUSED_GRID, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_fused_cpu_kernel_matches_exact_formula_over_the_option_grid(options):
+    """Every combination of momentum form, weight decay, maximize, normalization, alpha (number or auto) and
+    per-group alpha: each update component within 1e-6 of tanh, lr = 0.01, 3 steps (momentum: <= 3 * 2.71 lr)."""
+    assert fused_error(options) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", FUSED_GRID[1::5], ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_compiled_kernel_matches_exact_formula(options, monkeypatch):
+    """The torch.compile kernel (GPUs, other dtypes), forced on the CPU; a spread of the grid (each compiles)."""
+    monkeypatch.setattr("alphagrad.optimizer.cpu_kernel_applies", lambda params, grads: False)
+    assert fused_error(options) < 1e-6
+
+
+def test_default_path_is_the_fused_kernel_where_it_applies_and_foreach_otherwise(monkeypatch):
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 2))]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    calls = []
+    monkeypatch.setattr("alphagrad.optimizer.cpu_alphagrad_update", lambda *args: calls.append(args) or True)
+    AlphaGrad(params, alpha=2.0).step()
+    assert len(calls) == 1  # the fused kernel took the step
+    AlphaGrad(params, alpha=2.0, transform="scaled_tanh").step()  # the kernel has no scaled_tanh: foreach
+    AlphaGrad(params, alpha=2.0, foreach=True).step()
+    assert len(calls) == 1
+    monkeypatch.setattr("alphagrad.optimizer.cpu_kernel_available", lambda: False)  # e.g. no compiler
+    AlphaGrad(params, alpha=2.0).step()
+    assert len(calls) == 1
+
+
+def test_a_kernel_that_cannot_be_built_is_reported_once_and_foreach_is_used(monkeypatch):
+    from alphagrad import _fused
+
+    def no_compiler(verbose=False):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(_fused, "_cpu_kernels", None)
+    monkeypatch.setattr(_fused, "_cpu_kernel_error", None)
+    monkeypatch.setattr(_fused, "build_cpu_kernel", no_compiler)
+    param = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    param.grad = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="could not be built .*Ninja is required.*foreach path"):
+        AlphaGrad([param], lr=0.1, alpha=1.0).step()
+    expected = 1 - 0.1 * torch.tensor([math.tanh(0.6), math.tanh(0.8)], dtype=torch.float64)
+    torch.testing.assert_close(param.detach(), expected, atol=1e-9, rtol=0)  # the exact path (fused: ~4e-8 off)
+    assert not _fused.cpu_kernel_available()  # reported once: no second build attempt, no second warning
 
 
 def test_fused_cpu_kernel_on_float64_and_fallback_for_other_dtypes():
