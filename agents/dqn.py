@@ -117,7 +117,8 @@ def main(args: Args) -> dict:
     check_args(args)
     seed_everything(args.seed, args.torch_deterministic)
     envs = make_vector_env([make_env(args.env_id, args.seed + i, i) for i in range(args.num_envs)],
-                           gym.spaces.Discrete, "DQN")
+                           gym.spaces.Discrete, "DQN",
+                           args.autoreset_mode)
     record, checkpoints = start_run(args, "dqn", args.env_id, args.optim.name, args.total_timesteps)
     device = select_device(args.cuda)
     with checkpoints, record:

@@ -1,8 +1,9 @@
 """PPO (Schulman et al., 2017) for continuous actions, in CleanRL's single-file style (ppo_continuous_action.py).
 
-Defaults are CleanRL's, on HalfCheetah-v5 (the AlphaGrad paper's). Two departures, both documented:
-time-limit truncations bootstrap from the value of the true last observation (CleanRL treats them as
-terminal), and --save-model stores the observation-normalization statistics with the networks so an
+Defaults are CleanRL's, on HalfCheetah-v5 (the AlphaGrad paper's). Departures, each a flag: time-limit truncations
+bootstrap from the value of the true last observation (CleanRL treats them as terminal:
+--no-bootstrap-truncation), same-step autoreset (CleanRL on gymnasium 1.x runs next-step:
+--autoreset-mode next-step), and --save-model stores the observation-normalization statistics with the networks so an
 evaluation reproduces training conditions. The optimizer comes from the shared factory:
     python agents/ppo_continuous_action.py --optim.name alphagrad --optim.alpha 98
 """
@@ -64,8 +65,11 @@ class Args(CommonArgs):
     """coefficient of the entropy"""
     vf_coef: float = 0.5
     """coefficient of the value function"""
-    max_grad_norm: float = 0.5
-    """the maximum norm for the gradient clipping"""
+    max_grad_norm: float | None = 0.5
+    """the maximum norm for the gradient clipping (None: no clipping; the AlphaGrad author clips only for Adam)"""
+    bootstrap_truncation: bool = True
+    """a time-limit truncation adds gamma * V(true last observation) to the last reward (CleanRL and the AlphaGrad
+    author treat truncations as terminal: --no-bootstrap-truncation)"""
     target_kl: float | None = None
     """the target KL divergence threshold"""
 
@@ -73,6 +77,8 @@ class Args(CommonArgs):
 def check_args(args: Args) -> None:
     check_common_args(args, args.env_id, args.total_timesteps, gym.spaces.Box, "PPO")
     check_positive(args, "num_envs", "num_steps", "num_minibatches", "update_epochs")
+    if args.max_grad_norm is not None:
+        check_positive(args, "max_grad_norm")
     if (args.num_envs * args.num_steps) % args.num_minibatches:
         raise ValueError(f"num_envs * num_steps ({args.num_envs * args.num_steps}) must be divisible by "
                          f"num_minibatches ({args.num_minibatches})")
@@ -171,7 +177,8 @@ def main(args: Args) -> dict:
         print(f"note: PPO runs whole iterations of num_envs * num_steps = {batch_size} env steps, so "
               f"--total-timesteps {args.total_timesteps} runs {num_iterations * batch_size} (CleanRL rounds down, "
               "to one iteration at least)", file=sys.stderr)
-    envs = make_vector_env([make_env(args.env_id, args.gamma) for _ in range(args.num_envs)], gym.spaces.Box, "PPO")
+    envs = make_vector_env([make_env(args.env_id, args.gamma) for _ in range(args.num_envs)], gym.spaces.Box, "PPO",
+                           args.autoreset_mode)
     record, checkpoints = start_run(args, "ppo_continuous_action", args.env_id, args.optim.name,
                                     num_iterations * batch_size)
     device = select_device(args.cuda)
@@ -222,8 +229,9 @@ def main(args: Args) -> dict:
                 reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
                 # a time-limit truncation is not a terminal state: bootstrap from the true last observation
                 truncated_only = np.flatnonzero(np.logical_and(truncations, np.logical_not(terminations)))
-                if truncated_only.size:
-                    final_obs = torch.as_tensor(np.stack([infos["final_obs"][i] for i in truncated_only]),
+                if args.bootstrap_truncation and truncated_only.size:
+                    last_obs = infos["final_obs"] if "final_obs" in infos else next_obs_np  # next-step: next_obs
+                    final_obs = torch.as_tensor(np.stack([last_obs[i] for i in truncated_only]),
                                                 dtype=torch.float32, device=device)
                     with torch.no_grad():
                         reward[truncated_only] += args.gamma * agent.get_value(final_obs).flatten()
@@ -298,7 +306,8 @@ def main(args: Args) -> dict:
 
                     optimizer.zero_grad()
                     loss.backward()
-                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    if args.max_grad_norm is not None:
+                        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                     updates += 1
                     diagnose = args.diagnostics_interval > 0 and updates % args.diagnostics_interval == 0
                     with update_diagnostics(optimizer, "agent", diagnose) as step_diagnostics:

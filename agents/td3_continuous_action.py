@@ -134,7 +134,8 @@ def main(args: Args) -> dict:
     check_args(args)
     seed_everything(args.seed, args.torch_deterministic)
     envs = make_vector_env([make_env(args.env_id, args.seed + i, i) for i in range(args.num_envs)],
-                           gym.spaces.Box, "TD3")
+                           gym.spaces.Box, "TD3",
+                           args.autoreset_mode)
     optimizer_name = (args.actor_optim.name if args.actor_optim.name == args.critic_optim.name
                       else f"{args.actor_optim.name}+{args.critic_optim.name}")
     record, checkpoints = start_run(args, "td3_continuous_action", args.env_id, optimizer_name, args.total_timesteps)

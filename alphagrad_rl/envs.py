@@ -39,10 +39,16 @@ def _check_action_space(space: gym.Space, action_space_type: type[gym.Space], al
                          f"but the environment has {space}")
 
 
+AUTORESET_MODES = {"same-step": gym.vector.AutoresetMode.SAME_STEP, "next-step": gym.vector.AutoresetMode.NEXT_STEP}
+
+
 def make_vector_env(env_fns: list[Callable[[], gym.Env]], action_space_type: type[gym.Space],
-                    algorithm: str) -> gym.vector.SyncVectorEnv:
-    """A SyncVectorEnv in SAME_STEP autoreset mode whose action space must be `action_space_type`."""
-    envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+                    algorithm: str, autoreset_mode: str = "same-step") -> gym.vector.SyncVectorEnv:
+    """A SyncVectorEnv whose action space must be `action_space_type`, in `autoreset_mode` (AUTORESET_MODES):
+    same-step (ours: the step that ends an episode returns the next episode's first observation, the last one
+    in infos["final_obs"]) or next-step (gymnasium's default: that step returns the last observation, and the
+    following step resets the env, returning reward 0 and the first observation while ignoring the action)."""
+    envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=AUTORESET_MODES[autoreset_mode])
     try:
         _check_action_space(envs.single_action_space, action_space_type, algorithm)
     except ValueError:
@@ -53,7 +59,10 @@ def make_vector_env(env_fns: list[Callable[[], gym.Env]], action_space_type: typ
 
 def true_next_obs(next_obs: np.ndarray, terminations: np.ndarray, truncations: np.ndarray,
                   infos: dict) -> np.ndarray:
-    """next_obs with the reset observation of finished episodes replaced by their true last observation."""
+    """next_obs with the reset observation of finished episodes replaced by their true last observation
+    (same-step autoreset; in next-step mode next_obs already holds it, and infos has no "final_obs")."""
+    if "final_obs" not in infos:
+        return next_obs
     real = next_obs.copy()
     for i in np.flatnonzero(np.logical_or(terminations, truncations)):
         real[i] = infos["final_obs"][i]
@@ -61,11 +70,12 @@ def true_next_obs(next_obs: np.ndarray, terminations: np.ndarray, truncations: n
 
 
 def finished_episodes(infos: dict) -> Iterator[tuple[float, int]]:
-    """(return, length) of each episode that ended in this step, each counted once."""
-    final_info = infos.get("final_info")
-    if not final_info or "episode" not in final_info:
+    """(return, length) of each episode that ended in this step, each counted once (same-step autoreset: in
+    infos["final_info"]; next-step: in infos itself)."""
+    ended = infos.get("final_info") or infos
+    if "episode" not in ended:
         return
-    episode, mask = final_info["episode"], final_info["_episode"]
+    episode, mask = ended["episode"], ended["_episode"]
     for i in np.flatnonzero(mask):
         yield float(episode["r"][i]), int(episode["l"][i])
 
@@ -229,17 +239,20 @@ def restore_env_state(env: gym.Env, state: dict) -> np.ndarray | None:
     return obs
 
 
-def vector_env_state(envs: gym.vector.SyncVectorEnv) -> list[dict]:
-    return [env_state(env) for env in envs.envs]
+def vector_env_state(envs: gym.vector.SyncVectorEnv) -> dict:
+    """Each sub-environment's state, and which of them reset at their next step (next-step autoreset)."""
+    return {"envs": [env_state(env) for env in envs.envs], "autoreset": envs._autoreset_envs.copy()}
 
 
-def restore_vector_env_state(envs: gym.vector.SyncVectorEnv, states: list[dict]) -> dict[int, np.ndarray]:
+def restore_vector_env_state(envs: gym.vector.SyncVectorEnv, state: dict) -> dict[int, np.ndarray]:
     """Restore each sub-environment; returns {index: first observation} for those that started a fresh episode."""
-    if len(states) != envs.num_envs:
-        raise ValueError(f"the checkpoint has {len(states)} environments, this run {envs.num_envs}")
+    if len(state["envs"]) != envs.num_envs:
+        raise ValueError(f"the checkpoint has {len(state['envs'])} environments, this run {envs.num_envs}")
     fresh = {}
-    for index, (env, state) in enumerate(zip(envs.envs, states)):
-        obs = restore_env_state(env, state)
+    for index, (env, env_saved) in enumerate(zip(envs.envs, state["envs"])):
+        obs = restore_env_state(env, env_saved)
         if obs is not None:
             fresh[index] = obs
+    envs._autoreset_envs = np.array(state["autoreset"], dtype=bool)
+    envs._autoreset_envs[list(fresh)] = False  # a fresh episode has just been reset
     return fresh

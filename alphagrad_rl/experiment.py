@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,6 +38,11 @@ class CommonArgs:
     """set torch.backends.cudnn.deterministic"""
     cuda: bool = True
     """use CUDA when it is available (CPU otherwise)"""
+    autoreset_mode: Literal["same-step", "next-step"] = "same-step"
+    """gymnasium 1.x autoreset of the training envs: same-step (no stored transition spans two episodes) or
+    next-step (gymnasium's default, which CleanRL-style code written for 1.x, the AlphaGrad author's included,
+    runs: the step after an episode ends resets the env, and the agent learns from that step's transition, from
+    the last observation to the next episode's first with reward 0)"""
     track: bool = False
     """log to Weights & Biases (works offline with WANDB_MODE=offline)"""
     wandb_project_name: str = "alphagrad-rl"

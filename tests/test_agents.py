@@ -68,6 +68,7 @@ def test_agent_leaves_complete_run_record(agent, tmp_path):
     assert summary["evaluation"]["episodes"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("agent", AGENTS)
 def test_same_seed_gives_identical_metrics(agent, tmp_path):
     module, make_args, _ = AGENTS[agent]
@@ -93,6 +94,7 @@ def test_alphagrad_is_the_optimizer_stepping(tmp_path):
     assert metric_rows(tmp_path / "alpha" / "dqn") != metric_rows(tmp_path / "alpha2" / "dqn")
 
 
+@pytest.mark.slow
 def test_td3_takes_separate_actor_and_critic_optimizers(tmp_path, monkeypatch):
     built = []
     original = td3_continuous_action.make_optimizer
@@ -197,6 +199,61 @@ def test_ppo_truncation_bootstrap_value(tmp_path, monkeypatch):
     assert len(truncation_calls) - 1 == sum(1 for length in lengths if length == 64)
 
 
+def test_ppo_without_truncation_bootstrap_and_without_clipping(tmp_path, monkeypatch):
+    """--no-bootstrap-truncation (the author's and CleanRL's semantics) never evaluates V(last observation), and
+    --max-grad-norm None never clips."""
+    calls, clipped = [], []
+    original = ppo_continuous_action.Agent.get_value
+    monkeypatch.setattr(ppo_continuous_action.Agent, "get_value",
+                        lambda self, x: calls.append(x.shape[0]) or original(self, x))
+    monkeypatch.setattr(ppo_continuous_action.nn.utils, "clip_grad_norm_", lambda *args: clipped.append(args))
+    make_env = ppo_continuous_action.make_env
+    monkeypatch.setattr(ppo_continuous_action, "make_env", lambda env_id, gamma: (
+        lambda: gym.wrappers.TimeLimit(make_env(env_id, gamma)(), max_episode_steps=64)))
+    ppo_continuous_action.main(ppo_args(tmp_path, env_id="InvertedPendulum-v5", total_timesteps=128, num_steps=128,
+                                        bootstrap_truncation=False, max_grad_norm=None))
+    assert calls == [1] and not clipped  # only the GAE's next_value
+    with pytest.raises(ValueError, match="max_grad_norm: 0"):
+        ppo_continuous_action.main(ppo_args(tmp_path, max_grad_norm=0.0))
+
+
+def test_next_step_autoreset_learns_from_the_reset_step_as_the_author_code_does():
+    """gymnasium's default (next-step) autoreset: the step that ends an episode returns its last observation,
+    the next one resets: reward 0, the next episode's first observation, not terminal. Stored as is."""
+    envs = make_vector_env([short_cartpole], gym.spaces.Discrete, "test", autoreset_mode="next-step")
+    obs, _ = envs.reset(seed=0)
+    transitions, episodes = [], []
+    for _ in range(12):
+        next_obs, rewards, terminations, truncations, infos = envs.step(np.zeros(1, dtype=np.int64))
+        episodes += list(finished_episodes(infos))
+        transitions.append((obs[0], true_next_obs(next_obs, terminations, truncations, infos)[0], rewards[0],
+                            terminations[0] or truncations[0]))
+        obs = next_obs
+    envs.close()
+    ends = [i for i, (_, _, _, done) in enumerate(transitions) if done]
+    assert ends and len(episodes) == len(ends)
+    for end in ends[:-1]:
+        last_obs, first_obs, reward, done = transitions[end + 1]  # the reset step
+        assert np.array_equal(last_obs, transitions[end][1]) and reward == 0.0 and not done
+        assert np.abs(first_obs).max() <= 0.05  # CartPole's reset draws every state in [-0.05, 0.05]
+
+
+def test_a_pending_next_step_reset_survives_a_checkpoint():
+    from alphagrad_rl.envs import restore_vector_env_state, vector_env_state
+
+    envs = make_vector_env([short_cartpole], gym.spaces.Discrete, "test", autoreset_mode="next-step")
+    envs.reset(seed=0)
+    while not any(envs.step(np.zeros(1, dtype=np.int64))[2:4]):
+        pass
+    state = vector_env_state(envs)  # the episode ended: the next step resets
+    expected = envs.step(np.zeros(1, dtype=np.int64))
+    other = make_vector_env([short_cartpole], gym.spaces.Discrete, "test", autoreset_mode="next-step")
+    other.reset(seed=5)
+    assert restore_vector_env_state(other, state) == {}
+    resumed = other.step(np.zeros(1, dtype=np.int64))
+    assert np.array_equal(resumed[0], expected[0]) and resumed[1][0] == 0.0
+
+
 # ---- failures ----
 
 def test_bad_input_is_rejected_before_a_run_starts(tmp_path):
@@ -223,6 +280,7 @@ def test_crash_is_recorded_with_traceback(tmp_path):
     assert summary["status"] == "crashed" and "Traceback" in summary["error"]
 
 
+@pytest.mark.slow
 def test_wandb_offline_tracking_writes_no_key(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

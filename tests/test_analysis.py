@@ -57,6 +57,7 @@ def test_iqm_of_known_arrays():
     assert iqm([5.0] * 7) == 5.0
 
 
+@pytest.mark.slow
 def test_bootstrap_ci_coverage_in_a_small_simulation():
     rng = np.random.default_rng(0)
     covered = 0
@@ -108,6 +109,7 @@ def ppo_sweep(tmp_path, alphagrad_final, adam_final=1500.0, noise=20.0):
     return load_runs(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("alphagrad_final", "verdict"),
                          [(3000.0, "holds"), (800.0, "does not hold"), (1510.0, "inconclusive")])
 def test_ppo_claim_verdicts(tmp_path, alphagrad_final, verdict):
@@ -116,6 +118,7 @@ def test_ppo_claim_verdicts(tmp_path, alphagrad_final, verdict):
     assert claim.verdict == verdict
 
 
+@pytest.mark.slow
 def test_td3_claims_competitive_smoother_and_failure(tmp_path):
     rng = np.random.default_rng(2)
     for seed in (1, 2, 3, 4):
@@ -144,6 +147,7 @@ def test_too_few_runs_make_every_verdict_inconclusive(tmp_path):
 
 # ---- report ----
 
+@pytest.mark.slow
 def test_report_with_a_failed_run(tmp_path):
     sweep_dir = tmp_path / "runs" / "dqn-sweep"
     rng = np.random.default_rng(4)
@@ -171,6 +175,7 @@ def test_report_with_a_failed_run(tmp_path):
     assert all(abs(float(r["final_return"]) - expected) < 10 for r in adam)
 
 
+@pytest.mark.slow
 def test_runs_that_cannot_count_are_listed_with_the_reason(tmp_path):
     sweep_dir = tmp_path / "sweep"
     rng = np.random.default_rng(0)
@@ -202,6 +207,7 @@ def test_spike_count_counts_non_finite_losses():
     assert spike_count([1.0] * 5 + [float("nan")]) == 1  # before a full window, only non-finite values count
 
 
+@pytest.mark.slow
 def test_analyze_cli_rejects_a_missing_folder(tmp_path):
     completed = subprocess.run([sys.executable, str(ROOT / "scripts" / "analyze.py"), str(tmp_path / "nope")],
                                capture_output=True, text=True)

@@ -75,6 +75,7 @@ def tensorboard_points(run_dir, tag):
     return [(point.step, point.value) for point in events.Scalars(tag)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("agent", AGENTS)
 def test_interrupted_run_resumes_to_the_uninterrupted_result(agent, tmp_path, monkeypatch):
     module = AGENTS[agent][0]
@@ -102,6 +103,16 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(agent, tmp_path, mo
     assert not (tmp_path / "cut" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("agent", ["dqn", "ppo"])
+def test_next_step_autoreset_resumes_exactly(agent, tmp_path, monkeypatch):
+    module = AGENTS[agent][0]
+    module.main(checkpoint_args(agent, tmp_path, "full", autoreset_mode="next-step"))
+    resumed = interrupted_then_resumed(agent, tmp_path, monkeypatch, autoreset_mode="next-step")
+    assert resumed["status"] == "finished" and resumed["resumes"][0]["fresh_episodes"] == []
+    assert metric_rows(tmp_path / "cut") == metric_rows(tmp_path / "full")
+
+
+@pytest.mark.slow
 def test_optimizer_state_and_scheduled_alpha_survive_a_resume(tmp_path, monkeypatch):
     """AlphaGrad with momentum and the saturation scheduler (TD3: two optimizers, two schedulers)."""
     spec = OptimizerSpec(name="alphagrad", lr=1e-4, alpha=150.0, momentum=0.9, alpha_schedule=True)
@@ -370,6 +381,7 @@ def test_replay_buffer_refuses_another_shape():
 
 # ---- signals and W&B ----
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_stops_and_the_run_resumes_exactly(tmp_path):
     flags = ["--total-timesteps", "6000", "--learning-starts", "500", "--buffer-size", "2000", "--batch-size", "32",
              "--diagnostics-interval", "0", "--results-dir", str(tmp_path), "--quiet", "--no-cuda",
@@ -398,6 +410,7 @@ def test_sigterm_saves_a_checkpoint_and_stops_and_the_run_resumes_exactly(tmp_pa
     assert read_run(tmp_path / "cut")["summary"]["resumes"][0]["discarded_steps"] == 0  # nothing lost
 
 
+@pytest.mark.slow
 def test_wandb_run_resumes_under_the_same_id(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

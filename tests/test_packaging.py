@@ -3,7 +3,6 @@
 import importlib.metadata
 import re
 import subprocess
-import sys
 import venv
 from pathlib import Path
 

@@ -43,8 +43,9 @@ def write_config(tmp_path, **overrides):
     return path
 
 
+@pytest.mark.slow
 def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
-    expected = {"paper_dqn_cartpole.yaml": 15, "paper_td3_hopper.yaml": 21, "paper_ppo_halfcheetah.yaml": 15,
+    expected = {"paper_dqn_cartpole.yaml": 80, "paper_td3_hopper.yaml": 21, "paper_ppo_halfcheetah.yaml": 15,
                 "demo_dqn_cartpole.yaml": 6}
     for name, runs in expected.items():
         assert len(load_sweep(ROOT / "configs" / name, REGISTRY).runs) == runs
@@ -169,6 +170,7 @@ def quiet(_message):
     pass
 
 
+@pytest.mark.slow
 def test_sweep_runs_resumes_and_isolates_a_crash(tmp_path):
     # a valid config whose second arm diverges: lr 1e30 overflows the Q-values, AlphaGrad then meets NaN gradients
     path = write_config(tmp_path, arms={"adam": {}, "broken": {"optim.name": "alphagrad", "optim.alpha": 93,
@@ -190,6 +192,7 @@ def test_sweep_runs_resumes_and_isolates_a_crash(tmp_path):
     assert again["broken__s1"]["status"] == "crashed"
 
 
+@pytest.mark.slow
 def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
     path = write_config(tmp_path, parameters={**TINY, "total-timesteps": {"value": 3000}, "seed": {"values": [1]}})
     command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(path), "--results-dir", str(tmp_path / "runs"),
@@ -226,6 +229,7 @@ def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # one complete record, no duplicates
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_sweep_and_its_runs_save_checkpoints(tmp_path):
     path = write_config(tmp_path, parameters={**TINY, "total-timesteps": {"value": 20000}, "seed": {"values": [1]}})
     command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(path), "--results-dir", str(tmp_path / "runs"),
@@ -244,6 +248,7 @@ def test_ctrl_c_stops_the_sweep_and_its_runs_save_checkpoints(tmp_path):
     assert not (sweep_dir / "alphagrad-93__s1").exists()  # the queued run never started
 
 
+@pytest.mark.slow
 def test_run_killed_with_sigkill_resumes_from_its_checkpoint_when_the_sweep_runs_again(tmp_path):
     """The issue's scenario: the agent process dies without warning; running the same sweep again continues
     it from its last periodic checkpoint, and it ends exactly as an uninterrupted run."""
@@ -306,6 +311,7 @@ def test_gpu_slots_pack_runs_and_pass_cuda_visible_devices(tmp_path, monkeypatch
     assert peak[0] <= 2 and seen.count("0") + seen.count("1") == 8
 
 
+@pytest.mark.slow
 def test_ray_backend_runs_a_two_run_sweep(tmp_path):
     pytest.importorskip("ray")
     path = write_config(tmp_path, parameters={**TINY, "seed": {"values": [1]}})
