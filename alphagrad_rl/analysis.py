@@ -1,24 +1,30 @@
-"""Analysis of a sweep's run records: tidy table, statistics with confidence intervals, stability metrics,
-the paper's figures, and a report whose claim verdicts are decided from the confidence intervals.
+"""Analysis of a sweep's run records: tidy table of per-run metrics, per-arm statistics with confidence
+intervals, and what the figures and the claims (alphagrad_rl.claims) are computed from.
 
 Statistics (scipy; rliable 1.2.0 does not import under pandas 3):
 - IQM: the interquartile mean, scipy.stats.trim_mean(x, 0.25).
-- 95% CIs: percentile bootstrap (scipy.stats.bootstrap), stratified by environment: each environment's
-  runs are resampled separately (one sample per stratum), as rliable does across tasks.
+- 95% CIs of the IQM: BCa bootstrap (scipy.stats.bootstrap), stratified by environment: each environment's
+  runs are resampled separately, as rliable does across tasks.
 - Probability of improvement P(X > Y) = Mann-Whitney U / (n m) (ties count one half), with a
   bootstrap CI over both arms.
-Stability metrics (each computed on the episodic-return curve smoothed by a 10-episode moving mean):
+Per-run metrics (on the episodic-return curve smoothed by a 10-episode moving mean where it says so):
+- final return: mean of the last `final_window` episodes; peak return: the best smoothed value; early return:
+  mean return of the episodes that end in the first quarter of the steps; area under the curve (auc): the
+  mean return over training.
 - mean drawdown: the mean over episodes of (best smoothed return so far - smoothed return); 0 for a
   monotonic curve. Measures "smooth, almost monotonic" (TD3) and oscillation (DQN).
-- variability: the standard deviation of step-to-step changes of the smoothed curve on a 100-point grid.
-- TD-loss spikes (DQN): logged TD losses above 5 times the median of the 20 values before them.
-A verdict needs at least MIN_RUNS finished runs in each arm it uses; with fewer, it is "inconclusive".
+- variability: the standard deviation of step-to-step changes of the smoothed curve on a 100-point grid (of
+  the return, of TD3's Q-values and of its actor loss).
+- TD-loss spikes (DQN): logged TD losses that are non-finite or above 5 times the median of the 20 before.
+- PPO: explained variance (mean over the last 25% of iterations), entropy drop (mean of the first 10% minus
+  the last 10%), approx KL (mean over iterations).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +33,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .runs import read_run
+from .runs import COMPACT_SUFFIX, read_run, write_compact_record
 
 SMOOTHING_EPISODES = 10
-MIN_RUNS = 3  # fewer finished runs per arm than this: bootstrap CIs are degenerate, verdicts inconclusive
 SPIKE_FACTOR, SPIKE_WINDOW = 5.0, 20
 CONFIDENCE = 0.95
+EPISODE_METRICS = ("charts/episodic_return", "charts/episodic_length")
 PANELS = {
     "dqn": ["charts/episodic_return", "charts/episodic_length", "losses/td_loss", "losses/q_values"],
     "td3_continuous_action": ["charts/episodic_return", "losses/qf1_values", "losses/actor_loss"],
@@ -40,8 +46,10 @@ PANELS = {
                               "losses/approx_kl"],
 }
 TABLE_COLUMNS = ["run", "arm", "algorithm", "env_id", "optimizer", "alpha", "seed", "status", "final_return",
-                 "auc", "best_return", "episodes", "mean_drawdown", "variability", "td_loss_spikes",
-                 "wall_clock_s", "sps"]
+                 "auc", "best_return", "peak_return", "start_return", "early_return", "episodes", "mean_drawdown",
+                 "variability", "td_loss_spikes", "explained_variance", "entropy_drop", "approx_kl",
+                 "q_value_variability", "actor_loss_variability", "wall_clock_s", "sps"]
+EARLY_FRACTION = 0.25  # early_return: the mean return of the episodes ending in the first quarter of the steps
 
 
 # ---- statistics ----
@@ -52,14 +60,21 @@ def iqm(values: Sequence[float]) -> float:
 
 def bootstrap_ci(strata: Sequence[Sequence[float]], statistic, seed: int = 0,
                  resamples: int = 2000) -> tuple[float, float]:
-    """Percentile-bootstrap CI of statistic(*strata), resampling each stratum separately."""
+    """BCa bootstrap CI of statistic(*strata), resampling each stratum separately (the percentile interval
+    where BCa is undefined, e.g. a constant sample)."""
     samples = [np.asarray(s, dtype=float) for s in strata]
     if any(len(s) < 2 for s in samples):
         value = statistic(*samples)
         return value, value
-    result = stats.bootstrap(samples, statistic, vectorized=False, paired=False, confidence_level=CONFIDENCE,
-                             n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BCa on a degenerate sample warns and returns NaN: the fallback below
+        result = stats.bootstrap(samples, statistic, vectorized=False, paired=False, confidence_level=CONFIDENCE,
+                                 n_resamples=resamples, method="BCa", rng=np.random.default_rng(seed))
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        distribution = result.bootstrap_distribution
+        low, high = (float(np.percentile(distribution, q)) for q in (2.5, 97.5))
+    return low, high
 
 
 def stratified_iqm(*strata: np.ndarray) -> float:
@@ -70,15 +85,6 @@ def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> float:
     """P(X > Y) for a random run of each arm (ties count one half)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     return float(stats.mannwhitneyu(x, y, alternative="two-sided").statistic / (len(x) * len(y)))
-
-
-def difference_ci(a: Sequence[float], b: Sequence[float], statistic=iqm) -> tuple[float, float, float]:
-    """statistic(a) - statistic(b) with its bootstrap CI (arms resampled independently)."""
-    def diff(x, y):
-        return statistic(x) - statistic(y)
-
-    low, high = bootstrap_ci([a, b], diff)
-    return diff(np.asarray(a), np.asarray(b)), low, high
 
 
 # ---- per-run metrics ----
@@ -103,6 +109,20 @@ def variability(steps: Sequence[float], returns: Sequence[float], points: int = 
     curve_steps = np.asarray(steps, dtype=float)[len(steps) - len(curve):]
     grid = np.linspace(curve_steps[0], curve_steps[-1], points)
     return float(np.std(np.diff(np.interp(grid, curve_steps, curve))))
+
+
+def peak_return(returns: Sequence[float]) -> float:
+    """The best SMOOTHING_EPISODES-episode moving mean of the returns (a peak that one lucky episode cannot make)."""
+    curve = smoothed(returns)
+    return float(np.nanmax(curve)) if np.isfinite(curve).any() else math.nan
+
+
+def tail_mean(values: np.ndarray, fraction: float, head: bool = False) -> float:
+    """Mean of the last (or with `head`, the first) `fraction` of a logged series (at least one value)."""
+    if not len(values):
+        return math.nan
+    count = max(1, int(round(fraction * len(values))))
+    return float(np.mean(values[:count] if head else values[-count:]))
 
 
 def spike_count(losses: Sequence[float]) -> int:
@@ -170,9 +190,48 @@ def _optimizer_of(config: dict) -> tuple[str, float | None]:
 
 
 def run_folders(sweep_dir: str | Path) -> list[Path]:
-    """Every run record under `sweep_dir` (a folder with config.json, at any depth; not inside another run)."""
+    """Every run record under `sweep_dir`: folders with config.json (at any depth, not inside another run) and
+    compact record files (COMPACT_SUFFIX)."""
     folders = sorted(path.parent for path in Path(sweep_dir).rglob("config.json"))
-    return [folder for folder in folders if not any(other in folder.parents for other in folders)]
+    folders = [folder for folder in folders if not any(other in folder.parents for other in folders)]
+    return sorted(folders + sorted(Path(sweep_dir).rglob(f"*{COMPACT_SUFFIX}")))
+
+
+def export_records(sweep_dir: str | Path, out_dir: str | Path, final_window: int = 100,
+                   max_points: int = 1000) -> list[Path]:
+    """Write a compact record (alphagrad_rl.runs.write_compact_record) of every finished or crashed run under
+    `sweep_dir` into `out_dir`: every episode's return and length, the figure metrics (PANELS) thinned to at most
+    `max_points` values each, and the per-run table row computed from the full record (so the statistics of a
+    report made from the compact records are those of the full ones). Returns the files written."""
+    sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
+    written = []
+    for run in load_runs(sweep_dir, final_window):
+        if run.status not in ("finished", "crashed"):
+            continue  # still running or interrupted: exported once it ends
+        record = read_run(sweep_dir / run.name)
+        kept = [name for name in PANELS.get(run.algorithm, []) if name not in EPISODE_METRICS]
+        counts = {name: sum(name in row for row in record["metrics"]) for name in kept}
+        strides = {name: max(1, math.ceil(count / max_points)) for name, count in counts.items()}
+        seen = dict.fromkeys(kept, 0)
+        metrics = []
+        for row in record["metrics"]:
+            compact = {key: row[key] for key in EPISODE_METRICS if key in row}
+            for name in kept:
+                if name in row:
+                    if seen[name] % strides[name] == 0:
+                        compact[name] = _rounded(row[name])
+                    seen[name] += 1
+            if compact:
+                metrics.append({"step": row["step"], **compact})
+        path = out_dir / f"{run.name.replace('/', '--')}{COMPACT_SUFFIX}"
+        write_compact_record(path, record, metrics, {"final_window": final_window, "row": run.row,
+                                                     "thinned": strides})
+        written.append(path)
+    return written
+
+
+def _rounded(value: Any) -> Any:
+    return float(f"{value:.6g}") if isinstance(value, float) and math.isfinite(value) else value
 
 
 def load_runs(sweep_dir: str | Path, final_window: int = 100) -> list[Run]:
@@ -180,8 +239,8 @@ def load_runs(sweep_dir: str | Path, final_window: int = 100) -> list[Run]:
     with status "unreadable"; a finished run without a finite final return is `excluded` (with the reason)."""
     runs = []
     for run_dir in run_folders(sweep_dir):
-        name = run_dir.relative_to(sweep_dir).as_posix()
-        arm = run_dir.name.split("__")[0]
+        name = run_dir.relative_to(sweep_dir).as_posix().removesuffix(COMPACT_SUFFIX).replace("--", "/")
+        arm = name.rsplit("/", 1)[-1].split("__")[0]
         try:
             record = read_run(run_dir)
             config = record["config"]["config"]
@@ -193,12 +252,16 @@ def load_runs(sweep_dir: str | Path, final_window: int = 100) -> list[Run]:
             continue
         optimizer, alpha = _optimizer_of(config)
         summary = record["summary"] or {}
-        run = Run(name, arm if "__" in run_dir.name else optimizer, algorithm, config.get("env_id", "?"), optimizer,
+        run = Run(name, arm if "__" in name else optimizer, algorithm, config.get("env_id", "?"), optimizer,
                   alpha, int(config.get("seed", 0)), summary.get("status") or "missing", summary, record["metrics"])
         steps, returns = series(run.metrics, "charts/episodic_return")
         total = summary.get("total_timesteps") or (steps[-1] if len(steps) else 0)
         _, td_losses = series(run.metrics, "losses/td_loss")
+        _, explained = series(run.metrics, "losses/explained_variance")
+        _, entropy = series(run.metrics, "losses/entropy")
+        _, approx_kl = series(run.metrics, "losses/approx_kl")
         final = float(np.mean(returns[-final_window:])) if len(returns) else math.nan
+        early = returns[steps <= EARLY_FRACTION * total] if total else returns[:0]
         run.row = {
             "run": run.name, "arm": run.arm, "algorithm": run.algorithm, "env_id": run.env_id,
             "optimizer": optimizer, "alpha": alpha, "seed": run.seed, "status": run.status,
@@ -206,12 +269,25 @@ def load_runs(sweep_dir: str | Path, final_window: int = 100) -> list[Run]:
             # area under the return curve, per env step: the mean return over training
             "auc": float(np.trapezoid(returns, steps) / total) if len(returns) > 1 and total else math.nan,
             "best_return": float(np.nanmax(returns)) if np.isfinite(returns).any() else math.nan,
+            "peak_return": peak_return(returns),
+            "start_return": float(np.mean(returns[:SMOOTHING_EPISODES])) if len(returns) else math.nan,
+            "early_return": float(np.mean(early)) if len(early) else math.nan,
             "episodes": len(returns),
             "mean_drawdown": mean_drawdown(returns),
             "variability": variability(steps, returns),
             "td_loss_spikes": spike_count(td_losses) if len(td_losses) else None,
+            "explained_variance": tail_mean(explained[np.isfinite(explained)], 0.25),
+            "entropy_drop": tail_mean(entropy, 0.1, head=True) - tail_mean(entropy, 0.1),
+            "approx_kl": float(np.mean(approx_kl)) if len(approx_kl) else math.nan,
+            "q_value_variability": variability(*series(run.metrics, "losses/qf1_values")),
+            "actor_loss_variability": variability(*series(run.metrics, "losses/actor_loss")),
             "wall_clock_s": summary.get("wall_clock_s"), "sps": summary.get("sps"),
         }
+        derived = record.get("derived")
+        if derived:  # a compact record: per-run values from its full record (the final return if the window agrees)
+            same_window = derived["final_window"] == final_window
+            run.row.update({key: value for key, value in derived["row"].items()
+                            if key not in ("run", "arm") and (same_window or key != "final_return")})
         if not len(returns):
             run.excluded = "finished without a single episode: no final return"
         elif not math.isfinite(final):
@@ -294,108 +370,3 @@ def write_arm_table(arms: list[ArmStats], path: Path) -> None:
         for a in arms:
             writer.writerow([a.arm, a.runs, a.finished, a.mean, a.std, a.iqm, *a.iqm_ci,
                              *(a.improvement_over_baseline or (math.nan,) * 3), a.mean_drawdown, a.variability])
-
-
-# ---- claims ----
-
-@dataclass
-class Claim:
-    claim: str
-    evidence: str
-    verdict: str  # "holds" | "does not hold" | "inconclusive"
-
-
-def verdict_above(low: float, high: float, threshold: float = 0.0) -> str:
-    """Whether a quantity is above `threshold`, from its CI: holds, does not hold, or inconclusive."""
-    if low > threshold:
-        return "holds"
-    if high <= threshold:
-        return "does not hold"
-    return "inconclusive"
-
-
-def verdict_below(low: float, high: float, threshold: float = 0.0) -> str:
-    return verdict_above(-high, -low, -threshold)
-
-
-def _arms_with(runs: list[Run], optimizer: str, alphas: set[float] | None = None) -> list[str]:
-    return list(dict.fromkeys(run.arm for run in runs if run.optimizer == optimizer
-                              and (alphas is None or run.alpha in alphas)))
-
-
-def _compare(runs, arm, baseline, column):
-    a = sum(finished_values(runs, arm, column).values(), [])
-    b = sum(finished_values(runs, baseline, column).values(), [])
-    if len(a) < MIN_RUNS or len(b) < MIN_RUNS:
-        return None
-    return difference_ci(a, b, statistic=np.mean if column != "final_return" else iqm)
-
-
-def _too_few(arm: str) -> str:
-    return f"fewer than {MIN_RUNS} finished runs of {arm} or the baseline"
-
-
-def paper_claims(runs: list[Run], baseline: str = "adam") -> list[Claim]:
-    """The AlphaGrad paper's claims for the experiment(s) in `runs`, each with a CI-based verdict."""
-    claims = []
-    algorithms = {run.algorithm for run in runs}
-    baseline_final = sum(finished_values(runs, baseline, "final_return").values(), [])
-    if len(baseline_final) < MIN_RUNS:
-        return [Claim("(all claims compare with Adam)",
-                      f"{len(baseline_final)} finished runs of the baseline arm {baseline!r} (at least {MIN_RUNS} needed)",
-                      "inconclusive")]
-    adam_iqm = iqm(baseline_final)
-
-    def compared(arm, column, label, verdict=verdict_above):
-        """A claim about column(arm) - column(baseline), judged by `verdict` on its CI."""
-        comparison = _compare(runs, arm, baseline, column)
-        if comparison is None:
-            return Claim(label, _too_few(arm), "inconclusive")
-        diff, low, high = comparison
-        return Claim(label, f"{column} difference {arm} - {baseline}: {diff:.3g} [{low:.3g}, {high:.3g}]",
-                     verdict(low, high))
-
-    if "ppo_continuous_action" in algorithms:
-        for arm in _arms_with(runs, "alphagrad", {98.0}):
-            claims.append(compared(arm, "final_return", f"PPO: AlphaGrad alpha=98 ({arm}) ends clearly above Adam"))
-        for arm in _arms_with(runs, "alphagrad", {196.0, 294.0}):
-            claims.append(compared(arm, "final_return", f"PPO: AlphaGrad ({arm}) ends above Adam"))
-    if "td3_continuous_action" in algorithms:
-        margin = 0.1 * abs(adam_iqm)
-        for arm in _arms_with(runs, "alphagrad", {100.0, 150.0, 200.0, 250.0}):
-            comparison = _compare(runs, arm, baseline, "final_return")
-            if comparison is None:
-                claims.append(Claim(f"TD3: {arm} competitive with Adam", _too_few(arm), "inconclusive"))
-            else:
-                diff, low, high = comparison
-                claims.append(Claim(
-                    f"TD3: {arm} competitive with Adam (IQM final return within 10% of Adam's, or above)",
-                    f"IQM difference {diff:.3g} [{low:.3g}, {high:.3g}], margin -{margin:.3g}",
-                    verdict_above(low, high, -margin)))
-            claims.append(compared(arm, "mean_drawdown", f"TD3: {arm} learns more smoothly than Adam (lower mean drawdown)",
-                                   verdict_below))
-        for arm in _arms_with(runs, "alphagrad", {457.0}):
-            values = sum(finished_values(runs, arm, "final_return").values(), [])
-            if len(values) < MIN_RUNS:
-                claims.append(Claim(f"TD3: {arm} fails", _too_few(arm), "inconclusive"))
-                continue
-            low, high = bootstrap_ci([values], iqm)
-            claims.append(Claim(f"TD3: {arm} fails to learn (IQM final return below 25% of Adam's)",
-                                f"IQM {iqm(values):.3g} [{low:.3g}, {high:.3g}] vs Adam's {adam_iqm:.3g}",
-                                verdict_below(low, high, 0.25 * adam_iqm)))
-    if "dqn" in algorithms:
-        starts = [float(np.mean(series(run.metrics, "charts/episodic_return")[1][:10]))
-                  for run in runs if run.included]
-        threshold = 2.0 * float(np.mean(starts))
-        for arm in _arms_with(runs, "alphagrad"):
-            values = sum(finished_values(runs, arm, "final_return").values(), [])
-            if len(values) < MIN_RUNS:
-                claims.append(Claim(f"DQN: {arm} learns", _too_few(arm), "inconclusive"))
-            else:
-                low, high = bootstrap_ci([values], iqm)
-                claims.append(Claim(f"DQN: {arm} learns (IQM final return above twice the first episodes' mean)",
-                                    f"IQM {iqm(values):.3g} [{low:.3g}, {high:.3g}], threshold {threshold:.3g}",
-                                    verdict_above(low, high, threshold)))
-            claims.append(compared(arm, "mean_drawdown", f"DQN: {arm} is less stable than Adam (higher mean drawdown)"))
-            claims.append(compared(arm, "td_loss_spikes", f"DQN: {arm} has more TD-loss spikes than Adam"))
-    return claims

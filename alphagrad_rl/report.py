@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -11,25 +12,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from .analysis import (  # noqa: E402
     CONFIDENCE,
     PANELS,
     SMOOTHING_EPISODES,
     ArmStats,
-    Claim,
     Run,
     arm_stats,
     load_runs,
-    paper_claims,
     series,
     smoothed,
     write_arm_table,
     write_table,
 )
+from .claims import LEVEL, Claim, paper_claims  # noqa: E402
 
 GRID_POINTS = 200
+BAND_RESAMPLES = 1000
+STEPS_AXIS = FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1e3:g}k" if x else "0")
 
 
 def _save(figure, path_stem: Path) -> list[Path]:
@@ -40,8 +42,10 @@ def _save(figure, path_stem: Path) -> list[Path]:
     return paths
 
 
-def curve_band(runs: list[Run], metric: str, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Mean over runs of `metric` interpolated on `grid`, with a t-based 95% band (None without data)."""
+def curve_band(runs: list[Run], metric: str, grid: np.ndarray,
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Mean over runs of `metric` (smoothed, interpolated on `grid`) with a 95% percentile-bootstrap band over
+    runs (resampling whole runs), which stays within the range of the runs' curves; None without data."""
     curves = []
     for run in runs:
         steps, values = series(run.metrics, metric)
@@ -55,13 +59,21 @@ def curve_band(runs: list[Run], metric: str, grid: np.ndarray) -> tuple[np.ndarr
     if not curves:
         return None
     stacked = np.vstack(curves)
+    picks = np.random.default_rng(seed).integers(0, len(curves), size=(BAND_RESAMPLES, len(curves)))
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # grid points past some runs' ends
-        count = np.sum(~np.isnan(stacked), axis=0)
         mean = np.nanmean(stacked, axis=0)
-        sem = np.nanstd(stacked, axis=0, ddof=1) / np.sqrt(count)
-        half = stats.t.ppf(0.5 + CONFIDENCE / 2, np.maximum(count - 1, 1)) * np.nan_to_num(sem)
-    return mean, mean - half, mean + half
+        resampled = np.nanmean(stacked[picks], axis=1)  # (resamples, grid)
+        low, high = np.nanpercentile(resampled, [2.5, 97.5], axis=0)
+    return mean, low, high
+
+
+def natural_order(arms, baseline: str) -> list[str]:
+    """Arm names with the baseline first, then in natural order (alphagrad-93 before alphagrad-186)."""
+    def key(arm: str):
+        return (arm != baseline, [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", arm)])
+
+    return sorted(dict.fromkeys(arms), key=key)
 
 
 def plot_panels(runs: list[Run], algorithm: str, out_dir: Path) -> list[Path]:
@@ -73,27 +85,20 @@ def plot_panels(runs: list[Run], algorithm: str, out_dir: Path) -> list[Path]:
     grid = np.linspace(0, end, GRID_POINTS)
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
-        means = []
         for arm in dict.fromkeys(run.arm for run in runs):
             band = curve_band([run for run in runs if run.arm == arm], metric, grid)
             if band is None:
                 continue
             mean, low, high = band
-            means.append(mean)
             (line,) = axis.plot(grid, mean, label=arm, linewidth=1.4)
             axis.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-        if means:  # scale to the mean curves: with few seeds the bands can be far wider
-            finite = np.concatenate(means)[np.isfinite(np.concatenate(means))]
-            if finite.size:
-                bottom, top = finite.min(), finite.max()
-                pad = 0.5 * (top - bottom) or 1.0
-                axis.set_ylim(bottom - pad, top + pad)
         axis.set_title(metric, fontsize=9)
         axis.set_xlabel("environment steps")
+        axis.xaxis.set_major_formatter(STEPS_AXIS)
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     figure.suptitle(f"{algorithm} on {', '.join(sorted({run.env_id for run in runs}))}: mean over seeds of "
-                    f"{SMOOTHING_EPISODES}-point moving means, {int(CONFIDENCE * 100)}% CI band (clipped to the axes)",
+                    f"{SMOOTHING_EPISODES}-point moving means, {int(CONFIDENCE * 100)}% bootstrap band over seeds",
                     fontsize=10)
     return _save(figure, out_dir / f"curves_{algorithm}")
 
@@ -108,7 +113,7 @@ def plot_iqm(arms: list[ArmStats], out_dir: Path) -> list[Path]:
     axis.bar(range(len(shown)), values, yerr=errors, capsize=4, color="tab:blue", alpha=0.75)
     axis.set_xticks(range(len(shown)), [a.arm for a in shown], rotation=30, ha="right", fontsize=8)
     axis.set_ylabel("IQM final return")
-    axis.set_title(f"IQM with {int(CONFIDENCE * 100)}% stratified bootstrap CI", fontsize=9)
+    axis.set_title(f"IQM with {int(CONFIDENCE * 100)}% BCa bootstrap CI (stratified by environment)", fontsize=9)
     axis.grid(axis="y", alpha=0.3)
     return _save(figure, out_dir / "iqm")
 
@@ -125,7 +130,9 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, final_window: int =
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     runs = load_runs(sweep_dir, final_window)
     if not runs:
-        raise ValueError(f"no run records (folders with config.json) under {sweep_dir}")
+        raise ValueError(f"no run records (folders with config.json, or compact records) under {sweep_dir}")
+    order = natural_order([run.arm for run in runs], baseline)
+    runs.sort(key=lambda run: (order.index(run.arm), run.seed, run.name))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_table(runs, out_dir / "runs.csv")
     arms = arm_stats(runs, baseline)
@@ -134,17 +141,17 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, final_window: int =
                for path in plot_panels(runs, algorithm, out_dir)] + plot_iqm(arms, out_dir)
     claims = paper_claims(runs, baseline)
     report = out_dir / "REPORT.md"
-    report.write_text(_markdown(sweep_dir, runs, arms, claims, figures, final_window, baseline))
+    report.write_text(_markdown(sweep_dir, out_dir.name, runs, arms, claims, figures, final_window, baseline))
     return report
 
 
-def _markdown(sweep_dir, runs, arms, claims: list[Claim], figures, final_window, baseline) -> str:
+def _markdown(sweep_dir, name, runs, arms, claims: list[Claim], figures, final_window, baseline) -> str:
     statuses = {}
     for run in runs:
         statuses[run.status] = statuses.get(run.status, 0) + 1
     left_out = [run for run in runs if not run.included]
     lines = [
-        f"# Report: {sweep_dir.name}", "",
+        f"# Report: {name}", "",
         f"Generated from the run records in `{sweep_dir}`: {len(runs)} runs "
         f"({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}); {len(runs) - len(left_out)} in the "
         "statistics (finished, with a finite final return; the others are listed under 'Runs left out'). "
@@ -160,19 +167,28 @@ def _markdown(sweep_dir, runs, arms, claims: list[Claim], figures, final_window,
                      f"[{_fmt(a.iqm_ci[0])}, {_fmt(a.iqm_ci[1])}] | "
                      + (f"{p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]" if p else "-")
                      + f" | {_fmt(a.mean_drawdown)} | {_fmt(a.variability, 2)} |")
+    tested = sum(claim.result is not None for claim in claims)
     lines += ["", "## Claims of the AlphaGrad paper", "",
-              "Verdicts are decided from the confidence intervals: *holds* when the whole interval supports the "
-              "claim, *does not hold* when the whole interval contradicts it, *inconclusive* otherwise.", "",
-              "| claim | evidence | verdict |", "|---|---|---|"]
-    lines += [f"| {c.claim} | {c.evidence} | **{c.verdict}** |" for c in claims] or ["| (none for these arms) | | |"]
+              f"Each claim is tested on the finished runs (Welch's t for two arms, the one-sample t against a "
+              f"threshold); the {tested} p-values are Holm-adjusted together. *holds*: adjusted p < {LEVEL} in the "
+              "claimed direction; *does not hold*: significant the other way; *undecided*: the data cannot decide. "
+              "MDE: the smallest true effect (in the metric's units) the test would detect with 80% power at the "
+              f"Bonferroni level {LEVEL}/{max(tested, 1)}; an undecided claim with a large MDE needs more seeds.", "",
+              "| section | claim | paper | ours: mean (n), difference [95% CI] | adjusted p | MDE | verdict |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {c.section} | {c.claim} | {c.paper} | {c.evidence} | "
+              + (f"{c.p_adjusted:.3g} | {c.result.mde:.3g}" if c.result is not None else "- | -")
+              + f" | **{c.verdict}** |" for c in claims] or ["| | (no claim for these arms) | | | | | |"]
     if left_out:
         lines += ["", "## Runs left out of the statistics", "", "| run | status | why |", "|---|---|---|"]
         lines += [f"| {run.name} | {run.status} | {run.reason_left_out.replace('|', '/')} |" for run in left_out]
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
     lines += ["", "## Definitions", "",
-              "- IQM: interquartile mean of the final returns; CI: percentile bootstrap, stratified by environment.",
-              "- With few runs per arm (fewer than ~10), percentile-bootstrap intervals are narrower than their "
-              "nominal 95%: treat verdicts from 3-5 seeds as provisional. No verdict is given below 3.",
+              "- IQM: interquartile mean of the final returns; CI: BCa bootstrap, stratified by environment (with "
+              "fewer than ~10 runs per arm bootstrap intervals are narrower than their nominal 95%; the claims use "
+              "t tests instead). A claim needs at least 3 finished runs per arm.",
+              "- Peak return: the best 10-episode moving mean; early return: mean return of the episodes ending in "
+              "the first 25% of the steps; auc: the mean return over training.",
               "- P(improvement): probability that a random run of the arm ends above a random run of the baseline "
               "(Mann-Whitney U / nm), with a bootstrap CI.",
               "- Mean drawdown: mean over episodes of (best smoothed return so far - smoothed return), on the "

@@ -20,6 +20,7 @@ Sweeps skip runs whose summary says "finished"; analysis reads config, metrics a
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import IO, Any
 
 SCHEMA_VERSION = 1
+COMPACT_FORMAT = 1
+COMPACT_SUFFIX = ".record.json.gz"  # a compact run record (write_compact_record)
 STATUSES = ("running", "finished", "crashed", "interrupted")
 CHECKPOINT_DIR = "checkpoints"
 
@@ -120,9 +123,28 @@ def checkpoint_manifests(run_dir: str | Path) -> list[Path]:
     return sorted((Path(run_dir) / CHECKPOINT_DIR).glob("step-*.json"), reverse=True)
 
 
+def write_compact_record(path: Path, record: dict[str, Any], metrics: list[dict[str, Any]],
+                         derived: dict[str, Any]) -> None:
+    """Write a compact run record (atomically): one gzipped JSON file with the record's config and summary,
+    `metrics` (the rows of its metrics.jsonl that were kept, thinned by the caller) and `derived` (values the
+    caller computed from the full record). Small enough to commit; read_run reads it like a run folder."""
+    data = {"compact_record": COMPACT_FORMAT, **record["config"], "summary": record["summary"], "metrics": metrics,
+            "derived": derived}
+    with atomic_write(path, "wb") as f:
+        f.write(gzip.compress(json.dumps(data, separators=(",", ":"), default=_jsonable).encode(), mtime=0))
+
+
 def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """Load a run record: {"config": ..., "summary": ... or None, "metrics": [rows]}."""
+    """Load a run record, from its folder or a compact record file (COMPACT_SUFFIX):
+    {"config": ..., "summary": ... or None, "metrics": [rows], "derived": {...} (compact records only)}."""
     run_dir = Path(run_dir)
+    if run_dir.name.endswith(COMPACT_SUFFIX):
+        data = json.loads(gzip.decompress(run_dir.read_bytes()))
+        if data.get("compact_record") != COMPACT_FORMAT or data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"{run_dir}: compact record format {data.get('compact_record')!r}, schema "
+                             f"{data.get('schema_version')!r} (expected {COMPACT_FORMAT}, {SCHEMA_VERSION})")
+        config = {key: data[key] for key in ("schema_version", "algorithm", "run_name", "config")}
+        return {"config": config, "summary": data["summary"], "metrics": data["metrics"], "derived": data["derived"]}
     config = json.loads((run_dir / "config.json").read_text())
     if config.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{run_dir}: run record schema {config.get('schema_version')!r}, expected {SCHEMA_VERSION}")

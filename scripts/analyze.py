@@ -1,7 +1,11 @@
-"""Analyze a sweep: tidy table, per-arm statistics with CIs, the paper's figures and REPORT.md.
+"""Analyze a sweep: tidy table, per-arm statistics with CIs, the paper's figures and REPORT.md with its claims.
 
-    python scripts/analyze.py results/runs/paper-ppo-halfcheetah            # writes results/paper-ppo-halfcheetah/
-    python scripts/analyze.py results/runs/demo-dqn-cartpole --output results/demo
+    python scripts/analyze.py results/runs/paper-dqn-cartpole     # run folders -> compact records -> report
+    python scripts/analyze.py results/paper-dqn-cartpole/records  # the committed compact records -> report
+
+Given run folders, it first writes (or refreshes) a compact record of every finished or crashed run into
+<output>/records/ (small enough to commit), then builds the report from those records: a report is always
+reproducible from the committed records alone, without rerunning anything.
 """
 
 from __future__ import annotations
@@ -12,15 +16,18 @@ from pathlib import Path
 
 import tyro
 
+from alphagrad_rl.analysis import export_records
 from alphagrad_rl.report import write_report
 
 
 @dataclass
 class Args:
     sweep_dir: tyro.conf.Positional[Path]
-    """a sweep's folder of run records (results/runs/<sweep name>)"""
+    """a sweep's folder of run records (results/runs/<sweep name>), or of compact records (results/<sweep>/records)"""
     output: Path | None = None
     """where the report goes; default results/<sweep name>"""
+    max_points: int = 1000
+    """compact records keep at most this many points of each figure metric (every episode is kept)"""
     final_window: int = 100
     """final return = mean of the last N episodes"""
     baseline: str = "adam"
@@ -29,14 +36,23 @@ class Args:
 
 def main(args: Args) -> int:
     if not args.sweep_dir.is_dir():
-        print(f"error: {args.sweep_dir} is not a folder of run records", file=sys.stderr)
+        hint = (" (no compact records committed yet: run the sweep first, e.g. `make reproduce-ppo RERUN=1`)"
+                if args.sweep_dir.name == "records" else "")
+        print(f"error: {args.sweep_dir} is not a folder of run records{hint}", file=sys.stderr)
         return 2
-    if args.final_window <= 0:
-        print(f"error: invalid --final-window {args.final_window} (allowed: > 0)", file=sys.stderr)
+    if args.final_window <= 0 or args.max_points <= 0:
+        print(f"error: invalid --final-window {args.final_window} or --max-points {args.max_points} (allowed: > 0)",
+              file=sys.stderr)
         return 2
+    from_records = args.sweep_dir.name == "records"
+    output = args.output or Path("results") / (args.sweep_dir.parent.name if from_records else args.sweep_dir.name)
     try:
-        report = write_report(args.sweep_dir, args.output or Path("results") / args.sweep_dir.name,
-                              args.final_window, args.baseline)
+        records = args.sweep_dir
+        if not from_records:
+            records = output / "records"
+            written = export_records(args.sweep_dir, records, args.final_window, args.max_points)
+            print(f"{len(written)} compact records in {records}")
+        report = write_report(records, output, args.final_window, args.baseline)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,15 +12,14 @@ import pytest
 
 from alphagrad_rl.analysis import (
     bootstrap_ci,
+    export_records,
     iqm,
     load_runs,
     mean_drawdown,
-    paper_claims,
     probability_of_improvement,
     spike_count,
-    verdict_above,
-    verdict_below,
 )
+from alphagrad_rl.claims import holm, minimal_detectable_effect, one_sample, paper_claims, welch
 from alphagrad_rl.report import write_report
 from alphagrad_rl.runs import SCHEMA_VERSION
 
@@ -80,13 +80,37 @@ def test_probability_of_improvement():
     assert probability_of_improvement([1, 2], [1, 2]) == 0.5
 
 
-def test_verdicts_for_clear_opposite_and_overlapping_intervals():
-    assert verdict_above(1.0, 2.0) == "holds"
-    assert verdict_above(-2.0, -1.0) == "does not hold"
-    assert verdict_above(-1.0, 1.0) == "inconclusive"
-    assert verdict_above(5.0, 6.0, threshold=4.0) == "holds"
-    assert verdict_below(-2.0, -1.0) == "holds"
-    assert verdict_below(1.0, 2.0) == "does not hold"
+def test_welch_and_one_sample_match_scipy():
+    from scipy import stats
+
+    a, b = [3.1, 2.9, 3.6, 4.0, 3.3], [2.0, 2.6, 1.9, 2.4, 2.2, 2.8]
+    result = welch(a, b)
+    reference = stats.ttest_ind(a, b, equal_var=False)
+    assert result.p == pytest.approx(reference.pvalue) and result.estimate == pytest.approx(np.mean(a) - np.mean(b))
+    interval = reference.confidence_interval(0.95)
+    assert (result.low, result.high) == pytest.approx((interval.low, interval.high))
+    single = one_sample(a, 3.0)
+    assert single.p == pytest.approx(stats.ttest_1samp(a, 3.0).pvalue)
+    # non-inferiority: H0 difference <= -margin, one-sided
+    assert welch(a, b, margin=0.5).p == pytest.approx(stats.ttest_ind(np.add(a, 0.5), b, equal_var=False,
+                                                                      alternative="greater").pvalue)
+
+
+def test_holm_adjustment():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.2]) == pytest.approx([0.5, 0.4]) and holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_minimal_detectable_effect_has_its_power_in_a_simulation():
+    """A true difference equal to the MDE is detected in about 80% of repeated experiments."""
+    rng = np.random.default_rng(0)
+    mde = minimal_detectable_effect(welch(rng.normal(0, 1, 10_000), rng.normal(0, 1, 10_000)), 0.05)
+    n = 10
+    reference = welch(rng.normal(0, 1, n), rng.normal(0, 1, n))
+    reference.se, reference.df = math.sqrt(2 / n), 2 * n - 2  # the expected spread at n = 10 per arm
+    effect = minimal_detectable_effect(reference, 0.05)
+    detected = np.mean([welch(rng.normal(effect, 1, n), rng.normal(0, 1, n)).p < 0.05 for _ in range(2000)])
+    assert 0.74 < detected < 0.86 and mde < 0.05
 
 
 def test_stability_metrics():
@@ -111,11 +135,12 @@ def ppo_sweep(tmp_path, alphagrad_final, adam_final=1500.0, noise=20.0):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("alphagrad_final", "verdict"),
-                         [(3000.0, "holds"), (800.0, "does not hold"), (1510.0, "inconclusive")])
+                         [(3000.0, "holds"), (800.0, "does not hold"), (1510.0, "undecided")])
 def test_ppo_claim_verdicts(tmp_path, alphagrad_final, verdict):
     claims = paper_claims(ppo_sweep(tmp_path, alphagrad_final))
-    (claim,) = [c for c in claims if "alpha=98" in c.claim]
-    assert claim.verdict == verdict
+    (claim,) = [c for c in claims if c.claim.startswith("alpha=98 ends above Adam")]
+    assert claim.verdict == verdict and claim.section == "6.3"
+    assert claim.result.mde > 0 and claim.p_adjusted >= claim.result.p
 
 
 @pytest.mark.slow
@@ -129,10 +154,11 @@ def test_td3_claims_competitive_smoother_and_failure(tmp_path):
         make_run(tmp_path, f"alphagrad-457__s{seed}", "td3_continuous_action", "alphagrad", 457, seed,
                  rng.normal(20, 5, 200), env_id="Hopper-v4")
     claims = {c.claim.split(" (")[0]: c.verdict for c in paper_claims(load_runs(tmp_path))}
-    assert claims["TD3: alphagrad-150 learns more smoothly than Adam"] == "holds"
-    assert claims["TD3: alphagrad-457 fails to learn"] == "holds"
-    # last 100 episodes: alphagrad-150 ~1875 vs Adam's volatile ~1750, within the 10% margin
-    assert claims["TD3: alphagrad-150 competitive with Adam"] == "holds"
+    assert claims["alpha=150 learns more smoothly than Adam"] == "holds"
+    assert claims["alpha=457"] == "holds"  # fails to learn
+    # peaks: alphagrad-150 ~2500 vs Adam's ~3000: more than 10% below, so not competitive, and Adam peaks higher
+    assert claims["alpha=150 is competitive with Adam's peak"] == "does not hold"
+    assert claims["Adam peaks slightly higher than alpha=150"] == "holds"
 
 
 def test_too_few_runs_make_every_verdict_inconclusive(tmp_path):
@@ -142,7 +168,8 @@ def test_too_few_runs_make_every_verdict_inconclusive(tmp_path):
         make_run(tmp_path, f"alphagrad-98__s{seed}", "ppo_continuous_action", "alphagrad", 98, seed,
                  learning_curve(3000, rng))
     claims = paper_claims(load_runs(tmp_path))
-    assert claims and all(c.verdict == "inconclusive" for c in claims)
+    assert claims and all(c.verdict == "undecided" and c.result is None for c in claims)
+    assert all("(at least 3 needed)" in c.evidence for c in claims)
 
 
 # ---- report ----
@@ -162,7 +189,7 @@ def test_report_with_a_failed_run(tmp_path):
 
     report = write_report(sweep_dir, tmp_path / "report")
     text = report.read_text()
-    assert "## Claims of the AlphaGrad paper" in text and "DQN: alphagrad-93 learns" in text
+    assert "## Claims of the AlphaGrad paper" in text and "| 6.1 | AlphaGrad alpha=93 learns the task" in text
     assert "## Runs left out of the statistics" in text and "alphagrad-93__s4 | crashed | crashed: ValueError: boom" in text
     assert "| alphagrad-93 | 3/4 |" in text
     for name in ("curves_dqn.png", "curves_dqn.svg", "iqm.png", "iqm.svg"):
@@ -199,6 +226,31 @@ def test_runs_that_cannot_count_are_listed_with_the_reason(tmp_path):
     assert "| adam__s4 | finished | its final return is nan" in text
     assert "| adam__s6 | unreadable | unreadable: " in text and "adam__s6/config.json: JSONDecodeError" in text
     assert "| adam | 5/7 |" in text
+
+
+def test_compact_records_give_the_full_records_statistics_and_report(tmp_path):
+    sweep_dir = tmp_path / "runs"
+    rng = np.random.default_rng(4)
+    for seed in (1, 2, 3):
+        make_run(sweep_dir, f"adam__s{seed}", "dqn", "adam", None, seed, learning_curve(480, rng),
+                 td_losses=np.r_[rng.uniform(0.5, 1.5, 2500), [40.0], rng.uniform(0.5, 1.5, 500)], env_id="CartPole-v1")
+        make_run(sweep_dir, f"alphagrad-93__s{seed}", "dqn", "alphagrad", 93, seed, learning_curve(300, rng),
+                 td_losses=rng.uniform(0.5, 1.5, 3000), env_id="CartPole-v1")
+    make_run(sweep_dir, "adam__s4", "dqn", "adam", None, 4, [10.0], status="running", env_id="CartPole-v1")
+    written = export_records(sweep_dir, tmp_path / "records", max_points=200)
+    assert len(written) == 6  # the running run is exported once it ends
+    full = {run.name: run.row for run in load_runs(sweep_dir) if run.status == "finished"}
+    compact = {run.name: run for run in load_runs(tmp_path / "records")}
+    def same(x, y):
+        return x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+
+    assert set(compact) == set(full)
+    assert all(same(compact[name].row[key], full[name][key]) for name in full for key in full[name])
+    losses = [row for row in compact["adam__s1"].metrics if "losses/td_loss" in row]
+    assert 150 < len(losses) <= 200 and compact["adam__s1"].row["td_loss_spikes"] >= 1  # spikes: the full series
+    assert sum("charts/episodic_return" in row for row in compact["adam__s1"].metrics) == 200  # every episode
+    report = write_report(tmp_path / "records", tmp_path / "paper-dqn").read_text()
+    assert report.startswith("# Report: paper-dqn") and "| adam | 3/3 |" in report
 
 
 def test_spike_count_counts_non_finite_losses():
