@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,13 +46,33 @@ def write_config(tmp_path, **overrides):
 
 @pytest.mark.slow
 def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
-    expected = {"paper_dqn_cartpole.yaml": 90, "paper_td3_hopper.yaml": 21, "paper_ppo_halfcheetah.yaml": 15,
+    expected = {"paper_dqn_cartpole.yaml": 90, "paper_td3_hopper.yaml": 65, "paper_ppo_halfcheetah.yaml": 110,
                 "demo_dqn_cartpole.yaml": 6}
     for name, runs in expected.items():
         assert len(load_sweep(ROOT / "configs" / name, REGISTRY).runs) == runs
     td3 = load_sweep(ROOT / "configs" / "paper_td3_hopper.yaml", REGISTRY)
     alphas = {dict(run.flags).get("critic-optim.alpha") for run in td3.runs}
     assert alphas == {None, 100, 150, 200, 250, 457}
+
+
+@pytest.mark.parametrize(("config", "prefixes"), [("paper_dqn_cartpole.yaml", ["optim."]),
+                                                  ("paper_ppo_halfcheetah.yaml", ["optim."]),
+                                                  ("paper_td3_hopper.yaml", ["actor-optim.", "critic-optim."])])
+def test_reproduction_arms_run_the_authors_settings(config, prefixes):
+    """The arms named like the paper's run the author's code settings: AlphaGrad with momentum 0.9 in SGD form and
+    eps 1e-5, next-step autoreset; PPO's AlphaGrad unclipped and every PPO arm but one with terminal truncations."""
+    sweep = load_sweep(ROOT / "configs" / config, REGISTRY)
+    for run in sweep.runs:
+        flags = dict(run.flags)
+        if re.fullmatch(r"alphagrad-\d+", run.arm):
+            for prefix in prefixes:
+                assert (flags[prefix + "momentum"], flags[prefix + "momentum-form"], flags[prefix + "eps"]) == (
+                    0.9, "sgd", 1e-5), run.name
+        if not run.arm.endswith(("same-step", "bootstrap")):
+            assert flags["autoreset-mode"] == "next-step", run.name
+        if config.startswith("paper_ppo"):
+            assert flags["bootstrap-truncation"] is (run.arm == "adam-bootstrap"), run.name
+            assert ("max-grad-norm" in flags) == run.arm.startswith("alphagrad"), run.name
 
 
 def test_grid_expansion_crosses_arms_axes_and_seeds(tmp_path):
