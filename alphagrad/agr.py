@@ -23,9 +23,16 @@ _ATTRIBUTE = "_alphagrad_agr"  # where an optimizer keeps its attached AGR
 
 
 @torch.no_grad()
-def agr_(grads: list[torch.Tensor], foreach: bool = True) -> None:
-    """Apply AGR to each gradient in place (an all-zero gradient stays zero)."""
+def agr_(grads: list[torch.Tensor], foreach: bool = True, members: int | None = None) -> None:
+    """Apply AGR to each gradient in place (an all-zero gradient stays zero). With `members`, dim 0 of every
+    gradient indexes stacked models: the sum runs over each member's slice, never across members."""
     if not grads:
+        return
+    if members is not None:
+        for grad in grads:
+            shape = (members,) + (1,) * (grad.dim() - 1)
+            total = grad.abs().reshape(members, -1).sum(dim=1).clamp_min(torch.finfo(grad.dtype).tiny)
+            grad.sub_(grad.abs().div_(total.view(shape)).mul_(grad))
         return
     if not foreach:
         for grad in grads:
@@ -59,6 +66,9 @@ class AGR:
             the whole tensor through the sum, and let the optimizer's own policy decide; counted in
             `skipped_tensors`).
         foreach: torch._foreach_* kernels (default) or the per-tensor loop.
+        members: stacked parameters (dim 0 of every tensor indexes independent models): each member's slice is
+            regularized on its own, and a non-finite gradient concerns only its member (raised, or that member's
+            slice left as it is).
 
     The optimizer's `state_dict()` gains an "agr" entry (steps taken, options); loading a state_dict
     without one, or with other options, raises ValueError. Closures are not supported: compute the
@@ -66,7 +76,7 @@ class AGR:
     """
 
     def __init__(self, optimizer: Optimizer, *, scope: str = "all", active_steps: int | None = None,
-                 nonfinite: str = "raise", foreach: bool = True) -> None:
+                 nonfinite: str = "raise", foreach: bool = True, members: int | None = None) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"AGR attaches to a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if AGR.of(optimizer) is not None:
@@ -75,7 +85,10 @@ class AGR:
         check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         if active_steps is not None:
             check_range("active_steps", active_steps, low=0)
+        if members is not None:
+            check_range("members", members, low=1)
         self.optimizer = optimizer
+        self.members = members
         self.scope = scope
         self.active_steps = active_steps
         self.nonfinite = nonfinite
@@ -120,6 +133,9 @@ class AGR:
                  if p.grad is not None and (self.scope == "all" or p.dim() > 1)]
         if not named:
             return
+        if self.members is not None:
+            self._regularize_members(named)
+            return
         with torch.no_grad():
             finite = torch.stack(torch._foreach_norm([grad for _, grad in named], ord=1)).isfinite().tolist()
         if not all(finite):
@@ -131,11 +147,29 @@ class AGR:
             named = [item for item, ok in zip(named, finite) if ok]
         agr_([grad for _, grad in named], foreach=self.foreach)
 
+    @torch.no_grad()
+    def _regularize_members(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        """AGR per member; a member with a non-finite gradient anywhere is raised or left as it is."""
+        finite = torch.stack([grad.reshape(self.members, -1).abs().sum(dim=1) for _, grad in named]).isfinite()
+        ok = finite.all(dim=0)
+        if not bool(ok.all()):
+            bad = [member for member, finite_member in enumerate(ok.tolist()) if not finite_member]
+            if self.nonfinite == "raise":
+                raise ValueError(f"AGR: non-finite gradient (NaN or inf) in member(s) {bad}; no gradient was changed. "
+                                 "Pass nonfinite='skip' to leave those members to the optimizer's own policy.")
+            self.skipped_tensors += len(bad)
+        for _, grad in named:
+            keep = ok.view((self.members,) + (1,) * (grad.dim() - 1))
+            regularized = grad.clone()
+            agr_([regularized], members=self.members)
+            grad.copy_(torch.where(keep, regularized, grad))
+
     def _after_step(self, _optimizer, _args, _kwargs) -> None:
         self.steps_taken += 1
 
     def _options(self) -> dict[str, Any]:
-        return {"scope": self.scope, "active_steps": self.active_steps, "nonfinite": self.nonfinite}
+        return {"scope": self.scope, "active_steps": self.active_steps, "nonfinite": self.nonfinite,
+                "members": self.members}
 
     def _save(self, _optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
         return {**state_dict, "agr": {"steps_taken": self.steps_taken, "skipped_tensors": self.skipped_tensors,

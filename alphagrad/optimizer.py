@@ -30,6 +30,8 @@ MOMENTUM_FORMS = ("paper", "sgd")
 NONFINITE_POLICIES = ("raise", "skip")
 _GROUP_KEYS = ("lr", "alpha", "alpha_k", "momentum", "momentum_form", "weight_decay", "eps", "normalization",
                "transform", "beta", "kappa", "hybrid_lambda", "nonfinite", "maximize", "foreach", "fused")
+_MEMBER_KEYS = ("members", "lr", "alpha", "alpha_k", "momentum", "momentum_form", "weight_decay", "eps",
+                "normalization", "transform", "beta", "kappa", "hybrid_lambda", "maximize")
 
 
 def auto_alpha(numel: int, k: float = 1.0) -> float:
@@ -183,6 +185,61 @@ def alphagrad(
     return True
 
 
+def per_member(value, members: int, like: torch.Tensor) -> torch.Tensor:
+    """A hyperparameter as a (members,) tensor: a number is the same for every member."""
+    tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    return tensor.expand(members) if tensor.dim() == 0 else tensor
+
+
+def member_inputs(params, grads, *, members: int, alpha, alpha_k: float, eps: float, normalization: str):
+    """For stacked parameters (dim 0 indexes `members`): each tensor's g_hat (eq. 2, every member's slice
+    normalized on its own, or over the member's slices of the whole group for "group") and its alpha as a
+    broadcastable (members, 1, ...) tensor, and the (members,) mask of members whose gradient norms are finite."""
+    like = params[0]
+    squares = [grad.reshape(members, -1).square().sum(dim=1) for grad in grads]  # (members,) each
+    if normalization == "group":
+        squares = [torch.stack(squares).sum(dim=0)] * len(grads)
+    norms = [square.sqrt() for square in squares]
+    finite = torch.stack(norms).isfinite().all(dim=0)
+    if alpha == "auto":  # eq. 7 with d = one member's elements in the normalized unit
+        units = [sum(p[0].numel() for p in params) if normalization == "group" else p[0].numel() for p in params]
+        alphas = [per_member(auto_alpha(d, alpha_k), members, like) for d in units]
+    else:
+        alphas = [per_member(alpha, members, like)] * len(params)
+    shapes = [(members,) + (1,) * (param.dim() - 1) for param in params]
+    g_hats = [normalized(grad, norm.view(shape), eps, normalization) for grad, norm, shape in zip(grads, norms, shapes)]
+    return g_hats, [a.view(shape) for a, shape in zip(alphas, shapes)], finite
+
+
+def _member_alphagrad(params, grads, momentum_buffers, *, members: int, lr, alpha, alpha_k, momentum, momentum_form,
+                      weight_decay, eps, normalization, transform, beta, kappa, hybrid_lambda, maximize) -> torch.Tensor:
+    """AlphaGrad on stacked parameters (member_inputs); lr and momentum may be (members,) tensors. A member whose
+    gradient norm is not finite is left unchanged (parameters and momentum), the others step. Returns the
+    (members,) bool mask of members that stepped."""
+    lr, momentum = per_member(lr, members, params[0]), per_member(momentum, members, params[0])
+    if maximize:
+        grads = [grad.neg() for grad in grads]
+    g_hats, alphas, stepped = member_inputs(params, grads, members=members, alpha=alpha, alpha_k=alpha_k, eps=eps,
+                                            normalization=normalization)
+    for i, (param, g_hat) in enumerate(zip(params, g_hats)):
+        keep = stepped.view(alphas[i].shape)
+        step = torch.where(keep, lr.view(keep.shape), 0.0)
+        direction = torch.where(keep, _direction(g_hat, alphas[i], transform, beta, kappa, hybrid_lambda), 0.0)
+        if weight_decay != 0.0:
+            param.mul_(1.0 - step * weight_decay)
+        if not momentum_buffers:
+            param.sub_(step * direction)  # eq. 4
+            continue
+        buffer, gamma = momentum_buffers[i], momentum.view(keep.shape)
+        if momentum_form == "paper":  # eq. 5-6
+            buffer.copy_(torch.where(keep, gamma * buffer + step * direction, buffer))
+            param.sub_(torch.where(keep, buffer, 0.0))
+        else:
+            buffer.copy_(torch.where(keep, gamma * buffer + direction, buffer))
+            param.sub_(step * buffer)
+    return stepped
+
+
 class AlphaGrad(Optimizer):
     """AlphaGrad in torch.optim conventions.
 
@@ -213,6 +270,12 @@ class AlphaGrad(Optimizer):
             a C++ kernel on the CPU (built once per machine, ~30-60 s), torch.compile elsewhere (a
             few seconds per process). foreach=True: torch._foreach_* kernels; foreach=False: the
             reference single-tensor loop.
+        members: stacked parameters (see `_member_alphagrad`): dim 0 of every tensor of the group indexes this
+            many independent models (a model ensemble, a population of RL runs); each member's slice is
+            normalized on its own, and lr, alpha and momentum may then be sequences or tensors of one value per
+            member. A member with a non-finite gradient is left unchanged while the others step; "skip" counts
+            it in the group's per-member "skipped_steps", "raise" raises naming it (after the others stepped).
+            torch's LR schedulers need a number for lr.
     """
 
     def __init__(
@@ -235,12 +298,13 @@ class AlphaGrad(Optimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        members: int | None = None,
     ) -> None:
         defaults = dict(
             lr=lr, alpha=alpha, alpha_k=alpha_k, momentum=momentum, momentum_form=momentum_form,
             weight_decay=weight_decay, eps=eps, normalization=normalization, transform=transform,
             beta=beta, kappa=kappa, hybrid_lambda=hybrid_lambda, nonfinite=nonfinite,
-            maximize=maximize, foreach=foreach, fused=fused, skipped_steps=0,
+            maximize=maximize, foreach=foreach, fused=fused, members=members, skipped_steps=0,
         )
         super().__init__(params, defaults)
 
@@ -248,6 +312,12 @@ class AlphaGrad(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         _validate_group(group)
+        if group["members"] is not None:
+            wrong = [tuple(p.shape) for p in group["params"] if p.dim() == 0 or p.shape[0] != group["members"]]
+            if wrong:
+                raise ValueError(f"members={group['members']}: every tensor's dim 0 must index the members, got shape "
+                                 f"{wrong[0]}")
+            group["skipped_steps"] = [0] * group["members"] if group["skipped_steps"] == 0 else group["skipped_steps"]
         complex_params = [p for p in group["params"] if p.is_complex()]
         if complex_params:
             raise ValueError(f"AlphaGrad does not support complex parameters (got {complex_params[0].dtype}): tanh "
@@ -256,7 +326,7 @@ class AlphaGrad(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict saved by AlphaGrad; another optimizer's, or invalid values, raise ValueError here."""
         for index, group in enumerate(state_dict.get("param_groups", [])):
-            missing = [key for key in _GROUP_KEYS if key not in group]
+            missing = [key for key in (*_GROUP_KEYS, "members") if key not in group]
             if missing:
                 raise ValueError(f"not an AlphaGrad state_dict: its param group {index} lacks {', '.join(missing)}")
             _validate_group(group)
@@ -280,6 +350,12 @@ class AlphaGrad(Optimizer):
                 loss = closure()
         for index, group in enumerate(self.param_groups):
             params, grads = self._gather(group)
+            if group["members"] is not None:
+                if params:
+                    stepped = _member_alphagrad(params, grads, self._momentum_buffers(group, params),
+                                                **{key: group[key] for key in _MEMBER_KEYS})
+                    self._handle_nonfinite_members(index, group, stepped.tolist())
+                continue
             applied = alphagrad(
                 params, grads, self._momentum_buffers(group, params),
                 **{key: group[key] for key in _GROUP_KEYS if key != "nonfinite"},
@@ -287,6 +363,17 @@ class AlphaGrad(Optimizer):
             if not applied:
                 self._handle_nonfinite(index, group, params)
         return loss
+
+    def _handle_nonfinite_members(self, index: int, group: dict[str, Any], stepped: list[bool]) -> None:
+        skipped = [member for member, ok in enumerate(stepped) if not ok]
+        if not skipped:
+            return
+        for member in skipped:
+            group["skipped_steps"][member] += 1
+        if group["nonfinite"] == "raise":
+            raise ValueError(f"AlphaGrad: non-finite gradient (NaN or inf) in member(s) {skipped} of param group "
+                             f"{index}; those members were left unchanged, the others stepped. Pass "
+                             "nonfinite='skip' to count such steps instead.")
 
     @torch.no_grad()
     def diagnostics(self, tau: float = 2.5) -> dict[str, dict[str, float]]:
@@ -301,14 +388,19 @@ class AlphaGrad(Optimizer):
         for index, group in enumerate(self.param_groups):
             params, grads = self._gather(group)
             names = _param_names(index, group, params)
+            members = group["members"]
+            lr = per_member(group["lr"], members, params[0]) if members and params else group["lr"]
             for name, (g_hat, alpha, preactivation) in zip(names, abs_preactivations(group, params, grads)):
                 direction = _direction(g_hat, alpha, group["transform"], group["beta"], group["kappa"],
                                        group["hybrid_lambda"])
-                stats[name] = {
-                    "saturation": (preactivation > tau).float().mean().item(),
-                    "mean_abs_preactivation": preactivation.mean().item(),
-                    "update_norm": group["lr"] * direction.norm().item(),
-                }
+                if members is None:
+                    stats[name] = {"saturation": (preactivation > tau).float().mean().item(),
+                                   "mean_abs_preactivation": preactivation.mean().item(),
+                                   "update_norm": group["lr"] * direction.norm().item()}
+                else:  # one value per member
+                    stats[name] = {"saturation": (preactivation > tau).flatten(1).float().mean(1).tolist(),
+                                   "mean_abs_preactivation": preactivation.flatten(1).mean(1).tolist(),
+                                   "update_norm": (lr * direction.flatten(1).norm(dim=1)).tolist()}
         return stats
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -323,7 +415,7 @@ class AlphaGrad(Optimizer):
         return params, grads
 
     def _momentum_buffers(self, group: dict[str, Any], params: list[torch.Tensor]) -> list[torch.Tensor]:
-        if group["momentum"] == 0.0:
+        if not bool(torch.as_tensor(group["momentum"]).any()):
             return []
         buffers = []
         for p in params:
@@ -345,13 +437,31 @@ class AlphaGrad(Optimizer):
                          "param group. Pass nonfinite='skip' to skip such steps instead.")
 
 
+def _member_values(group: dict[str, Any], key: str) -> list:
+    """The value of `key`, or for a member group given one value per member, each member's."""
+    value = group[key]
+    if group.get("members") is None or isinstance(value, (int, float, str)):
+        return [value]
+    values = value.tolist() if isinstance(value, torch.Tensor) else list(value)
+    if len(values) != group["members"]:
+        raise ValueError(f"invalid {key}: {len(values)} values for {group['members']} members (allowed: a number, or "
+                         "one value per member)")
+    return values
+
+
 def _validate_group(group: dict[str, Any]) -> None:
-    check_range("lr", group["lr"], low=0.0)
-    alpha = group["alpha"]
-    if alpha != "auto":
-        check_range("alpha (a number > 0 or 'auto')", alpha, low=0.0, low_inclusive=False)
+    if group.get("members") is not None:
+        check_range("members", group["members"], low=1)
+        if group["fused"] or group["foreach"] is not None:
+            raise ValueError("members (stacked parameters) has its own path: leave fused and foreach at None")
+    for lr in _member_values(group, "lr"):
+        check_range("lr", lr, low=0.0)
+    for alpha in _member_values(group, "alpha"):
+        if alpha != "auto":
+            check_range("alpha (a number > 0 or 'auto')", alpha, low=0.0, low_inclusive=False)
     check_range("alpha_k", group["alpha_k"], low=0.0, low_inclusive=False)
-    check_range("momentum", group["momentum"], low=0.0, high=1.0)
+    for momentum in _member_values(group, "momentum"):
+        check_range("momentum", momentum, low=0.0, high=1.0)
     check_range("weight_decay", group["weight_decay"], low=0.0)
     check_range("eps", group["eps"], low=0.0, low_inclusive=False)
     check_range("beta", group["beta"], low=0.0, low_inclusive=False)
@@ -376,7 +486,15 @@ def _validate_group(group: dict[str, Any]) -> None:
 
 
 def abs_preactivations(group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]):
-    """Yield (g_hat, alpha, |alpha * g_hat|) per tensor of a group: the input of tanh in eq. 3."""
+    """Yield (g_hat, alpha, |alpha * g_hat|) per tensor of a group: the input of tanh in eq. 3 (for stacked
+    parameters, alpha is a broadcastable per-member tensor)."""
+    if group["members"] is not None and params:
+        g_hats, alphas, _ = member_inputs(params, grads, members=group["members"], alpha=group["alpha"],
+                                          alpha_k=group["alpha_k"], eps=group["eps"],
+                                          normalization=group["normalization"])
+        for g_hat, alpha in zip(g_hats, alphas):
+            yield g_hat, alpha, (g_hat * alpha).abs_()
+        return
     norms = gradient_norms(grads, group["normalization"])
     alphas = tensor_alphas(params, group["alpha"], group["alpha_k"], group["normalization"])
     for grad, norm, alpha in zip(grads, norms, alphas):

@@ -34,6 +34,8 @@ class SaturationAlphaScheduler:
                  factor: float = 1.05, min_alpha: float = 1e-3, max_alpha: float = 1e6, interval: int = 1) -> None:
         if not isinstance(optimizer, AlphaGrad):
             raise TypeError(f"SaturationAlphaScheduler needs an AlphaGrad optimizer, got {type(optimizer).__name__}")
+        if any(group.get("members") is not None for group in optimizer.param_groups):
+            raise ValueError("SaturationAlphaScheduler does not support stacked parameters (param groups with members)")
         low, high = target
         check_range("target low", low, low=0.0, high=high)
         check_range("target high", high, low=low, high=1.0, low_inclusive=False, high_inclusive=True)
