@@ -137,13 +137,18 @@ def start_run(args: CommonArgs, algorithm: str, env_id: str, optimizer_name: str
         else:
             resume_state = loaded["record"]
             print(f"resuming {run_dir} from {checkpoints.loaded_path.name}", file=sys.stderr)
-    record = RunRecord(
-        run_dir=run_dir, algorithm=algorithm, config=config, total_timesteps=total_timesteps, track=args.track,
-        wandb_project=args.wandb_project_name, wandb_entity=args.wandb_entity, wandb_group=args.wandb_group,
-        wandb_tags=args.wandb_tags, quiet=args.quiet, resume_state=resume_state,
-    )
-    checkpoints.record = record
+    record = checkpoints.record = open_record(args, algorithm, run_dir, total_timesteps, resume_state)
     return record, checkpoints
+
+
+def open_record(args: CommonArgs, algorithm: str, run_dir: Path, total_timesteps: int,
+                resume_state: dict | None = None) -> RunRecord:
+    """The run record of `args` (its full options as the config) in `run_dir`, with its W&B and progress options."""
+    return RunRecord(
+        run_dir=run_dir, algorithm=algorithm, config=dataclasses.asdict(args), total_timesteps=total_timesteps,
+        track=args.track, wandb_project=args.wandb_project_name, wandb_entity=args.wandb_entity,
+        wandb_group=args.wandb_group, wandb_tags=args.wandb_tags, quiet=args.quiet, resume_state=resume_state,
+    )
 
 
 def _checkpoint_to_resume(run_dir: Path, checkpoints: Checkpointer, config: dict) -> dict | None:
@@ -172,7 +177,8 @@ def _checkpoint_to_resume(run_dir: Path, checkpoints: Checkpointer, config: dict
 @contextmanager
 def update_diagnostics(optimizer: Optimizer, prefix: str, enabled: bool) -> Iterator[dict[str, float]]:
     """Around `optimizer.step()`: when `enabled`, fill the yielded dict with each tensor's update norm and, for
-    AlphaGrad, its saturation ratio (read from the gradients before the step)."""
+    AlphaGrad, its saturation ratio (read from the gradients before the step). For stacked parameters (param
+    groups with "members") each value is a list, one per member."""
     stats: dict[str, float] = {}
     if not enabled:
         yield stats
@@ -180,13 +186,15 @@ def update_diagnostics(optimizer: Optimizer, prefix: str, enabled: bool) -> Iter
     if isinstance(optimizer, AlphaGrad):
         for name, values in optimizer.diagnostics().items():
             stats[f"optimizer/{prefix}/saturation/{name}"] = values["saturation"]
-    named = [(name, p) for i, group in enumerate(optimizer.param_groups)
+    named = [(name, p, group.get("members")) for i, group in enumerate(optimizer.param_groups)
              for name, p in zip(group.get("param_names") or [f"group{i}.param{j}" for j in range(len(group["params"]))],
                                 group["params"])]
-    before = [p.detach().clone() for _, p in named]
+    before = [p.detach().clone() for _, p, _ in named]
     yield stats
-    for (name, p), old in zip(named, before):
-        stats[f"optimizer/{prefix}/update_norm/{name}"] = (p.detach() - old).norm().item()
+    for (name, p, members), old in zip(named, before):
+        change = p.detach() - old
+        stats[f"optimizer/{prefix}/update_norm/{name}"] = (
+            change.norm().item() if members is None else change.flatten(1).norm(dim=1).tolist())
 
 
 def cli(main: Callable, args_type: type, argv: list[str] | None = None) -> None:

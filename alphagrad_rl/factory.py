@@ -75,10 +75,13 @@ class OptimizerSpec:
     """fused kernels (Adam, AdamW, AlphaGrad); None: off"""
 
 
-def make_optimizer(params, spec: OptimizerSpec | None = None, **overrides) -> Optimizer:
+def make_optimizer(params, spec: OptimizerSpec | None = None, *, members: int | None = None,
+                   **overrides) -> Optimizer:
     """Build the optimizer `spec` names over `params` (tensors, named tensors or param groups).
 
     Keyword overrides replace spec fields: `make_optimizer(model.parameters(), name="alphagrad", alpha=98)`.
+    `members`: the parameters are stacked (dim 0 indexes independent models): AlphaGrad and AGR then treat each
+    member apart; the other optimizers update each element on its own and need nothing.
     The spec is checked first (`check_spec`): a value of the wrong type or range, or a field the chosen
     optimizer does not use, raises ValueError naming it. AGR (`agr=True` or an "-agr" name) is attached to
     the optimizer (alphagrad.AGR), which is returned as itself.
@@ -89,9 +92,15 @@ def make_optimizer(params, spec: OptimizerSpec | None = None, **overrides) -> Op
                          f"(allowed: {', '.join(f.name for f in dataclasses.fields(OptimizerSpec))})")
     spec = dataclasses.replace(spec or OptimizerSpec(), **overrides)
     check_spec(spec)
-    optimizer = _BUILDERS[spec.name.removesuffix("-agr")](params, spec)
+    base = spec.name.removesuffix("-agr")
+    if members is not None and base == "alphagrad":
+        params = list(params)
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        params = [{**group, "members": members} for group in groups]
+    optimizer = _BUILDERS[base](params, spec)
     if uses_agr(spec):
-        AGR(optimizer, scope=spec.agr_scope, active_steps=spec.agr_active_steps, nonfinite=spec.nonfinite)
+        AGR(optimizer, scope=spec.agr_scope, active_steps=spec.agr_active_steps, nonfinite=spec.nonfinite,
+            members=members)
     return optimizer
 
 

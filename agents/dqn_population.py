@@ -1,0 +1,237 @@
+"""DQN for a population: N runs of agents/dqn.py trained at once in one process, in CleanRL's single-file style.
+
+Member i is the run of agents/dqn.py with seed `seeds[i]` (and, for AlphaGrad, `alphas[i]` / `lrs[i]`): its own
+environment (same wrappers and autoreset), its own Q-network initialized as that run's, its own target network,
+replay buffer, epsilon draws and minibatches (its own numpy Generator), and its own run record in the standard
+format (config = that run's agents/dqn.py options). What members share is the process: their networks are
+stacked (weights (N, out, in), one batched matmul per layer) and one optimizer steps them all, with AlphaGrad
+and AGR normalizing each member apart (alphagrad members=). The losses are summed, so member i's gradient is
+exactly its own loss's. A member whose loss turns non-finite is marked crashed in its own record while the
+others go on.
+    python agents/dqn_population.py --population-size 10 --optim.name alphagrad --optim.alpha 93
+    python agents/dqn_population.py --seeds 1 2 3 --optim.name alphagrad --alphas 93 186 279
+Not yet: checkpoints and --resume (a population restarts from step 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from agents import dqn
+from alphagrad_rl.buffers import ReplayBuffer
+from alphagrad_rl.envs import finished_episodes, make_vector_env, true_next_obs
+from alphagrad_rl.experiment import cli, open_record, seed_everything, select_device, update_diagnostics
+from alphagrad_rl.factory import make_optimizer, used_fields
+from alphagrad_rl.runs import check_run_name, safe_name
+
+
+@dataclass
+class Args(dqn.Args):
+    population_size: int = 0
+    """members trained at once (0: as many as --seeds, or 4)"""
+    seeds: tuple[int, ...] = ()
+    """each member's seed (default: seed, seed + 1, ...)"""
+    alphas: tuple[float, ...] = ()
+    """AlphaGrad: each member's alpha (default: --optim.alpha for every member)"""
+    lrs: tuple[float, ...] = ()
+    """AlphaGrad: each member's learning rate (default: --optim.lr for every member)"""
+    run_names: tuple[str, ...] = ()
+    """each member's run folder name (default: <run name>__m<i>, or agents/dqn.py's default name per member)"""
+
+
+def member_args(args: Args) -> list[dqn.Args]:
+    """The agents/dqn.py options of each member (what its run record holds)."""
+    size = args.population_size or len(args.seeds) or len(args.run_names) or 4
+    seeds = args.seeds or tuple(args.seed + i for i in range(size))
+    columns = {"seeds": seeds, "alphas": args.alphas or (args.optim.alpha,) * size,
+               "lrs": args.lrs or (args.optim.lr,) * size}
+    names = args.run_names or tuple(
+        f"{args.run_name}__m{i}" if args.run_name else
+        safe_name(f"{args.env_id}__{args.exp_name}__{args.optim.name}__{seed}__population") for i, seed in enumerate(seeds))
+    columns["run_names"] = names
+    wrong = {key: len(values) for key, values in columns.items() if len(values) != size}
+    if wrong:
+        raise ValueError(f"population of {size}: " + ", ".join(f"{key} has {n} values" for key, n in wrong.items()))
+    if (args.alphas or args.lrs) and args.optim.name != "alphagrad":
+        raise ValueError(f"--alphas and --lrs set AlphaGrad's per-member values; the optimizer is {args.optim.name}")
+    if len(set(names)) != size:
+        raise ValueError(f"two members share a run name: {names}")
+    single = {f.name: getattr(args, f.name) for f in dataclasses.fields(dqn.Args)}
+    return [dqn.Args(**{**single, "seed": seed, "run_name": name, "optim": dataclasses.replace(
+        args.optim, **({"alpha": alpha, "lr": lr} if args.optim.name == "alphagrad" else {}))})
+            for seed, alpha, lr, name in zip(seeds, columns["alphas"], columns["lrs"], names)]
+
+
+def check_args(args: Args) -> None:
+    if args.resume:
+        raise ValueError("a population cannot be resumed yet: run it again from step 0 (without --resume)")
+    if args.population_size < 0:
+        raise ValueError(f"invalid population_size: {args.population_size} (allowed: >= 0, 0 = from --seeds)")
+    for member in member_args(args):
+        dqn.check_args(member)
+        check_run_name(member.run_name)
+
+
+class PopulationQNetwork(nn.Module):
+    """The members' dqn.QNetwork layers stacked: layer k holds weight (members, out, in) and bias (members, out)."""
+
+    def __init__(self, networks: list[dqn.QNetwork]):
+        super().__init__()
+        linears = [[layer for layer in net.network if isinstance(layer, nn.Linear)] for net in networks]
+        self.weights = nn.ParameterList(torch.stack([net[k].weight.detach() for net in linears])
+                                        for k in range(len(linears[0])))
+        self.biases = nn.ParameterList(torch.stack([net[k].bias.detach() for net in linears])
+                                       for k in range(len(linears[0])))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (members, batch, obs) -> Q-values (members, batch, actions)."""
+        for k, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+            if k < len(self.weights) - 1:
+                x = F.relu(x)
+        return x
+
+    def member_state_dict(self, member: int) -> dict[str, torch.Tensor]:
+        """Member `member`'s weights as a dqn.QNetwork state_dict (network.0.weight, ...)."""
+        state = {}
+        for k, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            state[f"network.{2 * k}.weight"] = weight[member].detach().clone()
+            state[f"network.{2 * k}.bias"] = bias[member].detach().clone()
+        return state
+
+
+def make_population_optimizer(q_network: PopulationQNetwork, members: list[dqn.Args]) -> torch.optim.Optimizer:
+    """One optimizer over the stacked networks; AlphaGrad with each member's alpha and lr. Non-finite gradients
+    are skipped per member (nonfinite="skip"), so one member's NaN never stops the others; `crashed_members` then
+    tells which members agents/dqn.py would have stopped."""
+    spec = members[0].optim
+    if "nonfinite" in used_fields(spec):
+        spec = dataclasses.replace(spec, nonfinite="skip")
+    per_member = {"alpha": [m.optim.alpha for m in members], "lr": [m.optim.lr for m in members]}
+    return make_optimizer([{"params": list(q_network.named_parameters()),
+                            **(per_member if spec.name == "alphagrad" else {})}], spec, members=len(members))
+
+
+def crashed_members(losses: torch.Tensor, optimizer: torch.optim.Optimizer, skipped_before: list[int],
+                    nonfinite: str) -> list[int]:
+    """Members whose loss is not finite, or whose AlphaGrad step was skipped for a non-finite gradient while
+    their options say nonfinite="raise" (where agents/dqn.py's run would have stopped)."""
+    bad = set(np.flatnonzero(~torch.isfinite(losses).detach().cpu().numpy()).tolist())
+    skipped = optimizer.param_groups[0].get("skipped_steps")
+    if nonfinite == "raise" and isinstance(skipped, list):
+        bad |= {i for i, (now, before) in enumerate(zip(skipped, skipped_before)) if now > before}
+    return sorted(bad)
+
+
+def td_losses(q_network: PopulationQNetwork, target_network: PopulationQNetwork, batch: list, gamma: float):
+    """Each member's DQN loss on its own minibatch (agents/dqn.py's, member by member): (members,) losses and
+    the Q-values of the taken actions (members, batch)."""
+    observations, actions, next_observations, rewards, terminations = (torch.stack(parts) for parts in zip(*batch))
+    with torch.no_grad():
+        target_max, _ = target_network(next_observations).max(dim=2)
+        td_target = rewards.squeeze(2) + gamma * target_max * (1 - terminations.squeeze(2))
+    old_val = q_network(observations).gather(2, actions.unsqueeze(2)).squeeze(2)
+    return ((td_target - old_val) ** 2).mean(dim=1), old_val
+
+
+def main(args: Args) -> list[dict]:
+    check_args(args)
+    members = member_args(args)
+    size = len(members)
+    envs = [make_vector_env([dqn.make_env(m.env_id, m.seed, 0)], gym.spaces.Discrete, "DQN", m.autoreset_mode)
+            for m in members]
+    device = select_device(args.cuda)
+    networks = []
+    for member in members:  # each member's initialization is its agents/dqn.py run's
+        seed_everything(member.seed, member.torch_deterministic)
+        networks.append(dqn.QNetwork(envs[0]))
+    q_network = PopulationQNetwork(networks).to(device)
+    target_network = PopulationQNetwork(networks).to(device)
+    optimizer = make_population_optimizer(q_network, members)
+    records = [open_record(m, "dqn", Path(m.results_dir) / m.run_name, m.total_timesteps) for m in members]
+    rbs = [ReplayBuffer(args.buffer_size, envs[0].single_observation_space.shape, (), np.int64, device)
+           for _ in members]
+    rngs = [np.random.default_rng(m.seed) for m in members]
+    alive = [True] * size
+    obs = np.stack([env.reset(seed=m.seed)[0][0] for env, m in zip(envs, members)])
+    updates = 0
+    try:
+        for global_step in range(args.total_timesteps):
+            epsilon = dqn.linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps,
+                                          global_step)
+            explore = [rng.random() < epsilon for rng in rngs]
+            if not all(explore):
+                with torch.no_grad():
+                    greedy = q_network(torch.as_tensor(obs, device=device).unsqueeze(1)).argmax(dim=2)[:, 0].cpu()
+            next_obs = np.empty_like(obs)
+            for i, (env, rb) in enumerate(zip(envs, rbs)):
+                action = np.array([env.single_action_space.sample() if explore[i] else int(greedy[i])])
+                stepped, rewards, terminations, truncations, infos = env.step(action)
+                if alive[i]:
+                    for episodic_return, episodic_length in finished_episodes(infos):
+                        records[i].log_episode(global_step, episodic_return, episodic_length)
+                rb.add(obs[i:i + 1], true_next_obs(stepped, terminations, truncations, infos), action, rewards,
+                       terminations)
+                next_obs[i] = stepped[0]
+            obs = next_obs
+
+            if global_step > args.learning_starts:
+                if global_step % args.train_frequency == 0:
+                    batch = [rb.sample(args.batch_size, rng) for rb, rng in zip(rbs, rngs)]
+                    losses, old_val = td_losses(q_network, target_network, batch, args.gamma)
+                    optimizer.zero_grad()
+                    losses.sum().backward()  # member i's gradient is its own loss's
+                    updates += 1
+                    diagnose = args.diagnostics_interval > 0 and updates % args.diagnostics_interval == 0
+                    skipped_before = list(optimizer.param_groups[0].get("skipped_steps") or [])
+                    with update_diagnostics(optimizer, "q", diagnose) as diagnostics:
+                        optimizer.step()
+                    for i in crashed_members(losses, optimizer, skipped_before, args.optim.nonfinite):
+                        if alive[i]:  # this member's run would have stopped here; the others go on
+                            alive[i] = False
+                            records[i].finish("crashed", error=f"non-finite TD loss or gradient at step {global_step}")
+                    for i in (i for i in range(size) if alive[i]):
+                        member_diagnostics = {key: value[i] for key, value in diagnostics.items()}
+                        if global_step % 100 == 0:
+                            records[i].log(global_step, {
+                                "losses/td_loss": losses[i].item(), "losses/q_values": old_val[i].mean().item(),
+                                "charts/SPS": records[i].sps(global_step), "charts/epsilon": epsilon,
+                                **member_diagnostics})
+                        elif member_diagnostics:
+                            records[i].log(global_step, member_diagnostics)
+
+                if global_step % args.target_network_frequency == 0:
+                    with torch.no_grad():
+                        for target, source in zip(target_network.parameters(), q_network.parameters()):
+                            target.copy_(args.tau * source + (1.0 - args.tau) * target)
+        for i in (i for i in range(size) if alive[i]):
+            records[i].training_done(args.total_timesteps)
+            if args.save_model:
+                model_path = records[i].run_dir / "dqn.pt"
+                torch.save({"q_network": q_network.member_state_dict(i)}, model_path)
+                network = dqn.QNetwork(envs[0]).to(device)
+                network.load_state_dict(q_network.member_state_dict(i))
+                records[i].set_evaluation(model_path, dqn.evaluate(network, members[i], device, args.eval_episodes))
+            records[i].finish("finished")
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "crashed"
+        for i in (i for i in range(size) if alive[i]):
+            records[i].finish(status, error="".join(traceback.format_exception(error)))
+        raise
+    finally:
+        for env in envs:
+            env.close()
+    return [record.summary for record in records]
+
+
+if __name__ == "__main__":
+    cli(main, Args)

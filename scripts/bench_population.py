@@ -1,0 +1,77 @@
+"""Runs per hour: a population (agents/dqn_population.py) vs the single-file agent (agents/dqn.py), same budgets.
+
+Both sides use the machine's cores the same way: the single-file runs go two at a time (one per core, one torch
+thread each); the population side runs two population processes at once, each with half of the seeds.
+    python scripts/bench_population.py                                   # DQN CartPole, 10 runs of 50k steps
+    python scripts/bench_population.py --runs 10 --total-timesteps 500000
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+from alphagrad_rl.runs import read_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Args:
+    runs: int = 10
+    """runs (seeds 1..runs) on each side"""
+    total_timesteps: int = 50_000
+    """each run's budget"""
+    processes: int = 2
+    """processes at a time on each side (one per core)"""
+    optimizer: str = "alphagrad"
+    """adam or alphagrad (alpha 93, the paper's DQN setting)"""
+
+
+def run_all(commands: list[list[str]], processes: int) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    with ThreadPoolExecutor(processes) as pool:
+        results = list(pool.map(lambda command: subprocess.run(command, cwd=ROOT, env=env, capture_output=True,
+                                                               text=True), commands))
+    for result in results:
+        if result.returncode != 0:
+            sys.exit(f"a benchmark run failed:\n{result.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def main(args: Args) -> None:
+    optimizer = ["--optim.name", args.optimizer] + (["--optim.alpha", "93"] if args.optimizer == "alphagrad" else [])
+    common = ["--total-timesteps", str(args.total_timesteps), "--quiet", "--no-cuda", "--checkpoint-interval-s", "0",
+              *optimizer]
+    seeds = list(range(1, args.runs + 1))
+    with tempfile.TemporaryDirectory() as folder:
+        single = [[sys.executable, "agents/dqn.py", *common, "--seed", str(seed), "--results-dir", f"{folder}/single",
+                   "--run-name", f"s{seed}"] for seed in seeds]
+        shares = [seeds[i::args.processes] for i in range(args.processes)]
+        population = [[sys.executable, "agents/dqn_population.py", *common, "--seeds", *map(str, share),
+                       "--results-dir", f"{folder}/population", "--run-name", f"p{i}"]
+                      for i, share in enumerate(shares) if share]
+        single_s = run_all(single, args.processes)
+        population_s = run_all(population, args.processes)
+        finals = {side: [read_summary(path)["final_return"] for path in sorted(Path(folder, side).iterdir())]
+                  for side in ("single", "population")}
+    print(f"DQN CartPole-v1, {args.optimizer}, {args.runs} runs x {args.total_timesteps:,} steps, "
+          f"{args.processes} processes at a time, 1 torch thread each")
+    for side, seconds in (("single-file", single_s), ("population", population_s)):
+        print(f"{side:12s} {seconds:8.1f} s   {3600 * args.runs / seconds:8.1f} runs/hour")
+    print(f"speed-up: {single_s / population_s:.2f}x")
+    for side, values in finals.items():
+        print(f"final returns ({side}): " + ", ".join(f"{value:.1f}" for value in values))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
