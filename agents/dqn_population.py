@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from agents import dqn
 from alphagrad_rl.buffers import ReplayBuffer
-from alphagrad_rl.envs import finished_episodes, make_vector_env, true_next_obs
+from alphagrad_rl.envs import ended_episodes, make_vector_env, true_next_obs
 from alphagrad_rl.experiment import cli, open_record, seed_everything, select_device, update_diagnostics
 from alphagrad_rl.factory import make_optimizer, used_fields
 from alphagrad_rl.runs import check_run_name, safe_name
@@ -147,22 +147,23 @@ def main(args: Args) -> list[dict]:
     check_args(args)
     members = member_args(args)
     size = len(members)
-    envs = [make_vector_env([dqn.make_env(m.env_id, m.seed, 0)], gym.spaces.Discrete, "DQN", m.autoreset_mode)
-            for m in members]
+    # one vector env, sub-env i = member i's env (agents/dqn.py's make_env with its seed; reset with its seed)
+    envs = make_vector_env([dqn.make_env(m.env_id, m.seed, 0) for m in members], gym.spaces.Discrete, "DQN",
+                           args.autoreset_mode)
     device = select_device(args.cuda)
     networks = []
     for member in members:  # each member's initialization is its agents/dqn.py run's
         seed_everything(member.seed, member.torch_deterministic)
-        networks.append(dqn.QNetwork(envs[0]))
+        networks.append(dqn.QNetwork(envs))
     q_network = PopulationQNetwork(networks).to(device)
     target_network = PopulationQNetwork(networks).to(device)
     optimizer = make_population_optimizer(q_network, members)
     records = [open_record(m, "dqn", Path(m.results_dir) / m.run_name, m.total_timesteps) for m in members]
-    rbs = [ReplayBuffer(args.buffer_size, envs[0].single_observation_space.shape, (), np.int64, device)
+    rbs = [ReplayBuffer(args.buffer_size, envs.single_observation_space.shape, (), np.int64, device)
            for _ in members]
     rngs = [np.random.default_rng(m.seed) for m in members]
     alive = [True] * size
-    obs = np.stack([env.reset(seed=m.seed)[0][0] for env, m in zip(envs, members)])
+    obs, _ = envs.reset(seed=[m.seed for m in members])
     updates = 0
     try:
         for global_step in range(args.total_timesteps):
@@ -172,16 +173,15 @@ def main(args: Args) -> list[dict]:
             if not all(explore):
                 with torch.no_grad():
                     greedy = q_network(torch.as_tensor(obs, device=device).unsqueeze(1)).argmax(dim=2)[:, 0].cpu()
-            next_obs = np.empty_like(obs)
-            for i, (env, rb) in enumerate(zip(envs, rbs)):
-                action = np.array([env.single_action_space.sample() if explore[i] else int(greedy[i])])
-                stepped, rewards, terminations, truncations, infos = env.step(action)
+            actions = np.array([env.action_space.sample() if explore[i] else int(greedy[i])
+                                for i, env in enumerate(envs.envs)])
+            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+            for i, episodic_return, episodic_length in ended_episodes(infos):
                 if alive[i]:
-                    for episodic_return, episodic_length in finished_episodes(infos):
-                        records[i].log_episode(global_step, episodic_return, episodic_length)
-                rb.add(obs[i:i + 1], true_next_obs(stepped, terminations, truncations, infos), action, rewards,
-                       terminations)
-                next_obs[i] = stepped[0]
+                    records[i].log_episode(global_step, episodic_return, episodic_length)
+            real_next_obs = true_next_obs(next_obs, terminations, truncations, infos)
+            for i, rb in enumerate(rbs):
+                rb.add(obs[i:i + 1], real_next_obs[i:i + 1], actions[i:i + 1], rewards[i:i + 1], terminations[i:i + 1])
             obs = next_obs
 
             if global_step > args.learning_starts:
@@ -218,7 +218,7 @@ def main(args: Args) -> list[dict]:
             if args.save_model:
                 model_path = records[i].run_dir / "dqn.pt"
                 torch.save({"q_network": q_network.member_state_dict(i)}, model_path)
-                network = dqn.QNetwork(envs[0]).to(device)
+                network = dqn.QNetwork(envs).to(device)
                 network.load_state_dict(q_network.member_state_dict(i))
                 records[i].set_evaluation(model_path, dqn.evaluate(network, members[i], device, args.eval_episodes))
             records[i].finish("finished")
@@ -228,8 +228,7 @@ def main(args: Args) -> list[dict]:
             records[i].finish(status, error="".join(traceback.format_exception(error)))
         raise
     finally:
-        for env in envs:
-            env.close()
+        envs.close()
     return [record.summary for record in records]
 
 

@@ -69,15 +69,21 @@ def true_next_obs(next_obs: np.ndarray, terminations: np.ndarray, truncations: n
     return real
 
 
-def finished_episodes(infos: dict) -> Iterator[tuple[float, int]]:
-    """(return, length) of each episode that ended in this step, each counted once (same-step autoreset: in
-    infos["final_info"]; next-step: in infos itself)."""
+def ended_episodes(infos: dict) -> Iterator[tuple[int, float, int]]:
+    """(env index, return, length) of each episode that ended in this step, each counted once (same-step
+    autoreset: in infos["final_info"]; next-step: in infos itself)."""
     ended = infos.get("final_info") or infos
     if "episode" not in ended:
         return
     episode, mask = ended["episode"], ended["_episode"]
     for i in np.flatnonzero(mask):
-        yield float(episode["r"][i]), int(episode["l"][i])
+        yield int(i), float(episode["r"][i]), int(episode["l"][i])
+
+
+def finished_episodes(infos: dict) -> Iterator[tuple[float, int]]:
+    """(return, length) of each episode that ended in this step (ended_episodes without the env index)."""
+    for _, episodic_return, episodic_length in ended_episodes(infos):
+        yield episodic_return, episodic_length
 
 
 def evaluate_policy(envs: gym.vector.VectorEnv, act: Callable[[np.ndarray], np.ndarray], episodes: int,
