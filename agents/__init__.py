@@ -7,7 +7,9 @@ from pathlib import Path
 def sweep_registry() -> dict:
     from alphagrad_rl.sweep import AgentEntry
 
-    from . import dqn, ppo_continuous_action, td3_continuous_action
+    from . import dqn, dqn_population, ppo_continuous_action, td3_continuous_action
 
-    return {f"agents/{Path(module.__file__).name}": AgentEntry(Path(module.__file__), module.Args, module.check_args)
+    populations = {dqn: (Path(dqn_population.__file__), (("optim.alpha", "alphas"), ("optim.lr", "lrs")))}
+    return {f"agents/{Path(module.__file__).name}": AgentEntry(Path(module.__file__), module.Args, module.check_args,
+                                                               *populations.get(module, ()))
             for module in (dqn, ppo_continuous_action, td3_continuous_action)}

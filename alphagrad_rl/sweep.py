@@ -30,6 +30,7 @@ import ctypes
 import dataclasses
 import io
 import itertools
+import json
 import os
 import queue
 import shutil
@@ -65,6 +66,8 @@ class AgentEntry:
     path: Path
     args_type: type
     check: Callable[[Any], None]
+    population: Path | None = None  # its population variant's script, which takes --seeds and --run-names
+    member_flags: tuple[tuple[str, str], ...] = ()  # AlphaGrad flags its population takes per member: (flag, list flag)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,6 +334,59 @@ def execute_run(argv: list[str], run_dir: str, env: dict[str, str], cwd: str) ->
     return summary
 
 
+def population_jobs(runs: list[RunSpec], agent: AgentEntry, size: int) -> list[list[RunSpec]]:
+    """Runs packed into populations of at most `size`: runs whose flags differ only in their seed (and, for
+    AlphaGrad, in the agent's per-member flags such as alpha and lr) share a population, in config order."""
+    groups: dict[str, list[RunSpec]] = {}
+    for run in runs:
+        flags = dict(run.flags)
+        per_member = {flag for flag, _ in agent.member_flags} if flags.get("optim.name") == "alphagrad" else set()
+        key = json.dumps(sorted((flag, value) for flag, value in flags.items() if flag not in per_member | {"seed"}),
+                         default=str)
+        groups.setdefault(key, []).append(run)
+    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
+def population_argv(runs: list[RunSpec], agent: AgentEntry, results_dir: Path, extra: tuple[str, ...]) -> list[str]:
+    """One population process that trains `runs` (see population_jobs), each writing its own run record."""
+    flags = dict(runs[0].flags)
+    per_member = [(flag, name) for flag, name in agent.member_flags if flag in flags
+                  and flags.get("optim.name") == "alphagrad"]
+    common = [arg for flag, value in flags.items() if flag != "seed" and flag not in dict(per_member)
+              for arg in _flag_args(flag, value)]
+    argv = [sys.executable, str(agent.population), *common, "--seeds", *(str(run.seed) for run in runs)]
+    for flag, name in per_member:
+        argv += [f"--{name}", *(str(dict(run.flags)[flag]) for run in runs)]
+    return argv + ["--run-names", *(run.name for run in runs), "--results-dir", str(results_dir), "--quiet", *extra]
+
+
+def execute_population(argv: list[str], run_dirs: list[str], env: dict[str, str], cwd: str) -> list[dict[str, Any]]:
+    """Run one population process; its output goes to the first member's output.log (the others point to it).
+    Populations do not resume: unfinished members start afresh. Returns each member's summary."""
+    run_dirs = [Path(run_dir) for run_dir in run_dirs]
+    for run_dir in run_dirs:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+    for run_dir in run_dirs[1:]:
+        (run_dir / "output.log").write_text(f"trained in one population process; its output: "
+                                            f"{run_dirs[0] / 'output.log'}\n")
+    start = time.time()
+    with open(run_dirs[0] / "output.log", "w") as log:
+        returncode = subprocess.run(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    preexec_fn=_stop_with_parent).returncode
+    summaries = []
+    for run_dir in run_dirs:
+        summary = read_summary(run_dir) or {}
+        if returncode != 0 and summary.get("status") in (None, "running"):
+            tail = (run_dirs[0] / "output.log").read_text(errors="replace")[-4000:]
+            summary = {**summary, "status": "crashed", "error": f"population exit code {returncode}\n{tail}",
+                       "wall_clock_s": round(time.time() - start, 3)}
+            write_json_atomic(run_dir / "summary.json", summary)
+        summaries.append(summary)
+    return summaries
+
+
 @dataclasses.dataclass
 class LaunchOptions:
     results_dir: Path = Path("results/runs")
@@ -341,6 +397,7 @@ class LaunchOptions:
     use_gpus: bool = True
     track: bool = False
     extra_args: tuple[str, ...] = ()
+    population_size: int = 0  # > 1: pack runs into population processes of this many (agents with a population)
 
 
 def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
@@ -376,20 +433,27 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
         for slot in slots:
             free_slots.put(slot)
 
-        def one(run: RunSpec) -> None:
+        def one(job: list[RunSpec]) -> None:
             gpu = free_slots.get() if slots else ""
             try:
                 env = {**base_env, "CUDA_VISIBLE_DEVICES": gpu}
-                summary = execute_run(run.argv(sweep.agent.path, sweep_dir, extra), str(sweep_dir / run.name), env,
-                                      os.getcwd())
+                if len(job) == 1 and not packed:
+                    summaries = [execute_run(job[0].argv(sweep.agent.path, sweep_dir, extra),
+                                             str(sweep_dir / job[0].name), env, os.getcwd())]
+                else:
+                    summaries = execute_population(population_argv(job, sweep.agent, sweep_dir, extra),
+                                                   [str(sweep_dir / run.name) for run in job], env, os.getcwd())
             finally:
                 if slots:
                     free_slots.put(gpu)
-            finished(run, summary)
+            for run, summary in zip(job, summaries):
+                finished(run, summary)
 
+        packed = options.population_size > 1 and sweep.agent.population is not None
+        jobs = population_jobs(pending, sweep.agent, options.population_size) if packed else [[run] for run in pending]
         pool = ThreadPoolExecutor(workers)
         try:
-            list(pool.map(one, pending))
+            list(pool.map(one, jobs))
         except KeyboardInterrupt:  # Ctrl-C reached the running runs too: they save a checkpoint and stop
             pool.shutdown(wait=True, cancel_futures=True)  # and no queued run starts
             raise

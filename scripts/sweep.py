@@ -62,6 +62,9 @@ class Args:
     """runs that share one GPU"""
     track: bool = False
     """log every run to Weights & Biases, grouped by the sweep's name"""
+    population_size: int = 0
+    """> 1: train up to this many runs per process as one population (agents with a population variant: DQN);
+    runs that differ only in seed (and AlphaGrad's alpha and lr) share one. Populations restart unfinished runs"""
     export_wandb: Path | None = None
     """write one W&B grid-sweep config per arm into this folder (for `wandb sweep`) and exit"""
 
@@ -72,6 +75,10 @@ def main(args: Args) -> int:
         runs = filter_runs(sweep.runs, args.arms, args.seeds)
     except SweepConfigError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.population_size < 0 or (args.population_size > 1 and args.backend == "ray"):
+        print(f"error: invalid --population-size {args.population_size} (allowed: >= 0, with the local backend)",
+              file=sys.stderr)
         return 2
     if args.workers < 0 or args.runs_per_gpu < 1:
         print(f"error: invalid --workers {args.workers} or --runs-per-gpu {args.runs_per_gpu} "
@@ -119,7 +126,7 @@ def main(args: Args) -> int:
         return 0
     options = LaunchOptions(results_dir=args.results_dir, workers=args.workers, backend=args.backend,
                             ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu, use_gpus=args.gpus,
-                            track=args.track)
+                            track=args.track, population_size=args.population_size)
     try:
         results = launch(sweep, runs, options)
     except KeyboardInterrupt:

@@ -177,6 +177,38 @@ def test_grid_values_become_safe_run_names(tmp_path):
                                                                       "adam__exp-name=a-b__s1"]
 
 
+def test_population_packing_groups_runs_that_differ_in_seed_and_alphagrad_values(tmp_path):
+    arms = {"adam": {}, "adam-lr": {"optim.lr": 0.001}, "alphagrad-93": {"optim.name": "alphagrad", "optim.alpha": 93},
+            "alphagrad-186": {"optim.name": "alphagrad", "optim.alpha": 186}}
+    sweep = load_sweep(write_config(tmp_path, arms=arms, parameters={**TINY, "seed": {"values": [1, 2, 3]}}), REGISTRY)
+    jobs = sweep_module.population_jobs(sweep.runs, sweep.agent, 4)
+    # config order (write_config's YAML lists the arms alphabetically); Adam's lr is not per member
+    assert [[run.name for run in job] for job in jobs] == [
+        ["adam__s1", "adam__s2", "adam__s3"], ["adam-lr__s1", "adam-lr__s2", "adam-lr__s3"],
+        ["alphagrad-186__s1", "alphagrad-186__s2", "alphagrad-186__s3", "alphagrad-93__s1"],
+        ["alphagrad-93__s2", "alphagrad-93__s3"]]
+    argv = sweep_module.population_argv(jobs[2], sweep.agent, Path("out"), ())
+    assert argv[1].endswith("agents/dqn_population.py")
+    assert argv[argv.index("--seeds") + 1:argv.index("--seeds") + 5] == ["1", "2", "3", "1"]
+    assert argv[argv.index("--alphas") + 1:argv.index("--alphas") + 5] == ["186", "186", "186", "93"]
+    assert "--optim.alpha" not in argv and argv[argv.index("--run-names") + 4] == "alphagrad-93__s1"
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_as_populations_with_one_standard_record_per_run(tmp_path):
+    path = write_config(tmp_path, parameters={**TINY, "seed": {"values": [1, 2]}})
+    sweep = load_sweep(path, REGISTRY)
+    options = LaunchOptions(results_dir=tmp_path / "runs", workers=2, use_gpus=False, population_size=2)
+    results = launch(sweep, sweep.runs, options, report=quiet)
+    assert {name: summary["status"] for name, summary in results.items()} == {
+        "adam__s1": "finished", "adam__s2": "finished", "alphagrad-93__s1": "finished", "alphagrad-93__s2": "finished"}
+    record = read_run(tmp_path / "runs" / "tiny" / "alphagrad-93__s2")
+    assert record["config"]["config"]["seed"] == 2 and record["config"]["config"]["optim"]["alpha"] == 93.0
+    assert "its output:" in (tmp_path / "runs" / "tiny" / "alphagrad-93__s2" / "output.log").read_text()
+    again = launch(sweep, sweep.runs, options, report=quiet)  # everything finished: nothing runs again
+    assert again == results
+
+
 def test_missing_key_and_bad_yaml(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: x\nprogram: agents/dqn.py\nparameters: {}\n")
