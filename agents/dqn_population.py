@@ -193,7 +193,7 @@ def main(args: Args) -> list[dict]:
                     updates += 1
                     diagnose = args.diagnostics_interval > 0 and updates % args.diagnostics_interval == 0
                     skipped_before = list(optimizer.param_groups[0].get("skipped_steps") or [])
-                    with update_diagnostics(optimizer, "q", diagnose) as diagnostics:
+                    with update_diagnostics(optimizer, "q", diagnose, members=size) as diagnostics:
                         optimizer.step()
                     for i in crashed_members(losses, optimizer, skipped_before, args.optim.nonfinite):
                         if alive[i]:  # this member's run would have stopped here; the others go on

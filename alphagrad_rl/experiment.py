@@ -175,10 +175,11 @@ def _checkpoint_to_resume(run_dir: Path, checkpoints: Checkpointer, config: dict
 
 
 @contextmanager
-def update_diagnostics(optimizer: Optimizer, prefix: str, enabled: bool) -> Iterator[dict[str, float]]:
+def update_diagnostics(optimizer: Optimizer, prefix: str, enabled: bool,
+                       members: int | None = None) -> Iterator[dict[str, float]]:
     """Around `optimizer.step()`: when `enabled`, fill the yielded dict with each tensor's update norm and, for
-    AlphaGrad, its saturation ratio (read from the gradients before the step). For stacked parameters (param
-    groups with "members") each value is a list, one per member."""
+    AlphaGrad, its saturation ratio (read from the gradients before the step). For stacked parameters (dim 0
+    indexes `members` models) each value is a list, one per member."""
     stats: dict[str, float] = {}
     if not enabled:
         yield stats
@@ -186,12 +187,12 @@ def update_diagnostics(optimizer: Optimizer, prefix: str, enabled: bool) -> Iter
     if isinstance(optimizer, AlphaGrad):
         for name, values in optimizer.diagnostics().items():
             stats[f"optimizer/{prefix}/saturation/{name}"] = values["saturation"]
-    named = [(name, p, group.get("members")) for i, group in enumerate(optimizer.param_groups)
+    named = [(name, p) for i, group in enumerate(optimizer.param_groups)
              for name, p in zip(group.get("param_names") or [f"group{i}.param{j}" for j in range(len(group["params"]))],
                                 group["params"])]
-    before = [p.detach().clone() for _, p, _ in named]
+    before = [p.detach().clone() for _, p in named]
     yield stats
-    for (name, p, members), old in zip(named, before):
+    for (name, p), old in zip(named, before):
         change = p.detach() - old
         stats[f"optimizer/{prefix}/update_norm/{name}"] = (
             change.norm().item() if members is None else change.flatten(1).norm(dim=1).tolist())

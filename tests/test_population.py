@@ -108,6 +108,14 @@ def test_a_bad_member_changes_no_other_member(optimizer, bad, tmp_path):
                                               "raise") == [1]
 
 
+def test_population_of_adam_runs_logs_each_members_diagnostics(tmp_path):
+    summaries = dqn_population.main(population_args(tmp_path, SPECS["adamw-agr"]))
+    assert [s["status"] for s in summaries] == ["finished"] * 3
+    norms = [[row["optimizer/q/update_norm/weights.0"] for row in read_run(tmp_path / f"pop__m{i}")["metrics"]
+              if "optimizer/q/update_norm/weights.0" in row] for i in range(3)]
+    assert all(norms) and norms[0] != norms[1]  # each member's own update norms
+
+
 def test_population_run_writes_one_standard_record_per_member(tmp_path):
     args = population_args(tmp_path, SPECS["alphagrad"], alphas=(93.0, 186.0, 279.0), save_model=True,
                            eval_episodes=1)
