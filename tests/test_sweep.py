@@ -100,10 +100,12 @@ def test_wandb_export_gives_one_plain_grid_per_arm_that_the_agent_parses(tmp_pat
 
     configs = wandb_sweep_configs(load_sweep(ROOT / "configs" / "paper_dqn_cartpole.yaml", REGISTRY))
     assert set(configs) == {f"paper-dqn-cartpole-{arm}" for arm in
-                            ("adam", "alphagrad-93", "alphagrad-186", "alphagrad-279", "adamw-agr")}
+                            ("adam", "alphagrad-93", "alphagrad-186", "alphagrad-279", "adamw-agr",
+                             "alphagrad-93-no-momentum", "alphagrad-186-no-momentum", "alphagrad-279-no-momentum",
+                             "adam-same-step")}
     config = configs["paper-dqn-cartpole-alphagrad-186"]
     assert set(config) <= {"name", "description", "program", "method", "metric", "parameters", "command"}
-    assert config["method"] == "grid" and config["parameters"]["seed"] == {"values": [1, 2, 3]}
+    assert config["method"] == "grid" and config["parameters"]["seed"] == {"values": list(range(1, 11))}
     assert config["parameters"]["optim.alpha"] == {"value": 186}
     assert "--track" in config["command"] and "paper-dqn-cartpole" in config["command"]
     # a W&B agent passes --flag=value; the agent's tyro parser must accept every one of them
