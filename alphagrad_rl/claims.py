@@ -237,3 +237,24 @@ def paper_claims(runs, baseline: str = "adam") -> list[Claim]:
         else:
             claim.verdict = "undecided"
     return claims
+
+
+def variant_comparisons(runs) -> list[Claim]:
+    """Each extra arm against the arm it varies (its name with a suffix: alphagrad-93-no-momentum vs
+    alphagrad-93, adam-same-step vs adam): the difference in final return with its Welch interval, the
+    unadjusted p and the MDE at 0.05. These measure each departure and extra setting; they are not claims."""
+    arms = list(dict.fromkeys(run.arm for run in runs))
+    comparisons = []
+    for arm in arms:
+        bases = [base for base in arms if arm.startswith(base + "-")]
+        if not bases:
+            continue
+        base = max(bases, key=len)
+        builder = _Builder(runs, base)
+        builder.compare("", f"{arm} vs {base}", "", arm, base, "final_return", +1)
+        comparison = builder.claims[0]
+        if comparison.result is not None:
+            comparison.result.mde = minimal_detectable_effect(comparison.result, LEVEL)
+            comparison.p_adjusted = comparison.result.p
+        comparisons.append(comparison)
+    return comparisons

@@ -27,7 +27,7 @@ from .analysis import (  # noqa: E402
     write_arm_table,
     write_table,
 )
-from .claims import LEVEL, Claim, paper_claims  # noqa: E402
+from .claims import LEVEL, Claim, paper_claims, variant_comparisons  # noqa: E402
 
 GRID_POINTS = 200
 BAND_RESAMPLES = 1000
@@ -141,11 +141,13 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, final_window: int =
                for path in plot_panels(runs, algorithm, out_dir)] + plot_iqm(arms, out_dir)
     claims = paper_claims(runs, baseline)
     report = out_dir / "REPORT.md"
-    report.write_text(_markdown(sweep_dir, out_dir.name, runs, arms, claims, figures, final_window, baseline))
+    report.write_text(_markdown(sweep_dir, out_dir.name, runs, arms, claims, variant_comparisons(runs), figures,
+                                final_window, baseline))
     return report
 
 
-def _markdown(sweep_dir, name, runs, arms, claims: list[Claim], figures, final_window, baseline) -> str:
+def _markdown(sweep_dir, name, runs, arms, claims: list[Claim], variants: list[Claim], figures, final_window,
+              baseline) -> str:
     statuses = {}
     for run in runs:
         statuses[run.status] = statuses.get(run.status, 0) + 1
@@ -179,6 +181,14 @@ def _markdown(sweep_dir, name, runs, arms, claims: list[Claim], figures, final_w
     lines += [f"| {c.section} | {c.claim} | {c.paper} | {c.evidence} | "
               + (f"{c.p_adjusted:.3g} | {c.result.mde:.3g}" if c.result is not None else "- | -")
               + f" | **{c.verdict}** |" for c in claims] or ["| | (no claim for these arms) | | | | | |"]
+    if variants:
+        lines += ["", "## Extra arms and departures, measured", "",
+                  "Each extra arm against the arm it varies: difference in final return (Welch 95% interval), the "
+                  f"unadjusted p, and the MDE at {LEVEL}. Descriptive: these are not claims of the paper.", "",
+                  "| comparison | mean (n), difference [95% CI] | p | MDE |", "|---|---|---|---|"]
+        lines += [f"| {v.claim} | {v.evidence} | "
+                  + (f"{v.p_adjusted:.3g} | {v.result.mde:.3g} |" if v.result is not None else "- | - |")
+                  for v in variants]
     if left_out:
         lines += ["", "## Runs left out of the statistics", "", "| run | status | why |", "|---|---|---|"]
         lines += [f"| {run.name} | {run.status} | {run.reason_left_out.replace('|', '/')} |" for run in left_out]

@@ -253,6 +253,19 @@ def test_compact_records_give_the_full_records_statistics_and_report(tmp_path):
     assert report.startswith("# Report: paper-dqn") and "| adam | 3/3 |" in report
 
 
+def test_extra_arms_are_measured_against_the_arm_they_vary(tmp_path):
+    rng = np.random.default_rng(5)
+    for seed in (1, 2, 3, 4):
+        make_run(tmp_path, f"adam__s{seed}", "dqn", "adam", None, seed, learning_curve(480, rng), env_id="CartPole-v1")
+        make_run(tmp_path, f"adam-same-step__s{seed}", "dqn", "adam", None, seed, learning_curve(300, rng),
+                 env_id="CartPole-v1")
+    from alphagrad_rl.claims import variant_comparisons
+
+    (comparison,) = variant_comparisons(load_runs(tmp_path))
+    assert comparison.claim == "adam-same-step vs adam" and comparison.result.estimate < -100
+    assert comparison.result.high < 0 and comparison.result.mde > 0
+
+
 def test_spike_count_counts_non_finite_losses():
     assert spike_count([1.0] * 20 + [10.0, 1.0]) == 1
     assert spike_count([1.0] * 20 + [float("inf"), float("nan"), 1.0, 4.0]) == 2
