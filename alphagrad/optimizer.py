@@ -155,13 +155,15 @@ def alphagrad(
     """
     if not params:
         return True
-    if fused is None and foreach is None:
-        fused = default_to_fused(params, grads, transform, normalization)
+    if fused and not fused_supported(transform, normalization):
+        raise ValueError(f"fused=True supports transform='tanh' with normalization 'tensor' or 'group' only "
+                         f"(got transform={transform!r}, normalization={normalization!r})")
     alphas = tensor_alphas(params, alpha, alpha_k, normalization)
-    if fused:
-        options = (eps, momentum, momentum_form == "paper", weight_decay, maximize, normalization == "group")
-        if cpu_kernel_applies(params, grads) and cpu_kernel_available():
+    options = (eps, momentum, momentum_form == "paper", weight_decay, maximize, normalization == "group")
+    if fused or (fused is None and foreach is None):  # the C++ kernel where it applies: the default's rule
+        if default_to_fused(params, grads, transform, normalization):
             return cpu_alphagrad_update(params, grads, momentum_buffers, alphas, lr, *options)
+    if fused:
         device = params[0].device
         return bool(compiled_alphagrad_update(params, grads, momentum_buffers, torch.tensor(alphas, device=device),
                                               torch.tensor(lr, device=device), *options))
