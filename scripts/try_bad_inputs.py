@@ -90,13 +90,22 @@ AGENT_CASES = {  # agent script: {case: flags}
         "policy-frequency 0": "--policy-frequency 0", "actor alpha 0": "--actor-optim.name alphagrad "
         "--actor-optim.alpha 0", "critic fused with adam on cpu flag": "--critic-optim.fused yes",
     },
+    "dqn_population.py": {
+        "alphas for 2 of 3 members": "--seeds 1 2 3 --optim.name alphagrad --alphas 93 186",
+        "alphas with adam": "--seeds 1 2 --alphas 93 186", "resume": "--resume --run-name p",
+        "population-size -1": "--population-size -1", "duplicate run names": "--seeds 1 2 --run-names a a",
+        "unsafe run name": "--seeds 1 2 --run-names ../a b", "bad member alpha": "--seeds 1 2 --optim.name alphagrad "
+        "--alphas 93 -1",
+    },
     "ppo_continuous_action.py": {
         "discrete env": "--env-id CartPole-v1", "num-minibatches 3": "--num-minibatches 3",
         "num-steps 0": "--num-steps 0", "update-epochs 0": "--update-epochs 0", "clip-coef 0": "--clip-coef 0",
         "gae-lambda 2": "--gae-lambda 2", "alpha schedule with adam": "--optim.alpha-schedule",
+        "max-grad-norm 0": "--max-grad-norm 0", "autoreset mode": "--autoreset-mode later",
     },
 }
-TINY = {"dqn.py": TINY_DQN, "td3_continuous_action.py": TINY_TD3, "ppo_continuous_action.py": TINY_PPO}
+TINY = {"dqn.py": TINY_DQN, "dqn_population.py": TINY_DQN, "td3_continuous_action.py": TINY_TD3,
+        "ppo_continuous_action.py": TINY_PPO}
 
 GOOD_SWEEP = """name: tiny
 program: agents/dqn.py
@@ -124,7 +133,8 @@ SWEEP_CONFIGS = {  # case: (text replaced, replacement) in GOOD_SWEEP, or None f
     "unknown env id": ("seed: {values", "env-id: {value: CartPol-v1}\n  seed: {values"),
     "missing arms": ("arms:\n  adam: {}\n  alphagrad-93: {optim.name: alphagrad, optim.alpha: 93}\n", ""),
 }
-SWEEP_FLAGS = {"workers -1": "--workers -1", "runs-per-gpu 0": "--runs-per-gpu 0", "unknown arm": "--arms nope",
+SWEEP_FLAGS = {"population-size -1": "--population-size -1", "population with ray": "--population-size 4 --backend ray",
+               "workers -1": "--workers -1", "runs-per-gpu 0": "--runs-per-gpu 0", "unknown arm": "--arms nope",
                "total-timesteps 0": "--total-timesteps 0", "results-dir is a file": "--results-dir {file}",
                "checkpoint interval -1": "--checkpoint-interval-s -1", "missing config": "MISSING"}
 
@@ -208,7 +218,8 @@ def build_cases(work: Path) -> list[Case]:
     shutil.copytree(finished, broken / "adam__s1")
     (broken / "adam__s1" / "config.json").write_text('{"schema_version": 1, "algo')
     for name, argv in (("missing folder", [str(work / "nope")]), ("final-window 0", [str(broken), "--final-window", "0"]),
-                       ("a file instead of a folder", [str(a_file)])):
+                       ("a file instead of a folder", [str(a_file)]), ("no records yet", [str(work / "x" / "records")]),
+                       ("max-points 0", [str(broken), "--max-points", "0"])):
         cases.append(Case("scripts/analyze.py", name, [python, "scripts/analyze.py", *argv, "--output",
                                                        str(work / "report")]))
     return cases
