@@ -15,7 +15,9 @@ Per-run metrics (on the episodic-return curve smoothed by a 10-episode moving me
   monotonic curve. Measures "smooth, almost monotonic" (TD3) and oscillation (DQN).
 - variability: the standard deviation of step-to-step changes of the smoothed curve on a 100-point grid (of
   the return, of TD3's Q-values and of its actor loss).
-- TD-loss spikes (DQN): logged TD losses that are non-finite or above 5 times the median of the 20 before.
+- TD-loss spikes (DQN): logged TD losses that are non-finite or above 5 times the median of the 20 before
+  (spikes relative to the recent level); TD-loss p99: the 99th percentile of the logged TD losses (their
+  absolute size).
 - PPO: explained variance (mean over the last 25% of iterations), entropy drop (mean of the first 10% minus
   the last 10%), approx KL (mean over iterations).
 """
@@ -47,7 +49,7 @@ PANELS = {
 }
 TABLE_COLUMNS = ["run", "arm", "algorithm", "env_id", "optimizer", "alpha", "seed", "status", "final_return",
                  "auc", "best_return", "peak_return", "start_return", "early_return", "episodes", "mean_drawdown",
-                 "variability", "td_loss_spikes", "explained_variance", "entropy_drop", "approx_kl",
+                 "variability", "td_loss_spikes", "td_loss_p99", "explained_variance", "entropy_drop", "approx_kl",
                  "q_value_variability", "actor_loss_variability", "wall_clock_s", "sps"]
 EARLY_FRACTION = 0.25  # early_return: the mean return of the episodes ending in the first quarter of the steps
 
@@ -276,6 +278,7 @@ def load_runs(sweep_dir: str | Path, final_window: int = 100) -> list[Run]:
             "mean_drawdown": mean_drawdown(returns),
             "variability": variability(steps, returns),
             "td_loss_spikes": spike_count(td_losses) if len(td_losses) else None,
+            "td_loss_p99": float(np.nanpercentile(td_losses, 99)) if len(td_losses) else None,
             "explained_variance": tail_mean(explained[np.isfinite(explained)], 0.25),
             "entropy_drop": tail_mean(entropy, 0.1, head=True) - tail_mean(entropy, 0.1),
             "approx_kl": float(np.mean(approx_kl)) if len(approx_kl) else math.nan,

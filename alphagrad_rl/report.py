@@ -45,7 +45,8 @@ def _save(figure, path_stem: Path) -> list[Path]:
 def curve_band(runs: list[Run], metric: str, grid: np.ndarray,
                seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Mean over runs of `metric` (smoothed, interpolated on `grid`) with a 95% percentile-bootstrap band over
-    runs (resampling whole runs), which stays within the range of the runs' curves; None without data."""
+    runs (resampling whole runs), which stays within the range of the runs' curves; shown only where at least half
+    of the runs have data; None without data."""
     curves = []
     for run in runs:
         steps, values = series(run.metrics, metric)
@@ -65,7 +66,8 @@ def curve_band(runs: list[Run], metric: str, grid: np.ndarray,
         mean = np.nanmean(stacked, axis=0)
         resampled = np.nanmean(stacked[picks], axis=1)  # (resamples, grid)
         low, high = np.nanpercentile(resampled, [2.5, 97.5], axis=0)
-    return mean, low, high
+    sparse = np.sum(~np.isnan(stacked), axis=0) < len(curves) / 2  # past the end of most runs' curves
+    return tuple(np.where(sparse, np.nan, values) for values in (mean, low, high))
 
 
 def natural_order(arms, baseline: str) -> list[str]:
@@ -205,6 +207,8 @@ def _markdown(sweep_dir, name, runs, arms, claims: list[Claim], variants: list[C
               "return curve smoothed over 10 episodes; 0 for a monotonic curve.",
               "- Variability: standard deviation of the step-to-step changes of the smoothed return curve on a "
               "100-point grid.",
-              "- TD-loss spikes: logged TD losses above 5x the median of the 20 values before them.",
+              "- TD-loss spikes: logged TD losses that are non-finite or above 5x the median of the 20 values before "
+              "them (relative to the recent level); TD-loss p99: the 99th percentile of the logged TD losses (their "
+              "absolute size).",
               "- Per-run values: `runs.csv`; per-arm values: `arms.csv`.", ""]
     return "\n".join(lines)
