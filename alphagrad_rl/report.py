@@ -35,9 +35,12 @@ STEPS_AXIS = FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"
 
 
 def _save(figure, path_stem: Path) -> list[Path]:
+    """PNG and SVG, byte-identical when made again from the same records (no date, fixed SVG ids)."""
     paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".svg")]
-    for path in paths:
-        figure.savefig(path, dpi=120 if path.suffix == ".png" else None, bbox_inches="tight")
+    with plt.rc_context({"svg.hashsalt": path_stem.name}):
+        for path in paths:
+            figure.savefig(path, dpi=120 if path.suffix == ".png" else None, bbox_inches="tight",
+                           metadata={"Date": None} if path.suffix == ".svg" else None)
     plt.close(figure)
     return paths
 

@@ -251,6 +251,10 @@ def test_compact_records_give_the_full_records_statistics_and_report(tmp_path):
     assert sum("charts/episodic_return" in row for row in compact["adam__s1"].metrics) == 200  # every episode
     report = write_report(tmp_path / "records", tmp_path / "paper-dqn").read_text()
     assert report.startswith("# Report: paper-dqn") and "| adam | 3/3 |" in report
+    # made again from the same records, every file is byte-identical (figures included)
+    first = {path.name: path.read_bytes() for path in (tmp_path / "paper-dqn").iterdir() if path.is_file()}
+    write_report(tmp_path / "records", tmp_path / "paper-dqn")
+    assert {path.name: path.read_bytes() for path in (tmp_path / "paper-dqn").iterdir() if path.is_file()} == first
 
 
 def test_extra_arms_are_measured_against_the_arm_they_vary(tmp_path):
