@@ -170,6 +170,7 @@ class Run:
     metrics: list[dict] = field(repr=False)
     row: dict[str, Any] = field(default_factory=dict)
     excluded: str | None = None  # why a finished run is left out of the statistics
+    header: dict[str, Any] = field(default_factory=dict, repr=False)  # its config.json (schema, algorithm, config)
 
     @property
     def included(self) -> bool:
@@ -210,13 +211,12 @@ def export_records(sweep_dir: str | Path, out_dir: str | Path, final_window: int
     for run in load_runs(sweep_dir, final_window):
         if run.status not in ("finished", "crashed"):
             continue  # still running or interrupted: exported once it ends
-        record = read_run(sweep_dir / run.name)
         kept = [name for name in PANELS.get(run.algorithm, []) if name not in EPISODE_METRICS]
-        counts = {name: sum(name in row for row in record["metrics"]) for name in kept}
+        counts = {name: sum(name in row for row in run.metrics) for name in kept}
         strides = {name: max(1, math.ceil(count / max_points)) for name, count in counts.items()}
         seen = dict.fromkeys(kept, 0)
         metrics = []
-        for row in record["metrics"]:
+        for row in run.metrics:
             compact = {key: row[key] for key in EPISODE_METRICS if key in row}
             for name in kept:
                 if name in row:
@@ -226,8 +226,8 @@ def export_records(sweep_dir: str | Path, out_dir: str | Path, final_window: int
             if compact:
                 metrics.append({"step": row["step"], **compact})
         path = out_dir / f"{run.name.replace('/', '--')}{COMPACT_SUFFIX}"
-        write_compact_record(path, record, metrics, {"final_window": final_window, "row": run.row,
-                                                     "thinned": strides})
+        write_compact_record(path, {"config": run.header, "summary": run.summary}, metrics,
+                             {"final_window": final_window, "row": run.row, "thinned": strides})
         written.append(path)
     return written
 
@@ -255,7 +255,8 @@ def load_runs(sweep_dir: str | Path, final_window: int = 100) -> list[Run]:
         optimizer, alpha = _optimizer_of(config)
         summary = record["summary"] or {}
         run = Run(name, arm if "__" in name else optimizer, algorithm, config.get("env_id", "?"), optimizer,
-                  alpha, int(config.get("seed", 0)), summary.get("status") or "missing", summary, record["metrics"])
+                  alpha, int(config.get("seed", 0)), summary.get("status") or "missing", summary, record["metrics"],
+                  header=record["config"])
         steps, returns = series(run.metrics, "charts/episodic_return")
         total = summary.get("total_timesteps") or (steps[-1] if len(steps) else 0)
         _, td_losses = series(run.metrics, "losses/td_loss")
