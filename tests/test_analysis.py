@@ -228,6 +228,7 @@ def test_runs_that_cannot_count_are_listed_with_the_reason(tmp_path):
     assert "| adam | 5/7 |" in text
 
 
+@pytest.mark.slow
 def test_compact_records_give_the_full_records_statistics_and_report(tmp_path):
     sweep_dir = tmp_path / "runs"
     rng = np.random.default_rng(4)

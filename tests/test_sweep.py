@@ -55,6 +55,7 @@ def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
     assert alphas == {None, 100, 150, 200, 250, 457}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("config", "prefixes"), [("paper_dqn_cartpole.yaml", ["optim."]),
                                                   ("paper_ppo_halfcheetah.yaml", ["optim."]),
                                                   ("paper_td3_hopper.yaml", ["actor-optim.", "critic-optim."])])
@@ -92,6 +93,7 @@ def test_grid_expansion_crosses_arms_axes_and_seeds(tmp_path):
     assert all(dict(r.flags)["total-timesteps"] == 50 for r in quick)
 
 
+@pytest.mark.slow
 def test_wandb_export_gives_one_plain_grid_per_arm_that_the_agent_parses(tmp_path):
     import tyro
 
