@@ -17,6 +17,8 @@ from torch.optim import Optimizer
 
 from alphagrad import AGR, AlphaGrad, SaturationAlphaScheduler
 from alphagrad._validation import check_choice, check_range
+from alphagrad.agr import SCOPES
+from alphagrad.optimizer import MOMENTUM_FORMS, NONFINITE_POLICIES, NORMALIZATIONS, TRANSFORMS
 
 OptimizerName = Literal["adam", "adamw", "sgd", "alphagrad", "adamw-agr", "adan", "adan-agr", "lion", "signsgd"]
 OPTIMIZER_NAMES: tuple[str, ...] = OptimizerName.__args__
@@ -146,10 +148,8 @@ _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {  # field: (accepts, wha
     "foreach": (lambda v: v is None or isinstance(v, bool), "True, False or None"),
     "fused": (lambda v: v is None or isinstance(v, bool), "True, False or None"),
 }
-_CHOICES = {"name": OPTIMIZER_NAMES, "momentum_form": ("paper", "sgd"),
-            "normalization": ("tensor", "group", "none"),
-            "transform": ("tanh", "scaled_tanh", "sin_tanh", "hybrid", "linear"), "nonfinite": ("raise", "skip"),
-            "agr_scope": ("all", "matrices")}
+_CHOICES = {"name": OPTIMIZER_NAMES, "momentum_form": MOMENTUM_FORMS, "normalization": NORMALIZATIONS,
+            "transform": TRANSFORMS, "nonfinite": NONFINITE_POLICIES, "agr_scope": SCOPES}  # the library's own lists
 _ALWAYS_USED = {"name", "lr", "weight_decay", "foreach", "agr"}
 _USED_BY = {  # the spec fields each optimizer reads, besides _ALWAYS_USED and the conditional ones in used_fields
     "adam": {"betas", "eps", "fused"}, "adamw": {"betas", "eps", "fused"}, "sgd": {"momentum"},
