@@ -383,7 +383,8 @@ class AlphaGrad(Optimizer):
 
         saturation: S(alpha) = fraction of |alpha * g_hat_i| > tau (section 7.3);
         mean_abs_preactivation: mean |alpha * g_hat_i| (section 7.6);
-        update_norm: ||lr * g'||_2, the step before momentum.
+        update_norm: ||lr * g'||_2, the step before momentum;
+        elements: the tensor's number of elements (per member), to weigh tensors into a network-wide S.
         Keyed by parameter name when the optimizer was given named parameters.
         """
         stats = {}
@@ -398,11 +399,13 @@ class AlphaGrad(Optimizer):
                 if members is None:
                     stats[name] = {"saturation": (preactivation > tau).float().mean().item(),
                                    "mean_abs_preactivation": preactivation.mean().item(),
-                                   "update_norm": group["lr"] * direction.norm().item()}
+                                   "update_norm": group["lr"] * direction.norm().item(),
+                                   "elements": preactivation.numel()}
                 else:  # one value per member
                     stats[name] = {"saturation": (preactivation > tau).flatten(1).float().mean(1).tolist(),
                                    "mean_abs_preactivation": preactivation.flatten(1).mean(1).tolist(),
-                                   "update_norm": (lr * direction.flatten(1).norm(dim=1)).tolist()}
+                                   "update_norm": (lr * direction.flatten(1).norm(dim=1)).tolist(),
+                                   "elements": preactivation[0].numel()}
         return stats
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -178,15 +178,23 @@ def _checkpoint_to_resume(run_dir: Path, checkpoints: Checkpointer, config: dict
 def update_diagnostics(optimizer: Optimizer, prefix: str, enabled: bool,
                        members: int | None = None) -> Iterator[dict[str, float]]:
     """Around `optimizer.step()`: when `enabled`, fill the yielded dict with each tensor's update norm and, for
-    AlphaGrad, its saturation ratio (read from the gradients before the step). For stacked parameters (dim 0
+    AlphaGrad, its saturation ratio and the network's (`optimizer/<prefix>/saturation`, all elements; read from
+    the gradients before the step). For stacked parameters (dim 0
     indexes `members` models) each value is a list, one per member."""
     stats: dict[str, float] = {}
     if not enabled:
         yield stats
         return
     if isinstance(optimizer, AlphaGrad):
-        for name, values in optimizer.diagnostics().items():
+        per_tensor = optimizer.diagnostics()
+        for name, values in per_tensor.items():
             stats[f"optimizer/{prefix}/saturation/{name}"] = values["saturation"]
+        if per_tensor:  # S over every element of the network (section 7.3), each tensor weighed by its size
+            total = sum(values["elements"] for values in per_tensor.values())
+            weighted = [torch.as_tensor(values["saturation"], dtype=torch.float64) * values["elements"]
+                        for values in per_tensor.values()]
+            network = (torch.stack(weighted).sum(0) / total).tolist()
+            stats[f"optimizer/{prefix}/saturation"] = network
     named = [(name, p) for i, group in enumerate(optimizer.param_groups)
              for name, p in zip(group.get("param_names") or [f"group{i}.param{j}" for j in range(len(group["params"]))],
                                 group["params"])]

@@ -435,3 +435,18 @@ def test_fits_a_small_regression_problem():
         loss.backward()
         opt.step()
     assert loss.item() < 0.05 * baseline
+
+
+def test_network_saturation_weighs_tensors_by_size():
+    """update_diagnostics' network-wide S counts elements, not tensors: S(small) = 1 and S(large) = 0 give 2/10."""
+    from alphagrad_rl.experiment import update_diagnostics
+
+    small, large = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(8))
+    small.grad = torch.tensor([1.0, 1.0])  # g_hat = 0.71 each: alpha * g_hat = 70.7 > 2.5
+    large.grad = torch.tensor([1.0] + [0.0] * 7)  # one element of 8 carries the whole norm...
+    opt = AlphaGrad([("small", small), ("large", large)], lr=0.1, alpha=100.0)
+    with update_diagnostics(opt, "q", True) as stats:
+        opt.step()
+    assert stats["optimizer/q/saturation/small"] == 1.0
+    assert stats["optimizer/q/saturation/large"] == 1 / 8  # ...so only it saturates
+    assert stats["optimizer/q/saturation"] == pytest.approx((2 * 1.0 + 8 * (1 / 8)) / 10)
