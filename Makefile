@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo reproduce-dqn reproduce-td3 reproduce-ppo reproduce-paper try-bad-inputs bench-optimizers bench-agents bench-checkpoint demo-resume clean
+.PHONY: install test lint demo reproduce-dqn reproduce-td3 reproduce-ppo reproduce-paper tune-demo try-bad-inputs bench-optimizers bench-agents bench-checkpoint demo-resume clean
 
 # Extra arguments for the sweep launcher, e.g. a quick, smaller version of a paper experiment:
 #   make reproduce-ppo SWEEP_ARGS="--seeds 1 --total-timesteps 100000 --results-dir results/quick"
@@ -59,6 +59,15 @@ reproduce-ppo: $(STAMP)
 	$(call reproduce,paper_ppo_halfcheetah,paper-ppo-halfcheetah)
 
 reproduce-paper: reproduce-dqn reproduce-ppo reproduce-td3
+
+# Optuna over AlphaGrad's alpha and lr on DQN CartPole (30k steps, 3 seeds a trial, 12 trials): two tuner processes
+# share the study's journal file, then the best settings run on 5 fresh seeds beside Adam (results/tune-dqn-cartpole/:
+# TUNING.md, tuning.png). Run it again after a kill: it resumes. (~10 min on 2 idle cores)
+TUNE := $(BIN)/python scripts/tune.py
+tune-demo: $(STAMP)
+	$(TUNE) configs/tune_dqn_cartpole.yaml --worker-id 1 --no-final & \
+	$(TUNE) configs/tune_dqn_cartpole.yaml --worker-id 0 --no-final; wait
+	$(TUNE) configs/tune_dqn_cartpole.yaml
 
 # every bad input of scripts/try_bad_inputs.py, tallied (clear error / silently accepted / traceback / data loss)
 try-bad-inputs: $(STAMP)

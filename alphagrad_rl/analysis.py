@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,10 +48,10 @@ PANELS = {
     "ppo_continuous_action": ["charts/episodic_return", "losses/explained_variance", "losses/entropy",
                               "losses/approx_kl"],
 }
-TABLE_COLUMNS = ["run", "arm", "algorithm", "env_id", "optimizer", "alpha", "seed", "status", "final_return",
+TABLE_COLUMNS = ["run", "arm", "algorithm", "env_id", "optimizer", "alpha", "lr", "seed", "status", "final_return",
                  "auc", "best_return", "peak_return", "start_return", "early_return", "episodes", "mean_drawdown",
                  "variability", "td_loss_spikes", "td_loss_p99", "explained_variance", "entropy_drop", "approx_kl",
-                 "q_value_variability", "actor_loss_variability", "wall_clock_s", "sps"]
+                 "q_value_variability", "actor_loss_variability", "saturation", "wall_clock_s", "sps"]
 EARLY_FRACTION = 0.25  # early_return: the mean return of the episodes ending in the first quarter of the steps
 
 
@@ -185,11 +186,23 @@ class Run:
         return self.excluded or ""
 
 
-def _optimizer_of(config: dict) -> tuple[str, float | None]:
+def _optimizer_of(config: dict) -> tuple[str, float | None, float | None]:
+    """(optimizer name, AlphaGrad's alpha or None, lr or None) of a run (TD3: its critic's optimizer)."""
     spec = config.get("optim") or config.get("critic_optim") or {}
     name = spec.get("name", "?")
     alpha = spec.get("alpha") if name.startswith("alphagrad") else None
-    return name, (float(alpha) if isinstance(alpha, (int, float)) else None)
+    lr = spec.get("lr")
+    return (name, float(alpha) if isinstance(alpha, (int, float)) else None,
+            float(lr) if isinstance(lr, (int, float)) else None)
+
+
+def network_saturation(metrics: list[dict]) -> float:
+    """The mean over training of AlphaGrad's network-wide saturation ratio S (section 7.3; every
+    `optimizer/<network>/saturation` value logged, all networks AlphaGrad steps); NaN when none was logged."""
+    values = [value for row in metrics for key, value in row.items()
+              if key.startswith("optimizer/") and key.endswith("/saturation") and key.count("/") == 2
+              and isinstance(value, (int, float))]
+    return float(np.mean(values)) if values else math.nan
 
 
 def run_folders(sweep_dir: str | Path) -> list[Path]:
@@ -242,7 +255,7 @@ def load_runs(sweep_dir: str | Path, final_window: int = 100) -> list[Run]:
     runs = []
     for run_dir in run_folders(sweep_dir):
         name = run_dir.relative_to(sweep_dir).as_posix().removesuffix(COMPACT_SUFFIX).replace("--", "/")
-        arm = name.rsplit("/", 1)[-1].split("__")[0]
+        arm = re.sub(r"__s-?\d+$", "", name.rsplit("/", 1)[-1])  # the run's configuration: its name less the seed
         try:
             record = read_run(run_dir)
             config = record["config"]["config"]
@@ -252,7 +265,7 @@ def load_runs(sweep_dir: str | Path, final_window: int = 100) -> list[Run]:
                             {"error": f"{run_dir / 'config.json'}: {type(error).__name__}: {error}"}, [],
                             row={"run": name, "arm": arm, "status": "unreadable"}))
             continue
-        optimizer, alpha = _optimizer_of(config)
+        optimizer, alpha, lr = _optimizer_of(config)
         summary = record["summary"] or {}
         run = Run(name, arm if "__" in name else optimizer, algorithm, config.get("env_id", "?"), optimizer,
                   alpha, int(config.get("seed", 0)), summary.get("status") or "missing", summary, record["metrics"],
@@ -267,7 +280,7 @@ def load_runs(sweep_dir: str | Path, final_window: int = 100) -> list[Run]:
         early = returns[steps <= EARLY_FRACTION * total] if total else returns[:0]
         run.row = {
             "run": run.name, "arm": run.arm, "algorithm": run.algorithm, "env_id": run.env_id,
-            "optimizer": optimizer, "alpha": alpha, "seed": run.seed, "status": run.status,
+            "optimizer": optimizer, "alpha": alpha, "lr": lr, "seed": run.seed, "status": run.status,
             "final_return": final,
             # area under the return curve, per env step: the mean return over training
             "auc": float(np.trapezoid(returns, steps) / total) if len(returns) > 1 and total else math.nan,
@@ -285,6 +298,7 @@ def load_runs(sweep_dir: str | Path, final_window: int = 100) -> list[Run]:
             "approx_kl": float(np.mean(approx_kl)) if len(approx_kl) else math.nan,
             "q_value_variability": variability(*series(run.metrics, "losses/qf1_values")),
             "actor_loss_variability": variability(*series(run.metrics, "losses/actor_loss")),
+            "saturation": network_saturation(run.metrics),
             "wall_clock_s": summary.get("wall_clock_s"), "sps": summary.get("sps"),
         }
         derived = record.get("derived")

@@ -34,7 +34,7 @@ BAND_RESAMPLES = 1000
 STEPS_AXIS = FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1e3:g}k" if x else "0")
 
 
-def _save(figure, path_stem: Path) -> list[Path]:
+def save_figure(figure, path_stem: Path) -> list[Path]:
     """PNG and SVG, byte-identical when made again from the same records (no date, fixed SVG ids)."""
     paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".svg")]
     with plt.rc_context({"svg.hashsalt": path_stem.name}):
@@ -105,7 +105,7 @@ def plot_panels(runs: list[Run], algorithm: str, out_dir: Path) -> list[Path]:
     figure.suptitle(f"{algorithm} on {', '.join(sorted({run.env_id for run in runs}))}: mean over seeds of "
                     f"{SMOOTHING_EPISODES}-point moving means, {int(CONFIDENCE * 100)}% bootstrap band over seeds",
                     fontsize=10)
-    return _save(figure, out_dir / f"curves_{algorithm}")
+    return save_figure(figure, out_dir / f"curves_{algorithm}")
 
 
 def plot_iqm(arms: list[ArmStats], out_dir: Path) -> list[Path]:
@@ -120,7 +120,7 @@ def plot_iqm(arms: list[ArmStats], out_dir: Path) -> list[Path]:
     axis.set_ylabel("IQM final return")
     axis.set_title(f"IQM with {int(CONFIDENCE * 100)}% BCa bootstrap CI (stratified by environment)", fontsize=9)
     axis.grid(axis="y", alpha=0.3)
-    return _save(figure, out_dir / "iqm")
+    return save_figure(figure, out_dir / "iqm")
 
 
 def _fmt(value, digits: int = 1) -> str:

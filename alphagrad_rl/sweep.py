@@ -107,7 +107,7 @@ def _flag_args(flag: str, value: Any) -> list[str]:
     return [f"--{flag}", "None" if value is None else str(value)]
 
 
-def _agent_flags(args_type: type) -> set[str]:
+def agent_flags(args_type: type) -> set[str]:
     """Every flag the agent accepts (tyro style: dashes, nested dataclasses joined by dots)."""
 
     def walk(cls: type, prefix: str) -> set[str]:
@@ -155,37 +155,48 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
 
 
-def load_sweep(path: str | Path, agents: Mapping[str, AgentEntry]) -> Sweep:
-    """Read, validate and expand a sweep config whose program is one of `agents` (SweepConfigError on any
-    problem). Every run's arguments are checked with the agent's own parser and checks."""
-    path = Path(path)
+ConfigErrorMaker = Callable[[str, str], SweepConfigError]
+
+
+def read_config(path: Path, kind: str, top_level_keys: set[str], required_keys: set[str],
+                agents: Mapping[str, AgentEntry]) -> tuple[dict[str, Any], ConfigErrorMaker, AgentEntry]:
+    """A YAML config file (a sweep's or a tuner's) as a mapping whose top-level keys, `name` and `program` are
+    checked, with its error maker fail(key, problem) and its agent. SweepConfigError names the file and the key
+    (a missing or malformed file, a key given twice, an unknown or missing key, an unsafe name, an unknown program)."""
     if not path.is_file():
-        raise SweepConfigError(f"{path}: no such sweep config")
+        raise SweepConfigError(f"{path}: no such {kind} config")
     try:
         config = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise SweepConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(config, dict):
-        raise SweepConfigError(f"{path}: the top level must be a mapping of {sorted(TOP_LEVEL_KEYS)}")
+        raise SweepConfigError(f"{path}: the top level must be a mapping of {sorted(top_level_keys)}")
 
     def fail(key: str, problem: str) -> SweepConfigError:
         return SweepConfigError(f"{path}: key {key!r}: {problem}")
 
     for key in config:
-        if key not in TOP_LEVEL_KEYS:
-            raise fail(key, f"unknown key (allowed: {', '.join(sorted(TOP_LEVEL_KEYS))})")
-    for key in sorted(REQUIRED_KEYS - set(config)):
-        raise fail(key, "missing (required: " + ", ".join(sorted(REQUIRED_KEYS)) + ")")
-    if config.get("method", "grid") != "grid":
-        raise fail("method", f"{config['method']!r} is not supported (allowed: grid)")
+        if key not in top_level_keys:
+            raise fail(key, f"unknown key (allowed: {', '.join(sorted(top_level_keys))})")
+    for key in sorted(required_keys - set(config)):
+        raise fail(key, "missing (required: " + ", ".join(sorted(required_keys)) + ")")
     name = config["name"]
     if not (isinstance(name, str) and is_safe_name(name)):
         raise fail("name", f"{name!r} must be one folder name of letters, digits and '-_.=+,@'")
-    program = config["program"]
-    if program not in agents:
-        raise fail("program", f"{program!r} (allowed: {', '.join(agents)})")
-    agent = agents[program]
-    flags = _agent_flags(agent.args_type)
+    if config["program"] not in agents:
+        raise fail("program", f"{config['program']!r} (allowed: {', '.join(agents)})")
+    return config, fail, agents[config["program"]]
+
+
+def load_sweep(path: str | Path, agents: Mapping[str, AgentEntry]) -> Sweep:
+    """Read, validate and expand a sweep config whose program is one of `agents` (SweepConfigError on any
+    problem). Every run's arguments are checked with the agent's own parser and checks."""
+    path = Path(path)
+    config, fail, agent = read_config(path, "sweep", TOP_LEVEL_KEYS, REQUIRED_KEYS, agents)
+    name, program = config["name"], config["program"]
+    if config.get("method", "grid") != "grid":
+        raise fail("method", f"{config['method']!r} is not supported (allowed: grid)")
+    flags = agent_flags(agent.args_type)
 
     def check_flag(key: str, flag: Any) -> None:
         if flag in RESERVED_FLAGS:
@@ -303,7 +314,7 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _stop_with_parent() -> None:
+def stop_with_parent() -> None:
     """In the child: get SIGTERM when the launcher dies, so a killed sweep leaves no orphan run behind;
     the run saves a checkpoint and stops, and the next launch resumes it."""
     if sys.platform.startswith("linux"):
@@ -324,7 +335,7 @@ def execute_run(argv: list[str], run_dir: str, env: dict[str, str], cwd: str) ->
             log.write(f"\n--- resumed by the sweep launcher at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
             log.flush()
         returncode = subprocess.run(argv + ["--resume"] * resume, cwd=cwd, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, preexec_fn=_stop_with_parent).returncode
+                                    stderr=subprocess.STDOUT, preexec_fn=stop_with_parent).returncode
     summary = read_summary(run_dir) or {}
     if returncode != 0 and summary.get("status") in (None, "running", "finished"):
         tail = (run_dir / "output.log").read_text(errors="replace")[-4000:]
@@ -374,7 +385,7 @@ def execute_population(argv: list[str], run_dirs: list[str], env: dict[str, str]
     start = time.time()
     with open(run_dirs[0] / "output.log", "w") as log:
         returncode = subprocess.run(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    preexec_fn=_stop_with_parent).returncode
+                                    preexec_fn=stop_with_parent).returncode
     summaries = []
     for run_dir in run_dirs:
         summary = read_summary(run_dir) or {}

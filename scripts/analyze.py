@@ -1,4 +1,5 @@
-"""Analyze a sweep: tidy table, per-arm statistics with CIs, the paper's figures and REPORT.md with its claims.
+"""Analyze a sweep: tidy table, per-arm statistics with CIs, the paper's figures and REPORT.md with its claims;
+for a sweep over AlphaGrad's alpha (>= 3 alphas at one lr), also the alpha-sensitivity figure and SENSITIVITY.md.
 
     python scripts/analyze.py results/runs/paper-dqn-cartpole     # run folders -> compact records -> report
     python scripts/analyze.py results/paper-dqn-cartpole/records  # the committed compact records -> report
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import tyro
 
-from alphagrad_rl.analysis import export_records
+from alphagrad_rl.analysis import export_records, load_runs
 from alphagrad_rl.report import write_report
+from alphagrad_rl.sensitivity import has_alpha_grid, write_sensitivity
 
 
 @dataclass
@@ -53,12 +55,14 @@ def main(args: Args) -> int:
             written = export_records(args.sweep_dir, records, args.final_window, args.max_points)
             print(f"{len(written)} compact records in {records}")
         report = write_report(records, output, args.final_window, args.baseline)
+        runs = load_runs(records, args.final_window)
+        sensitivity = write_sensitivity(runs, output, args.baseline) if has_alpha_grid(runs) else None
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     text = report.read_text()
     print(text[: text.index("## Figures")] if "## Figures" in text else text)
-    print(f"report: {report}")
+    print(f"report: {report}" + (f"\nalpha sensitivity: {sensitivity}" if sensitivity else ""))
     return 0
 
 

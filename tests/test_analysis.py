@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_run(sweep_dir: Path, name: str, algorithm: str, optimizer: str, alpha, seed: int, returns,
-             status="finished", td_losses=None, env_id="HalfCheetah-v5"):
+             status="finished", td_losses=None, env_id="HalfCheetah-v5", lr=None, saturation=()):
     run_dir = sweep_dir / name
     run_dir.mkdir(parents=True)
-    spec = {"name": optimizer, "alpha": alpha if alpha is not None else "auto"}
+    spec = {"name": optimizer, "alpha": alpha if alpha is not None else "auto", "lr": lr}
     key = "critic_optim" if algorithm == "td3_continuous_action" else "optim"
     config = {"env_id": env_id, "seed": seed, key: spec}
     (run_dir / "config.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "algorithm": algorithm,
@@ -38,6 +38,8 @@ def make_run(sweep_dir: Path, name: str, algorithm: str, optimizer: str, alpha, 
     rows = [{"step": 1000 * (i + 1), "time": i, "charts/episodic_return": float(r), "charts/episodic_length": 1000}
             for i, r in enumerate(returns)]
     rows += [{"step": 100 * (i + 1), "time": i, "losses/td_loss": float(v)} for i, v in enumerate([] if td_losses is None else td_losses)]
+    rows += [{"step": 150 * (i + 1), "time": i, "optimizer/q/saturation": v, "optimizer/q/saturation/layer.0": 1.0}
+             for i, v in enumerate(saturation)]
     (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in sorted(rows, key=lambda r: r["step"])) + "\n")
     summary = {"schema_version": SCHEMA_VERSION, "status": status, "total_timesteps": 1000 * len(returns),
                "global_step": 1000 * len(returns), "wall_clock_s": 1.0, "sps": 1000.0,
@@ -286,3 +288,37 @@ def test_analyze_cli_rejects_a_missing_folder(tmp_path):
     completed = subprocess.run([sys.executable, str(ROOT / "scripts" / "analyze.py"), str(tmp_path / "empty")],
                                capture_output=True, text=True)
     assert completed.returncode == 2 and "no run records" in completed.stderr
+
+
+# ---- alpha sensitivity ----
+
+def test_alpha_sensitivity_points_figure_and_table(tmp_path):
+    from alphagrad_rl.sensitivity import PAPER_D, has_alpha_grid, sensitivity_points, write_sensitivity
+
+    finals = {}
+    for lr in (1e-4, 1e-3):
+        for alpha in (9.3, 93.0, 930.0):
+            for seed in (1, 2, 3, 4):
+                final = 400.0 - 150 * abs(math.log10(alpha / 93)) - (100 if lr == 1e-4 else 0) + 10 * seed
+                finals.setdefault((lr, alpha), []).append(final)
+                make_run(tmp_path / "sweep", f"a{alpha:g}__optim.lr={lr:g}__s{seed}", "dqn", "alphagrad", alpha, seed,
+                         [final] * 30, env_id="CartPole-v1", lr=lr, saturation=[alpha / 1000, alpha / 1000 + 0.2])
+    for lr, final in ((1e-4, 200.0), (1e-3, 300.0)):
+        for seed in (1, 2, 3, 4):
+            make_run(tmp_path / "sweep", f"adam__optim.lr={lr:g}__s{seed}", "dqn", "adam", None, seed,
+                     [final + seed] * 30, env_id="CartPole-v1", lr=lr)
+    runs = load_runs(tmp_path / "sweep", final_window=10)
+    assert {run.arm for run in runs if run.optimizer == "adam"} == {"adam__optim.lr=0.0001", "adam__optim.lr=0.001"}
+    assert has_alpha_grid(runs) and not has_alpha_grid([run for run in runs if run.alpha != 930.0])
+    env, points = sensitivity_points(runs)
+    assert env == "CartPole-v1"
+    point = next(p for p in points if p.lr == 1e-3 and p.alpha == 93.0)
+    assert point.k == pytest.approx(93 / math.sqrt(PAPER_D["CartPole-v1"])) and point.finished == 4
+    assert point.iqm == pytest.approx(iqm(finals[(1e-3, 93.0)]))
+    assert point.saturation == pytest.approx(0.093 + 0.1)  # the network-wide values only, not the per-tensor 1.0
+    write_sensitivity(runs, tmp_path / "out")
+    table = list(csv.DictReader(open(tmp_path / "out" / "sensitivity.csv")))
+    assert len(table) == 8  # 6 AlphaGrad settings + Adam at 2 lrs
+    text = (tmp_path / "out" / "SENSITIVITY.md").read_text()
+    assert "adam at its best learning rate (0.001)" in text and "Best k 1 (IQM" in text
+    assert (tmp_path / "out" / "sensitivity.png").exists()

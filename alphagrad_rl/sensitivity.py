@@ -1,0 +1,161 @@
+"""Alpha sensitivity: AlphaGrad's final return (IQM with its 95% BCa CI over seeds) against k = alpha / sqrt(d), one
+line per learning rate, beside Adam's best learning rate as a band, and the measured saturation ratio S against k
+(AlphaGrad paper, section 5.2 for k and Table 2 for d, section 7.3 for S).
+
+d is the paper's own parameter count per environment (Table 2), so that k = 1, 2, 3 are the paper's alphas.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import Run, bootstrap_ci, iqm, stratified_iqm
+from .report import plt, save_figure
+from .runs import atomic_write
+
+# Table 2 of the paper: "total network parameters based on CleanRL defaults", the d of alpha = k sqrt(d)
+PAPER_D = {"CartPole-v1": 8_576, "HalfCheetah-v5": 9_664, "HalfCheetah-v4": 9_664, "Hopper-v4": 209_413,
+           "Hopper-v5": 209_413}
+PAPER_K = (1, 2, 3)  # the paper's alphas are k = 1 and 3 (and 2 for DQN)
+MIN_ALPHAS = 3  # a sweep with at least this many alphas at one lr gets a sensitivity figure
+
+
+@dataclass
+class Point:
+    """One (lr, alpha) setting of AlphaGrad, or one lr of the baseline (alpha None), over its seeds."""
+
+    optimizer: str
+    lr: float | None
+    alpha: float | None
+    k: float | None
+    runs: int
+    finished: int
+    iqm: float
+    ci: tuple[float, float]
+    mean: float
+    saturation: float  # mean over seeds of the mean S over training
+
+
+def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
+    """(environment, one Point per (optimizer, lr, alpha) setting): AlphaGrad settings and the other optimizers'."""
+    envs = sorted({run.env_id for run in runs})
+    if len(envs) != 1:
+        raise ValueError(f"a sensitivity figure is made per environment; these runs have {envs}")
+    env = envs[0]
+    if env not in PAPER_D:
+        raise ValueError(f"no paper d (Table 2) for {env!r} (known: {', '.join(PAPER_D)})")
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.optimizer, run.row.get("lr"), run.alpha), []).append(run)
+    points = []
+    for (optimizer, lr, alpha), members in groups.items():
+        values = [run.row["final_return"] for run in members if run.included]
+        saturations = [run.row.get("saturation") for run in members if run.included]
+        saturations = [s for s in saturations if isinstance(s, float) and math.isfinite(s)]
+        ci = bootstrap_ci([values], stratified_iqm) if len(values) > 1 else (math.nan, math.nan)
+        points.append(Point(optimizer, lr, alpha, alpha / math.sqrt(PAPER_D[env]) if alpha is not None else None,
+                            len(members), len(values), iqm(values) if values else math.nan, ci,
+                            float(np.mean(values)) if values else math.nan,
+                            float(np.mean(saturations)) if saturations else math.nan))
+    points.sort(key=lambda p: (p.alpha is not None, p.optimizer, p.lr or 0, p.alpha or 0))
+    return env, points
+
+
+def has_alpha_grid(runs: list[Run]) -> bool:
+    """Whether the runs hold at least MIN_ALPHAS AlphaGrad alphas at one learning rate (in one environment)."""
+    alphas: dict[tuple, set] = {}
+    for run in runs:
+        if run.alpha is not None:
+            alphas.setdefault((run.env_id, run.row.get("lr")), set()).add(run.alpha)
+    return len({run.env_id for run in runs}) == 1 and any(len(a) >= MIN_ALPHAS for a in alphas.values())
+
+
+def best_baseline(points: list[Point], baseline: str) -> Point | None:
+    """The baseline optimizer's best learning rate by IQM final return (its tuned result)."""
+    candidates = [p for p in points if p.optimizer == baseline and p.alpha is None and math.isfinite(p.iqm)]
+    return max(candidates, key=lambda p: p.iqm) if candidates else None
+
+
+def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_dir: Path) -> list[Path]:
+    alphagrad = [p for p in points if p.alpha is not None]
+    lrs = sorted({p.lr for p in alphagrad}, key=lambda lr: (lr is None, lr))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.2))
+    colors = plt.get_cmap("viridis")(np.linspace(0.1, 0.85, max(len(lrs), 1)))
+    for color, lr in zip(colors, lrs):
+        line = sorted((p for p in alphagrad if p.lr == lr), key=lambda p: p.k)
+        ks = [p.k for p in line]
+        centers = np.array([p.iqm for p in line])
+        lows = np.array([p.ci[0] if math.isfinite(p.ci[0]) else p.iqm for p in line])
+        highs = np.array([p.ci[1] if math.isfinite(p.ci[1]) else p.iqm for p in line])
+        label = f"AlphaGrad lr {lr:g}" if lr is not None else "AlphaGrad"
+        left.errorbar(ks, centers, yerr=[centers - lows, highs - centers], marker="o", capsize=3, color=color,
+                      label=label)
+        right.plot(ks, [p.saturation for p in line], marker="o", color=color, label=label)
+    if baseline is not None:
+        low, high = baseline.ci if all(map(math.isfinite, baseline.ci)) else (baseline.iqm, baseline.iqm)
+        left.axhspan(low, high, color="tab:red", alpha=0.15, lw=0)
+        left.axhline(baseline.iqm, color="tab:red", lw=1.2,
+                     label=f"{baseline.optimizer} (best lr {baseline.lr:g}): IQM, 95% CI")
+    for axis in (left, right):
+        axis.set_xscale("log")
+        axis.set_xlabel(f"k = alpha / sqrt(d)   (d = {PAPER_D[env]:,}, paper Table 2)")
+        for k in PAPER_K:
+            axis.axvline(k, color="grey", ls=":", lw=0.8)
+        axis.legend(fontsize=7, loc="best")
+    left.set_ylabel("final return (IQM over seeds, 95% CI)")
+    left.set_title(f"{env}: AlphaGrad final return against k")
+    right.set_ylabel("saturation S = P(|alpha g_hat| > 2.5), mean over training")
+    right.set_ylim(-0.02, 1.02)
+    right.set_title("measured saturation ratio (section 7.3)")
+    figure.tight_layout()
+    return save_figure(figure, out_dir / "sensitivity")
+
+
+def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam") -> Path:
+    """sensitivity.csv, the figure and SENSITIVITY.md (a table per learning rate and what the data can say)."""
+    env, points = sensitivity_points(runs)
+    best = best_baseline(points, baseline)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_dir / "sensitivity.csv") as f:
+        writer = csv.writer(f)
+        writer.writerow(["optimizer", "lr", "alpha", "k", "runs", "finished", "iqm", "iqm_ci_low", "iqm_ci_high",
+                         "mean", "saturation"])
+        for p in points:
+            writer.writerow([p.optimizer, p.lr, p.alpha, p.k, p.runs, p.finished, p.iqm, *p.ci, p.mean, p.saturation])
+    figures = plot_sensitivity(env, points, best, out_dir)
+    lines = [f"# Alpha sensitivity: {env}", "",
+             f"Final return (mean of the last episodes per run; IQM over seeds with its 95% BCa CI) against "
+             f"k = alpha / sqrt(d), d = {PAPER_D[env]:,} (the paper's Table 2), at each learning rate; S = the "
+             "fraction of |alpha g_hat| above 2.5 over the whole network, averaged over training (section 7.3).", ""]
+    if best is not None:
+        lines += [f"{baseline} at its best learning rate ({best.lr:g}): IQM {best.iqm:.1f} "
+                  f"[{best.ci[0]:.1f}, {best.ci[1]:.1f}] over {best.finished} seeds; at each lr: " + ", ".join(
+                      f"{p.lr:g}: {p.iqm:.1f}" for p in points if p.optimizer == baseline and p.alpha is None) + ".", ""]
+    alphagrad = [p for p in points if p.alpha is not None]
+    for lr in sorted({p.lr for p in alphagrad}, key=lambda lr: (lr is None, lr)):
+        line = sorted((p for p in alphagrad if p.lr == lr), key=lambda p: p.k)
+        top = max(line, key=lambda p: p.iqm if math.isfinite(p.iqm) else -math.inf)
+        lines += [f"## lr {lr:g}", "", "| k | alpha | seeds | IQM [95% CI] | mean | S |", "|---|---|---|---|---|---|"]
+        for p in line:
+            versus = ""
+            if best is not None and all(map(math.isfinite, p.ci)) and all(map(math.isfinite, best.ci)):
+                versus = " (above Adam's CI)" if p.ci[0] > best.ci[1] else \
+                    " (below Adam's CI)" if p.ci[1] < best.ci[0] else ""
+            lines.append(f"| {p.k:.3g} | {p.alpha:g} | {p.finished}/{p.runs} | {p.iqm:.1f} [{p.ci[0]:.1f}, "
+                         f"{p.ci[1]:.1f}]{versus} | {p.mean:.1f} | {p.saturation:.3f} |")
+        overlapping = [p for p in line if all(map(math.isfinite, p.ci)) and p.ci[1] >= top.ci[0]]
+        lines += ["", f"Best k {top.k:.3g} (IQM {top.iqm:.1f}); k values whose CI reaches the best's lower bound "
+                  f"(not separable from it at {top.finished} seeds): " + ", ".join(f"{p.k:.3g}" for p in overlapping)
+                  + ".", ""]
+    lines += ["Reading: with 5 seeds a setting's CI is wide; two settings differ only where their CIs do not "
+              "overlap, and overlapping CIs mean undecided, not equal.", "", "## Figure", ""]
+    lines += [f"![{path.stem}]({path.name})" for path in figures if path.suffix == ".png"]
+    path = out_dir / "SENSITIVITY.md"
+    with atomic_write(path) as f:
+        f.write("\n".join(lines) + "\n")
+    return path

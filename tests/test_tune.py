@@ -1,0 +1,205 @@
+"""The tuner (scripts/tune.py, alphagrad_rl.tuning): config checks, scoring, the shared journal study, recovery of
+a killed tuner's trial, and the final evaluation on fresh seeds."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from agents import sweep_registry
+from alphagrad_rl.runs import read_run
+from alphagrad_rl.sweep import SweepConfigError, load_sweep
+from alphagrad_rl.tuning import (
+    EpisodeTail,
+    final_sweep_config,
+    load_tune_config,
+    normalized_score,
+    open_study,
+    recover_stale_trials,
+    trial_counts,
+    trial_score,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+REGISTRY = sweep_registry()
+
+
+def tiny_config(**overrides):
+    config = {"name": "tiny-tune", "program": "agents/dqn.py",
+              "parameters": {"env-id": {"value": "CartPole-v1"}, "total-timesteps": {"value": 1200},
+                             "learning-starts": {"value": 200}, "buffer-size": {"value": 500},
+                             "batch-size": {"value": 16}, "diagnostics-interval": {"value": 0},
+                             "optim.eps": {"value": 1e-5}},
+              "arm": {"optim.name": "alphagrad", "optim.momentum": 0.9, "optim.momentum-form": "sgd"},
+              "search": {"optim.alpha": {"low": 5, "high": 500, "log": True},
+                         "optim.lr": {"low": 1e-5, "high": 1e-2, "log": True}},
+              "seeds": [1, 2], "trials": 3, "score": {"range": [0, 500], "last_episodes": 5},
+              "report_every": 400, "pruner": {"name": "none"}, "sampler": {"startup_trials": 2, "seed": 0},
+              "final": {"seeds": [11, 12], "baselines": {"adam": {"optim.name": "adam"}}}}
+    config.update(overrides)
+    return config
+
+
+def write(tmp_path, config, name="tune.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"final": {"seeds": [2, 11]}}, "also search seeds"),
+    ({"search": {"optim.alpha": {"low": 5, "high": 5}}}, "low < high"),
+    ({"search": {"optim.alpha": {"low": 0, "high": 5, "log": True}}}, "log range needs low > 0"),
+    ({"search": {"optim.alfa": {"low": 1, "high": 5}}}, "not a flag of agents/dqn.py"),
+    ({"search": {"optim.momentum": {"low": 0.1, "high": 0.9}}}, "also set under parameters or arm"),
+    ({"search": {"optim.alpha": {"low": -5, "high": 5}}}, "alpha"),  # the agent's own check: alpha > 0
+    ({"pruner": {"name": "hyperband"}}, "median, successive-halving, none"),
+    ({"pruner": {"name": "median", "patience": 3}}, "unknown option"),
+    ({"seeds": [1, 1]}, "distinct integers"),
+    ({"trials": 0}, "integer > 0"),
+    ({"score": {"range": [500, 0]}}, "low < high"),
+    ({"report_every": 5000}, "total timesteps = 1200"),
+    ({"parameters": {"seed": {"value": 3}}}, "set by the tuner"),
+    ({"trails": 3}, "unknown key"),
+])
+def test_bad_configs_are_refused_naming_the_key(tmp_path, change, message):
+    with pytest.raises(SweepConfigError, match=message):
+        load_tune_config(write(tmp_path, tiny_config(**change)), REGISTRY)
+
+
+def test_shipped_tuning_config_is_valid():
+    config = load_tune_config(ROOT / "configs" / "tune_dqn_cartpole.yaml", REGISTRY)
+    assert config.total_timesteps == 30000 and not set(config.seeds) & set(config.final_seeds)
+
+
+def test_scores_are_iqm_over_seeds_of_normalized_recent_returns():
+    assert normalized_score([0, 0, 100, 300], (0, 500), last_episodes=2) == pytest.approx(0.4)
+    assert normalized_score([], (0, 500), 5) == 0.0  # no episode yet: the low end
+    assert normalized_score([float("nan")], (0, 500), 5) == 0.0
+    # IQM of four seeds trims the best and the worst: mean of 0.2 and 0.4
+    per_seed = [[0.0], [100.0], [200.0], [500.0]]
+    assert trial_score(per_seed, (0, 500), 1) == pytest.approx(0.3)
+
+
+def test_episode_tail_reads_only_complete_lines(tmp_path):
+    tail = EpisodeTail(tmp_path)
+    tail.poll()  # no file yet
+    rows = [{"step": 10, "charts/episodic_return": 12.0}, {"step": 20, "losses/td_loss": 0.5},
+            {"step": 30, "charts/episodic_return": 20.0}]
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    (tmp_path / "metrics.jsonl").write_text(text + '{"step": 40, "charts/episodic_ret')  # a line being written
+    tail.poll()
+    assert tail.episodes == [(10, 12.0), (30, 20.0)] and tail.last_step == 30
+    assert tail.returns_until(20) == [12.0]
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('urn": 31.0}\n')
+    tail.poll()
+    assert tail.episodes[-1] == (40, 31.0) and tail.last_step == 40
+
+
+def test_stale_trials_are_retried_with_their_settings_and_folder(tmp_path):
+    config = load_tune_config(write(tmp_path, tiny_config()), REGISTRY)
+    study = open_study(config, tmp_path / "runs")
+    alive = study.ask({"optim.alpha": optuna.distributions.FloatDistribution(5, 500, log=True)})
+    alive.set_user_attr("worker", {"host": "elsewhere", "pid": 1})
+    alive.set_user_attr("heartbeat", time.time())
+    silent = study.ask({"optim.alpha": optuna.distributions.FloatDistribution(5, 500, log=True)})
+    silent.set_user_attr("worker", {"host": "elsewhere", "pid": 1})
+    silent.set_user_attr("heartbeat", time.time() - 1000)
+    silent.set_user_attr("folder", "trial0001")
+    dead = study.ask({"optim.alpha": optuna.distributions.FloatDistribution(5, 500, log=True)})
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead.set_user_attr("worker", {"host": socket.gethostname(), "pid": int(finished.stdout)})  # a process now gone
+    dead.set_user_attr("heartbeat", time.time())
+    assert recover_stale_trials(study, grace_s=600, report=lambda _: None) == 2
+    # a second tuner doing the same finds nothing left to recover
+    assert recover_stale_trials(open_study(config, tmp_path / "runs"), grace_s=600, report=lambda _: None) == 0
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[alive.number] == optuna.trial.TrialState.RUNNING
+    assert states[silent.number] == states[dead.number] == optuna.trial.TrialState.FAIL
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert {t.user_attrs["retry_of"] for t in waiting} == {silent.number, dead.number}
+    for _ in waiting:  # each retry, when a tuner takes it, suggests the settings of the trial it retries
+        retry = study.ask()
+        original = study.trials[retry.user_attrs["retry_of"]]
+        assert retry.suggest_float("optim.alpha", 5, 500, log=True) == original.params["optim.alpha"]
+        if original.number == silent.number:
+            assert retry.user_attrs["folder"] == "trial0001"
+
+
+def test_a_study_refuses_another_search_under_its_name(tmp_path):
+    open_study(load_tune_config(write(tmp_path, tiny_config()), REGISTRY), tmp_path / "runs")
+    other = load_tune_config(write(tmp_path, tiny_config(seeds=[1, 3]), "other.yaml"), REGISTRY)
+    with pytest.raises(SweepConfigError, match="started with another search"):
+        open_study(other, tmp_path / "runs")
+    # more trials or another final evaluation is the same search
+    more = load_tune_config(write(tmp_path, tiny_config(trials=9, final={"seeds": [50]}), "more.yaml"), REGISTRY)
+    open_study(more, tmp_path / "runs")
+
+
+def test_final_sweep_is_a_valid_sweep_of_the_best_settings_on_fresh_seeds(tmp_path):
+    config = load_tune_config(write(tmp_path, tiny_config()), REGISTRY)
+    sweep_config = final_sweep_config(config, {"optim.alpha": 42.5, "optim.lr": 3e-4})
+    sweep = load_sweep(write(tmp_path, sweep_config, "final.yaml"), REGISTRY)
+    assert {run.seed for run in sweep.runs} == {11, 12}
+    tuned = [dict(run.flags) for run in sweep.runs if run.arm == "tuned"]
+    assert all(flags["optim.alpha"] == 42.5 and flags["optim.lr"] == 3e-4 and flags["optim.momentum"] == 0.9
+               for flags in tuned) and len(tuned) == 2
+    assert {dict(run.flags)["optim.name"] for run in sweep.runs if run.arm == "adam"} == {"adam"}
+
+
+def _journal_trials(journal_dir, config):
+    return open_study(config, journal_dir).get_trials()
+
+
+@pytest.mark.slow
+def test_killed_tuner_resumes_and_the_final_evaluation_uses_fresh_seeds(tmp_path):
+    """Kill the tuner in the middle of a trial; the next tuner retries that trial with the same settings, finishes
+    the study, and evaluates the best trial's settings on the final seeds only."""
+    path = write(tmp_path, tiny_config())
+    runs, output = tmp_path / "runs", tmp_path / "out"
+    command = [sys.executable, "scripts/tune.py", str(path), "--results-dir", str(runs), "--output", str(output),
+               "--final-workers", "1"]
+    tuner = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    config = load_tune_config(path, REGISTRY)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until a trial is under way (its runs have logged steps)
+        metrics = list((runs / "tiny-tune" / "trials").glob("*/metrics.jsonl"))
+        if any(m.stat().st_size > 0 for m in metrics):
+            break
+        time.sleep(0.2)
+    tuner.send_signal(signal.SIGKILL)
+    tuner.wait()
+    killed = [t for t in _journal_trials(runs, config) if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(killed) == 1
+
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "its tuner is gone; enqueued again" in done.stdout
+    trials = _journal_trials(runs, config)
+    counts = trial_counts(open_study(config, runs))
+    assert counts["complete"] == 3 and counts["fail"] == 1
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == killed[0].number)
+    assert retry.params == killed[0].params and retry.user_attrs["folder"] == killed[0].user_attrs["folder"]
+
+    best = json.loads((output / "best.json").read_text())
+    best_trial = max((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.value)
+    assert best["best_trial"] == best_trial.number and best["params"] == best_trial.params
+    records = sorted((output / "records").glob("*.record.json.gz"))
+    assert len(records) == 4  # tuned + adam on the two final seeds
+    for record in records:
+        run_config = read_run(record)["config"]["config"]
+        assert run_config["seed"] in (11, 12)
+        if record.name.startswith("tuned"):
+            assert run_config["optim"]["alpha"] == pytest.approx(best_trial.params["optim.alpha"])
+            assert run_config["optim"]["lr"] == pytest.approx(best_trial.params["optim.lr"])
+    tuning = (output / "TUNING.md").read_text()
+    assert "| tuned | 2 |" in tuning and "| adam | 2 |" in tuning
+    assert (output / "tuning.png").exists() and (output / "REPORT.md").exists()
