@@ -7,9 +7,17 @@ from pathlib import Path
 def sweep_registry() -> dict:
     from alphagrad_rl.sweep import AgentEntry
 
-    from . import dqn, dqn_population, ppo_continuous_action, td3_continuous_action
+    from . import (
+        dqn,
+        dqn_population,
+        ppo_continuous_action,
+        ppo_continuous_action_population,
+        td3_continuous_action,
+    )
 
-    populations = {dqn: (Path(dqn_population.__file__), (("optim.alpha", "alphas"), ("optim.lr", "lrs")))}
+    member_flags = (("optim.alpha", "alphas"), ("optim.lr", "lrs"))
+    populations = {dqn: (Path(dqn_population.__file__), member_flags),
+                   ppo_continuous_action: (Path(ppo_continuous_action_population.__file__), member_flags)}
     return {f"agents/{Path(module.__file__).name}": AgentEntry(Path(module.__file__), module.Args, module.check_args,
                                                                *populations.get(module, ()))
             for module in (dqn, ppo_continuous_action, td3_continuous_action)}

@@ -15,7 +15,6 @@ Not yet: checkpoints and --resume (a population restarts from step 0).
 
 from __future__ import annotations
 
-import dataclasses
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,113 +22,44 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from agents import dqn
+from alphagrad_rl import population
 from alphagrad_rl.buffers import ReplayBuffer
 from alphagrad_rl.envs import ended_episodes, make_vector_env, true_next_obs
 from alphagrad_rl.experiment import cli, open_record, seed_everything, select_device, update_diagnostics
-from alphagrad_rl.factory import make_optimizer, used_fields
-from alphagrad_rl.runs import check_run_name, safe_name
+from alphagrad_rl.population import (
+    PopulationOptions,
+    StackedSequential,
+    check_population_args,
+    crashed_members,
+    make_population_optimizer,
+)
 
 
 @dataclass
-class Args(dqn.Args):
-    population_size: int = 0
-    """members trained at once (0: as many as --seeds, or 4)"""
-    seeds: tuple[int, ...] = ()
-    """each member's seed (default: seed, seed + 1, ...)"""
-    alphas: tuple[float, ...] = ()
-    """AlphaGrad: each member's alpha (default: --optim.alpha for every member)"""
-    lrs: tuple[float, ...] = ()
-    """AlphaGrad: each member's learning rate (default: --optim.lr for every member)"""
-    run_names: tuple[str, ...] = ()
-    """each member's run folder name (default: <run name>__m<i>, or agents/dqn.py's default name per member)"""
+class Args(dqn.Args, PopulationOptions):
+    pass
 
 
 def member_args(args: Args) -> list[dqn.Args]:
     """The agents/dqn.py options of each member (what its run record holds)."""
-    size = args.population_size or len(args.seeds) or len(args.run_names) or 4
-    seeds = args.seeds or tuple(args.seed + i for i in range(size))
-    columns = {"seeds": seeds, "alphas": args.alphas or (args.optim.alpha,) * size,
-               "lrs": args.lrs or (args.optim.lr,) * size}
-    names = args.run_names or tuple(
-        f"{args.run_name}__m{i}" if args.run_name else
-        safe_name(f"{args.env_id}__{args.exp_name}__{args.optim.name}__{seed}__population") for i, seed in enumerate(seeds))
-    columns["run_names"] = names
-    wrong = {key: len(values) for key, values in columns.items() if len(values) != size}
-    if wrong:
-        raise ValueError(f"population of {size}: " + ", ".join(f"{key} has {n} values" for key, n in wrong.items()))
-    if (args.alphas or args.lrs) and args.optim.name != "alphagrad":
-        raise ValueError(f"--alphas and --lrs set AlphaGrad's per-member values; the optimizer is {args.optim.name}")
-    if len(set(names)) != size:
-        raise ValueError(f"two members share a run name: {names}")
-    single = {f.name: getattr(args, f.name) for f in dataclasses.fields(dqn.Args)}
-    return [dqn.Args(**{**single, "seed": seed, "run_name": name, "optim": dataclasses.replace(
-        args.optim, **({"alpha": alpha, "lr": lr} if args.optim.name == "alphagrad" else {}))})
-            for seed, alpha, lr, name in zip(seeds, columns["alphas"], columns["lrs"], names)]
+    return population.member_args(args, dqn.Args, "DQN")
 
 
 def check_args(args: Args) -> None:
-    if args.resume:
-        raise ValueError("a population cannot be resumed yet: run it again from step 0 (without --resume)")
-    if args.population_size < 0:
-        raise ValueError(f"invalid population_size: {args.population_size} (allowed: >= 0, 0 = from --seeds)")
-    for member in member_args(args):
-        dqn.check_args(member)
-        check_run_name(member.run_name)
+    check_population_args(args, dqn.Args, dqn.check_args, "DQN")
 
 
-class PopulationQNetwork(nn.Module):
+class PopulationQNetwork(StackedSequential):
     """The members' dqn.QNetwork layers stacked: layer k holds weight (members, out, in) and bias (members, out)."""
 
     def __init__(self, networks: list[dqn.QNetwork]):
-        super().__init__()
-        linears = [[layer for layer in net.network if isinstance(layer, nn.Linear)] for net in networks]
-        self.weights = nn.ParameterList(torch.stack([net[k].weight.detach() for net in linears])
-                                        for k in range(len(linears[0])))
-        self.biases = nn.ParameterList(torch.stack([net[k].bias.detach() for net in linears])
-                                       for k in range(len(linears[0])))
+        super().__init__([net.network for net in networks])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (members, batch, obs) -> Q-values (members, batch, actions)."""
-        for k, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-            if k < len(self.weights) - 1:
-                x = F.relu(x)
-        return x
-
-    def member_state_dict(self, member: int) -> dict[str, torch.Tensor]:
+    def member_state_dict(self, member: int, prefix: str = "network.") -> dict[str, torch.Tensor]:
         """Member `member`'s weights as a dqn.QNetwork state_dict (network.0.weight, ...)."""
-        state = {}
-        for k, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            state[f"network.{2 * k}.weight"] = weight[member].detach().clone()
-            state[f"network.{2 * k}.bias"] = bias[member].detach().clone()
-        return state
-
-
-def make_population_optimizer(q_network: PopulationQNetwork, members: list[dqn.Args]) -> torch.optim.Optimizer:
-    """One optimizer over the stacked networks; AlphaGrad with each member's alpha and lr. Non-finite gradients
-    are skipped per member (nonfinite="skip"), so one member's NaN never stops the others; `crashed_members` then
-    tells which members agents/dqn.py would have stopped."""
-    spec = members[0].optim
-    if "nonfinite" in used_fields(spec):
-        spec = dataclasses.replace(spec, nonfinite="skip")
-    per_member = {"alpha": [m.optim.alpha for m in members], "lr": [m.optim.lr for m in members]}
-    return make_optimizer([{"params": list(q_network.named_parameters()),
-                            **(per_member if spec.name == "alphagrad" else {})}], spec, members=len(members))
-
-
-def crashed_members(losses: torch.Tensor, optimizer: torch.optim.Optimizer, skipped_before: list[int],
-                    nonfinite: str) -> list[int]:
-    """Members whose loss is not finite, or whose AlphaGrad step was skipped for a non-finite gradient while
-    their options say nonfinite="raise" (where agents/dqn.py's run would have stopped)."""
-    bad = set(np.flatnonzero(~torch.isfinite(losses).detach().cpu().numpy()).tolist())
-    skipped = optimizer.param_groups[0].get("skipped_steps")
-    if nonfinite == "raise" and isinstance(skipped, list):
-        bad |= {i for i, (now, before) in enumerate(zip(skipped, skipped_before)) if now > before}
-    return sorted(bad)
+        return super().member_state_dict(member, prefix)
 
 
 def td_losses(q_network: PopulationQNetwork, target_network: PopulationQNetwork, batch: list, gamma: float):
@@ -157,7 +87,7 @@ def main(args: Args) -> list[dict]:
         networks.append(dqn.QNetwork(envs))
     q_network = PopulationQNetwork(networks).to(device)
     target_network = PopulationQNetwork(networks).to(device)
-    optimizer = make_population_optimizer(q_network, members)
+    optimizer = make_population_optimizer(q_network.named_parameters(), members)
     records = [open_record(m, "dqn", Path(m.results_dir) / m.run_name, m.total_timesteps) for m in members]
     rbs = [ReplayBuffer(args.buffer_size, envs.single_observation_space.shape, (), np.int64, device)
            for _ in members]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -151,6 +152,83 @@ class Agent(nn.Module):
         return action, probs.log_prob(action).sum(1), probs.entropy().sum(1), self.critic(x)
 
 
+class Batch(NamedTuple):
+    """One iteration's rollout, flattened over steps and envs."""
+
+    obs: torch.Tensor
+    logprobs: torch.Tensor
+    actions: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    values: torch.Tensor
+
+
+def update(agent: Agent, optimizer: torch.optim.Optimizer, alpha_scheduler, args: Args, batch: Batch,
+           updates: int) -> tuple[int, dict]:
+    """PPO's update epochs on one rollout (minibatch order from np.random, as CleanRL's): the optimizer step count
+    so far, and the values logged (the last minibatch's losses, the iteration's clip fraction, diagnostics)."""
+    batch_size = len(batch.logprobs)
+    minibatch_size = batch_size // args.num_minibatches
+    b_inds = np.arange(batch_size)
+    clipfracs = []
+    diagnostics = {}
+    for _epoch in range(args.update_epochs):
+        np.random.shuffle(b_inds)
+        for start in range(0, batch_size, minibatch_size):
+            mb_inds = b_inds[start:start + minibatch_size]
+            _, newlogprob, entropy, newvalue = agent.get_action_and_value(batch.obs[mb_inds], batch.actions[mb_inds])
+            logratio = newlogprob - batch.logprobs[mb_inds]
+            ratio = logratio.exp()
+
+            with torch.no_grad():
+                # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                old_approx_kl = (-logratio).mean()
+                approx_kl = ((ratio - 1) - logratio).mean()
+                clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+
+            mb_advantages = batch.advantages[mb_inds]
+            if args.norm_adv:
+                mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+            # policy loss
+            pg_loss1 = -mb_advantages * ratio
+            pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+            pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+            # value loss
+            newvalue = newvalue.view(-1)
+            mb_returns, mb_values = batch.returns[mb_inds], batch.values[mb_inds]
+            if args.clip_vloss:
+                v_loss_unclipped = (newvalue - mb_returns) ** 2
+                v_clipped = mb_values + torch.clamp(newvalue - mb_values, -args.clip_coef, args.clip_coef)
+                v_loss_clipped = (v_clipped - mb_returns) ** 2
+                v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+            else:
+                v_loss = 0.5 * ((newvalue - mb_returns) ** 2).mean()
+
+            entropy_loss = entropy.mean()
+            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+            optimizer.zero_grad()
+            loss.backward()
+            if args.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            updates += 1
+            diagnose = args.diagnostics_interval > 0 and updates % args.diagnostics_interval == 0
+            with update_diagnostics(optimizer, "agent", diagnose) as step_diagnostics:
+                optimizer.step()
+            diagnostics.update(step_diagnostics)
+            if alpha_scheduler is not None:
+                alpha_scheduler.step()
+
+        if args.target_kl is not None and approx_kl > args.target_kl:
+            break
+    return updates, {"losses/value_loss": v_loss.item(), "losses/policy_loss": pg_loss.item(),
+                     "losses/entropy": entropy_loss.item(), "losses/old_approx_kl": old_approx_kl.item(),
+                     "losses/approx_kl": approx_kl.item(), "losses/clipfrac": float(np.mean(clipfracs)),
+                     **diagnostics}
+
+
 def evaluate(agent: Agent, obs_stats: dict, args: Args, device: torch.device, episodes: int) -> list[float]:
     """Returns of `episodes` episodes with the mean action and the training run's frozen normalization."""
     envs = make_vector_env([make_env(args.env_id, args.gamma)], gym.spaces.Box, "PPO")
@@ -171,7 +249,6 @@ def main(args: Args) -> dict:
     check_args(args)
     seed_everything(args.seed, args.torch_deterministic)
     batch_size = args.num_envs * args.num_steps
-    minibatch_size = batch_size // args.num_minibatches
     num_iterations = max(1, args.total_timesteps // batch_size)
     if num_iterations * batch_size != args.total_timesteps:
         print(f"note: PPO runs whole iterations of num_envs * num_steps = {batch_size} env steps, so "
@@ -257,78 +334,16 @@ def main(args: Args) -> dict:
                     advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
                 returns = advantages + values
 
-            b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
-            b_logprobs = logprobs.reshape(-1)
-            b_actions = actions.reshape((-1,) + envs.single_action_space.shape)
-            b_advantages = advantages.reshape(-1)
-            b_returns = returns.reshape(-1)
-            b_values = values.reshape(-1)
+            batch = Batch(obs.reshape((-1,) + envs.single_observation_space.shape), logprobs.reshape(-1),
+                          actions.reshape((-1,) + envs.single_action_space.shape), advantages.reshape(-1),
+                          returns.reshape(-1), values.reshape(-1))
+            updates, losses = update(agent, optimizer, alpha_scheduler, args, batch, updates)
 
-            b_inds = np.arange(batch_size)
-            clipfracs = []
-            diagnostics = {}
-            for _epoch in range(args.update_epochs):
-                np.random.shuffle(b_inds)
-                for start in range(0, batch_size, minibatch_size):
-                    mb_inds = b_inds[start:start + minibatch_size]
-                    _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
-                    logratio = newlogprob - b_logprobs[mb_inds]
-                    ratio = logratio.exp()
-
-                    with torch.no_grad():
-                        # calculate approx_kl http://joschu.net/blog/kl-approx.html
-                        old_approx_kl = (-logratio).mean()
-                        approx_kl = ((ratio - 1) - logratio).mean()
-                        clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
-
-                    mb_advantages = b_advantages[mb_inds]
-                    if args.norm_adv:
-                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-
-                    # policy loss
-                    pg_loss1 = -mb_advantages * ratio
-                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-
-                    # value loss
-                    newvalue = newvalue.view(-1)
-                    if args.clip_vloss:
-                        v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                        v_clipped = b_values[mb_inds] + torch.clamp(newvalue - b_values[mb_inds], -args.clip_coef,
-                                                                    args.clip_coef)
-                        v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
-                        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
-                    else:
-                        v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
-
-                    entropy_loss = entropy.mean()
-                    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-
-                    optimizer.zero_grad()
-                    loss.backward()
-                    if args.max_grad_norm is not None:
-                        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                    updates += 1
-                    diagnose = args.diagnostics_interval > 0 and updates % args.diagnostics_interval == 0
-                    with update_diagnostics(optimizer, "agent", diagnose) as step_diagnostics:
-                        optimizer.step()
-                    diagnostics.update(step_diagnostics)
-                    if alpha_scheduler is not None:
-                        alpha_scheduler.step()
-
-                if args.target_kl is not None and approx_kl > args.target_kl:
-                    break
-
-            y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+            y_pred, y_true = batch.values.cpu().numpy(), batch.returns.cpu().numpy()
             var_y = np.var(y_true)
             explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-            record.log(global_step, {
-                "charts/learning_rate": optimizer.param_groups[0]["lr"],
-                "losses/value_loss": v_loss.item(), "losses/policy_loss": pg_loss.item(),
-                "losses/entropy": entropy_loss.item(), "losses/old_approx_kl": old_approx_kl.item(),
-                "losses/approx_kl": approx_kl.item(), "losses/clipfrac": float(np.mean(clipfracs)),
-                "losses/explained_variance": explained_var, "charts/SPS": record.sps(global_step), **diagnostics,
-            })
+            record.log(global_step, {"charts/learning_rate": optimizer.param_groups[0]["lr"], **losses,
+                                     "losses/explained_variance": explained_var, "charts/SPS": record.sps(global_step)})
             record.progress(global_step)
             if checkpoints.due(global_step):
                 checkpoints.save(global_step, global_step=global_step, updates=updates, iteration=iteration + 1,

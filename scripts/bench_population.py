@@ -1,9 +1,10 @@
-"""Runs per hour: a population (agents/dqn_population.py) vs the single-file agent (agents/dqn.py), same budgets.
+"""Runs per hour: a population (agents/*_population.py) vs the single-file agent, same budgets.
 
 Both sides use the machine's cores the same way: the single-file runs go two at a time (one per core, one torch
 thread each); the population side runs two population processes at once, each with half of the seeds.
     python scripts/bench_population.py                                   # DQN CartPole, 10 runs of 50k steps
     python scripts/bench_population.py --runs 10 --total-timesteps 500000
+    python scripts/bench_population.py --agent ppo --total-timesteps 100000   # PPO HalfCheetah-v5
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
@@ -33,7 +35,14 @@ class Args:
     processes: int = 2
     """processes at a time on each side (one per core)"""
     optimizer: str = "alphagrad"
-    """adam or alphagrad (alpha 93, the paper's DQN setting)"""
+    """adam or alphagrad (the paper's k = 1: alpha 93 for DQN, 98 for PPO)"""
+    agent: Literal["dqn", "ppo"] = "dqn"
+    """DQN on CartPole-v1 or PPO on HalfCheetah-v5"""
+
+
+AGENTS = {"dqn": ("agents/dqn.py", "agents/dqn_population.py", "CartPole-v1", "93"),
+          "ppo": ("agents/ppo_continuous_action.py", "agents/ppo_continuous_action_population.py", "HalfCheetah-v5",
+                  "98")}
 
 
 def run_all(commands: list[list[str]], processes: int) -> float:
@@ -49,22 +58,23 @@ def run_all(commands: list[list[str]], processes: int) -> float:
 
 
 def main(args: Args) -> None:
-    optimizer = ["--optim.name", args.optimizer] + (["--optim.alpha", "93"] if args.optimizer == "alphagrad" else [])
+    single_agent, population_agent, env_id, alpha = AGENTS[args.agent]
+    optimizer = ["--optim.name", args.optimizer] + (["--optim.alpha", alpha] if args.optimizer == "alphagrad" else [])
     common = ["--total-timesteps", str(args.total_timesteps), "--quiet", "--no-cuda", "--checkpoint-interval-s", "0",
               *optimizer]
     seeds = list(range(1, args.runs + 1))
     with tempfile.TemporaryDirectory() as folder:
-        single = [[sys.executable, "agents/dqn.py", *common, "--seed", str(seed), "--results-dir", f"{folder}/single",
+        single = [[sys.executable, single_agent, *common, "--seed", str(seed), "--results-dir", f"{folder}/single",
                    "--run-name", f"s{seed}"] for seed in seeds]
         shares = [seeds[i::args.processes] for i in range(args.processes)]
-        population = [[sys.executable, "agents/dqn_population.py", *common, "--seeds", *map(str, share),
+        population = [[sys.executable, population_agent, *common, "--seeds", *map(str, share),
                        "--results-dir", f"{folder}/population", "--run-name", f"p{i}"]
                       for i, share in enumerate(shares) if share]
         single_s = run_all(single, args.processes)
         population_s = run_all(population, args.processes)
         finals = {side: [read_summary(path)["final_return"] for path in sorted(Path(folder, side).iterdir())]
                   for side in ("single", "population")}
-    print(f"DQN CartPole-v1, {args.optimizer}, {args.runs} runs x {args.total_timesteps:,} steps, "
+    print(f"{args.agent.upper()} {env_id}, {args.optimizer}, {args.runs} runs x {args.total_timesteps:,} steps, "
           f"{args.processes} processes at a time, 1 torch thread each")
     for side, seconds in (("single-file", single_s), ("population", population_s)):
         print(f"{side:12s} {seconds:8.1f} s   {3600 * args.runs / seconds:8.1f} runs/hour")

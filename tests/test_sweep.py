@@ -213,6 +213,25 @@ def test_a_sweep_runs_as_populations_with_one_standard_record_per_run(tmp_path):
     assert again == results
 
 
+@pytest.mark.slow
+def test_a_ppo_sweep_packs_into_a_population_that_writes_standard_records(tmp_path):
+    parameters = {"env-id": {"value": "HalfCheetah-v5"}, "total-timesteps": {"value": 128},
+                  "num-steps": {"value": 64}, "num-minibatches": {"value": 2}, "update-epochs": {"value": 1},
+                  "seed": {"values": [1, 2]}}
+    arms = {"alphagrad-98": {"optim.name": "alphagrad", "optim.alpha": 98},
+            "alphagrad-294": {"optim.name": "alphagrad", "optim.alpha": 294}}
+    sweep = load_sweep(write_config(tmp_path, program="agents/ppo_continuous_action.py", parameters=parameters,
+                                    arms=arms), REGISTRY)
+    jobs = sweep_module.population_jobs(sweep.runs, sweep.agent, 4)
+    assert len(jobs) == 1 and sweep_module.population_argv(jobs[0], sweep.agent, Path("out"), ())[1].endswith(
+        "agents/ppo_continuous_action_population.py")
+    options = LaunchOptions(results_dir=tmp_path / "runs", workers=1, use_gpus=False, population_size=4)
+    results = launch(sweep, sweep.runs, options, report=quiet)
+    assert sorted(summary["status"] for summary in results.values()) == ["finished"] * 4
+    record = read_run(tmp_path / "runs" / "tiny" / "alphagrad-98__s2")
+    assert record["config"]["config"]["seed"] == 2 and record["config"]["config"]["optim"]["alpha"] == 98.0
+
+
 def test_missing_key_and_bad_yaml(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: x\nprogram: agents/dqn.py\nparameters: {}\n")
