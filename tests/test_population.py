@@ -311,3 +311,155 @@ def test_ppo_population_writes_one_standard_record_per_member(tmp_path):
     lrs = [row["charts/learning_rate"] for row in rows if "charts/learning_rate" in row]
     assert lrs == pytest.approx([3e-4, 1.5e-4])  # annealed, from its own lr
     assert (tmp_path / "pop__m2" / "ppo_continuous_action.pt").exists() and summaries[2]["evaluation"]["episodes"] == 1
+
+
+# ---- TD3 ----
+
+TD3_SPECS = {"adam": OptimizerSpec(name="adam", lr=3e-4),
+             "alphagrad": OptimizerSpec(name="alphagrad", alpha=150.0, lr=3e-5, momentum=0.9, momentum_form="sgd",
+                                        eps=1e-5)}
+
+
+def td3_args(tmp_path, spec, **overrides):
+    from agents import td3_continuous_action_population as td3_population
+
+    defaults = dict(seeds=SEEDS, actor_optim=spec, critic_optim=spec, env_id="Hopper-v4", total_timesteps=300,
+                    learning_starts=100, batch_size=32, buffer_size=1000, results_dir=str(tmp_path), run_name="pop",
+                    quiet=True, cuda=False, diagnostics_interval=20)
+    return td3_population.Args(**{**defaults, **overrides})
+
+
+def td3_batches(steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [[ReplayBatch(torch.randn(32, 11, generator=g), torch.rand(32, 3, generator=g) * 2 - 1,
+                         torch.randn(32, 11, generator=g), torch.randn(32, 1, generator=g),
+                         (torch.rand(32, 1, generator=g) < 0.1).float()) for _ in SEEDS] for _ in range(steps)]
+
+
+def td3_single_file_updates(members, batches, args):
+    """Each member's networks after agents/td3_continuous_action.py's updates (its code, member by member: critic
+    step every update, actor and targets every policy_frequency-th) on its own batches."""
+    from agents import td3_continuous_action as td3
+
+    envs = make_vector_env([td3.make_env("Hopper-v4", 1, 0)], gym.spaces.Box, "TD3")
+    low, high = (torch.as_tensor(x) for x in (envs.single_action_space.low, envs.single_action_space.high))
+    results = []
+    for i, member in enumerate(members):
+        seed_everything(member.seed, True)
+        actor, qf1, qf2 = td3.Actor(envs), td3.QNetwork(envs), td3.QNetwork(envs)
+        qf1_target, qf2_target, target_actor = td3.QNetwork(envs), td3.QNetwork(envs), td3.Actor(envs)
+        target_actor.load_state_dict(actor.state_dict())
+        qf1_target.load_state_dict(qf1.state_dict())
+        qf2_target.load_state_dict(qf2.state_dict())
+        q_optimizer = make_optimizer([(f"qf1.{n}", p) for n, p in qf1.named_parameters()]
+                                     + [(f"qf2.{n}", p) for n, p in qf2.named_parameters()], member.critic_optim)
+        actor_optimizer = make_optimizer(actor.named_parameters(), member.actor_optim)
+        for step, step_batches in enumerate(batches):
+            data = step_batches[i]
+            with torch.no_grad():
+                clipped_noise = (torch.randn_like(data.actions) * args.policy_noise).clamp(
+                    -args.noise_clip, args.noise_clip) * target_actor.action_scale
+                next_state_actions = (target_actor(data.next_observations) + clipped_noise).clamp(low, high)
+                min_qf_next_target = torch.min(qf1_target(data.next_observations, next_state_actions),
+                                               qf2_target(data.next_observations, next_state_actions))
+                next_q_value = data.rewards.flatten() + (1 - data.terminations.flatten()) * args.gamma * (
+                    min_qf_next_target).view(-1)
+            qf_loss = (F.mse_loss(qf1(data.observations, data.actions).view(-1), next_q_value)
+                       + F.mse_loss(qf2(data.observations, data.actions).view(-1), next_q_value))
+            q_optimizer.zero_grad()
+            qf_loss.backward()
+            q_optimizer.step()
+            if step % args.policy_frequency == 0:
+                actor_loss = -qf1(data.observations, actor(data.observations)).mean()
+                actor_optimizer.zero_grad()
+                actor_loss.backward()
+                actor_optimizer.step()
+                with torch.no_grad():
+                    for net, target in ((actor, target_actor), (qf1, qf1_target), (qf2, qf2_target)):
+                        for param, target_param in zip(net.parameters(), target.parameters()):
+                            target_param.data.copy_(args.tau * param.data + (1 - args.tau) * target_param.data)
+        results.append({"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict(),
+                        "qf1_target": qf1_target.state_dict()})
+    return results
+
+
+def td3_population_updates(members, batches, args):
+    from agents import td3_continuous_action as td3
+    from agents import td3_continuous_action_population as td3_population
+
+    envs = make_vector_env([td3.make_env("Hopper-v4", 1, 0)], gym.spaces.Box, "TD3")
+    low, high = (torch.as_tensor(x) for x in (envs.single_action_space.low, envs.single_action_space.high))
+    nets = td3_population.member_networks(members, envs, torch.device("cpu"))
+    q_optimizer, actor_optimizer = td3_population.make_optimizers(nets, members)
+    for step, step_batches in enumerate(batches):
+        data = [torch.stack(parts) for parts in zip(*step_batches)]
+        qf1_loss, qf2_loss, _, _ = td3_population.critic_losses(nets, args, data, low, high)
+        q_optimizer.zero_grad()
+        (qf1_loss + qf2_loss).sum().backward()
+        q_optimizer.step()
+        if step % args.policy_frequency == 0:
+            actor_optimizer.zero_grad()
+            td3_population.actor_losses(nets, data[0]).sum().backward()
+            actor_optimizer.step()
+            td3_population.update_targets(nets, args.tau)
+    return nets, qf1_loss + qf2_loss
+
+
+@pytest.mark.parametrize("optimizer", TD3_SPECS)
+def test_td3_population_updates_are_each_members_single_file_updates(optimizer, tmp_path):
+    from agents import td3_continuous_action_population as td3_population
+
+    options = {"alphas": (100.0, 150.0, 457.0), "lrs": (3e-5, 3e-4, 1e-4)} if optimizer == "alphagrad" else {}
+    args = td3_args(tmp_path, TD3_SPECS[optimizer], **options)
+    members = td3_population.member_args(args)
+    assert [m.critic_optim.alpha for m in members] == [m.actor_optim.alpha for m in members]
+    batches = td3_batches(3)
+    nets, _ = td3_population_updates(members, batches, args)
+    for i, single in enumerate(td3_single_file_updates(members, batches, args)):
+        for role, net in (("actor", nets.actor), ("qf1", nets.qf1), ("qf2", nets.qf2), ("qf1_target", nets.qf1_target)):
+            for name, value in net.member_state_dict(i).items():
+                torch.testing.assert_close(value, single[role][name], rtol=1e-5, atol=1e-6, msg=f"{role}.{name}")
+
+
+@pytest.mark.parametrize("optimizer", TD3_SPECS)
+def test_a_bad_td3_member_changes_no_other_member(optimizer, tmp_path):
+    from agents import td3_continuous_action_population as td3_population
+
+    members = td3_population.member_args(td3_args(tmp_path, TD3_SPECS[optimizer]))
+    args = td3_args(tmp_path, TD3_SPECS[optimizer])
+    clean, poisoned = td3_batches(2), td3_batches(2)
+    poisoned[1][1] = poisoned[1][1]._replace(rewards=poisoned[1][1].rewards * 0 + float("nan"))
+    reference, _ = td3_population_updates(members, clean, args)
+    nets, losses = td3_population_updates(members, poisoned, args)
+    for i in (0, 2):
+        for role in ("actor", "qf1", "qf2"):
+            for name, value in getattr(nets, role).member_state_dict(i).items():
+                assert torch.equal(value, getattr(reference, role).member_state_dict(i)[name]), (i, role, name)
+    assert torch.isfinite(losses[[0, 2]]).all() and not torch.isfinite(losses[1])
+
+
+def test_td3_population_writes_standard_records_and_acts_as_its_runs_before_learning(tmp_path):
+    from agents import td3_continuous_action as td3
+    from agents import td3_continuous_action_population as td3_population
+
+    args = td3_args(tmp_path, TD3_SPECS["alphagrad"], total_timesteps=420, learning_starts=300, save_model=True,
+                    eval_episodes=1)
+    summaries = td3_population.main(args)
+    assert [s["status"] for s in summaries] == ["finished"] * 3
+    runs = {run.name: run for run in load_runs(tmp_path)}
+    assert [runs[f"pop__m{i}"].seed for i in range(3)] == list(SEEDS)
+    record = read_run(tmp_path / "pop__m1")
+    assert record["config"]["algorithm"] == "td3_continuous_action"
+    assert any("losses/qf1_values" in row for row in record["metrics"])
+    assert any("optimizer/critic/saturation" in row for row in record["metrics"])
+    assert (tmp_path / "pop__m1" / "td3_continuous_action.pt").exists()
+    shared = {key: getattr(args, key) for key in ("env_id", "total_timesteps", "learning_starts", "batch_size",
+                                                  "buffer_size", "quiet", "cuda", "actor_optim", "critic_optim")}
+    single = td3.main(td3.Args(**shared, seed=2, results_dir=str(tmp_path / "single"), run_name="s2"))
+    assert single["status"] == "finished"
+
+    def early(path):
+        return [(row["step"], row["charts/episodic_return"]) for row in read_run(path)["metrics"]
+                if "charts/episodic_return" in row and row["step"] < args.learning_starts]
+
+    assert early(tmp_path / "pop__m1") == early(tmp_path / "single" / "s2") and early(tmp_path / "pop__m1")

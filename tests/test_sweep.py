@@ -53,6 +53,10 @@ def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
     td3 = load_sweep(ROOT / "configs" / "paper_td3_hopper.yaml", REGISTRY)
     alphas = {dict(run.flags).get("critic-optim.alpha") for run in td3.runs}
     assert alphas == {None, 100, 150, 200, 250, 457}
+    jobs = sweep_module.population_jobs(td3.runs, td3.agent, 5)  # TD3 populations: an arm's seeds
+    assert len(jobs) == 13 and all(len({run.arm for run in job}) == 1 and len(job) == 5 for job in jobs)
+    assert sweep_module.population_argv(jobs[0], td3.agent, Path("out"), ())[1].endswith(
+        "agents/td3_continuous_action_population.py")
 
 
 @pytest.mark.slow

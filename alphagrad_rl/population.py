@@ -1,0 +1,193 @@
+"""What the population agents share (agents/*_population.py): their options, each member's single-file options,
+stacked networks, the population optimizer, and per-member gradient clipping, stepping and crash detection.
+
+A population trains N runs of a single-file agent in one process. Member i is exactly that agent's run with its
+own seed (and, for AlphaGrad, its own alpha and lr): its parameters are slice i of stacked tensors (dim 0 indexes
+members), its loss is computed on its own data, and the members' losses are summed, so member i's gradient is
+exactly its own loss's. AlphaGrad and AGR normalize each member's slice apart (`members=`); Adam and the other
+elementwise optimizers need nothing more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .factory import make_optimizer, used_fields
+from .runs import check_run_name, safe_name
+
+
+@dataclass
+class PopulationOptions:
+    """The options a population agent adds to its single-file agent's."""
+
+    population_size: int = 0
+    """members trained at once (0: as many as --seeds, or 4)"""
+    seeds: tuple[int, ...] = ()
+    """each member's seed (default: seed, seed + 1, ...)"""
+    alphas: tuple[float, ...] = ()
+    """AlphaGrad: each member's alpha (default: --optim.alpha for every member)"""
+    lrs: tuple[float, ...] = ()
+    """AlphaGrad: each member's learning rate (default: --optim.lr for every member)"""
+    run_names: tuple[str, ...] = ()
+    """each member's run folder name (default: <run name>__m<i>, or the single-file agent's default name per member)"""
+
+
+def member_args(args: Any, single_type: type, algorithm: str, optim_fields: tuple[str, ...] = ("optim",)) -> list[Any]:
+    """The single-file agent's options of each member (what its run record holds). `optim_fields` are the
+    OptimizerSpec fields that --alphas / --lrs set per member (TD3: its actor's and its critics')."""
+    first = getattr(args, optim_fields[0])
+    size = args.population_size or len(args.seeds) or len(args.run_names) or 4
+    seeds = args.seeds or tuple(args.seed + i for i in range(size))
+    columns = {"seeds": seeds, "alphas": args.alphas or (first.alpha,) * size, "lrs": args.lrs or (first.lr,) * size}
+    names = args.run_names or tuple(
+        f"{args.run_name}__m{i}" if args.run_name else
+        safe_name(f"{args.env_id}__{args.exp_name}__{first.name}__{seed}__population") for i, seed in enumerate(seeds))
+    columns["run_names"] = names
+    wrong = {key: len(values) for key, values in columns.items() if len(values) != size}
+    if wrong:
+        raise ValueError(f"{algorithm} population of {size}: "
+                         + ", ".join(f"{key} has {n} values" for key, n in wrong.items()))
+    per_member = bool(args.alphas or args.lrs)
+    if per_member and any(getattr(args, name).name != "alphagrad" for name in optim_fields):
+        optimizers = ", ".join(f"{name}: {getattr(args, name).name}" for name in optim_fields)
+        raise ValueError(f"--alphas and --lrs set AlphaGrad's per-member values; the optimizers are {optimizers}")
+    if len(set(names)) != size:
+        raise ValueError(f"two members share a run name: {names}")
+    single = {f.name: getattr(args, f.name) for f in dataclasses.fields(single_type)}
+    return [single_type(**{**single, "seed": seed, "run_name": name, **{
+        field: dataclasses.replace(getattr(args, field), **({"alpha": alpha, "lr": lr} if per_member else {}))
+        for field in optim_fields}}) for seed, alpha, lr, name in zip(seeds, columns["alphas"], columns["lrs"], names)]
+
+
+def check_population_args(args: Any, single_type: type, check_single, algorithm: str,
+                          optim_fields: tuple[str, ...] = ("optim",)) -> list[Any]:
+    """Refuse what a population cannot do, then check each member as its single-file run would; the members."""
+    if args.resume:
+        raise ValueError("a population cannot be resumed yet: run it again from step 0 (without --resume)")
+    if args.population_size < 0:
+        raise ValueError(f"invalid population_size: {args.population_size} (allowed: >= 0, 0 = from --seeds)")
+    if any(getattr(args, name).alpha_schedule for name in optim_fields):
+        raise ValueError("--optim.alpha-schedule is not available in a population (the saturation scheduler adapts "
+                         "one alpha per param group, not per member): run it with the single-file agent")
+    members = member_args(args, single_type, algorithm, optim_fields)
+    for member in members:
+        check_single(member)
+        check_run_name(member.run_name)
+    return members
+
+
+class StackedSequential(nn.Module):
+    """The members' copies of one nn.Sequential of Linear layers and activations, stacked: Linear k becomes weight
+    (members, out, in) and bias (members, out), applied with one batched matmul (torch.baddbmm) for all members."""
+
+    def __init__(self, networks: list[nn.Sequential], layer_names: list[str] | None = None):
+        super().__init__()
+        template = networks[0]
+        self.linear_indices = [i for i, layer in enumerate(template) if isinstance(layer, nn.Linear)]
+        if any(not isinstance(layer, nn.Linear) and any(True for _ in layer.parameters()) for layer in template):
+            raise ValueError("StackedSequential stacks Linear layers and parameter-free activations only")
+        self.activations = nn.ModuleList(template[i] for i in range(len(template))
+                                         if not isinstance(template[i], nn.Linear))
+        self.order = [("linear", self.linear_indices.index(i)) if isinstance(layer, nn.Linear) else
+                      ("activation", sum(not isinstance(template[j], nn.Linear) for j in range(i)))
+                      for i, layer in enumerate(template)]
+        self.weights = nn.ParameterList(torch.stack([net[i].weight.detach() for net in networks])
+                                        for i in self.linear_indices)
+        self.biases = nn.ParameterList(torch.stack([net[i].bias.detach() for net in networks])
+                                       for i in self.linear_indices)
+        self.layer_names = layer_names or [str(i) for i in self.linear_indices]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (members, batch, in) -> (members, batch, out)."""
+        for kind, k in self.order:
+            if kind == "linear":
+                x = torch.baddbmm(self.biases[k].unsqueeze(1), x, self.weights[k].transpose(1, 2))
+            else:
+                x = self.activations[k](x)
+        return x
+
+    def member_state_dict(self, member: int, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Member `member`'s weights as the template's state_dict (keys `<prefix><layer name>.weight`; the layer
+        names are the nn.Sequential's indices unless given)."""
+        state = {}
+        for k, name in enumerate(self.layer_names):
+            state[f"{prefix}{name}.weight"] = self.weights[k][member].detach().clone()
+            state[f"{prefix}{name}.bias"] = self.biases[k][member].detach().clone()
+        return state
+
+
+def make_population_optimizer(named_params, members: list[Any], optim_field: str = "optim") -> torch.optim.Optimizer:
+    """One optimizer (each member's `optim_field` spec) over the stacked parameters; AlphaGrad with each member's
+    alpha and lr. Non-finite gradients are skipped per member (nonfinite="skip"), so one member's NaN never stops
+    the others; `crashed_members` then tells which members their single-file runs would have stopped."""
+    specs = [getattr(m, optim_field) for m in members]
+    spec = specs[0]
+    if "nonfinite" in used_fields(spec):
+        spec = dataclasses.replace(spec, nonfinite="skip")
+    per_member = {"alpha": [s.alpha for s in specs], "lr": [s.lr for s in specs]}
+    return make_optimizer([{"params": list(named_params), **(per_member if spec.name == "alphagrad" else {})}], spec,
+                          members=len(members))
+
+
+def crashed_members(losses: torch.Tensor, optimizer: torch.optim.Optimizer, skipped_before: list[int],
+                    nonfinite: str) -> list[int]:
+    """Members whose loss is not finite, or whose AlphaGrad step was skipped for a non-finite gradient while
+    their options say nonfinite="raise" (where their single-file run would have stopped)."""
+    bad = set(np.flatnonzero(~torch.isfinite(losses).detach().cpu().numpy()).tolist())
+    skipped = optimizer.param_groups[0].get("skipped_steps")
+    if nonfinite == "raise" and isinstance(skipped, list):
+        bad |= {i for i, (now, before) in enumerate(zip(skipped, skipped_before)) if now > before}
+    return sorted(bad)
+
+
+def clip_grad_norm_per_member(params: list[torch.Tensor], max_norm: float, members: int) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ for each member on its own: member i's gradients (slice i of every
+    parameter) are scaled by min(1, max_norm / (||its gradients||_2 + 1e-6)). Returns the (members,) norms."""
+    grads = [p.grad for p in params if p.grad is not None]
+    per_tensor = torch.stack([g.reshape(members, -1).norm(dim=1) for g in grads])  # (tensors, members)
+    total = torch.linalg.vector_norm(per_tensor, dim=0)
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(scale.view(members, *([1] * (g.dim() - 1))))
+    return total
+
+
+def member_state_tensors(optimizer: torch.optim.Optimizer, members: int, shared_ok: bool = False) -> list[torch.Tensor]:
+    """The stacked parameters and every per-member state tensor of the optimizer (those with dim 0 = members).
+    ValueError if the optimizer keeps state shared by all members (such as Adam's step count), since a member
+    cannot then skip a step on its own, unless `shared_ok` (skipping members whose runs have crashed)."""
+    tensors = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            tensors.append(p)
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == members:
+                    tensors.append(value)
+                elif not shared_ok and value is not None:
+                    raise ValueError(f"{type(optimizer).__name__} keeps state shared by all members ({key!r}): its "
+                                     "members cannot skip steps on their own")
+    return tensors
+
+
+def step_members(optimizer: torch.optim.Optimizer, active: list[bool], shared_ok: bool = False) -> None:
+    """optimizer.step() for the active members only: the others' parameters and per-member optimizer state are left
+    as they were, as if their runs had not stepped (PPO's target-KL early stop; `shared_ok` when the skipped members
+    are crashed runs, whose state shared with the others, like Adam's step count, no longer matters)."""
+    frozen = [i for i, on in enumerate(active) if not on]
+    if not frozen:
+        optimizer.step()
+        return
+    saved = []
+    for tensor in member_state_tensors(optimizer, len(active), shared_ok):
+        index = torch.tensor(frozen, device=tensor.device)
+        saved.append((tensor, index, tensor.detach()[index].clone()))
+    optimizer.step()
+    with torch.no_grad():
+        for tensor, index, before in saved:
+            tensor[index] = before
