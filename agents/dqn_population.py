@@ -10,14 +10,13 @@ exactly its own loss's. A member whose loss turns non-finite is marked crashed i
 others go on.
     python agents/dqn_population.py --population-size 10 --optim.name alphagrad --optim.alpha 93
     python agents/dqn_population.py --seeds 1 2 3 --optim.name alphagrad --alphas 93 186 279
-Not yet: checkpoints and --resume (a population restarts from step 0).
+Checkpoints cover the whole population (in member 0's folder) and --resume continues it exactly.
 """
 
 from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -27,13 +26,16 @@ from agents import dqn
 from alphagrad_rl import population
 from alphagrad_rl.buffers import ReplayBuffer
 from alphagrad_rl.envs import ended_episodes, make_vector_env, true_next_obs
-from alphagrad_rl.experiment import cli, open_record, seed_everything, select_device, update_diagnostics
+from alphagrad_rl.experiment import cli, seed_everything, select_device, update_diagnostics
 from alphagrad_rl.population import (
     PopulationOptions,
     StackedSequential,
     check_population_args,
     crashed_members,
     make_population_optimizer,
+    member_summaries,
+    note_fresh_episodes,
+    open_population,
 )
 
 
@@ -88,70 +90,83 @@ def main(args: Args) -> list[dict]:
     q_network = PopulationQNetwork(networks).to(device)
     target_network = PopulationQNetwork(networks).to(device)
     optimizer = make_population_optimizer(q_network.named_parameters(), members)
-    records = [open_record(m, "dqn", Path(m.results_dir) / m.run_name, m.total_timesteps) for m in members]
+    records, checkpoints, _ = open_population(args, members, "dqn", args.total_timesteps)
     rbs = [ReplayBuffer(args.buffer_size, envs.single_observation_space.shape, (), np.int64, device)
            for _ in members]
     rngs = [np.random.default_rng(m.seed) for m in members]
-    alive = [True] * size
+    alive = [record is not None for record in records]
     obs, _ = envs.reset(seed=[m.seed for m in members])
-    updates = 0
+    start_step = updates = 0
+    checkpoints.track(q_network=q_network, target_network=target_network, optimizer=optimizer, envs=envs,
+                      **{f"replay_buffer{i}": rb for i, rb in enumerate(rbs)},
+                      **{f"rng{i}": rng for i, rng in enumerate(rngs)})
     try:
-        for global_step in range(args.total_timesteps):
-            epsilon = dqn.linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps,
-                                          global_step)
-            explore = [rng.random() < epsilon for rng in rngs]
-            if not all(explore):
-                with torch.no_grad():
-                    greedy = q_network(torch.as_tensor(obs, device=device).unsqueeze(1)).argmax(dim=2)[:, 0].cpu()
-            actions = np.array([env.action_space.sample() if explore[i] else int(greedy[i])
-                                for i, env in enumerate(envs.envs)])
-            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-            for i, episodic_return, episodic_length in ended_episodes(infos):
-                if alive[i]:
-                    records[i].log_episode(global_step, episodic_return, episodic_length)
-            real_next_obs = true_next_obs(next_obs, terminations, truncations, infos)
-            for i, rb in enumerate(rbs):
-                rb.add(obs[i:i + 1], real_next_obs[i:i + 1], actions[i:i + 1], rewards[i:i + 1], terminations[i:i + 1])
-            obs = next_obs
-
-            if global_step > args.learning_starts:
-                if global_step % args.train_frequency == 0:
-                    batch = [rb.sample(args.batch_size, rng) for rb, rng in zip(rbs, rngs)]
-                    losses, old_val = td_losses(q_network, target_network, batch, args.gamma)
-                    optimizer.zero_grad()
-                    losses.sum().backward()  # member i's gradient is its own loss's
-                    updates += 1
-                    diagnose = args.diagnostics_interval > 0 and updates % args.diagnostics_interval == 0
-                    skipped_before = list(optimizer.param_groups[0].get("skipped_steps") or [])
-                    with update_diagnostics(optimizer, "q", diagnose, members=size) as diagnostics:
-                        optimizer.step()
-                    for i in crashed_members(losses, optimizer, skipped_before, args.optim.nonfinite):
-                        if alive[i]:  # this member's run would have stopped here; the others go on
-                            alive[i] = False
-                            records[i].finish("crashed", error=f"non-finite TD loss or gradient at step {global_step}")
-                    for i in (i for i in range(size) if alive[i]):
-                        member_diagnostics = {key: value[i] for key, value in diagnostics.items()}
-                        if global_step % 100 == 0:
-                            records[i].log(global_step, {
-                                "losses/td_loss": losses[i].item(), "losses/q_values": old_val[i].mean().item(),
-                                "charts/SPS": records[i].sps(global_step), "charts/epsilon": epsilon,
-                                **member_diagnostics})
-                        elif member_diagnostics:
-                            records[i].log(global_step, member_diagnostics)
-
-                if global_step % args.target_network_frequency == 0:
+        with checkpoints:
+            if (resumed := checkpoints.restore()) is not None:  # --resume: continue exactly where it was
+                start_step, updates, obs = resumed["global_step"], resumed["updates"], resumed["obs"]
+                alive = list(resumed["alive"])
+                for env_index, first_obs in resumed["fresh_obs"].items():
+                    obs[env_index] = first_obs
+                note_fresh_episodes(records, resumed["fresh_obs"], 1)
+            for global_step in range(start_step, args.total_timesteps):
+                epsilon = dqn.linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps,
+                                              global_step)
+                explore = [rng.random() < epsilon for rng in rngs]
+                if not all(explore):
                     with torch.no_grad():
-                        for target, source in zip(target_network.parameters(), q_network.parameters()):
-                            target.copy_(args.tau * source + (1.0 - args.tau) * target)
-        for i in (i for i in range(size) if alive[i]):
-            records[i].training_done(args.total_timesteps)
-            if args.save_model:
-                model_path = records[i].run_dir / "dqn.pt"
-                torch.save({"q_network": q_network.member_state_dict(i)}, model_path)
-                network = dqn.QNetwork(envs).to(device)
-                network.load_state_dict(q_network.member_state_dict(i))
-                records[i].set_evaluation(model_path, dqn.evaluate(network, members[i], device, args.eval_episodes))
-            records[i].finish("finished")
+                        greedy = q_network(torch.as_tensor(obs, device=device).unsqueeze(1)).argmax(dim=2)[:, 0].cpu()
+                actions = np.array([env.action_space.sample() if explore[i] else int(greedy[i])
+                                    for i, env in enumerate(envs.envs)])
+                next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+                for i, episodic_return, episodic_length in ended_episodes(infos):
+                    if alive[i]:
+                        records[i].log_episode(global_step, episodic_return, episodic_length)
+                real_next_obs = true_next_obs(next_obs, terminations, truncations, infos)
+                for i, rb in enumerate(rbs):
+                    rb.add(obs[i:i + 1], real_next_obs[i:i + 1], actions[i:i + 1], rewards[i:i + 1], terminations[i:i + 1])
+                obs = next_obs
+
+                if global_step > args.learning_starts:
+                    if global_step % args.train_frequency == 0:
+                        batch = [rb.sample(args.batch_size, rng) for rb, rng in zip(rbs, rngs)]
+                        losses, old_val = td_losses(q_network, target_network, batch, args.gamma)
+                        optimizer.zero_grad()
+                        losses.sum().backward()  # member i's gradient is its own loss's
+                        updates += 1
+                        diagnose = args.diagnostics_interval > 0 and updates % args.diagnostics_interval == 0
+                        skipped_before = list(optimizer.param_groups[0].get("skipped_steps") or [])
+                        with update_diagnostics(optimizer, "q", diagnose, members=size) as diagnostics:
+                            optimizer.step()
+                        for i in crashed_members(losses, optimizer, skipped_before, args.optim.nonfinite):
+                            if alive[i]:  # this member's run would have stopped here; the others go on
+                                alive[i] = False
+                                records[i].finish("crashed", error=f"non-finite TD loss or gradient at step {global_step}")
+                        for i in (i for i in range(size) if alive[i]):
+                            member_diagnostics = {key: value[i] for key, value in diagnostics.items()}
+                            if global_step % 100 == 0:
+                                records[i].log(global_step, {
+                                    "losses/td_loss": losses[i].item(), "losses/q_values": old_val[i].mean().item(),
+                                    "charts/SPS": records[i].sps(global_step), "charts/epsilon": epsilon,
+                                    **member_diagnostics})
+                            elif member_diagnostics:
+                                records[i].log(global_step, member_diagnostics)
+
+                    if global_step % args.target_network_frequency == 0:
+                        with torch.no_grad():
+                            for target, source in zip(target_network.parameters(), q_network.parameters()):
+                                target.copy_(args.tau * source + (1.0 - args.tau) * target)
+                if checkpoints.due(global_step + 1):
+                    checkpoints.record = [record if alive[i] else None for i, record in enumerate(records)]
+                    checkpoints.save(global_step + 1, global_step=global_step + 1, obs=obs, updates=updates, alive=alive)
+            for i in (i for i in range(size) if alive[i]):
+                records[i].training_done(args.total_timesteps)
+                if args.save_model:
+                    model_path = records[i].run_dir / "dqn.pt"
+                    torch.save({"q_network": q_network.member_state_dict(i)}, model_path)
+                    network = dqn.QNetwork(envs).to(device)
+                    network.load_state_dict(q_network.member_state_dict(i))
+                    records[i].set_evaluation(model_path, dqn.evaluate(network, members[i], device, args.eval_episodes))
+                records[i].finish("finished")
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "crashed"
         for i in (i for i in range(size) if alive[i]):
@@ -159,7 +174,7 @@ def main(args: Args) -> list[dict]:
         raise
     finally:
         envs.close()
-    return [record.summary for record in records]
+    return member_summaries(records, members)
 
 
 if __name__ == "__main__":

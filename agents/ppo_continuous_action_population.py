@@ -12,14 +12,13 @@ losses are summed, so member i's gradient is exactly its own loss's. A member wh
 crashed in its own record (its single-file run would have stopped there) while the others go on.
     python agents/ppo_continuous_action_population.py --population-size 10 --optim.name alphagrad --optim.alpha 98
     python agents/ppo_continuous_action_population.py --seeds 1 2 3 --optim.name alphagrad --alphas 98 196 294
-Not yet: checkpoints and --resume (a population restarts from step 0).
+Checkpoints cover the whole population (in member 0's folder) and --resume continues it exactly.
 """
 
 from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -30,7 +29,7 @@ from torch.distributions.normal import Normal
 from agents import ppo_continuous_action as ppo
 from alphagrad_rl import population
 from alphagrad_rl.envs import ended_episodes, make_vector_env
-from alphagrad_rl.experiment import cli, open_record, seed_everything, select_device, update_diagnostics
+from alphagrad_rl.experiment import cli, seed_everything, select_device, update_diagnostics
 from alphagrad_rl.population import (
     PopulationOptions,
     StackedSequential,
@@ -39,6 +38,9 @@ from alphagrad_rl.population import (
     crashed_members,
     make_population_optimizer,
     member_state_tensors,
+    member_summaries,
+    note_fresh_episodes,
+    open_population,
     step_members,
 )
 
@@ -220,10 +222,9 @@ def main(args: Args) -> list[dict]:
     agents, generators = member_generators(members, device)
     agent = PopulationAgent(agents).to(device)
     optimizer = make_population_optimizer(agent.named_parameters(), members)
-    records = [open_record(m, "ppo_continuous_action", Path(m.results_dir) / m.run_name, num_iterations * batch_size)
-               for m in members]
+    records, checkpoints, _ = open_population(args, members, "ppo_continuous_action", num_iterations * batch_size)
     rngs = [np.random.RandomState(m.seed) for m in members]  # each run's np.random (minibatch order)
-    alive = [True] * size
+    alive = [record is not None for record in records]
     obs_shape, action_shape = envs.single_observation_space.shape, envs.single_action_space.shape
 
     obs = torch.zeros((args.num_steps, size, k) + obs_shape, device=device)
@@ -233,100 +234,116 @@ def main(args: Args) -> list[dict]:
     dones = torch.zeros((args.num_steps, size, k), device=device)
     values = torch.zeros((args.num_steps, size, k), device=device)
 
-    global_step, updates = 0, 0
+    global_step, updates, start_iteration = 0, 0, 1
     next_obs, _ = envs.reset(seed=[m.seed + j for m in members for j in range(k)])
     next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device).view((size, k) + obs_shape)
     next_done = torch.zeros((size, k), device=device)
+    # checkpoints fall between iterations, as in the single-file agent
+    checkpoints.track(agent=agent, optimizer=optimizer, envs=envs, **{f"rng{i}": rng for i, rng in enumerate(rngs)},
+                      **{f"generator{i}": generator for i, generator in enumerate(generators)})
     try:
-        for iteration in range(1, num_iterations + 1):
-            frac = 1.0 - (iteration - 1.0) / num_iterations if args.anneal_lr else 1.0
-            lrs = [frac * m.optim.lr for m in members]  # the same for every member unless AlphaGrad's differ
-            if args.anneal_lr:
-                for group in optimizer.param_groups:
-                    group["lr"] = lrs if args.optim.name == "alphagrad" else lrs[0]
+        with checkpoints:
+            if (resumed := checkpoints.restore()) is not None:  # --resume: continue exactly where it was
+                global_step, updates, start_iteration = resumed["global_step"], resumed["updates"], resumed["iteration"]
+                next_obs, next_done = resumed["next_obs"].to(device), resumed["next_done"].to(device)
+                alive = list(resumed["alive"])
+                for env_index, first_obs in resumed["fresh_obs"].items():  # episodes that could not be continued
+                    next_obs[env_index // k, env_index % k] = torch.as_tensor(first_obs, device=device)
+                    next_done[env_index // k, env_index % k] = 1.0
+                note_fresh_episodes(records, resumed["fresh_obs"], k)
+            for iteration in range(start_iteration, num_iterations + 1):
+                frac = 1.0 - (iteration - 1.0) / num_iterations if args.anneal_lr else 1.0
+                lrs = [frac * m.optim.lr for m in members]  # the same for every member unless AlphaGrad's differ
+                if args.anneal_lr:
+                    for group in optimizer.param_groups:
+                        group["lr"] = lrs if args.optim.name == "alphagrad" else lrs[0]
 
-            for step in range(args.num_steps):
-                global_step += args.num_envs
-                obs[step] = next_obs
-                dones[step] = next_done
-                with torch.no_grad():
-                    action, logprob, _, value = agent.get_action_and_value(next_obs, generators=generators)
-                    values[step] = value.squeeze(2)
-                actions[step] = action
-                logprobs[step] = logprob
-
-                if not all(alive):  # a crashed member's envs go on with zero actions, unrecorded
-                    action[torch.as_tensor([not a for a in alive], device=device)] = 0.0
-                next_obs_np, reward, terminations, truncations, infos = envs.step(
-                    action.reshape((size * k,) + action_shape).cpu().numpy())
-                reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
-                truncated_only = np.flatnonzero(np.logical_and(truncations, np.logical_not(terminations)))
-                if args.bootstrap_truncation and truncated_only.size:
-                    last_obs = infos["final_obs"] if "final_obs" in infos else next_obs_np
-                    final_obs = np.array(next_obs_np, dtype=np.float32)
-                    for i in truncated_only:
-                        final_obs[i] = last_obs[i]
+                for step in range(args.num_steps):
+                    global_step += args.num_envs
+                    obs[step] = next_obs
+                    dones[step] = next_done
                     with torch.no_grad():
-                        final_values = agent.get_value(torch.as_tensor(final_obs, device=device).view(
-                            (size, k) + obs_shape)).flatten()
-                    reward[truncated_only] += args.gamma * final_values[truncated_only]
-                rewards[step] = reward.view(size, k)
-                next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device).view((size, k) + obs_shape)
-                next_done = torch.as_tensor(np.logical_or(terminations, truncations), dtype=torch.float32,
-                                            device=device).view(size, k)
-                for index, episodic_return, episodic_length in ended_episodes(infos):
-                    if alive[index // k]:
-                        records[index // k].log_episode(global_step, episodic_return, episodic_length)
+                        action, logprob, _, value = agent.get_action_and_value(next_obs, generators=generators)
+                        values[step] = value.squeeze(2)
+                    actions[step] = action
+                    logprobs[step] = logprob
 
-            with torch.no_grad():  # generalized advantage estimation, every member's at once
-                next_value = agent.get_value(next_obs).squeeze(2)
-                advantages = torch.zeros_like(rewards)
-                lastgaelam = 0
-                for t in reversed(range(args.num_steps)):
-                    if t == args.num_steps - 1:
-                        nextnonterminal = 1.0 - next_done
-                        nextvalues = next_value
-                    else:
-                        nextnonterminal = 1.0 - dones[t + 1]
-                        nextvalues = values[t + 1]
-                    delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
-                    advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
-                returns = advantages + values
+                    if not all(alive):  # a crashed member's envs go on with zero actions, unrecorded
+                        action[torch.as_tensor([not a for a in alive], device=device)] = 0.0
+                    next_obs_np, reward, terminations, truncations, infos = envs.step(
+                        action.reshape((size * k,) + action_shape).cpu().numpy())
+                    reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                    truncated_only = np.flatnonzero(np.logical_and(truncations, np.logical_not(terminations)))
+                    if args.bootstrap_truncation and truncated_only.size:
+                        last_obs = infos["final_obs"] if "final_obs" in infos else next_obs_np
+                        final_obs = np.array(next_obs_np, dtype=np.float32)
+                        for i in truncated_only:
+                            final_obs[i] = last_obs[i]
+                        with torch.no_grad():
+                            final_values = agent.get_value(torch.as_tensor(final_obs, device=device).view(
+                                (size, k) + obs_shape)).flatten()
+                        reward[truncated_only] += args.gamma * final_values[truncated_only]
+                    rewards[step] = reward.view(size, k)
+                    next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device).view((size, k) + obs_shape)
+                    next_done = torch.as_tensor(np.logical_or(terminations, truncations), dtype=torch.float32,
+                                                device=device).view(size, k)
+                    for index, episodic_return, episodic_length in ended_episodes(infos):
+                        if alive[index // k]:
+                            records[index // k].log_episode(global_step, episodic_return, episodic_length)
 
-            def flat(x: torch.Tensor) -> torch.Tensor:  # (steps, members, envs, ...) -> (members, steps * envs, ...)
-                return x.transpose(0, 1).reshape((size, batch_size) + x.shape[3:])
+                with torch.no_grad():  # generalized advantage estimation, every member's at once
+                    next_value = agent.get_value(next_obs).squeeze(2)
+                    advantages = torch.zeros_like(rewards)
+                    lastgaelam = 0
+                    for t in reversed(range(args.num_steps)):
+                        if t == args.num_steps - 1:
+                            nextnonterminal = 1.0 - next_done
+                            nextvalues = next_value
+                        else:
+                            nextnonterminal = 1.0 - dones[t + 1]
+                            nextvalues = values[t + 1]
+                        delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+                        advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+                    returns = advantages + values
 
-            batch = ppo.Batch(flat(obs), flat(logprobs), flat(actions), flat(advantages), flat(returns), flat(values))
-            updates, logged, crashed = update(agent, optimizer, args, batch, rngs, alive, updates)
-            for i, reason in crashed:  # its run would have stopped here; the others go on
-                alive[i] = False
-                records[i].finish("crashed", error=f"{reason} at step {global_step}")
+                def flat(x: torch.Tensor) -> torch.Tensor:  # (steps, members, envs, ...) -> (members, steps * envs, ...)
+                    return x.transpose(0, 1).reshape((size, batch_size) + x.shape[3:])
 
-            y_pred, y_true = batch.values.cpu().numpy(), batch.returns.cpu().numpy()
+                batch = ppo.Batch(flat(obs), flat(logprobs), flat(actions), flat(advantages), flat(returns), flat(values))
+                updates, logged, crashed = update(agent, optimizer, args, batch, rngs, alive, updates)
+                for i, reason in crashed:  # its run would have stopped here; the others go on
+                    alive[i] = False
+                    records[i].finish("crashed", error=f"{reason} at step {global_step}")
+
+                y_pred, y_true = batch.values.cpu().numpy(), batch.returns.cpu().numpy()
+                for i in (i for i in range(size) if alive[i]):
+                    var_y = np.var(y_true[i])
+                    explained_var = np.nan if var_y == 0 else 1 - np.var(y_true[i] - y_pred[i]) / var_y
+                    records[i].log(global_step, {"charts/learning_rate": lrs[i], **logged[i],
+                                                 "losses/explained_variance": explained_var,
+                                                 "charts/SPS": records[i].sps(global_step)})
+                    records[i].progress(global_step)
+                if not any(alive):
+                    break
+                if checkpoints.due(global_step):
+                    checkpoints.record = [record if alive[i] else None for i, record in enumerate(records)]
+                    checkpoints.save(global_step, global_step=global_step, updates=updates, iteration=iteration + 1,
+                                     next_obs=next_obs, next_done=next_done, alive=alive)
+
             for i in (i for i in range(size) if alive[i]):
-                var_y = np.var(y_true[i])
-                explained_var = np.nan if var_y == 0 else 1 - np.var(y_true[i] - y_pred[i]) / var_y
-                records[i].log(global_step, {"charts/learning_rate": lrs[i], **logged[i],
-                                             "losses/explained_variance": explained_var,
-                                             "charts/SPS": records[i].sps(global_step)})
-                records[i].progress(global_step)
-            if not any(alive):
-                break
-
-        for i in (i for i in range(size) if alive[i]):
-            records[i].training_done(num_iterations * batch_size)
-            if args.save_model:
-                normalizer = ppo.observation_normalizers(envs)[i * k]
-                obs_stats = {"mean": torch.as_tensor(normalizer.obs_rms.mean),
-                             "var": torch.as_tensor(normalizer.obs_rms.var),
-                             "count": torch.tensor(float(normalizer.obs_rms.count))}
-                model_path = records[i].run_dir / "ppo_continuous_action.pt"
-                torch.save({"agent": agent.member_state_dict(i), "obs_rms": obs_stats}, model_path)
-                single = agents[i].to(device)
-                single.load_state_dict(agent.member_state_dict(i))
-                records[i].set_evaluation(model_path, ppo.evaluate(single, obs_stats, members[i], device,
-                                                                   args.eval_episodes))
-            records[i].finish("finished")
+                records[i].training_done(num_iterations * batch_size)
+                if args.save_model:
+                    normalizer = ppo.observation_normalizers(envs)[i * k]
+                    obs_stats = {"mean": torch.as_tensor(normalizer.obs_rms.mean),
+                                 "var": torch.as_tensor(normalizer.obs_rms.var),
+                                 "count": torch.tensor(float(normalizer.obs_rms.count))}
+                    model_path = records[i].run_dir / "ppo_continuous_action.pt"
+                    torch.save({"agent": agent.member_state_dict(i), "obs_rms": obs_stats}, model_path)
+                    single = agents[i].to(device)
+                    single.load_state_dict(agent.member_state_dict(i))
+                    records[i].set_evaluation(model_path, ppo.evaluate(single, obs_stats, members[i], device,
+                                                                       args.eval_episodes))
+                records[i].finish("finished")
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "crashed"
         for i in (i for i in range(size) if alive[i]):
@@ -334,7 +351,7 @@ def main(args: Args) -> list[dict]:
         raise
     finally:
         envs.close()
-    return [record.summary for record in records]
+    return member_summaries(records, members)
 
 
 if __name__ == "__main__":

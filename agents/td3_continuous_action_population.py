@@ -11,14 +11,13 @@ all, AlphaGrad and AGR normalizing each member apart. Losses are summed, so memb
 loss's. A member whose loss turns non-finite is marked crashed in its own record while the others go on.
     python agents/td3_continuous_action_population.py --seeds 1 2 3 4 5 --actor-optim.name alphagrad \\
         --actor-optim.alpha 150 --critic-optim.name alphagrad --critic-optim.alpha 150
-Not yet: checkpoints and --resume (a population restarts from step 0).
+Checkpoints cover the whole population (in member 0's folder) and --resume continues it exactly.
 """
 
 from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -29,13 +28,16 @@ from agents import td3_continuous_action as td3
 from alphagrad_rl import population
 from alphagrad_rl.buffers import ReplayBuffer
 from alphagrad_rl.envs import ended_episodes, make_vector_env, true_next_obs
-from alphagrad_rl.experiment import cli, open_record, seed_everything, select_device, update_diagnostics
+from alphagrad_rl.experiment import cli, seed_everything, select_device, update_diagnostics
 from alphagrad_rl.population import (
     PopulationOptions,
     StackedSequential,
     check_population_args,
     crashed_members,
     make_population_optimizer,
+    member_summaries,
+    note_fresh_episodes,
+    open_population,
     step_members,
 )
 
@@ -176,106 +178,124 @@ def main(args: Args) -> list[dict]:
     device = select_device(args.cuda)
     nets = member_networks(members, envs, device)
     q_optimizer, actor_optimizer = make_optimizers(nets, members)
-    records = [open_record(m, "td3_continuous_action", Path(m.results_dir) / m.run_name, m.total_timesteps)
-               for m in members]
+    records, checkpoints, _ = open_population(args, members, "td3_continuous_action", args.total_timesteps)
     action_low = torch.as_tensor(envs.single_action_space.low, device=device)
     action_high = torch.as_tensor(envs.single_action_space.high, device=device)
     rbs = [ReplayBuffer(args.buffer_size, envs.single_observation_space.shape, envs.single_action_space.shape,
                         np.float32, device) for _ in members]
     rngs = [np.random.default_rng(m.seed) for m in members]
-    alive = [True] * size
-    critic_updates = actor_updates = 0
+    alive = [record is not None for record in records]
+    start_step = critic_updates = actor_updates = 0
     actor_loss = None
     obs, _ = envs.reset(seed=[m.seed + j for m in members for j in range(k)])
     obs_shape = envs.single_observation_space.shape
+    checkpoints.track(actor=nets.actor, qf1=nets.qf1, qf2=nets.qf2, target_actor=nets.target_actor,
+                      qf1_target=nets.qf1_target, qf2_target=nets.qf2_target, q_optimizer=q_optimizer,
+                      actor_optimizer=actor_optimizer, envs=envs, **{f"replay_buffer{i}": rb for i, rb in enumerate(rbs)},
+                      **{f"rng{i}": rng for i, rng in enumerate(rngs)},
+                      **{f"generator{i}": generator for i, generator in enumerate(nets.generators)})
     try:
-        for global_step in range(args.total_timesteps):
-            if global_step < args.learning_starts:  # its run samples from its first env's action space
-                actions = np.array([envs.envs[i * k].action_space.sample() for i in range(size) for _ in range(k)])
-            else:
-                with torch.no_grad():
-                    member_actions = nets.actor(torch.as_tensor(obs, dtype=torch.float32, device=device).view(
-                        (size, k) + obs_shape))
-                    noise = torch.stack([torch.normal(0, nets.actor.action_scale * args.exploration_noise,
-                                                      generator=generator) for generator in nets.generators])
-                    member_actions += noise.unsqueeze(1)  # one draw per member for all its envs, as in its run
-                    actions = member_actions.reshape(size * k, -1).cpu().numpy().clip(envs.single_action_space.low,
-                                                                                       envs.single_action_space.high)
-                for i in (i for i in range(size) if not alive[i]):  # a crashed member's envs: zero actions
-                    actions[i * k:(i + 1) * k] = 0.0
+        with checkpoints:
+            if (resumed := checkpoints.restore()) is not None:  # --resume: continue exactly where it was
+                start_step, obs = resumed["global_step"], resumed["obs"]
+                critic_updates, actor_updates = resumed["critic_updates"], resumed["actor_updates"]
+                actor_loss = None if resumed["actor_loss"] is None else torch.tensor(resumed["actor_loss"])
+                alive = list(resumed["alive"])
+                for env_index, first_obs in resumed["fresh_obs"].items():
+                    obs[env_index] = first_obs
+                note_fresh_episodes(records, resumed["fresh_obs"], k)
+            for global_step in range(start_step, args.total_timesteps):
+                if global_step < args.learning_starts:  # its run samples from its first env's action space
+                    actions = np.array([envs.envs[i * k].action_space.sample() for i in range(size) for _ in range(k)])
+                else:
+                    with torch.no_grad():
+                        member_actions = nets.actor(torch.as_tensor(obs, dtype=torch.float32, device=device).view(
+                            (size, k) + obs_shape))
+                        noise = torch.stack([torch.normal(0, nets.actor.action_scale * args.exploration_noise,
+                                                          generator=generator) for generator in nets.generators])
+                        member_actions += noise.unsqueeze(1)  # one draw per member for all its envs, as in its run
+                        actions = member_actions.reshape(size * k, -1).cpu().numpy().clip(envs.single_action_space.low,
+                                                                                           envs.single_action_space.high)
+                    for i in (i for i in range(size) if not alive[i]):  # a crashed member's envs: zero actions
+                        actions[i * k:(i + 1) * k] = 0.0
 
-            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-            for index, episodic_return, episodic_length in ended_episodes(infos):
-                if alive[index // k]:
-                    records[index // k].log_episode(global_step, episodic_return, episodic_length)
-            real_next_obs = true_next_obs(next_obs, terminations, truncations, infos)
-            for i, rb in enumerate(rbs):
-                part = slice(i * k, (i + 1) * k)
-                rb.add(obs[part], real_next_obs[part], actions[part], rewards[part], terminations[part])
-            obs = next_obs
+                next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+                for index, episodic_return, episodic_length in ended_episodes(infos):
+                    if alive[index // k]:
+                        records[index // k].log_episode(global_step, episodic_return, episodic_length)
+                real_next_obs = true_next_obs(next_obs, terminations, truncations, infos)
+                for i, rb in enumerate(rbs):
+                    part = slice(i * k, (i + 1) * k)
+                    rb.add(obs[part], real_next_obs[part], actions[part], rewards[part], terminations[part])
+                obs = next_obs
 
-            if global_step > args.learning_starts:
-                data = [torch.stack(parts) for parts in zip(*(rb.sample(args.batch_size, rng)
-                                                               for rb, rng in zip(rbs, rngs)))]
-                qf1_loss, qf2_loss, qf1_a_values, qf2_a_values = critic_losses(nets, args, data, action_low,
-                                                                               action_high)
-                qf_loss = qf1_loss + qf2_loss
-                q_optimizer.zero_grad()
-                qf_loss.sum().backward()  # member i's gradient is its own loss's
-                critic_updates += 1
-                newly_crashed = [i for i in crashed_members(qf_loss, q_optimizer, [], "skip") if alive[i]]
-                skipped_before = list(q_optimizer.param_groups[0].get("skipped_steps") or [])
-                stepping = [a and i not in newly_crashed for i, a in enumerate(alive)]
-                with update_diagnostics(q_optimizer, "critic", args.diagnostics_interval > 0 and
-                                        critic_updates % args.diagnostics_interval == 0, members=size) as diagnostics:
-                    step_members(q_optimizer, stepping, shared_ok=True)
-                newly_crashed += [i for i in crashed_members(qf_loss, q_optimizer, skipped_before,
-                                                             args.critic_optim.nonfinite) if stepping[i]]
-                if global_step % args.policy_frequency == 0:
-                    observations = data[0]
-                    actor_loss = actor_losses(nets, observations)
-                    actor_optimizer.zero_grad()
-                    actor_loss.sum().backward()
-                    actor_updates += 1
+                if global_step > args.learning_starts:
+                    data = [torch.stack(parts) for parts in zip(*(rb.sample(args.batch_size, rng)
+                                                                   for rb, rng in zip(rbs, rngs)))]
+                    qf1_loss, qf2_loss, qf1_a_values, qf2_a_values = critic_losses(nets, args, data, action_low,
+                                                                                   action_high)
+                    qf_loss = qf1_loss + qf2_loss
+                    q_optimizer.zero_grad()
+                    qf_loss.sum().backward()  # member i's gradient is its own loss's
+                    critic_updates += 1
+                    newly_crashed = [i for i in crashed_members(qf_loss, q_optimizer, [], "skip") if alive[i]]
+                    skipped_before = list(q_optimizer.param_groups[0].get("skipped_steps") or [])
                     stepping = [a and i not in newly_crashed for i, a in enumerate(alive)]
-                    skipped_before = list(actor_optimizer.param_groups[0].get("skipped_steps") or [])
-                    with update_diagnostics(actor_optimizer, "actor", args.diagnostics_interval > 0 and
-                                            actor_updates % args.diagnostics_interval == 0,
-                                            members=size) as actor_diagnostics:
-                        step_members(actor_optimizer, stepping, shared_ok=True)
-                    diagnostics.update(actor_diagnostics)
-                    newly_crashed += [i for i in crashed_members(actor_loss, actor_optimizer, skipped_before,
-                                                                 args.actor_optim.nonfinite) if stepping[i]]
-                    update_targets(nets, args.tau)
-                for i in sorted(set(newly_crashed)):  # its run would have stopped here; the others go on
-                    alive[i] = False
-                    records[i].finish("crashed", error=f"non-finite TD3 loss or gradient at step {global_step}")
+                    with update_diagnostics(q_optimizer, "critic", args.diagnostics_interval > 0 and
+                                            critic_updates % args.diagnostics_interval == 0, members=size) as diagnostics:
+                        step_members(q_optimizer, stepping, shared_ok=True)
+                    newly_crashed += [i for i in crashed_members(qf_loss, q_optimizer, skipped_before,
+                                                                 args.critic_optim.nonfinite) if stepping[i]]
+                    if global_step % args.policy_frequency == 0:
+                        observations = data[0]
+                        actor_loss = actor_losses(nets, observations)
+                        actor_optimizer.zero_grad()
+                        actor_loss.sum().backward()
+                        actor_updates += 1
+                        stepping = [a and i not in newly_crashed for i, a in enumerate(alive)]
+                        skipped_before = list(actor_optimizer.param_groups[0].get("skipped_steps") or [])
+                        with update_diagnostics(actor_optimizer, "actor", args.diagnostics_interval > 0 and
+                                                actor_updates % args.diagnostics_interval == 0,
+                                                members=size) as actor_diagnostics:
+                            step_members(actor_optimizer, stepping, shared_ok=True)
+                        diagnostics.update(actor_diagnostics)
+                        newly_crashed += [i for i in crashed_members(actor_loss, actor_optimizer, skipped_before,
+                                                                     args.actor_optim.nonfinite) if stepping[i]]
+                        update_targets(nets, args.tau)
+                    for i in sorted(set(newly_crashed)):  # its run would have stopped here; the others go on
+                        alive[i] = False
+                        records[i].finish("crashed", error=f"non-finite TD3 loss or gradient at step {global_step}")
 
-                for i in (i for i in range(size) if alive[i]):
-                    member_diagnostics = {key: value[i] for key, value in diagnostics.items()}
-                    if global_step % 100 == 0:
-                        actor_logged = {"losses/actor_loss": actor_loss[i].item()} if actor_loss is not None else {}
-                        records[i].log(global_step, {
-                            "losses/qf1_values": qf1_a_values[i].mean().item(),
-                            "losses/qf2_values": qf2_a_values[i].mean().item(),
-                            "losses/qf1_loss": qf1_loss[i].item(), "losses/qf2_loss": qf2_loss[i].item(),
-                            "losses/qf_loss": qf_loss[i].item() / 2.0, **actor_logged,
-                            "charts/SPS": records[i].sps(global_step), **member_diagnostics})
-                    elif member_diagnostics:
-                        records[i].log(global_step, member_diagnostics)
-            if not any(alive):
-                break
+                    for i in (i for i in range(size) if alive[i]):
+                        member_diagnostics = {key: value[i] for key, value in diagnostics.items()}
+                        if global_step % 100 == 0:
+                            actor_logged = {"losses/actor_loss": actor_loss[i].item()} if actor_loss is not None else {}
+                            records[i].log(global_step, {
+                                "losses/qf1_values": qf1_a_values[i].mean().item(),
+                                "losses/qf2_values": qf2_a_values[i].mean().item(),
+                                "losses/qf1_loss": qf1_loss[i].item(), "losses/qf2_loss": qf2_loss[i].item(),
+                                "losses/qf_loss": qf_loss[i].item() / 2.0, **actor_logged,
+                                "charts/SPS": records[i].sps(global_step), **member_diagnostics})
+                        elif member_diagnostics:
+                            records[i].log(global_step, member_diagnostics)
+                if not any(alive):
+                    break
+                if checkpoints.due(global_step + 1):
+                    checkpoints.record = [record if alive[i] else None for i, record in enumerate(records)]
+                    checkpoints.save(global_step + 1, global_step=global_step + 1, obs=obs, critic_updates=critic_updates,
+                                     actor_updates=actor_updates, alive=alive,
+                                     actor_loss=None if actor_loss is None else actor_loss.tolist())
 
-        for i in (i for i in range(size) if alive[i]):
-            records[i].training_done(args.total_timesteps)
-            if args.save_model:
-                model_path = records[i].run_dir / "td3_continuous_action.pt"
-                torch.save({"actor": nets.actor.member_state_dict(i), "qf1": nets.qf1.member_state_dict(i),
-                            "qf2": nets.qf2.member_state_dict(i)}, model_path)
-                actor = td3.Actor(envs).to(device)
-                actor.load_state_dict(nets.actor.member_state_dict(i))
-                records[i].set_evaluation(model_path, td3.evaluate(actor, members[i], device, args.eval_episodes))
-            records[i].finish("finished")
+            for i in (i for i in range(size) if alive[i]):
+                records[i].training_done(args.total_timesteps)
+                if args.save_model:
+                    model_path = records[i].run_dir / "td3_continuous_action.pt"
+                    torch.save({"actor": nets.actor.member_state_dict(i), "qf1": nets.qf1.member_state_dict(i),
+                                "qf2": nets.qf2.member_state_dict(i)}, model_path)
+                    actor = td3.Actor(envs).to(device)
+                    actor.load_state_dict(nets.actor.member_state_dict(i))
+                    records[i].set_evaluation(model_path, td3.evaluate(actor, members[i], device, args.eval_episodes))
+                records[i].finish("finished")
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "crashed"
         for i in (i for i in range(size) if alive[i]):
@@ -283,7 +303,7 @@ def main(args: Args) -> list[dict]:
         raise
     finally:
         envs.close()
-    return [record.summary for record in records]
+    return member_summaries(records, members)
 
 
 if __name__ == "__main__":

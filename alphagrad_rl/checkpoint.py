@@ -26,6 +26,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -110,7 +111,8 @@ def set_global_rng_state(state: dict[str, Any]) -> None:
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'key: saved != current' for each option that differs, ignoring RESUME_MAY_CHANGE."""
+    """'key: saved != current' for each option that differs, ignoring RESUME_MAY_CHANGE (also in a population's
+    config, {"member<i>": options})."""
     saved_flat, current_flat = flatten_config(saved), flatten_config(current)
 
     def shown(flat: dict[str, Any], key: str) -> str:
@@ -118,7 +120,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 
     return [f"{key}: {shown(saved_flat, key)} (checkpoint) != {shown(current_flat, key)} (now)"
             for key in dict.fromkeys([*saved_flat, *current_flat])
-            if key not in RESUME_MAY_CHANGE and shown(saved_flat, key) != shown(current_flat, key)]
+            if re.sub(r"^member\d+\.", "", key) not in RESUME_MAY_CHANGE
+            and shown(saved_flat, key) != shown(current_flat, key)]
 
 
 class _HashingWriter(io.RawIOBase):
@@ -167,7 +170,7 @@ class Checkpointer:
         self.interval_s = interval_s
         self.keep = keep
         self.keep_after_finish = keep_after_finish
-        self.record: RunRecord | None = None
+        self.record: RunRecord | list[RunRecord | None] | None = None  # a population: its members' records
         self.loaded: dict[str, Any] | None = None
         self.loaded_path: Path | None = None
         self._tracked: dict[str, Any] = {}
@@ -223,7 +226,8 @@ class Checkpointer:
     # --- the agent's objects ------------------------------------------------------------------------------
     def track(self, **objects: Any) -> None:
         """Objects whose state goes into every checkpoint: anything with state_dict/load_state_dict
-        (modules, optimizers, schedulers, the replay buffer), numpy Generators and SyncVectorEnvs. None is skipped."""
+        (modules, optimizers, schedulers, the replay buffer), numpy Generators and RandomStates, torch Generators
+        and SyncVectorEnvs. None is skipped."""
         self._tracked.update({name: obj for name, obj in objects.items() if obj is not None})
 
     def restore(self) -> dict[str, Any] | None:
@@ -240,6 +244,8 @@ class Checkpointer:
         for name, obj in self._tracked.items():
             if isinstance(obj, np.random.Generator):
                 obj.bit_generator.state = state[name]
+            elif isinstance(obj, (np.random.RandomState, torch.Generator)):
+                obj.set_state(state[name])
             elif isinstance(obj, gym.vector.SyncVectorEnv):
                 fresh_obs = restore_vector_env_state(obj, state[name])
             elif isinstance(obj, torch.nn.Module):
@@ -248,7 +254,7 @@ class Checkpointer:
             else:
                 obj.load_state_dict(state[name])
         set_global_rng_state(self.loaded["global_rng"])
-        if fresh_obs and self.record is not None:
+        if fresh_obs and isinstance(self.record, RunRecord):  # (a population notes them in its members' records)
             self.record.note_fresh_episodes(list(fresh_obs))
         return {**self.loaded["values"], "fresh_obs": fresh_obs}
 
@@ -266,13 +272,17 @@ class Checkpointer:
         for name, obj in self._tracked.items():
             if isinstance(obj, np.random.Generator):
                 state[name] = obj.bit_generator.state
+            elif isinstance(obj, np.random.RandomState):
+                state[name] = obj.get_state(legacy=False)
+            elif isinstance(obj, torch.Generator):
+                state[name] = obj.get_state()
             elif isinstance(obj, gym.vector.SyncVectorEnv):
                 state[name] = vector_env_state(obj)
             else:
                 state[name] = obj.state_dict()
         payload = _encode({"format": FORMAT_VERSION, "algorithm": self.algorithm, "step": step, "tracked": state,
                            "values": values, "global_rng": global_rng_state(),
-                           "record": self.record.state_dict(step) if self.record is not None else None})
+                           "record": _record_state(self.record, step)})
         path = self._write(step, payload)
         self._last_step, self._last_time = step, time.monotonic()
         if self._signal is not None:
@@ -326,6 +336,13 @@ class Checkpointer:
         if exc_type is None and not self.keep_after_finish:
             self.delete_all()
         return False
+
+
+def _record_state(record: RunRecord | list[RunRecord | None] | None, step: int) -> Any:
+    """The run record's position, or a population's: one per member (None for a member whose run has ended)."""
+    if isinstance(record, list):
+        return [None if member is None else member.state_dict(step) for member in record]
+    return None if record is None else record.state_dict(step)
 
 
 def _remove_checkpoint(manifest: Path) -> None:

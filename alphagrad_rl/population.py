@@ -11,15 +11,19 @@ elementwise optimizers need nothing more.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from .checkpoint import Checkpointer
+from .experiment import open_record
 from .factory import make_optimizer, used_fields
-from .runs import check_run_name, safe_name
+from .runs import RunRecord, check_run_name, clear_record, read_summary, safe_name
 
 
 @dataclass
@@ -68,8 +72,6 @@ def member_args(args: Any, single_type: type, algorithm: str, optim_fields: tupl
 def check_population_args(args: Any, single_type: type, check_single, algorithm: str,
                           optim_fields: tuple[str, ...] = ("optim",)) -> list[Any]:
     """Refuse what a population cannot do, then check each member as its single-file run would; the members."""
-    if args.resume:
-        raise ValueError("a population cannot be resumed yet: run it again from step 0 (without --resume)")
     if args.population_size < 0:
         raise ValueError(f"invalid population_size: {args.population_size} (allowed: >= 0, 0 = from --seeds)")
     if any(getattr(args, name).alpha_schedule for name in optim_fields):
@@ -80,6 +82,52 @@ def check_population_args(args: Any, single_type: type, check_single, algorithm:
         check_single(member)
         check_run_name(member.run_name)
     return members
+
+
+def open_population(args: Any, members: list[Any], algorithm: str, total_timesteps: int
+                    ) -> tuple[list[RunRecord | None], Checkpointer, dict[str, Any] | None]:
+    """Each member's run record and the population's Checkpointer (its checkpoints live in member 0's folder,
+    their config is every member's options). With --resume: the newest intact checkpoint, from which every member
+    that was still training continues its record (a member whose run had ended keeps its record as it is, and its
+    entry is None); without one the population starts over. Returns (records, checkpoints, loaded or None)."""
+    run_dirs = [Path(m.results_dir) / m.run_name for m in members]
+    checkpoints = Checkpointer(run_dirs[0], f"{algorithm}_population",
+                               {f"member{i}": dataclasses.asdict(m) for i, m in enumerate(members)},
+                               interval_steps=args.checkpoint_interval_steps, interval_s=args.checkpoint_interval_s,
+                               keep_after_finish=args.keep_checkpoints)
+    loaded = None
+    if args.resume:
+        if all((read_summary(d) or {}).get("status") == "finished" for d in run_dirs):
+            raise ValueError(f"every member of this population has finished (e.g. {run_dirs[0]}): there is nothing "
+                             "to resume, and their records are kept")
+        loaded = checkpoints.load_latest()
+        if loaded is None:
+            print(f"warning: {run_dirs[0]} has no intact population checkpoint: the population starts from step 0",
+                  file=sys.stderr)
+            for run_dir in run_dirs:
+                clear_record(run_dir)
+    states = loaded["record"] if loaded is not None else [None] * len(members)
+    records = [None if loaded is not None and state is None else open_record(m, algorithm, d, total_timesteps, state)
+               for m, d, state in zip(members, run_dirs, states)]
+    checkpoints.record = records
+    return records, checkpoints, loaded
+
+
+def member_summaries(records: list[RunRecord | None], members: list[Any]) -> list[dict[str, Any]]:
+    """Each member's summary: from its record, or from its folder for a member whose run ended before a resume."""
+    return [record.summary if record is not None else read_summary(Path(m.results_dir) / m.run_name)
+            for record, m in zip(records, members)]
+
+
+def note_fresh_episodes(records: list[RunRecord | None], fresh_obs: dict[int, Any], envs_per_member: int) -> None:
+    """After a resume, note in each member's record the envs that started a fresh episode (sub-env index ->
+    member index // envs_per_member)."""
+    by_member: dict[int, list[int]] = {}
+    for index in fresh_obs:
+        by_member.setdefault(index // envs_per_member, []).append(index % envs_per_member)
+    for member, indices in by_member.items():
+        if records[member] is not None:
+            records[member].note_fresh_episodes(indices)
 
 
 class StackedSequential(nn.Module):

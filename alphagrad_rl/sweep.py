@@ -371,21 +371,41 @@ def population_argv(runs: list[RunSpec], agent: AgentEntry, results_dir: Path, e
     return argv + ["--run-names", *(run.name for run in runs), "--results-dir", str(results_dir), "--quiet", *extra]
 
 
+def population_checkpoint_matches(run_dirs: list[Path]) -> bool:
+    """Whether the first member's folder holds a population checkpoint written for exactly these members (their
+    run names, in order): then the population process resumes from it."""
+    manifests = checkpoint_manifests(run_dirs[0])
+    if not manifests:
+        return False
+    try:
+        config = json.loads(manifests[0].read_text())["config"]
+        names = [config[f"member{i}"]["run_name"] for i in range(len(config))]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return names == [run_dir.name for run_dir in run_dirs]
+
+
 def execute_population(argv: list[str], run_dirs: list[str], env: dict[str, str], cwd: str) -> list[dict[str, Any]]:
     """Run one population process; its output goes to the first member's output.log (the others point to it).
-    Populations do not resume: unfinished members start afresh. Returns each member's summary."""
+    A population interrupted earlier with these same members continues from its checkpoint (--resume, in the
+    first member's folder); otherwise the members start afresh. Returns each member's summary."""
     run_dirs = [Path(run_dir) for run_dir in run_dirs]
-    for run_dir in run_dirs:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+    resume = population_checkpoint_matches(run_dirs)
+    if not resume:
+        for run_dir in run_dirs:
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
     for run_dir in run_dirs[1:]:
         (run_dir / "output.log").write_text(f"trained in one population process; its output: "
                                             f"{run_dirs[0] / 'output.log'}\n")
     start = time.time()
-    with open(run_dirs[0] / "output.log", "w") as log:
-        returncode = subprocess.run(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    preexec_fn=stop_with_parent).returncode
+    with open(run_dirs[0] / "output.log", "a" if resume else "w") as log:
+        if resume:
+            log.write(f"\n--- population resumed by the sweep launcher at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+            log.flush()
+        returncode = subprocess.run(argv + ["--resume"] * resume, cwd=cwd, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, preexec_fn=stop_with_parent).returncode
     summaries = []
     for run_dir in run_dirs:
         summary = read_summary(run_dir) or {}

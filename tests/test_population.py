@@ -144,13 +144,14 @@ def test_population_run_writes_one_standard_record_per_member(tmp_path):
         (r["step"], r["charts/episodic_return"]) for r in population_early]
 
 
-def test_population_options_are_checked(tmp_path):
+def test_population_options_are_checked(tmp_path, capsys):
     with pytest.raises(ValueError, match="alphas has 2 values"):
         dqn_population.member_args(population_args(tmp_path, SPECS["alphagrad"], alphas=(93.0, 186.0)))
     with pytest.raises(ValueError, match="--alphas and --lrs set AlphaGrad's"):
         dqn_population.member_args(population_args(tmp_path, SPECS["adam"], alphas=(1.0, 2.0, 3.0)))
-    with pytest.raises(ValueError, match="cannot be resumed yet"):
-        dqn_population.main(population_args(tmp_path, SPECS["adam"], resume=True))
+    resumed = dqn_population.main(population_args(tmp_path, SPECS["adam"], resume=True))  # nothing to resume from
+    assert "no intact population checkpoint: the population starts from step 0" in capsys.readouterr().err
+    assert [s["status"] for s in resumed] == ["finished"] * 3 and not any(s.get("resumes") for s in resumed)
     assert np.array_equal([m.seed for m in dqn_population.member_args(
         population_args(tmp_path, SPECS["adam"], seeds=(), seed=7, population_size=3))], [7, 8, 9])
 
@@ -463,3 +464,80 @@ def test_td3_population_writes_standard_records_and_acts_as_its_runs_before_lear
                 if "charts/episodic_return" in row and row["step"] < args.learning_starts]
 
     assert early(tmp_path / "pop__m1") == early(tmp_path / "single" / "s2") and early(tmp_path / "pop__m1")
+
+
+# ---- checkpoints and exact resume of a whole population ----
+
+def population_crashed_then_resumed(module, args, monkeypatch, crash_step):
+    from test_checkpoint import SimulatedCrash, crash_at_env_step
+
+    with monkeypatch.context() as patch:
+        crash_at_env_step(patch, crash_step)
+        with pytest.raises(SimulatedCrash):
+            module.main(args)
+    return module.main(dataclasses.replace(args, resume=True))
+
+
+def assert_same_member_records(tmp_path, names, total):
+    from test_agents import metric_rows
+
+    for name in names:
+        full, cut = tmp_path / "full" / name, tmp_path / "cut" / name
+        assert metric_rows(cut) == metric_rows(full), name
+        summary = read_run(cut)["summary"]
+        assert summary["status"] == "finished" and summary["global_step"] == total
+        assert summary["final_return"] == read_run(full)["summary"]["final_return"]
+        assert len(summary["resumes"]) == 1
+    assert not (tmp_path / "cut" / names[0] / "checkpoints").exists()  # a finished population deletes them
+
+
+def test_dqn_population_resumes_exactly(tmp_path, monkeypatch):
+    options = dict(checkpoint_interval_steps=250, checkpoint_interval_s=0, total_timesteps=700)
+    full = population_args(tmp_path / "full", SPECS["alphagrad"], alphas=(93.0, 186.0, 279.0), **options)
+    dqn_population.main(full)
+    cut = dataclasses.replace(full, results_dir=str(tmp_path / "cut"))
+    summaries = population_crashed_then_resumed(dqn_population, cut, monkeypatch, crash_step=560)
+    assert [s["resumes"][0]["step"] for s in summaries] == [500] * 3
+    assert_same_member_records(tmp_path, ["pop__m0", "pop__m1", "pop__m2"], 700)
+
+
+def test_population_resume_refuses_other_members_and_finished_populations(tmp_path, monkeypatch):
+    from test_checkpoint import SimulatedCrash, crash_at_env_step
+
+    from alphagrad_rl.checkpoint import CheckpointMismatch
+
+    args = population_args(tmp_path, SPECS["adam"], checkpoint_interval_steps=250, checkpoint_interval_s=0,
+                           total_timesteps=700)
+    with monkeypatch.context() as patch:
+        crash_at_env_step(patch, 560)
+        with pytest.raises(SimulatedCrash):
+            dqn_population.main(args)
+    with pytest.raises(CheckpointMismatch, match="member2.seed: 3 \\(checkpoint\\) != 4"):
+        dqn_population.main(dataclasses.replace(args, resume=True, seeds=(1, 2, 4)))
+    assert [s["status"] for s in dqn_population.main(dataclasses.replace(args, resume=True))] == ["finished"] * 3
+    with pytest.raises(ValueError, match="every member of this population has finished"):
+        dqn_population.main(dataclasses.replace(args, resume=True))
+
+
+def test_ppo_population_resumes_exactly(tmp_path, monkeypatch):
+    from agents import ppo_continuous_action_population as ppo_population
+
+    full = ppo_args(tmp_path / "full", PPO_SPECS["alphagrad"], alphas=(98.0, 196.0, 294.0), total_timesteps=384,
+                    checkpoint_interval_steps=128, checkpoint_interval_s=0)
+    ppo_population.main(full)
+    cut = dataclasses.replace(full, results_dir=str(tmp_path / "cut"))
+    summaries = population_crashed_then_resumed(ppo_population, cut, monkeypatch, crash_step=2 * 64 + 30)
+    assert [s["resumes"][0]["step"] for s in summaries] == [128] * 3
+    assert_same_member_records(tmp_path, ["pop__m0", "pop__m1", "pop__m2"], 384)
+
+
+def test_td3_population_resumes_exactly(tmp_path, monkeypatch):
+    from agents import td3_continuous_action_population as td3_population
+
+    full = td3_args(tmp_path / "full", TD3_SPECS["alphagrad"], total_timesteps=330, learning_starts=120,
+                    checkpoint_interval_steps=100, checkpoint_interval_s=0)
+    td3_population.main(full)
+    cut = dataclasses.replace(full, results_dir=str(tmp_path / "cut"))
+    summaries = population_crashed_then_resumed(td3_population, cut, monkeypatch, crash_step=230)
+    assert [s["resumes"][0]["step"] for s in summaries] == [200] * 3
+    assert_same_member_records(tmp_path, ["pop__m0", "pop__m1", "pop__m2"], 330)

@@ -310,6 +310,37 @@ def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_killed_population_resumes_from_its_checkpoint_when_the_sweep_runs_again(tmp_path):
+    path = write_config(tmp_path, parameters={**TINY, "total-timesteps": {"value": 30000}, "seed": {"values": [1, 2]}},
+                        arms={"alphagrad-93": {"optim.name": "alphagrad", "optim.alpha": 93}})
+    command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(path), "--results-dir", str(tmp_path / "runs"),
+               "--workers", "1", "--no-gpus", "--population-size", "2"]
+    launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    sweep_dir, deadline = tmp_path / "runs" / "tiny", time.time() + 120
+    first, second = sweep_dir / "alphagrad-93__s1", sweep_dir / "alphagrad-93__s2"
+    while time.time() < deadline and not (first / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.kill(launcher.pid, signal.SIGKILL)  # the population process gets SIGTERM: it saves a checkpoint and stops
+    launcher.wait()
+    while time.time() < deadline and "running" in (run_status(first), run_status(second)):
+        time.sleep(0.1)
+    assert run_status(first) == run_status(second) == "interrupted"
+    assert sweep_module.population_checkpoint_matches([first, second])
+    assert not sweep_module.population_checkpoint_matches([second, first])  # other members: a fresh start
+
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    for run_dir in (first, second):
+        summary = read_run(run_dir)["summary"]
+        assert summary["status"] == "finished" and summary["resumes"][0]["discarded_steps"] == 0
+        steps = [row["step"] for row in read_run(run_dir)["metrics"] if "charts/episodic_return" in row]
+        assert steps == sorted(steps) and len(steps) == len(set(steps))
+    assert "population resumed by the sweep launcher" in (first / "output.log").read_text()
+
+
+@pytest.mark.slow
 def test_ctrl_c_stops_the_sweep_and_its_runs_save_checkpoints(tmp_path):
     path = write_config(tmp_path, parameters={**TINY, "total-timesteps": {"value": 20000}, "seed": {"values": [1]}})
     command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(path), "--results-dir", str(tmp_path / "runs"),
