@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo reproduce-dqn reproduce-td3 reproduce-ppo reproduce-paper tune-demo try-bad-inputs bench-optimizers bench-agents bench-checkpoint demo-resume clean
+.PHONY: install test lint demo reproduce-dqn reproduce-td3 reproduce-ppo reproduce-paper sensitivity-dqn tune-demo try-bad-inputs bench-optimizers bench-agents bench-checkpoint demo-resume clean
 
 # Extra arguments for the sweep launcher, e.g. a quick, smaller version of a paper experiment:
 #   make reproduce-ppo SWEEP_ARGS="--seeds 1 --total-timesteps 100000 --results-dir results/quick"
@@ -42,10 +42,13 @@ demo: $(STAMP)
 # `make reproduce-dqn` rebuilds the report from the committed compact records (results/paper-dqn-cartpole/records)
 # without running anything; `make reproduce-dqn RERUN=1` runs (or resumes) the sweep first, then exports its
 # records and rebuilds the report. Same for reproduce-td3, reproduce-ppo and reproduce-paper (all three).
+# Reruns pack each arm's seeds into population processes of POPULATION runs (agents/*_population.py).
 RERUN ?=
+POPULATION ?= 10
 define reproduce
 	@if [ -n "$(RERUN)" ]; then \
-		$(SWEEP) configs/$(1).yaml $(SWEEP_ARGS); status=$$?; $(ANALYZE) results/runs/$(2) && exit $$status; \
+		$(SWEEP) configs/$(1).yaml --population-size $(POPULATION) $(SWEEP_ARGS); status=$$?; \
+		$(ANALYZE) results/runs/$(2) && exit $$status; \
 	else $(ANALYZE) results/$(2)/records; fi
 endef
 
@@ -59,6 +62,11 @@ reproduce-ppo: $(STAMP)
 	$(call reproduce,paper_ppo_halfcheetah,paper-ppo-halfcheetah)
 
 reproduce-paper: reproduce-dqn reproduce-ppo reproduce-td3
+
+# AlphaGrad's final return against k = alpha / sqrt(d) at three lrs, with Adam's band and the saturation ratio
+# (results/sensitivity-dqn-cartpole/SENSITIVITY.md); from the committed records, or RERUN=1 to run the sweep
+sensitivity-dqn: $(STAMP)
+	$(call reproduce,sensitivity_dqn_cartpole,sensitivity-dqn-cartpole)
 
 # Optuna over AlphaGrad's alpha and lr on DQN CartPole (30k steps, 3 seeds a trial, 12 trials): two tuner processes
 # share the study's journal file, then the best settings run on 5 fresh seeds beside Adam (results/tune-dqn-cartpole/:

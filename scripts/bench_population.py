@@ -5,6 +5,7 @@ thread each); the population side runs two population processes at once, each wi
     python scripts/bench_population.py                                   # DQN CartPole, 10 runs of 50k steps
     python scripts/bench_population.py --runs 10 --total-timesteps 500000
     python scripts/bench_population.py --agent ppo --total-timesteps 100000   # PPO HalfCheetah-v5
+It ends with the statistical-equivalence check: the difference of the sides' mean final returns with its 95% CI.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Literal
 
 import tyro
 
+from alphagrad_rl.claims import LEVEL, minimal_detectable_effect, welch
 from alphagrad_rl.runs import read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +83,12 @@ def main(args: Args) -> None:
     print(f"speed-up: {single_s / population_s:.2f}x")
     for side, values in finals.items():
         print(f"final returns ({side}): " + ", ".join(f"{value:.1f}" for value in values))
+    if args.runs >= 2:  # statistical equivalence: the same experiment, so the difference should be ~0
+        test = welch(finals["population"], finals["single"])
+        detectable = minimal_detectable_effect(test, LEVEL)
+        print(f"mean final return, population - single-file: {test.estimate:+.1f}, 95% CI [{test.low:.1f}, "
+              f"{test.high:.1f}] (Welch, p = {test.p:.2f}; {'contains' if test.low <= 0 <= test.high else 'excludes'}"
+              f" 0; smallest difference these seeds could detect: {detectable:.1f})")
 
 
 if __name__ == "__main__":
