@@ -226,7 +226,7 @@ class RunRecord:
             wandb_id = resume_state.get("wandb_run_id") if resume_state else None
             self.wandb_run = wandb.init(project=wandb_project, entity=wandb_entity, group=wandb_group,
                                         tags=list(wandb_tags), name=self.run_name, config=config,
-                                        dir=str(self.run_dir), reinit="finish_previous",
+                                        dir=str(self.run_dir), reinit="create_new",  # a population: one W&B run per member
                                         id=wandb_id, resume="allow" if wandb_id else None)
         self._write_summary("running")
 

@@ -541,3 +541,17 @@ def test_td3_population_resumes_exactly(tmp_path, monkeypatch):
     summaries = population_crashed_then_resumed(td3_population, cut, monkeypatch, crash_step=230)
     assert [s["resumes"][0]["step"] for s in summaries] == [200] * 3
     assert_same_member_records(tmp_path, ["pop__m0", "pop__m1", "pop__m2"], 330)
+
+
+@pytest.mark.slow
+def test_each_population_member_is_its_own_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    summaries = dqn_population.main(population_args(tmp_path, SPECS["adam"], seeds=(1, 2), track=True))
+    assert [s["status"] for s in summaries] == ["finished"] * 2
+    ids = []
+    for i in range(2):
+        (offline,) = (tmp_path / f"pop__m{i}" / "wandb").glob("offline-run-*")
+        ids.append(offline.name.rsplit("-", 1)[-1])
+        assert list(offline.glob("*.wandb")) and (offline / "files").exists()
+    assert ids[0] != ids[1]
