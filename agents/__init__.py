@@ -16,7 +16,7 @@ def sweep_registry() -> dict:
         td3_continuous_action_population,
     )
 
-    member_flags = (("optim.alpha", "alphas"), ("optim.lr", "lrs"))
+    member_flags = (("optim.alpha", "alphas"), ("optim.lr", "lrs"), ("optim.momentum", "momentums"))
     populations = {dqn: (Path(dqn_population.__file__), member_flags),
                    ppo_continuous_action: (Path(ppo_continuous_action_population.__file__), member_flags),
                    td3_continuous_action: (Path(td3_continuous_action_population.__file__), ())}

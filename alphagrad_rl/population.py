@@ -37,18 +37,22 @@ class PopulationOptions:
     alphas: tuple[float, ...] = ()
     """AlphaGrad: each member's alpha (default: --optim.alpha for every member)"""
     lrs: tuple[float, ...] = ()
-    """AlphaGrad: each member's learning rate (default: --optim.lr for every member)"""
+    """each member's learning rate (default: --optim.lr for every member; any optimizer whose step is linear in
+    its lr, such as Adam, AdamW, SGD, Lion and AlphaGrad)"""
+    momentums: tuple[float, ...] = ()
+    """AlphaGrad: each member's momentum (default: --optim.momentum for every member)"""
     run_names: tuple[str, ...] = ()
     """each member's run folder name (default: <run name>__m<i>, or the single-file agent's default name per member)"""
 
 
 def member_args(args: Any, single_type: type, algorithm: str, optim_fields: tuple[str, ...] = ("optim",)) -> list[Any]:
     """The single-file agent's options of each member (what its run record holds). `optim_fields` are the
-    OptimizerSpec fields that --alphas / --lrs set per member (TD3: its actor's and its critics')."""
+    OptimizerSpec fields that --alphas / --lrs / --momentums set per member (TD3: its actor's and its critics')."""
     first = getattr(args, optim_fields[0])
     size = args.population_size or len(args.seeds) or len(args.run_names) or 4
     seeds = args.seeds or tuple(args.seed + i for i in range(size))
-    columns = {"seeds": seeds, "alphas": args.alphas or (first.alpha,) * size, "lrs": args.lrs or (first.lr,) * size}
+    per_member = {"alpha": args.alphas, "lr": args.lrs, "momentum": args.momentums}
+    columns = {"seeds": seeds, **{f"{key}s": values for key, values in per_member.items() if values}}
     names = args.run_names or tuple(
         f"{args.run_name}__m{i}" if args.run_name else
         safe_name(f"{args.env_id}__{args.exp_name}__{first.name}__{seed}__population") for i, seed in enumerate(seeds))
@@ -57,16 +61,16 @@ def member_args(args: Any, single_type: type, algorithm: str, optim_fields: tupl
     if wrong:
         raise ValueError(f"{algorithm} population of {size}: "
                          + ", ".join(f"{key} has {n} values" for key, n in wrong.items()))
-    per_member = bool(args.alphas or args.lrs)
-    if per_member and any(getattr(args, name).name != "alphagrad" for name in optim_fields):
+    if (args.alphas or args.momentums) and any(getattr(args, name).name != "alphagrad" for name in optim_fields):
         optimizers = ", ".join(f"{name}: {getattr(args, name).name}" for name in optim_fields)
-        raise ValueError(f"--alphas and --lrs set AlphaGrad's per-member values; the optimizers are {optimizers}")
+        raise ValueError(f"--alphas and --momentums set AlphaGrad's per-member values; the optimizers are {optimizers}")
     if len(set(names)) != size:
         raise ValueError(f"two members share a run name: {names}")
     single = {f.name: getattr(args, f.name) for f in dataclasses.fields(single_type)}
     return [single_type(**{**single, "seed": seed, "run_name": name, **{
-        field: dataclasses.replace(getattr(args, field), **({"alpha": alpha, "lr": lr} if per_member else {}))
-        for field in optim_fields}}) for seed, alpha, lr, name in zip(seeds, columns["alphas"], columns["lrs"], names)]
+        field: dataclasses.replace(getattr(args, field), **{key: values[i] for key, values in per_member.items()
+                                                            if values})
+        for field in optim_fields}}) for i, (seed, name) in enumerate(zip(seeds, names))]
 
 
 def check_population_args(args: Any, single_type: type, check_single, algorithm: str,
@@ -74,6 +78,11 @@ def check_population_args(args: Any, single_type: type, check_single, algorithm:
     """Refuse what a population cannot do, then check each member as its single-file run would; the members."""
     if args.population_size < 0:
         raise ValueError(f"invalid population_size: {args.population_size} (allowed: >= 0, 0 = from --seeds)")
+    if args.lrs and not all(getattr(args, name).name == "alphagrad" or lr_is_linear(getattr(args, name))
+                            for name in optim_fields):
+        raise ValueError(f"--lrs: the step of {getattr(args, optim_fields[0]).name} (with these options) is not linear "
+                         "in its lr, so members cannot have their own lr (allowed: Adam, AdamW, SGD, Lion, AlphaGrad, "
+                         "...; Adan only without weight decay)")
     if any(getattr(args, name).alpha_schedule for name in optim_fields):
         raise ValueError("--optim.alpha-schedule is not available in a population (the saturation scheduler adapts "
                          "one alpha per param group, not per member): run it with the single-file agent")
@@ -171,16 +180,63 @@ class StackedSequential(nn.Module):
 
 
 def make_population_optimizer(named_params, members: list[Any], optim_field: str = "optim") -> torch.optim.Optimizer:
-    """One optimizer (each member's `optim_field` spec) over the stacked parameters; AlphaGrad with each member's
-    alpha and lr. Non-finite gradients are skipped per member (nonfinite="skip"), so one member's NaN never stops
-    the others; `crashed_members` then tells which members their single-file runs would have stopped."""
+    """One optimizer (each member's `optim_field` spec) over the stacked parameters: AlphaGrad with each member's
+    alpha, lr and momentum; another optimizer with each member's lr (member_lrs). Non-finite gradients are skipped
+    per member (nonfinite="skip"), so one member's NaN never stops the others; `crashed_members` then tells which
+    members their single-file runs would have stopped."""
     specs = [getattr(m, optim_field) for m in members]
     spec = specs[0]
     if "nonfinite" in used_fields(spec):
         spec = dataclasses.replace(spec, nonfinite="skip")
-    per_member = {"alpha": [s.alpha for s in specs], "lr": [s.lr for s in specs]}
-    return make_optimizer([{"params": list(named_params), **(per_member if spec.name == "alphagrad" else {})}], spec,
-                          members=len(members))
+    if spec.name == "alphagrad":
+        per_member = {"alpha": [s.alpha for s in specs], "lr": [s.lr for s in specs],
+                      "momentum": [s.momentum for s in specs]}
+        return make_optimizer([{"params": list(named_params), **per_member}], spec, members=len(members))
+    optimizer = make_optimizer(list(named_params), spec, members=len(members))
+    if len({s.lr for s in specs}) > 1:
+        member_lrs(optimizer, [s.lr for s in specs])
+    return optimizer
+
+
+def lr_is_linear(spec: Any) -> bool:
+    """Whether a step of the optimizer `spec` names moves the parameters by lr times something that does not depend
+    on lr, given its state and the parameters (Adam, AdamW, SGD, Lion, ...; not Adan with weight decay): probed on a
+    stand-in parameter, one step at lr and at 2 lr from the same state."""
+    moves = []
+    for scale in (1.0, 2.0):
+        generator = torch.Generator().manual_seed(0)  # float64: rounding the parameter hides nothing
+        param = nn.Parameter(torch.randn(2, 5, generator=generator, dtype=torch.float64))
+        optimizer = make_optimizer([param], spec)
+        param.grad = torch.randn(2, 5, generator=generator, dtype=torch.float64)
+        optimizer.step()  # some state first, the same for both
+        for group in optimizer.param_groups:
+            group["lr"] = spec.lr * scale
+        before = param.detach().clone()
+        param.grad = torch.randn(2, 5, generator=generator, dtype=torch.float64)
+        optimizer.step()
+        moves.append(param.detach() - before)
+    return torch.allclose(moves[1], 2 * moves[0], rtol=1e-6, atol=1e-12)
+
+
+def member_lrs(optimizer: torch.optim.Optimizer, lrs: list[float]) -> None:
+    """Give each member its own lr in an optimizer whose step is linear in its lr (`lr_is_linear`): the optimizer
+    steps with the param groups' lr (member 0's), and a step post-hook scales member i's move by lrs[i] / lrs[0]."""
+    ratios = torch.tensor([lr / lrs[0] for lr in lrs], dtype=torch.float64)
+    saved: list[torch.Tensor] = []
+
+    def before_step(_optimizer, _args, _kwargs) -> None:
+        saved[:] = [p.detach().clone() for group in optimizer.param_groups for p in group["params"]]
+
+    def after_step(_optimizer, _args, _kwargs) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        with torch.no_grad():
+            for param, old in zip(params, saved):
+                ratio = ratios.to(param.device, param.dtype).view(-1, *([1] * (param.dim() - 1)))
+                scaled = old + (param - old) * ratio
+                param.copy_(torch.where(ratio == 1, param, scaled))
+
+    optimizer.register_step_pre_hook(before_step)
+    optimizer.register_step_post_hook(after_step)
 
 
 def crashed_members(losses: torch.Tensor, optimizer: torch.optim.Optimizer, skipped_before: list[int],

@@ -345,29 +345,46 @@ def execute_run(argv: list[str], run_dir: str, env: dict[str, str], cwd: str) ->
     return summary
 
 
+def _parsed(run: RunSpec, agent: AgentEntry) -> Any:
+    """The agent's options for `run`, as its own parser reads them (defaults filled in)."""
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        return tyro.cli(agent.args_type, args=[*run.flag_args(), "--run-name", run.name])
+
+
+def per_member_flags(run: RunSpec, agent: AgentEntry) -> set[str]:
+    """The flags that the agent's population sets per member for `run`: AlphaGrad's alpha, lr and momentum, or
+    another optimizer's lr when its step is linear in the lr (alphagrad_rl.population.lr_is_linear)."""
+    from .population import lr_is_linear
+
+    member_flags = {flag for flag, _ in agent.member_flags}
+    if dict(run.flags).get("optim.name") == "alphagrad":
+        return member_flags
+    return {"optim.lr"} if "optim.lr" in member_flags and lr_is_linear(_parsed(run, agent).optim) else set()
+
+
 def population_jobs(runs: list[RunSpec], agent: AgentEntry, size: int) -> list[list[RunSpec]]:
-    """Runs packed into populations of at most `size`: runs whose flags differ only in their seed (and, for
-    AlphaGrad, in the agent's per-member flags such as alpha and lr) share a population, in config order."""
+    """Runs packed into populations of at most `size`: runs whose flags differ only in their seed and in the
+    agent's per-member flags (per_member_flags) share a population, in config order."""
     groups: dict[str, list[RunSpec]] = {}
     for run in runs:
-        flags = dict(run.flags)
-        per_member = {flag for flag, _ in agent.member_flags} if flags.get("optim.name") == "alphagrad" else set()
-        key = json.dumps(sorted((flag, value) for flag, value in flags.items() if flag not in per_member | {"seed"}),
-                         default=str)
+        per_member = per_member_flags(run, agent) | {"seed"}
+        key = json.dumps(sorted((flag, value) for flag, value in run.flags if flag not in per_member), default=str)
         groups.setdefault(key, []).append(run)
     return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
 def population_argv(runs: list[RunSpec], agent: AgentEntry, results_dir: Path, extra: tuple[str, ...]) -> list[str]:
-    """One population process that trains `runs` (see population_jobs), each writing its own run record."""
-    flags = dict(runs[0].flags)
-    per_member = [(flag, name) for flag, name in agent.member_flags if flag in flags
-                  and flags.get("optim.name") == "alphagrad"]
-    common = [arg for flag, value in flags.items() if flag != "seed" and flag not in dict(per_member)
+    """One population process that trains `runs` (see population_jobs), each writing its own run record. A
+    per-member flag that some run leaves at its default gets the default, read with the agent's parser."""
+    per_member = [(flag, name) for flag, name in agent.member_flags if flag in per_member_flags(runs[0], agent)
+                  and any(flag in dict(run.flags) for run in runs)]
+    common = [arg for flag, value in runs[0].flags if flag != "seed" and flag not in dict(per_member)
               for arg in _flag_args(flag, value)]
     argv = [sys.executable, str(agent.population), *common, "--seeds", *(str(run.seed) for run in runs)]
     for flag, name in per_member:
-        argv += [f"--{name}", *(str(dict(run.flags)[flag]) for run in runs)]
+        field = flag.removeprefix("optim.")
+        argv += [f"--{name}", *(str(dict(run.flags)[flag]) if flag in dict(run.flags)
+                                else str(getattr(_parsed(run, agent).optim, field)) for run in runs)]
     return argv + ["--run-names", *(run.name for run in runs), "--results-dir", str(results_dir), "--quiet", *extra]
 
 

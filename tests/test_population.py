@@ -77,11 +77,13 @@ def population_updates(members, batches, gamma=0.99):
     return q_network, losses
 
 
+PER_MEMBER = {"adam": {"lrs": (2.5e-4, 1e-3, 1e-4)}, "adamw-agr": {},
+              "alphagrad": {"alphas": (93.0, 186.0, 279.0), "lrs": (2.5e-4, 1e-3, 1e-4), "momentums": (0.9, 0.0, 0.5)}}
+
+
 @pytest.mark.parametrize("optimizer", SPECS)
 def test_one_population_update_is_each_members_single_file_update(optimizer, tmp_path):
-    args = population_args(tmp_path, SPECS[optimizer],
-                           **({"alphas": (93.0, 186.0, 279.0), "lrs": (2.5e-4, 1e-3, 1e-4)} if optimizer == "alphagrad"
-                              else {}))
+    args = population_args(tmp_path, SPECS[optimizer], **PER_MEMBER[optimizer])
     members = dqn_population.member_args(args)
     batches = random_batches(3)
     population, _ = population_updates(members, batches)
@@ -147,8 +149,15 @@ def test_population_run_writes_one_standard_record_per_member(tmp_path):
 def test_population_options_are_checked(tmp_path, capsys):
     with pytest.raises(ValueError, match="alphas has 2 values"):
         dqn_population.member_args(population_args(tmp_path, SPECS["alphagrad"], alphas=(93.0, 186.0)))
-    with pytest.raises(ValueError, match="--alphas and --lrs set AlphaGrad's"):
+    with pytest.raises(ValueError, match="--alphas and --momentums set AlphaGrad's"):
         dqn_population.member_args(population_args(tmp_path, SPECS["adam"], alphas=(1.0, 2.0, 3.0)))
+    adan = OptimizerSpec(name="adan", lr=1e-3, weight_decay=0.02)
+    with pytest.raises(ValueError, match="not linear in its lr"):
+        dqn_population.check_args(population_args(tmp_path, adan, lrs=(1e-3, 2e-3, 3e-3)))
+    dqn_population.check_args(population_args(tmp_path, dataclasses.replace(adan, weight_decay=0.0),
+                                              lrs=(1e-3, 2e-3, 3e-3)))
+    members = dqn_population.member_args(population_args(tmp_path, SPECS["alphagrad"], momentums=(0.0, 0.5, 0.9)))
+    assert [m.optim.momentum for m in members] == [0.0, 0.5, 0.9]
     resumed = dqn_population.main(population_args(tmp_path, SPECS["adam"], resume=True))  # nothing to resume from
     assert "no intact population checkpoint: the population starts from step 0" in capsys.readouterr().err
     assert [s["status"] for s in resumed] == ["finished"] * 3 and not any(s.get("resumes") for s in resumed)
@@ -213,7 +222,7 @@ def ppo_population_update(members, args, batch):
 
 
 @pytest.mark.parametrize(("optimizer", "options"), [
-    ("adam", {}), ("adamw-agr", {"max_grad_norm": None}),
+    ("adam", {"lrs": (3e-4, 1e-3, 1e-4)}), ("adamw-agr", {"max_grad_norm": None, "lrs": (3e-4, 3e-4, 1e-3)}),
     ("alphagrad", {"alphas": (98.0, 196.0, 294.0), "lrs": (3e-4, 1e-3, 1e-4)}),
     ("alphagrad", {"alphas": (98.0, 196.0, 294.0), "target_kl": 0.002, "norm_adv": False}),
 ])

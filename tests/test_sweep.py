@@ -190,11 +190,15 @@ def test_population_packing_groups_runs_that_differ_in_seed_and_alphagrad_values
             "alphagrad-186": {"optim.name": "alphagrad", "optim.alpha": 186}}
     sweep = load_sweep(write_config(tmp_path, arms=arms, parameters={**TINY, "seed": {"values": [1, 2, 3]}}), REGISTRY)
     jobs = sweep_module.population_jobs(sweep.runs, sweep.agent, 4)
-    # config order (write_config's YAML lists the arms alphabetically); Adam's lr is not per member
+    # config order (write_config's YAML lists the arms alphabetically); Adam's lr is per member too
     assert [[run.name for run in job] for job in jobs] == [
-        ["adam__s1", "adam__s2", "adam__s3"], ["adam-lr__s1", "adam-lr__s2", "adam-lr__s3"],
+        ["adam__s1", "adam__s2", "adam__s3", "adam-lr__s1"], ["adam-lr__s2", "adam-lr__s3"],
         ["alphagrad-186__s1", "alphagrad-186__s2", "alphagrad-186__s3", "alphagrad-93__s1"],
         ["alphagrad-93__s2", "alphagrad-93__s3"]]
+    adam = sweep_module.population_argv(jobs[0], sweep.agent, Path("out"), ())
+    # the adam arm leaves the lr at the agent's default, 2.5e-4: it is spelled out for its members
+    assert adam[adam.index("--lrs") + 1:adam.index("--lrs") + 5] == ["0.00025"] * 3 + ["0.001"]
+    assert "--alphas" not in adam and "--optim.lr" not in adam
     argv = sweep_module.population_argv(jobs[2], sweep.agent, Path("out"), ())
     assert argv[1].endswith("agents/dqn_population.py")
     assert argv[argv.index("--seeds") + 1:argv.index("--seeds") + 5] == ["1", "2", "3", "1"]
