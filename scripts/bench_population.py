@@ -5,6 +5,7 @@ thread each); the population side runs two population processes at once, each wi
     python scripts/bench_population.py                                   # DQN CartPole, 10 runs of 50k steps
     python scripts/bench_population.py --runs 10 --total-timesteps 500000
     python scripts/bench_population.py --agent ppo --total-timesteps 100000   # PPO HalfCheetah-v5
+    python scripts/bench_population.py --agent td3 --runs 4 --total-timesteps 50000   # TD3 Hopper-v4
 It ends with the statistical-equivalence check: the difference of the sides' mean final returns with its 95% CI.
 """
 
@@ -38,13 +39,14 @@ class Args:
     """processes at a time on each side (one per core)"""
     optimizer: str = "alphagrad"
     """adam or alphagrad (the paper's k = 1: alpha 93 for DQN, 98 for PPO)"""
-    agent: Literal["dqn", "ppo"] = "dqn"
-    """DQN on CartPole-v1 or PPO on HalfCheetah-v5"""
+    agent: Literal["dqn", "ppo", "td3"] = "dqn"
+    """DQN on CartPole-v1, PPO on HalfCheetah-v5 or TD3 on Hopper-v4"""
 
 
 AGENTS = {"dqn": ("agents/dqn.py", "agents/dqn_population.py", "CartPole-v1", "93"),
           "ppo": ("agents/ppo_continuous_action.py", "agents/ppo_continuous_action_population.py", "HalfCheetah-v5",
-                  "98")}
+                  "98"),
+          "td3": ("agents/td3_continuous_action.py", "agents/td3_continuous_action_population.py", "Hopper-v4", "150")}
 
 
 def run_all(commands: list[list[str]], processes: int) -> float:
@@ -61,7 +63,9 @@ def run_all(commands: list[list[str]], processes: int) -> float:
 
 def main(args: Args) -> None:
     single_agent, population_agent, env_id, alpha = AGENTS[args.agent]
-    optimizer = ["--optim.name", args.optimizer] + (["--optim.alpha", alpha] if args.optimizer == "alphagrad" else [])
+    roles = ("actor-optim", "critic-optim") if args.agent == "td3" else ("optim",)
+    optimizer = [arg for role in roles for arg in [f"--{role}.name", args.optimizer]
+                 + ([f"--{role}.alpha", alpha] if args.optimizer == "alphagrad" else [])]
     common = ["--total-timesteps", str(args.total_timesteps), "--quiet", "--no-cuda", "--checkpoint-interval-s", "0",
               *optimizer]
     seeds = list(range(1, args.runs + 1))
