@@ -163,6 +163,9 @@ def _markdown(sweep_dir, name, runs, arms, claims: list[Claim], variants: list[C
         f"({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}); {len(runs) - len(left_out)} in the "
         "statistics (finished, with a finite final return; the others are listed under 'Runs left out'). "
         f"Final return = mean of the last {final_window} episodes.", "",
+        f"Environment: {', '.join(sorted({run.env_id for run in runs}))}; budget: " + ", ".join(
+            f"{steps:,}" for steps in sorted({int(run.summary.get('total_timesteps') or 0) for run in runs}))
+        + " env steps per run.", "",
         "## Arms", "",
         f"| arm | finished | mean +- std | IQM [{int(CONFIDENCE * 100)}% CI] | P(improvement over {baseline}) "
         "| mean drawdown | variability |",

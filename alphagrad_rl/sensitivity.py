@@ -8,6 +8,7 @@ d is the paper's own parameter count per environment (Table 2), so that k = 1, 2
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,22 +16,25 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import Run, bootstrap_ci, iqm, stratified_iqm
+from .checkpoint import RESUME_MAY_CHANGE
 from .report import plt, save_figure
-from .runs import atomic_write
+from .runs import atomic_write, flatten_config
 
 # Table 2 of the paper: "total network parameters based on CleanRL defaults", the d of alpha = k sqrt(d)
 PAPER_D = {"CartPole-v1": 8_576, "HalfCheetah-v5": 9_664, "HalfCheetah-v4": 9_664, "Hopper-v4": 209_413,
            "Hopper-v5": 209_413}
 PAPER_K = (1, 2, 3)  # the paper's alphas are k = 1 and 3 (and 2 for DQN)
-MIN_ALPHAS = 3  # a sweep with at least this many alphas at one lr gets a sensitivity figure
+MIN_ALPHAS = 5  # a sweep with at least this many alphas in one setting gets a sensitivity figure
+NOT_A_SETTING = RESUME_MAY_CHANGE | {"seed", "optim.alpha", "actor_optim.alpha", "critic_optim.alpha"}
 
 
 @dataclass
 class Point:
-    """One (lr, alpha) setting of AlphaGrad, or one lr of the baseline (alpha None), over its seeds."""
+    """One setting of an optimizer (every option but alpha and the seed) at one alpha (None: not AlphaGrad), over
+    its seeds."""
 
     optimizer: str
-    lr: float | None
+    setting: tuple[tuple[str, str], ...]  # (option, value) of the options that vary between the runs' settings
     alpha: float | None
     k: float | None
     runs: int
@@ -40,59 +44,87 @@ class Point:
     mean: float
     saturation: float  # mean over seeds of the mean S over training
 
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{option.removeprefix('optim.')} {value}" for option, value in self.setting) or "-"
+
+
+def _setting(run: Run) -> dict[str, str]:
+    config = flatten_config(run.header.get("config", {}))
+    return {key: json.dumps(value, default=str) for key, value in config.items() if key not in NOT_A_SETTING}
+
 
 def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
-    """(environment, one Point per (optimizer, lr, alpha) setting): AlphaGrad settings and the other optimizers'."""
+    """(environment, one Point per (optimizer, setting, alpha)): the settings are the runs' options except alpha and
+    the seed, shown by the options that differ between them (e.g. the lr)."""
     envs = sorted({run.env_id for run in runs})
     if len(envs) != 1:
         raise ValueError(f"a sensitivity figure is made per environment; these runs have {envs}")
     env = envs[0]
     if env not in PAPER_D:
         raise ValueError(f"no paper d (Table 2) for {env!r} (known: {', '.join(PAPER_D)})")
+    settings = [_setting(run) for run in runs]
     groups: dict[tuple, list[Run]] = {}
-    for run in runs:
-        groups.setdefault((run.optimizer, run.row.get("lr"), run.alpha), []).append(run)
+    for optimizer in dict.fromkeys(run.optimizer for run in runs):  # the options that vary within each optimizer
+        own = [(run, setting) for run, setting in zip(runs, settings) if run.optimizer == optimizer]
+        varying = sorted({key for _, setting in own for key in setting
+                          if len({other.get(key) for _, other in own}) > 1})
+        for run, setting in own:
+            shown = tuple((key, setting.get(key, "-").strip('"')) for key in varying)
+            groups.setdefault((optimizer, shown, run.alpha), []).append(run)
     points = []
-    for (optimizer, lr, alpha), members in groups.items():
+    for (optimizer, setting, alpha), members in groups.items():
         values = [run.row["final_return"] for run in members if run.included]
         saturations = [run.row.get("saturation") for run in members if run.included]
         saturations = [s for s in saturations if isinstance(s, float) and math.isfinite(s)]
         ci = bootstrap_ci([values], stratified_iqm) if len(values) > 1 else (math.nan, math.nan)
-        points.append(Point(optimizer, lr, alpha, alpha / math.sqrt(PAPER_D[env]) if alpha is not None else None,
+        points.append(Point(optimizer, setting, alpha, alpha / math.sqrt(PAPER_D[env]) if alpha is not None else None,
                             len(members), len(values), iqm(values) if values else math.nan, ci,
                             float(np.mean(values)) if values else math.nan,
                             float(np.mean(saturations)) if saturations else math.nan))
-    points.sort(key=lambda p: (p.alpha is not None, p.optimizer, p.lr or 0, p.alpha or 0))
+    points.sort(key=lambda p: (p.alpha is not None, p.optimizer, p.setting, p.alpha or 0))
     return env, points
 
 
 def has_alpha_grid(runs: list[Run]) -> bool:
-    """Whether the runs hold at least MIN_ALPHAS AlphaGrad alphas at one learning rate (in one environment)."""
-    alphas: dict[tuple, set] = {}
+    """Whether the runs (in one environment) hold at least MIN_ALPHAS AlphaGrad alphas in one setting."""
+    if len({run.env_id for run in runs}) != 1:
+        return False
+    alphas: dict[str, set] = {}
     for run in runs:
         if run.alpha is not None:
-            alphas.setdefault((run.env_id, run.row.get("lr")), set()).add(run.alpha)
-    return len({run.env_id for run in runs}) == 1 and any(len(a) >= MIN_ALPHAS for a in alphas.values())
+            alphas.setdefault(json.dumps(_setting(run), sort_keys=True), set()).add(run.alpha)
+    return any(len(a) >= MIN_ALPHAS for a in alphas.values())
 
 
 def best_baseline(points: list[Point], baseline: str) -> Point | None:
-    """The baseline optimizer's best learning rate by IQM final return (its tuned result)."""
+    """The baseline optimizer's best setting (e.g. its best lr) by IQM final return: its tuned result."""
     candidates = [p for p in points if p.optimizer == baseline and p.alpha is None and math.isfinite(p.iqm)]
     return max(candidates, key=lambda p: p.iqm) if candidates else None
 
 
+def _natural(setting: tuple[tuple[str, str], ...]) -> tuple:
+    """Settings in numeric order of their values (lr 6.25e-05 before 0.00025)."""
+    def key(value: str):
+        try:
+            return (0, float(value), "")
+        except ValueError:
+            return (1, 0.0, value)
+    return tuple(key(value) for _, value in setting)
+
+
 def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_dir: Path) -> list[Path]:
     alphagrad = [p for p in points if p.alpha is not None]
-    lrs = sorted({p.lr for p in alphagrad}, key=lambda lr: (lr is None, lr))
+    settings = sorted({p.setting for p in alphagrad}, key=_natural)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.2))
-    colors = plt.get_cmap("viridis")(np.linspace(0.1, 0.85, max(len(lrs), 1)))
-    for color, lr in zip(colors, lrs):
-        line = sorted((p for p in alphagrad if p.lr == lr), key=lambda p: p.k)
+    colors = plt.get_cmap("viridis")(np.linspace(0.1, 0.85, max(len(settings), 1)))
+    for color, setting in zip(colors, settings):
+        line = sorted((p for p in alphagrad if p.setting == setting), key=lambda p: p.k)
         ks = [p.k for p in line]
         centers = np.array([p.iqm for p in line])
         lows = np.array([p.ci[0] if math.isfinite(p.ci[0]) else p.iqm for p in line])
         highs = np.array([p.ci[1] if math.isfinite(p.ci[1]) else p.iqm for p in line])
-        label = f"AlphaGrad lr {lr:g}" if lr is not None else "AlphaGrad"
+        label = f"AlphaGrad {line[0].label}" if setting else "AlphaGrad"
         left.errorbar(ks, centers, yerr=[centers - lows, highs - centers], marker="o", capsize=3, color=color,
                       label=label)
         right.plot(ks, [p.saturation for p in line], marker="o", color=color, label=label)
@@ -100,7 +132,7 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_
         low, high = baseline.ci if all(map(math.isfinite, baseline.ci)) else (baseline.iqm, baseline.iqm)
         left.axhspan(low, high, color="tab:red", alpha=0.15, lw=0)
         left.axhline(baseline.iqm, color="tab:red", lw=1.2,
-                     label=f"{baseline.optimizer} (best lr {baseline.lr:g}): IQM, 95% CI")
+                     label=f"{baseline.optimizer} (best: {baseline.label}): IQM, 95% CI")
     for axis in (left, right):
         axis.set_xscale("log")
         axis.set_xlabel(f"k = alpha / sqrt(d)   (d = {PAPER_D[env]:,}, paper Table 2)")
@@ -117,30 +149,33 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_
 
 
 def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam") -> Path:
-    """sensitivity.csv, the figure and SENSITIVITY.md (a table per learning rate and what the data can say)."""
+    """sensitivity.csv, the figure and SENSITIVITY.md (a table per setting and what the data can say)."""
     env, points = sensitivity_points(runs)
     best = best_baseline(points, baseline)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_dir / "sensitivity.csv") as f:
         writer = csv.writer(f)
-        writer.writerow(["optimizer", "lr", "alpha", "k", "runs", "finished", "iqm", "iqm_ci_low", "iqm_ci_high",
+        writer.writerow(["optimizer", "setting", "alpha", "k", "runs", "finished", "iqm", "iqm_ci_low", "iqm_ci_high",
                          "mean", "saturation"])
         for p in points:
-            writer.writerow([p.optimizer, p.lr, p.alpha, p.k, p.runs, p.finished, p.iqm, *p.ci, p.mean, p.saturation])
+            writer.writerow([p.optimizer, p.label, p.alpha, p.k, p.runs, p.finished, p.iqm, *p.ci, p.mean,
+                             p.saturation])
     figures = plot_sensitivity(env, points, best, out_dir)
     lines = [f"# Alpha sensitivity: {env}", "",
              f"Final return (mean of the last episodes per run; IQM over seeds with its 95% BCa CI) against "
              f"k = alpha / sqrt(d), d = {PAPER_D[env]:,} (the paper's Table 2), at each learning rate; S = the "
              "fraction of |alpha g_hat| above 2.5 over the whole network, averaged over training (section 7.3).", ""]
     if best is not None:
-        lines += [f"{baseline} at its best learning rate ({best.lr:g}): IQM {best.iqm:.1f} "
-                  f"[{best.ci[0]:.1f}, {best.ci[1]:.1f}] over {best.finished} seeds; at each lr: " + ", ".join(
-                      f"{p.lr:g}: {p.iqm:.1f}" for p in points if p.optimizer == baseline and p.alpha is None) + ".", ""]
+        lines += [f"{baseline} at its best setting ({best.label}): IQM {best.iqm:.1f} [{best.ci[0]:.1f}, "
+                  f"{best.ci[1]:.1f}] over {best.finished} seeds; each of its settings: " + ", ".join(
+                      f"{p.label}: {p.iqm:.1f}" for p in points if p.optimizer == baseline and p.alpha is None) + ".",
+                  ""]
     alphagrad = [p for p in points if p.alpha is not None]
-    for lr in sorted({p.lr for p in alphagrad}, key=lambda lr: (lr is None, lr)):
-        line = sorted((p for p in alphagrad if p.lr == lr), key=lambda p: p.k)
+    for setting in sorted({p.setting for p in alphagrad}, key=_natural):
+        line = sorted((p for p in alphagrad if p.setting == setting), key=lambda p: p.k)
         top = max(line, key=lambda p: p.iqm if math.isfinite(p.iqm) else -math.inf)
-        lines += [f"## lr {lr:g}", "", "| k | alpha | seeds | IQM [95% CI] | mean | S |", "|---|---|---|---|---|---|"]
+        lines += [f"## AlphaGrad, {line[0].label}", "", "| k | alpha | seeds | IQM [95% CI] | mean | S |",
+                  "|---|---|---|---|---|---|"]
         for p in line:
             versus = ""
             if best is not None and all(map(math.isfinite, p.ci)) and all(map(math.isfinite, best.ci)):

@@ -296,8 +296,9 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     from alphagrad_rl.sensitivity import PAPER_D, has_alpha_grid, sensitivity_points, write_sensitivity
 
     finals = {}
+    alphas = (9.3, 18.6, 46.5, 93.0, 930.0)
     for lr in (1e-4, 1e-3):
-        for alpha in (9.3, 93.0, 930.0):
+        for alpha in alphas:
             for seed in (1, 2, 3, 4):
                 final = 400.0 - 150 * abs(math.log10(alpha / 93)) - (100 if lr == 1e-4 else 0) + 10 * seed
                 finals.setdefault((lr, alpha), []).append(final)
@@ -312,13 +313,14 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     assert has_alpha_grid(runs) and not has_alpha_grid([run for run in runs if run.alpha != 930.0])
     env, points = sensitivity_points(runs)
     assert env == "CartPole-v1"
-    point = next(p for p in points if p.lr == 1e-3 and p.alpha == 93.0)
+    point = next(p for p in points if p.setting == (("optim.lr", "0.001"),) and p.alpha == 93.0)
     assert point.k == pytest.approx(93 / math.sqrt(PAPER_D["CartPole-v1"])) and point.finished == 4
-    assert point.iqm == pytest.approx(iqm(finals[(1e-3, 93.0)]))
+    assert point.iqm == pytest.approx(iqm(finals[(1e-3, 93.0)])) and point.label == "lr 0.001"
     assert point.saturation == pytest.approx(0.093 + 0.1)  # the network-wide values only, not the per-tensor 1.0
     write_sensitivity(runs, tmp_path / "out")
     table = list(csv.DictReader(open(tmp_path / "out" / "sensitivity.csv")))
-    assert len(table) == 8  # 6 AlphaGrad settings + Adam at 2 lrs
+    assert len(table) == 12  # 10 AlphaGrad settings + Adam at 2 lrs
     text = (tmp_path / "out" / "SENSITIVITY.md").read_text()
-    assert "adam at its best learning rate (0.001)" in text and "Best k 1 (IQM" in text
+    assert "adam at its best setting (lr 0.001)" in text and "Best k 1 (IQM" in text
+    assert text.index("## AlphaGrad, lr 0.0001") < text.index("## AlphaGrad, lr 0.001")
     assert (tmp_path / "out" / "sensitivity.png").exists()
