@@ -15,7 +15,6 @@ Checkpoints cover the whole population (in member 0's folder) and --resume conti
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -32,6 +31,7 @@ from alphagrad_rl.population import (
     StackedSequential,
     check_population_args,
     crashed_members,
+    finish_unfinished,
     make_population_optimizer,
     member_summaries,
     note_fresh_episodes,
@@ -168,9 +168,7 @@ def main(args: Args) -> list[dict]:
                     records[i].set_evaluation(model_path, dqn.evaluate(network, members[i], device, args.eval_episodes))
                 records[i].finish("finished")
     except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "crashed"
-        for i in (i for i in range(size) if alive[i]):
-            records[i].finish(status, error="".join(traceback.format_exception(error)))
+        finish_unfinished(records, alive, error)
         raise
     finally:
         envs.close()

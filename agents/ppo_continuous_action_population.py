@@ -17,7 +17,6 @@ Checkpoints cover the whole population (in member 0's folder) and --resume conti
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -36,6 +35,7 @@ from alphagrad_rl.population import (
     check_population_args,
     clip_grad_norm_per_member,
     crashed_members,
+    finish_unfinished,
     make_population_optimizer,
     member_state_tensors,
     member_summaries,
@@ -291,20 +291,10 @@ def main(args: Args) -> list[dict]:
                         if alive[index // k]:
                             records[index // k].log_episode(global_step, episodic_return, episodic_length)
 
-                with torch.no_grad():  # generalized advantage estimation, every member's at once
+                with torch.no_grad():  # generalized advantage estimation, every member's at once (elementwise)
                     next_value = agent.get_value(next_obs).squeeze(2)
-                    advantages = torch.zeros_like(rewards)
-                    lastgaelam = 0
-                    for t in reversed(range(args.num_steps)):
-                        if t == args.num_steps - 1:
-                            nextnonterminal = 1.0 - next_done
-                            nextvalues = next_value
-                        else:
-                            nextnonterminal = 1.0 - dones[t + 1]
-                            nextvalues = values[t + 1]
-                        delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
-                        advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
-                    returns = advantages + values
+                    advantages, returns = ppo.gae(rewards, values, dones, next_value, next_done, args.gamma,
+                                                  args.gae_lambda)
 
                 def flat(x: torch.Tensor) -> torch.Tensor:  # (steps, members, envs, ...) -> (members, steps * envs, ...)
                     return x.transpose(0, 1).reshape((size, batch_size) + x.shape[3:])
@@ -345,9 +335,7 @@ def main(args: Args) -> list[dict]:
                                                                        args.eval_episodes))
                 records[i].finish("finished")
     except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "crashed"
-        for i in (i for i in range(size) if alive[i]):
-            records[i].finish(status, error="".join(traceback.format_exception(error)))
+        finish_unfinished(records, alive, error)
         raise
     finally:
         envs.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,15 @@ def member_summaries(records: list[RunRecord | None], members: list[Any]) -> lis
     """Each member's summary: from its record, or from its folder for a member whose run ended before a resume."""
     return [record.summary if record is not None else read_summary(Path(m.results_dir) / m.run_name)
             for record, m in zip(records, members)]
+
+
+def finish_unfinished(records: list[RunRecord | None], alive: list[bool], error: BaseException) -> None:
+    """The population stopped on `error`: every member still training is recorded "interrupted" (a stop asked
+    for: SIGTERM/SIGINT) or "crashed", with the traceback."""
+    status = "interrupted" if isinstance(error, KeyboardInterrupt) else "crashed"
+    for record, live in zip(records, alive):
+        if live and record is not None:
+            record.finish(status, error="".join(traceback.format_exception(error)))
 
 
 def note_fresh_episodes(records: list[RunRecord | None], fresh_obs: dict[int, Any], envs_per_member: int) -> None:
