@@ -41,6 +41,11 @@ class Args:
     """adam or alphagrad (the paper's k = 1: alpha 93 for DQN, 98 for PPO)"""
     agent: Literal["dqn", "ppo", "td3"] = "dqn"
     """DQN on CartPole-v1, PPO on HalfCheetah-v5 or TD3 on Hopper-v4"""
+    cuda: bool = False
+    """run both sides on the GPU (e.g. --agent td3 --cuda --runs 20 --processes 1 --single-runs 1: a population of
+    20 against one single-file run on the same GPU, compared by aggregate env steps per second)"""
+    single_runs: int | None = None
+    """runs on the single-file side (default: --runs); fewer when only its speed is wanted"""
 
 
 AGENTS = {"dqn": ("agents/dqn.py", "agents/dqn_population.py", "CartPole-v1", "93"),
@@ -66,12 +71,13 @@ def main(args: Args) -> None:
     roles = ("actor-optim", "critic-optim") if args.agent == "td3" else ("optim",)
     optimizer = [arg for role in roles for arg in [f"--{role}.name", args.optimizer]
                  + ([f"--{role}.alpha", alpha] if args.optimizer == "alphagrad" else [])]
-    common = ["--total-timesteps", str(args.total_timesteps), "--quiet", "--no-cuda", "--checkpoint-interval-s", "0",
-              *optimizer]
+    common = ["--total-timesteps", str(args.total_timesteps), "--quiet", "--cuda" if args.cuda else "--no-cuda",
+              "--checkpoint-interval-s", "0", *optimizer]
     seeds = list(range(1, args.runs + 1))
+    single_seeds = seeds[:args.single_runs or args.runs]
     with tempfile.TemporaryDirectory() as folder:
         single = [[sys.executable, single_agent, *common, "--seed", str(seed), "--results-dir", f"{folder}/single",
-                   "--run-name", f"s{seed}"] for seed in seeds]
+                   "--run-name", f"s{seed}"] for seed in single_seeds]
         shares = [seeds[i::args.processes] for i in range(args.processes)]
         population = [[sys.executable, population_agent, *common, "--seeds", *map(str, share),
                        "--results-dir", f"{folder}/population", "--run-name", f"p{i}"]
@@ -80,14 +86,18 @@ def main(args: Args) -> None:
         population_s = run_all(population, args.processes)
         finals = {side: [read_summary(path)["final_return"] for path in sorted(Path(folder, side).iterdir())]
                   for side in ("single", "population")}
-    print(f"{args.agent.upper()} {env_id}, {args.optimizer}, {args.runs} runs x {args.total_timesteps:,} steps, "
-          f"{args.processes} processes at a time, 1 torch thread each")
-    for side, seconds in (("single-file", single_s), ("population", population_s)):
-        print(f"{side:12s} {seconds:8.1f} s   {3600 * args.runs / seconds:8.1f} runs/hour")
-    print(f"speed-up: {single_s / population_s:.2f}x")
+    print(f"{args.agent.upper()} {env_id}, {args.optimizer}, {args.total_timesteps:,} steps per run, "
+          f"{args.processes} processes at a time, 1 torch thread each, {'GPU' if args.cuda else 'CPU'}")
+    rates = {}
+    for side, runs, seconds in (("single-file", len(single_seeds), single_s), ("population", args.runs, population_s)):
+        rates[side] = runs / seconds
+        print(f"{side:12s} {runs:3d} runs {seconds:8.1f} s   {3600 * rates[side]:8.1f} runs/hour   "
+              f"{rates[side] * args.total_timesteps:10.0f} env steps/s in all")
+    print(f"speed-up: {rates['population'] / rates['single-file']:.2f}x")
     for side, values in finals.items():
         print(f"final returns ({side}): " + ", ".join(f"{value:.1f}" for value in values))
-    if args.runs >= 2:  # statistical equivalence: the same experiment, so the difference should be ~0
+    # statistical equivalence: the same experiment on both sides, so the difference should be ~0
+    if min(len(values) for values in finals.values()) >= 2:
         test = welch(finals["population"], finals["single"])
         detectable = minimal_detectable_effect(test, LEVEL)
         print(f"mean final return, population - single-file: {test.estimate:+.1f}, 95% CI [{test.low:.1f}, "
