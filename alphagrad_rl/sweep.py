@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import io
 import itertools
 import json
@@ -67,7 +68,9 @@ class AgentEntry:
     args_type: type
     check: Callable[[Any], None]
     population: Path | None = None  # its population variant's script, which takes --seeds and --run-names
-    member_flags: tuple[tuple[str, str], ...] = ()  # AlphaGrad flags its population takes per member: (flag, list flag)
+    # what its population takes per member: ((the flags one value sets, e.g. TD3's actor and critic alpha), the
+    # population's list option), e.g. ((("optim.alpha",), "alphas"), (("optim.lr",), "lrs"))
+    member_flags: tuple[tuple[tuple[str, ...], str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,44 +350,59 @@ def execute_run(argv: list[str], run_dir: str, env: dict[str, str], cwd: str) ->
 
 def _parsed(run: RunSpec, agent: AgentEntry) -> Any:
     """The agent's options for `run`, as its own parser reads them (defaults filled in)."""
+    return _parse(agent.args_type, tuple(run.flag_args()), run.name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(args_type: type, flag_args: tuple[str, ...], run_name: str) -> Any:
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        return tyro.cli(agent.args_type, args=[*run.flag_args(), "--run-name", run.name])
+        return tyro.cli(args_type, args=[*flag_args, "--run-name", run_name])
 
 
-def per_member_flags(run: RunSpec, agent: AgentEntry) -> set[str]:
-    """The flags that the agent's population sets per member for `run`: AlphaGrad's alpha, lr and momentum, or
-    another optimizer's lr when its step is linear in the lr (alphagrad_rl.population.lr_is_linear)."""
+def per_member_options(run: RunSpec, agent: AgentEntry) -> dict[str, tuple[str, ...]]:
+    """The population's list options (e.g. "alphas") that can carry `run`'s values, with the flags each one sets:
+    AlphaGrad's alpha, lr and momentum, another optimizer's lr when its step is linear in the lr
+    (alphagrad_rl.population.lr_is_linear); for several optimizers (TD3's actor and critics) only when they agree."""
     from .population import lr_is_linear
 
-    member_flags = {flag for flag, _ in agent.member_flags}
-    if dict(run.flags).get("optim.name") == "alphagrad":
-        return member_flags
-    return {"optim.lr"} if "optim.lr" in member_flags and lr_is_linear(_parsed(run, agent).optim) else set()
+    args, options = _parsed(run, agent), {}
+    for flags, option in agent.member_flags:
+        specs = [getattr(args, flag.split(".")[0].replace("-", "_")) for flag in flags]
+        field = flags[0].split(".", 1)[1]
+        values = {json.dumps(getattr(spec, field)) for spec in specs}
+        if len(values) != 1 or not isinstance(getattr(specs[0], field), (int, float)):
+            continue  # the roles differ (one list cannot carry both), or not a number (alpha "auto")
+        if all(spec.name == "alphagrad" for spec in specs) or (field == "lr" and all(map(lr_is_linear, specs))):
+            options[option] = flags
+    return options
 
 
 def population_jobs(runs: list[RunSpec], agent: AgentEntry, size: int) -> list[list[RunSpec]]:
-    """Runs packed into populations of at most `size`: runs whose flags differ only in their seed and in the
-    agent's per-member flags (per_member_flags) share a population, in config order."""
+    """Runs packed into populations of at most `size`: runs whose flags differ only in their seed and in what the
+    population takes per member (per_member_options) share a population, in config order."""
     groups: dict[str, list[RunSpec]] = {}
     for run in runs:
-        per_member = per_member_flags(run, agent) | {"seed"}
-        key = json.dumps(sorted((flag, value) for flag, value in run.flags if flag not in per_member), default=str)
+        options = per_member_options(run, agent)
+        per_member = {flag for flags in options.values() for flag in flags} | {"seed"}
+        key = json.dumps([sorted(options), sorted((flag, value) for flag, value in run.flags if flag not in per_member)],
+                         default=str)
         groups.setdefault(key, []).append(run)
     return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
 def population_argv(runs: list[RunSpec], agent: AgentEntry, results_dir: Path, extra: tuple[str, ...]) -> list[str]:
-    """One population process that trains `runs` (see population_jobs), each writing its own run record. A
-    per-member flag that some run leaves at its default gets the default, read with the agent's parser."""
-    per_member = [(flag, name) for flag, name in agent.member_flags if flag in per_member_flags(runs[0], agent)
-                  and any(flag in dict(run.flags) for run in runs)]
-    common = [arg for flag, value in runs[0].flags if flag != "seed" and flag not in dict(per_member)
+    """One population process that trains `runs` (see population_jobs), each writing its own run record. Every
+    per-member value is spelled out, read with the agent's parser (so a run that leaves one at its default gets
+    the default)."""
+    options = per_member_options(runs[0], agent)
+    per_member = {flag for flags in options.values() for flag in flags}
+    common = [arg for flag, value in runs[0].flags if flag != "seed" and flag not in per_member
               for arg in _flag_args(flag, value)]
     argv = [sys.executable, str(agent.population), *common, "--seeds", *(str(run.seed) for run in runs)]
-    for flag, name in per_member:
-        field = flag.removeprefix("optim.")
-        argv += [f"--{name}", *(str(dict(run.flags)[flag]) if flag in dict(run.flags)
-                                else str(getattr(_parsed(run, agent).optim, field)) for run in runs)]
+    for option, flags in options.items():
+        role, field = flags[0].split(".", 1)
+        argv += [f"--{option}", *(str(getattr(getattr(_parsed(run, agent), role.replace("-", "_")), field))
+                                  for run in runs)]
     return argv + ["--run-names", *(run.name for run in runs), "--results-dir", str(results_dir), "--quiet", *extra]
 
 

@@ -57,6 +57,11 @@ def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
     assert len(jobs) == 13 and all(len({run.arm for run in job}) == 1 and len(job) == 5 for job in jobs)
     assert sweep_module.population_argv(jobs[0], td3.agent, Path("out"), ())[1].endswith(
         "agents/td3_continuous_action_population.py")
+    pairs = sweep_module.population_jobs(td3.runs, td3.agent, 10)  # alphas pack: one value sets actor and critic
+    mixed = next(job for job in pairs if {run.arm for run in job} == {"alphagrad-100", "alphagrad-150"})
+    argv = sweep_module.population_argv(mixed, td3.agent, Path("out"), ())
+    assert argv[argv.index("--alphas") + 1:argv.index("--alphas") + 11] == ["100.0"] * 5 + ["150.0"] * 5
+    assert not any(arg.startswith(("--actor-optim.alpha", "--critic-optim.alpha")) for arg in argv)
 
 
 @pytest.mark.slow
@@ -202,7 +207,7 @@ def test_population_packing_groups_runs_that_differ_in_seed_and_alphagrad_values
     argv = sweep_module.population_argv(jobs[2], sweep.agent, Path("out"), ())
     assert argv[1].endswith("agents/dqn_population.py")
     assert argv[argv.index("--seeds") + 1:argv.index("--seeds") + 5] == ["1", "2", "3", "1"]
-    assert argv[argv.index("--alphas") + 1:argv.index("--alphas") + 5] == ["186", "186", "186", "93"]
+    assert argv[argv.index("--alphas") + 1:argv.index("--alphas") + 5] == ["186.0", "186.0", "186.0", "93.0"]
     assert "--optim.alpha" not in argv and argv[argv.index("--run-names") + 4] == "alphagrad-93__s1"
 
 
