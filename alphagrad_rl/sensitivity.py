@@ -148,7 +148,7 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_
     return save_figure(figure, out_dir / "sensitivity")
 
 
-def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam") -> Path:
+def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", final_window: int = 100) -> Path:
     """sensitivity.csv, the figure and SENSITIVITY.md (a table per setting and what the data can say)."""
     env, points = sensitivity_points(runs)
     best = best_baseline(points, baseline)
@@ -162,8 +162,8 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam") ->
                              p.saturation])
     figures = plot_sensitivity(env, points, best, out_dir)
     lines = [f"# Alpha sensitivity: {env}", "",
-             f"Final return (mean of the last episodes per run; IQM over seeds with its 95% BCa CI) against "
-             f"k = alpha / sqrt(d), d = {PAPER_D[env]:,} (the paper's Table 2), at each learning rate; S = the "
+             f"Final return (mean of the last {final_window} episodes per run; IQM over seeds with its 95% BCa CI) "
+             f"against k = alpha / sqrt(d), d = {PAPER_D[env]:,} (the paper's Table 2), in each setting; S = the "
              "fraction of |alpha g_hat| above 2.5 over the whole network, averaged over training (section 7.3).", ""]
     if best is not None:
         lines += [f"{baseline} at its best setting ({best.label}): IQM {best.iqm:.1f} [{best.ci[0]:.1f}, "

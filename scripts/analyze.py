@@ -56,7 +56,7 @@ def main(args: Args) -> int:
             print(f"{len(written)} compact records in {records}")
         report = write_report(records, output, args.final_window, args.baseline)
         runs = load_runs(records, args.final_window)
-        sensitivity = write_sensitivity(runs, output, args.baseline) if has_alpha_grid(runs) else None
+        sensitivity = write_sensitivity(runs, output, args.baseline, args.final_window) if has_alpha_grid(runs) else None
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
