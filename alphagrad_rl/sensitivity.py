@@ -142,7 +142,7 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_
     left.set_ylabel("final return (IQM over seeds, 95% CI)")
     left.set_title(f"{env}: AlphaGrad final return against k")
     right.set_ylabel("saturation S = P(|alpha g_hat| > 2.5), mean over training")
-    right.set_ylim(-0.02, 1.02)
+    right.set_ylim(bottom=0)
     right.set_title("measured saturation ratio (section 7.3)")
     figure.tight_layout()
     return save_figure(figure, out_dir / "sensitivity")
