@@ -12,6 +12,7 @@ It ends with the statistical-equivalence check: the difference of the sides' mea
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,8 @@ class Args:
     20 against one single-file run on the same GPU, compared by aggregate env steps per second)"""
     single_runs: int | None = None
     """runs on the single-file side (default: --runs); fewer when only its speed is wanted"""
+    agent_args: str = ""
+    """more options for both sides' agents, e.g. "--learning-starts 5000" (quoted)"""
 
 
 AGENTS = {"dqn": ("agents/dqn.py", "agents/dqn_population.py", "CartPole-v1", "93"),
@@ -72,7 +75,7 @@ def main(args: Args) -> None:
     optimizer = [arg for role in roles for arg in [f"--{role}.name", args.optimizer]
                  + ([f"--{role}.alpha", alpha] if args.optimizer == "alphagrad" else [])]
     common = ["--total-timesteps", str(args.total_timesteps), "--quiet", "--cuda" if args.cuda else "--no-cuda",
-              "--checkpoint-interval-s", "0", *optimizer]
+              "--checkpoint-interval-s", "0", *optimizer, *shlex.split(args.agent_args)]
     seeds = list(range(1, args.runs + 1))
     single_seeds = seeds[:args.single_runs or args.runs]
     with tempfile.TemporaryDirectory() as folder:
@@ -87,7 +90,8 @@ def main(args: Args) -> None:
         finals = {side: [read_summary(path)["final_return"] for path in sorted(Path(folder, side).iterdir())]
                   for side in ("single", "population")}
     print(f"{args.agent.upper()} {env_id}, {args.optimizer}, {args.total_timesteps:,} steps per run, "
-          f"{args.processes} processes at a time, 1 torch thread each, {'GPU' if args.cuda else 'CPU'}")
+          f"{args.processes} processes at a time, 1 torch thread each, {'GPU' if args.cuda else 'CPU'}"
+          + (f", {args.agent_args}" if args.agent_args else ""))
     rates = {}
     for side, runs, seconds in (("single-file", len(single_seeds), single_s), ("population", args.runs, population_s)):
         rates[side] = runs / seconds
