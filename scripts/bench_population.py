@@ -48,7 +48,7 @@ class Args:
     single_runs: int | None = None
     """runs on the single-file side (default: --runs); fewer when only its speed is wanted"""
     agent_args: str = ""
-    """more options for both sides' agents, e.g. "--learning-starts 5000" (quoted)"""
+
 
 
 AGENTS = {"dqn": ("agents/dqn.py", "agents/dqn_population.py", "CartPole-v1", "93"),
