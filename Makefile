@@ -42,13 +42,16 @@ demo: $(STAMP)
 # `make reproduce-dqn` rebuilds the report from the committed compact records (results/paper-dqn-cartpole/records)
 # without running anything; `make reproduce-dqn RERUN=1` runs (or resumes) the sweep first, then exports its
 # records and rebuilds the report. Same for reproduce-td3, reproduce-ppo and reproduce-paper (all three).
-# Reruns pack each arm's seeds into population processes of POPULATION runs (agents/*_population.py).
+# Reruns pack each arm's seeds into population processes of POPULATION runs (agents/*_population.py), into
+# RUNS; a reduced budget, e.g. TD3 on a CPU (the report states the budget):
+#   make reproduce-td3 RERUN=1 RUNS=results/runs-200k SWEEP_ARGS="--total-timesteps 200000"
 RERUN ?=
 POPULATION ?= 10
+RUNS ?= results/runs
 define reproduce
 	@if [ -n "$(RERUN)" ]; then \
-		$(SWEEP) configs/$(1).yaml --population-size $(POPULATION) $(SWEEP_ARGS); status=$$?; \
-		$(ANALYZE) results/runs/$(2) && exit $$status; \
+		$(SWEEP) configs/$(1).yaml --population-size $(POPULATION) --results-dir $(RUNS) $(SWEEP_ARGS); status=$$?; \
+		$(ANALYZE) $(RUNS)/$(2) --output results/$(2) && exit $$status; \
 	else $(ANALYZE) results/$(2)/records; fi
 endef
 
