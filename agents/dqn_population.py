@@ -23,7 +23,8 @@ import torch
 
 from agents import dqn
 from alphagrad_rl import population
-from alphagrad_rl.buffers import ReplayBuffer
+from alphagrad_rl.buffers import MemberReplayBuffers, ReplayBatch
+from alphagrad_rl.cartpole_batch import CartPoleBatch, member_action_spaces
 from alphagrad_rl.envs import ended_episodes, make_vector_env, true_next_obs
 from alphagrad_rl.experiment import cli, seed_everything, select_device, update_diagnostics
 from alphagrad_rl.population import (
@@ -41,7 +42,9 @@ from alphagrad_rl.population import (
 
 @dataclass
 class Args(dqn.Args, PopulationOptions):
-    pass
+    cartpole_batch: bool = True
+    """step CartPole-v1 members in one numpy batch (alphagrad_rl/cartpole_batch.py: bit-identical to agents/dqn.py's
+    environments, much cheaper); --no-cartpole-batch steps gymnasium's own envs. Other environments always do."""
 
 
 def member_args(args: Args) -> list[dqn.Args]:
@@ -64,10 +67,11 @@ class PopulationQNetwork(StackedSequential):
         return super().member_state_dict(member, prefix)
 
 
-def td_losses(q_network: PopulationQNetwork, target_network: PopulationQNetwork, batch: list, gamma: float):
-    """Each member's DQN loss on its own minibatch (agents/dqn.py's, member by member): (members,) losses and
-    the Q-values of the taken actions (members, batch)."""
-    observations, actions, next_observations, rewards, terminations = (torch.stack(parts) for parts in zip(*batch))
+def td_losses(q_network: PopulationQNetwork, target_network: PopulationQNetwork, batch: ReplayBatch, gamma: float):
+    """Each member's DQN loss on its own minibatch (`batch`: the members' minibatches stacked, (members, batch, ...);
+    agents/dqn.py's loss, member by member): (members,) losses and the Q-values of the taken actions (members,
+    batch)."""
+    observations, actions, next_observations, rewards, terminations = batch
     with torch.no_grad():
         target_max, _ = target_network(next_observations).max(dim=2)
         td_target = rewards.squeeze(2) + gamma * target_max * (1 - terminations.squeeze(2))
@@ -80,8 +84,12 @@ def main(args: Args) -> list[dict]:
     members = member_args(args)
     size = len(members)
     # one vector env, sub-env i = member i's env (agents/dqn.py's make_env with its seed; reset with its seed)
-    envs = make_vector_env([dqn.make_env(m.env_id, m.seed, 0) for m in members], gym.spaces.Discrete, "DQN",
-                           args.autoreset_mode)
+    if args.cartpole_batch and args.env_id == CartPoleBatch.env_id and args.autoreset_mode == "same-step":
+        envs = CartPoleBatch([m.seed for m in members])
+    else:
+        envs = make_vector_env([dqn.make_env(m.env_id, m.seed, 0) for m in members], gym.spaces.Discrete, "DQN",
+                               args.autoreset_mode)
+    action_spaces = member_action_spaces(envs)
     device = select_device(args.cuda)
     networks = []
     for member in members:  # each member's initialization is its agents/dqn.py run's
@@ -91,14 +99,13 @@ def main(args: Args) -> list[dict]:
     target_network = PopulationQNetwork(networks).to(device)
     optimizer = make_population_optimizer(q_network.named_parameters(), members)
     records, checkpoints, _ = open_population(args, members, "dqn", args.total_timesteps)
-    rbs = [ReplayBuffer(args.buffer_size, envs.single_observation_space.shape, (), np.int64, device)
-           for _ in members]
+    rb = MemberReplayBuffers(size, args.buffer_size, envs.single_observation_space.shape, (), np.int64, device)
     rngs = [np.random.default_rng(m.seed) for m in members]
     alive = [record is not None for record in records]
     obs, _ = envs.reset(seed=[m.seed for m in members])
     start_step = updates = 0
     checkpoints.track(q_network=q_network, target_network=target_network, optimizer=optimizer, envs=envs,
-                      **{f"replay_buffer{i}": rb for i, rb in enumerate(rbs)},
+                      replay_buffers=rb,
                       **{f"rng{i}": rng for i, rng in enumerate(rngs)})
     try:
         with checkpoints:
@@ -112,24 +119,26 @@ def main(args: Args) -> list[dict]:
                 epsilon = dqn.linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps,
                                               global_step)
                 explore = [rng.random() < epsilon for rng in rngs]
-                if not all(explore):
+                if all(explore):
+                    actions = np.zeros(size, dtype=np.int64)
+                else:
                     with torch.no_grad():
-                        greedy = q_network(torch.as_tensor(obs, device=device).unsqueeze(1)).argmax(dim=2)[:, 0].cpu()
-                actions = np.array([env.action_space.sample() if explore[i] else int(greedy[i])
-                                    for i, env in enumerate(envs.envs)])
+                        q_values = q_network(torch.as_tensor(obs, device=device).unsqueeze(1))
+                    actions = q_values.argmax(dim=2)[:, 0].cpu().numpy()
+                for i in (i for i in range(size) if explore[i]):
+                    actions[i] = action_spaces[i].sample()
                 next_obs, rewards, terminations, truncations, infos = envs.step(actions)
                 for i, episodic_return, episodic_length in ended_episodes(infos):
                     if alive[i]:
                         records[i].log_episode(global_step, episodic_return, episodic_length)
                 real_next_obs = true_next_obs(next_obs, terminations, truncations, infos)
-                for i, rb in enumerate(rbs):
-                    rb.add(obs[i:i + 1], real_next_obs[i:i + 1], actions[i:i + 1], rewards[i:i + 1], terminations[i:i + 1])
+                rb.add(obs, real_next_obs, actions, rewards, terminations)
                 obs = next_obs
 
                 if global_step > args.learning_starts:
                     if global_step % args.train_frequency == 0:
-                        batch = [rb.sample(args.batch_size, rng) for rb, rng in zip(rbs, rngs)]
-                        losses, old_val = td_losses(q_network, target_network, batch, args.gamma)
+                        losses, old_val = td_losses(q_network, target_network, rb.sample(args.batch_size, rngs),
+                                                    args.gamma)
                         optimizer.zero_grad()
                         losses.sum().backward()  # member i's gradient is its own loss's
                         updates += 1

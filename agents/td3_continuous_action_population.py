@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from agents import td3_continuous_action as td3
 from alphagrad_rl import population
-from alphagrad_rl.buffers import ReplayBuffer
+from alphagrad_rl.buffers import MemberReplayBuffers
 from alphagrad_rl.envs import ended_episodes, make_vector_env, true_next_obs
 from alphagrad_rl.experiment import cli, seed_everything, select_device, update_diagnostics
 from alphagrad_rl.population import (
@@ -181,8 +181,8 @@ def main(args: Args) -> list[dict]:
     records, checkpoints, _ = open_population(args, members, "td3_continuous_action", args.total_timesteps)
     action_low = torch.as_tensor(envs.single_action_space.low, device=device)
     action_high = torch.as_tensor(envs.single_action_space.high, device=device)
-    rbs = [ReplayBuffer(args.buffer_size, envs.single_observation_space.shape, envs.single_action_space.shape,
-                        np.float32, device) for _ in members]
+    rb = MemberReplayBuffers(size, args.buffer_size, envs.single_observation_space.shape,
+                             envs.single_action_space.shape, np.float32, device)
     rngs = [np.random.default_rng(m.seed) for m in members]
     alive = [record is not None for record in records]
     start_step = critic_updates = actor_updates = 0
@@ -191,7 +191,7 @@ def main(args: Args) -> list[dict]:
     obs_shape = envs.single_observation_space.shape
     checkpoints.track(actor=nets.actor, qf1=nets.qf1, qf2=nets.qf2, target_actor=nets.target_actor,
                       qf1_target=nets.qf1_target, qf2_target=nets.qf2_target, q_optimizer=q_optimizer,
-                      actor_optimizer=actor_optimizer, envs=envs, **{f"replay_buffer{i}": rb for i, rb in enumerate(rbs)},
+                      actor_optimizer=actor_optimizer, envs=envs, replay_buffers=rb,
                       **{f"rng{i}": rng for i, rng in enumerate(rngs)},
                       **{f"generator{i}": generator for i, generator in enumerate(nets.generators)})
     try:
@@ -224,14 +224,11 @@ def main(args: Args) -> list[dict]:
                     if alive[index // k]:
                         records[index // k].log_episode(global_step, episodic_return, episodic_length)
                 real_next_obs = true_next_obs(next_obs, terminations, truncations, infos)
-                for i, rb in enumerate(rbs):
-                    part = slice(i * k, (i + 1) * k)
-                    rb.add(obs[part], real_next_obs[part], actions[part], rewards[part], terminations[part])
+                rb.add(obs, real_next_obs, actions, rewards, terminations)  # member i's rows: its k envs'
                 obs = next_obs
 
                 if global_step > args.learning_starts:
-                    data = [torch.stack(parts) for parts in zip(*(rb.sample(args.batch_size, rng)
-                                                                   for rb, rng in zip(rbs, rngs)))]
+                    data = rb.sample(args.batch_size, rngs)
                     qf1_loss, qf2_loss, qf1_a_values, qf2_a_values = critic_losses(nets, args, data, action_low,
                                                                                    action_high)
                     qf_loss = qf1_loss + qf2_loss

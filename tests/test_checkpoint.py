@@ -34,16 +34,19 @@ class SimulatedCrash(RuntimeError):
 
 
 def crash_at_env_step(monkeypatch, crash_step):
-    """Make the vector env raise on its `crash_step`-th step, as a killed process would stop there."""
-    original, calls = gym.vector.SyncVectorEnv.step, [0]
+    """Make the vector env (a SyncVectorEnv or a population's CartPoleBatch) raise on its `crash_step`-th step, as a
+    killed process would stop there."""
+    from alphagrad_rl.cartpole_batch import CartPoleBatch
 
-    def step(self, actions):
-        calls[0] += 1
-        if calls[0] == crash_step:
-            raise SimulatedCrash(f"killed at env step {crash_step}")
-        return original(self, actions)
+    calls = [0]
+    for vector_env in (gym.vector.SyncVectorEnv, CartPoleBatch):
+        def step(self, actions, original=vector_env.step):
+            calls[0] += 1
+            if calls[0] == crash_step:
+                raise SimulatedCrash(f"killed at env step {crash_step}")
+            return original(self, actions)
 
-    monkeypatch.setattr(gym.vector.SyncVectorEnv, "step", step)
+        monkeypatch.setattr(vector_env, "step", step)
 
 
 def checkpoint_args(agent, tmp_path, run_name, **overrides):

@@ -70,7 +70,8 @@ def population_updates(members, batches, gamma=0.99):
     target_network = dqn_population.PopulationQNetwork(networks)
     optimizer = dqn_population.make_population_optimizer(q_network.named_parameters(), members)
     for step_batches in batches:
-        losses, _ = dqn_population.td_losses(q_network, target_network, step_batches, gamma)
+        stacked = ReplayBatch(*(torch.stack(parts) for parts in zip(*step_batches)))
+        losses, _ = dqn_population.td_losses(q_network, target_network, stacked, gamma)
         optimizer.zero_grad()
         losses.sum().backward()
         optimizer.step()
