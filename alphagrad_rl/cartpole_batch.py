@@ -39,10 +39,11 @@ class CartPoleBatch(gym.vector.VectorEnv):
     env_id = ENV_ID
 
     def __init__(self, seeds: list[int]):
-        template = gym.make(ENV_ID).unwrapped
+        template = gym.make(ENV_ID)  # its spaces, exactly
         self.num_envs = len(seeds)
         self.single_observation_space = template.observation_space
         self.single_action_space = template.action_space
+        template.close()
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
         self.member_action_spaces = [gym.spaces.Discrete(2) for _ in seeds]

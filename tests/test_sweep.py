@@ -47,7 +47,8 @@ def write_config(tmp_path, **overrides):
 @pytest.mark.slow
 def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
     expected = {"paper_dqn_cartpole.yaml": 90, "paper_td3_hopper.yaml": 65, "paper_ppo_halfcheetah.yaml": 110,
-                "demo_dqn_cartpole.yaml": 6}
+                "demo_dqn_cartpole.yaml": 6, "sensitivity_dqn_cartpole.yaml": 135,
+                "sensitivity_ppo_halfcheetah.yaml": 135, "sensitivity_td3_hopper.yaml": 135}
     for name, runs in expected.items():
         assert len(load_sweep(ROOT / "configs" / name, REGISTRY).runs) == runs
     td3 = load_sweep(ROOT / "configs" / "paper_td3_hopper.yaml", REGISTRY)
@@ -62,6 +63,20 @@ def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
     argv = sweep_module.population_argv(mixed, td3.agent, Path("out"), ())
     assert argv[argv.index("--alphas") + 1:argv.index("--alphas") + 11] == ["100.0"] * 5 + ["150.0"] * 5
     assert not any(arg.startswith(("--actor-optim.alpha", "--critic-optim.alpha")) for arg in argv)
+    sensitivity = load_sweep(ROOT / "configs" / "sensitivity_td3_hopper.yaml", REGISTRY)
+    for run in sensitivity.runs:  # k = alpha / sqrt(d) as the arm says, one value for actor and critics
+        flags = dict(run.flags)
+        assert flags["actor-optim.lr"] == flags["critic-optim.lr"] and run.arm.endswith(str(flags["critic-optim.lr"])
+                                                                                      .replace("0.0003", "3e-4")
+                                                                                      .replace("0.0001", "1e-4")
+                                                                                      .replace("3e-05", "3e-5"))
+        if run.arm.startswith("k"):
+            k = float(run.arm[1:].split("-")[0])
+            assert flags["actor-optim.alpha"] == flags["critic-optim.alpha"]
+            assert flags["critic-optim.alpha"] / 209_413 ** 0.5 == pytest.approx(k, rel=0.01), run.name
+    packed = sweep_module.population_jobs(sensitivity.runs, sensitivity.agent, 10)
+    # Adam's three lrs pack by --lrs (15 runs: 10 + 5); AlphaGrad's 40 runs per lr by --alphas (4 x 10 per lr)
+    assert sorted(len(job) for job in packed) == [5] + [10] * 13
 
 
 @pytest.mark.slow
