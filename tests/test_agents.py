@@ -291,3 +291,24 @@ def test_wandb_offline_tracking_writes_no_key(tmp_path, monkeypatch):
     for path in run_dir.rglob("*"):
         if path.is_file() and path.suffix in {".json", ".yaml", ".jsonl", ".log", ".txt"}:
             assert "api_key" not in path.read_text(errors="ignore").lower()
+
+
+def test_halfcheetah_v4_and_v5_are_the_same_environment_step_for_step():
+    """Why configs/paper_ppo_halfcheetah.yaml runs no v4 arms: with this gymnasium and MuJoCo, HalfCheetah-v4 (the
+    author's code's default) and -v5 (the paper's text) give identical observations, rewards and episode ends for
+    the same seed and actions, across resets (only info key names differ), so a v4 arm repeats its v5 arm exactly."""
+    for seed in (1, 2):
+        v4, v5 = gym.make("HalfCheetah-v4"), gym.make("HalfCheetah-v5")
+        obs4, _ = v4.reset(seed=seed)
+        obs5, _ = v5.reset(seed=seed)
+        assert np.array_equal(obs4, obs5)
+        rng, resets = np.random.default_rng(seed), 0
+        for _ in range(2100):  # two 1000-step time limits
+            action = rng.uniform(-1, 1, 6).astype(np.float32)
+            (obs4, reward4, *ends4, _), (obs5, reward5, *ends5, _) = v4.step(action), v5.step(action)
+            assert np.array_equal(obs4, obs5) and reward4 == reward5 and ends4 == ends5
+            if any(ends4):
+                (obs4, _), (obs5, _) = v4.reset(), v5.reset()
+                assert np.array_equal(obs4, obs5)
+                resets += 1
+        assert resets == 2
