@@ -126,8 +126,8 @@ class MemberReplayBuffers:
                              ("rewards", rewards), ("terminations", terminations)):
             array = self.storage[name]
             array[:, positions] = np.asarray(values).reshape(count, rows, *array.shape[2:])
-        position = int((first.position + rows) % self.capacity)
-        full = first.full or first.position + rows >= self.capacity
+        position = (start + rows) % self.capacity
+        full = first.full or start + rows >= self.capacity
         for member in self.members:
             member.position, member.full, member.rows_per_add = position, full, rows
 

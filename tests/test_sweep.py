@@ -17,6 +17,7 @@ from test_agents import metric_rows
 from agents import sweep_registry
 from alphagrad_rl import sweep as sweep_module
 from alphagrad_rl.runs import read_run
+from alphagrad_rl.sensitivity import PAPER_D
 from alphagrad_rl.sweep import (
     LaunchOptions,
     SweepConfigError,
@@ -66,14 +67,12 @@ def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
     sensitivity = load_sweep(ROOT / "configs" / "sensitivity_td3_hopper.yaml", REGISTRY)
     for run in sensitivity.runs:  # k = alpha / sqrt(d) as the arm says, one value for actor and critics
         flags = dict(run.flags)
-        assert flags["actor-optim.lr"] == flags["critic-optim.lr"] and run.arm.endswith(str(flags["critic-optim.lr"])
-                                                                                      .replace("0.0003", "3e-4")
-                                                                                      .replace("0.0001", "1e-4")
-                                                                                      .replace("3e-05", "3e-5"))
-        if run.arm.startswith("k"):
-            k = float(run.arm[1:].split("-")[0])
+        setting, lr = run.arm.rsplit("-lr", 1)
+        assert flags["actor-optim.lr"] == flags["critic-optim.lr"] == float(lr), run.name
+        if setting.startswith("k"):
             assert flags["actor-optim.alpha"] == flags["critic-optim.alpha"]
-            assert flags["critic-optim.alpha"] / 209_413 ** 0.5 == pytest.approx(k, rel=0.01), run.name
+            assert flags["critic-optim.alpha"] / PAPER_D["Hopper-v4"] ** 0.5 == pytest.approx(float(setting[1:]),
+                                                                                           rel=0.01), run.name
     packed = sweep_module.population_jobs(sensitivity.runs, sensitivity.agent, 10)
     # Adam's three lrs pack by --lrs (15 runs: 10 + 5); AlphaGrad's 40 runs per lr by --alphas (4 x 10 per lr)
     assert sorted(len(job) for job in packed) == [5] + [10] * 13
