@@ -113,6 +113,13 @@ def observation_normalizers(envs: gym.vector.SyncVectorEnv) -> list[gym.wrappers
     return normalizers
 
 
+def observation_statistics(envs: gym.vector.VectorEnv, index: int = 0) -> dict[str, torch.Tensor]:
+    """Sub-environment `index`'s observation normalization statistics, saved with the model (evaluate() loads them):
+    its NormalizeObservation's, or those a population's NormalizedEnvBatch keeps for it."""
+    rms = envs.obs_rms.row(index) if hasattr(envs, "obs_rms") else observation_normalizers(envs)[index].obs_rms
+    return {"mean": torch.as_tensor(rms.mean), "var": torch.as_tensor(rms.var), "count": torch.tensor(float(rms.count))}
+
+
 def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -357,9 +364,7 @@ def main(args: Args) -> dict:
                                  next_obs=next_obs, next_done=next_done)
 
         if args.save_model:
-            normalizer = observation_normalizers(envs)[0]
-            obs_stats = {"mean": torch.as_tensor(normalizer.obs_rms.mean), "var": torch.as_tensor(normalizer.obs_rms.var),
-                         "count": torch.tensor(float(normalizer.obs_rms.count))}
+            obs_stats = observation_statistics(envs)
             model_path = record.run_dir / "ppo_continuous_action.pt"
             torch.save({"agent": agent.state_dict(), "obs_rms": obs_stats}, model_path)
             record.set_evaluation(model_path, evaluate(agent, obs_stats, args, device, args.eval_episodes))

@@ -29,6 +29,7 @@ from agents import ppo_continuous_action as ppo
 from alphagrad_rl import population
 from alphagrad_rl.envs import ended_episodes, make_vector_env
 from alphagrad_rl.experiment import cli, seed_everything, select_device, update_diagnostics
+from alphagrad_rl.normalized_batch import NormalizedEnvBatch, supports
 from alphagrad_rl.population import (
     PopulationOptions,
     StackedSequential,
@@ -47,7 +48,9 @@ from alphagrad_rl.population import (
 
 @dataclass
 class Args(ppo.Args, PopulationOptions):
-    pass
+    env_batch: bool = True
+    """step MuJoCo members' environments and their normalization wrappers in numpy batches
+    (alphagrad_rl/normalized_batch.py: bit-identical to agents/ppo_continuous_action.py's make_env in a SyncVectorEnv)"""
 
 
 def member_args(args: Args) -> list[ppo.Args]:
@@ -216,8 +219,11 @@ def main(args: Args) -> list[dict]:
     batch_size = args.num_envs * args.num_steps
     num_iterations = max(1, args.total_timesteps // batch_size)
     # one vector env: sub-envs i * k ... i * k + k - 1 are member i's (its run's make_env, reset with its seeds)
-    envs = make_vector_env([ppo.make_env(m.env_id, m.gamma) for m in members for _ in range(k)], gym.spaces.Box,
-                           "PPO", args.autoreset_mode)
+    if args.env_batch and supports(args.env_id):
+        envs = NormalizedEnvBatch(args.env_id, [m.gamma for m in members for _ in range(k)], args.autoreset_mode)
+    else:
+        envs = make_vector_env([ppo.make_env(m.env_id, m.gamma) for m in members for _ in range(k)], gym.spaces.Box,
+                               "PPO", args.autoreset_mode)
     device = select_device(args.cuda)
     agents, generators = member_generators(members, device)
     agent = PopulationAgent(agents).to(device)
@@ -323,10 +329,7 @@ def main(args: Args) -> list[dict]:
             for i in (i for i in range(size) if alive[i]):
                 records[i].training_done(num_iterations * batch_size)
                 if args.save_model:
-                    normalizer = ppo.observation_normalizers(envs)[i * k]
-                    obs_stats = {"mean": torch.as_tensor(normalizer.obs_rms.mean),
-                                 "var": torch.as_tensor(normalizer.obs_rms.var),
-                                 "count": torch.tensor(float(normalizer.obs_rms.count))}
+                    obs_stats = ppo.observation_statistics(envs, i * k)
                     model_path = records[i].run_dir / "ppo_continuous_action.pt"
                     torch.save({"agent": agent.member_state_dict(i), "obs_rms": obs_stats}, model_path)
                     single = agents[i].to(device)

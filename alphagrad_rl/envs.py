@@ -135,7 +135,7 @@ def _generator_state(generator: np.random.Generator | None) -> dict | None:
     return None if generator is None else generator.bit_generator.state
 
 
-def _layer_state(layer: gym.Env) -> dict | None:
+def layer_state(layer: gym.Env) -> dict | None:
     """The state of one layer, {} for a stateless one, None when it cannot be saved (a core that is
     neither MuJoCo nor classic control keeps its RNG state, with restorable False)."""
     if isinstance(layer, _STATELESS_WRAPPERS):
@@ -155,7 +155,7 @@ def _layer_state(layer: gym.Env) -> dict | None:
     if isinstance(layer, gym.Wrapper):
         return None
     state = {"np_random": _generator_state(layer._np_random)}
-    if _is_mujoco(layer):
+    if is_mujoco(layer):
         import mujoco
 
         physics = np.empty(mujoco.mj_stateSize(layer.model, mujoco.mjtState.mjSTATE_INTEGRATION))
@@ -170,7 +170,7 @@ def _layer_state(layer: gym.Env) -> dict | None:
     return state
 
 
-def _is_mujoco(env: gym.Env) -> bool:
+def is_mujoco(env: gym.Env) -> bool:
     try:
         from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
     except ImportError:  # gymnasium without the mujoco extra
@@ -183,14 +183,14 @@ def env_state(env: gym.Env) -> dict:
     normalization statistics, physics), the RNGs of the core and of the spaces. `restorable` is False
     when some layer's state cannot be saved."""
     layers = _layers(env)
-    states = [_layer_state(layer) for layer in layers]
+    states = [layer_state(layer) for layer in layers]
     restorable = all(s is not None for s in states) and states[-1].get("simulation_saved", True)
     return {"layers": [type(layer).__name__ for layer in layers], "restorable": restorable,
             "states": states, "action_space_rng": _generator_state(env.action_space._np_random),
             "observation_space_rng": _generator_state(env.observation_space._np_random)}
 
 
-def _restore_layer(layer: gym.Env, state: dict) -> None:
+def restore_layer(layer: gym.Env, state: dict) -> None:
     if isinstance(layer, gym.wrappers.TimeLimit):
         layer._elapsed_steps = state["elapsed_steps"]
     elif isinstance(layer, gym.wrappers.RecordEpisodeStatistics):
@@ -236,9 +236,9 @@ def restore_env_state(env: gym.Env, state: dict) -> np.ndarray | None:
                        (env.observation_space, state["observation_space_rng"])):
         if rng is not None:
             space.np_random.bit_generator.state = rng
-    for layer, layer_state in zip(layers, state["states"]):
-        if layer_state:
-            _restore_layer(layer, layer_state)
+    for layer, saved in zip(layers, state["states"]):
+        if saved:
+            restore_layer(layer, saved)
     if state["restorable"]:
         return None
     obs, _ = env.reset()  # continues the restored RNGs and keeps the restored statistics

@@ -34,12 +34,13 @@ class SimulatedCrash(RuntimeError):
 
 
 def crash_at_env_step(monkeypatch, crash_step):
-    """Make the vector env (a SyncVectorEnv or a population's CartPoleBatch) raise on its `crash_step`-th step, as a
-    killed process would stop there."""
+    """Make the vector env (a SyncVectorEnv or a population's CartPoleBatch or NormalizedEnvBatch) raise on its
+    `crash_step`-th step, as a killed process would stop there."""
     from alphagrad_rl.cartpole_batch import CartPoleBatch
+    from alphagrad_rl.normalized_batch import NormalizedEnvBatch
 
     calls = [0]
-    for vector_env in (gym.vector.SyncVectorEnv, CartPoleBatch):
+    for vector_env in (gym.vector.SyncVectorEnv, CartPoleBatch, NormalizedEnvBatch):
         def step(self, actions, original=vector_env.step):
             calls[0] += 1
             if calls[0] == crash_step:
