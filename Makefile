@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo reproduce-dqn reproduce-td3 reproduce-ppo reproduce-paper sensitivity-dqn tune-demo try-bad-inputs bench-optimizers bench-agents bench-checkpoint demo-resume clean
+.PHONY: install test lint demo reproduce-dqn reproduce-td3 reproduce-ppo reproduce-paper sensitivity-dqn sensitivity-ppo sensitivity-td3 tune-demo try-bad-inputs bench-optimizers bench-agents bench-checkpoint demo-resume clean
 
 # Extra arguments for the sweep launcher, e.g. a quick, smaller version of a paper experiment:
 #   make reproduce-ppo SWEEP_ARGS="--seeds 1 --total-timesteps 100000 --results-dir results/quick"
@@ -42,34 +42,44 @@ demo: $(STAMP)
 # `make reproduce-dqn` rebuilds the report from the committed compact records (results/paper-dqn-cartpole/records)
 # without running anything; `make reproduce-dqn RERUN=1` runs (or resumes) the sweep first, then exports its
 # records and rebuilds the report. Same for reproduce-td3, reproduce-ppo and reproduce-paper (all three).
-# Reruns pack each arm's seeds into population processes of POPULATION runs (agents/*_population.py), into
-# RUNS; a reduced budget, e.g. TD3 on a CPU (the report states the budget):
+# Reruns pack runs into population processes of POPULATION runs (agents/*_population.py; per agent by default the
+# fastest size measured on a 2-core CPU, results/population-bench/: DQN 40, PPO 20, TD3 0 = one run per process,
+# since its stacked step gains nothing on a CPU; on a GPU try POPULATION=20), into RUNS; a reduced budget, e.g. TD3
+# on a CPU (the report states the budget):
 #   make reproduce-td3 RERUN=1 RUNS=results/runs-200k SWEEP_ARGS="--total-timesteps 200000"
 RERUN ?=
-POPULATION ?= 10
+POPULATION ?=
 RUNS ?= results/runs
 define reproduce
 	@if [ -n "$(RERUN)" ]; then \
-		$(SWEEP) configs/$(1).yaml --population-size $(POPULATION) --results-dir $(RUNS) $(SWEEP_ARGS); status=$$?; \
-		$(ANALYZE) $(RUNS)/$(2) --output results/$(2) && exit $$status; \
+		$(SWEEP) configs/$(1).yaml --population-size $(or $(POPULATION),$(3)) --results-dir $(RUNS) $(SWEEP_ARGS); \
+		status=$$?; $(ANALYZE) $(RUNS)/$(2) --output results/$(2) && exit $$status; \
 	else $(ANALYZE) results/$(2)/records; fi
 endef
 
 reproduce-dqn: $(STAMP)
-	$(call reproduce,paper_dqn_cartpole,paper-dqn-cartpole)
+	$(call reproduce,paper_dqn_cartpole,paper-dqn-cartpole,40)
 
 reproduce-td3: $(STAMP)
-	$(call reproduce,paper_td3_hopper,paper-td3-hopper)
+	$(call reproduce,paper_td3_hopper,paper-td3-hopper,0)
 
 reproduce-ppo: $(STAMP)
-	$(call reproduce,paper_ppo_halfcheetah,paper-ppo-halfcheetah)
+	$(call reproduce,paper_ppo_halfcheetah,paper-ppo-halfcheetah,20)
 
 reproduce-paper: reproduce-dqn reproduce-ppo reproduce-td3
 
 # AlphaGrad's final return against k = alpha / sqrt(d) at three lrs, with Adam's band and the saturation ratio
-# (results/sensitivity-dqn-cartpole/SENSITIVITY.md); from the committed records, or RERUN=1 to run the sweep
+# (results/sensitivity-*/SENSITIVITY.md); from the committed records, or RERUN=1 to run the sweep (DQN CartPole
+# 135 x 500k: ~2 h on 2 cores; PPO HalfCheetah 135 x 1M: ~6 h; TD3 Hopper 135 x 500k: a GPU's job, or
+# SWEEP_ARGS="--total-timesteps N" on a CPU)
 sensitivity-dqn: $(STAMP)
-	$(call reproduce,sensitivity_dqn_cartpole,sensitivity-dqn-cartpole)
+	$(call reproduce,sensitivity_dqn_cartpole,sensitivity-dqn-cartpole,40)
+
+sensitivity-ppo: $(STAMP)
+	$(call reproduce,sensitivity_ppo_halfcheetah,sensitivity-ppo-halfcheetah,20)
+
+sensitivity-td3: $(STAMP)
+	$(call reproduce,sensitivity_td3_hopper,sensitivity-td3-hopper,0)
 
 # Optuna over AlphaGrad's alpha and lr on DQN CartPole (30k steps, 3 seeds a trial, 12 trials): two tuner processes
 # share the study's journal file, then the best settings run on 5 fresh seeds beside Adam (results/tune-dqn-cartpole/:

@@ -63,8 +63,9 @@ class Args:
     track: bool = False
     """log every run to Weights & Biases, grouped by the sweep's name"""
     population_size: int = 0
-    """> 1: train up to this many runs per process as one population (agents with a population variant: DQN);
-    runs that differ only in seed (and AlphaGrad's alpha and lr) share one. Populations restart unfinished runs"""
+    """> 1: train up to this many runs per process as one population (agents/*_population.py: DQN, PPO, TD3); runs
+    that differ only in seed and per-member values (AlphaGrad's alpha, lr, momentum; another optimizer's lr) share
+    one. An interrupted population resumes from its checkpoint when run with the same members"""
     export_wandb: Path | None = None
     """write one W&B grid-sweep config per arm into this folder (for `wandb sweep`) and exit"""
 
