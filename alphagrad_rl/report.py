@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -151,6 +152,23 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, final_window: int =
     return report
 
 
+def _compute_line(runs) -> str:
+    """The training time the runs took, in process-hours (one torch thread per process): a run trained in a
+    population of N counts 1/N of its process's wall-clock time."""
+    known = [run for run in runs if run.summary.get("population_size")]
+    sizes = Counter(int(run.summary["population_size"]) for run in known)
+    unknown = [run for run in runs if not run.summary.get("population_size")]
+    hours = sum(float(run.summary.get("wall_clock_s") or 0) / int(run.summary.get("population_size") or 1)
+                for run in runs) / 3600
+    parts = [f"{n} run{'s' * (n > 1)} alone" if size == 1 else f"{n} in populations of {size}"
+             for size, n in sorted(sizes.items())]
+    if unknown:
+        parts.append(f"{len(unknown)} whose records predate the population_size field, counted in full (an upper "
+                     "bound if they shared a process)")
+    return (f"Compute: {hours:.1f} process-hours of training (wall-clock, restarts excluded; a run trained in a "
+            f"population of N counts 1/N of its process's time): {'; '.join(parts)}.")
+
+
 def _markdown(sweep_dir, name, runs, arms, claims: list[Claim], variants: list[Claim], figures, final_window,
               baseline) -> str:
     statuses = {}
@@ -165,7 +183,7 @@ def _markdown(sweep_dir, name, runs, arms, claims: list[Claim], variants: list[C
         f"Final return = mean of the last {final_window} episodes.", "",
         f"Environment: {', '.join(sorted({run.env_id for run in runs}))}; budget: " + ", ".join(
             f"{steps:,}" for steps in sorted({int(run.summary.get('total_timesteps') or 0) for run in runs}))
-        + " env steps per run.", "",
+        + " env steps per run.", "", _compute_line(runs), "",
         "## Arms", "",
         f"| arm | finished | mean +- std | IQM [{int(CONFIDENCE * 100)}% CI] | P(improvement over {baseline}) "
         "| mean drawdown | variability |",

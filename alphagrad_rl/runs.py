@@ -6,7 +6,9 @@ Layout of `<results_dir>/<run_name>/` (schema version `SCHEMA_VERSION`):
   "<metric>": value, ...}, CleanRL's names (charts/episodic_return, losses/..., optimizer/...).
 - `summary.json`: written last and atomically: status ("running", "finished", "crashed",
   "interrupted"), global_step, total_timesteps, episodes, final_return (mean of the last
-  `final_window` episodic returns), best_return, wall_clock_s, sps, evaluation (if any), error.
+  `final_window` episodic returns), best_return, wall_clock_s, sps, evaluation (if any), error,
+  population_size (the runs trained together in its process, 1 for a single-file run; wall_clock_s is the
+  process's time).
 - `events.out.tfevents.*`: the same scalars for TensorBoard; W&B gets them too with `--track` (step =
   env steps).
 - `checkpoints/`: while a run is unfinished, its newest checkpoints (see alphagrad_rl.checkpoint).
@@ -191,13 +193,14 @@ class RunRecord:
                  track: bool = False, wandb_project: str = "alphagrad-rl", wandb_entity: str | None = None,
                  wandb_group: str | None = None, wandb_tags: tuple[str, ...] = (), final_window: int = 100,
                  quiet: bool = False, progress_interval_s: float = 10.0, resume_state: dict[str, Any] | None = None,
-                 ) -> None:
+                 population_size: int = 1) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
         self.run_name = self.run_dir.name
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.total_timesteps = total_timesteps
+        self.population_size = population_size
         self.quiet = quiet
         self.progress_interval_s = progress_interval_s
         self.start = time.time()
@@ -344,6 +347,7 @@ class RunRecord:
             "sps": round(self.sps(), 2),
             "evaluation": self.evaluation,
             "error": error,
+            "population_size": self.population_size,
             **({"resumes": self.resumes} if self.resumes else {}),
         }
         write_json_atomic(self.run_dir / "summary.json", summary)

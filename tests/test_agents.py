@@ -54,7 +54,7 @@ def test_agent_leaves_complete_run_record(agent, tmp_path):
     summary = module.main(args)
     run_dir = tmp_path / args.run_name
     record = read_run(run_dir)
-    assert summary["status"] == "finished" and record["summary"] == summary
+    assert summary["status"] == "finished" and record["summary"] == summary and summary["population_size"] == 1
     assert record["config"]["config"]["seed"] == args.seed
     assert summary["global_step"] == summary["total_timesteps"] and summary["episodes"] > 0
     assert summary["final_return"] is not None and summary["sps"] > 0

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_run(sweep_dir: Path, name: str, algorithm: str, optimizer: str, alpha, seed: int, returns,
-             status="finished", td_losses=None, env_id="HalfCheetah-v5", lr=None, saturation=()):
+             status="finished", td_losses=None, env_id="HalfCheetah-v5", lr=None, saturation=(), population_size=None):
     run_dir = sweep_dir / name
     run_dir.mkdir(parents=True)
     spec = {"name": optimizer, "alpha": alpha if alpha is not None else "auto", "lr": lr}
@@ -42,8 +42,10 @@ def make_run(sweep_dir: Path, name: str, algorithm: str, optimizer: str, alpha, 
              for i, v in enumerate(saturation)]
     (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in sorted(rows, key=lambda r: r["step"])) + "\n")
     summary = {"schema_version": SCHEMA_VERSION, "status": status, "total_timesteps": 1000 * len(returns),
-               "global_step": 1000 * len(returns), "wall_clock_s": 1.0, "sps": 1000.0,
+               "global_step": 1000 * len(returns), "wall_clock_s": 3600.0, "sps": 1000.0,
                "error": "Traceback ...\nValueError: boom" if status == "crashed" else None}
+    if population_size:
+        summary["population_size"] = population_size
     (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
@@ -182,10 +184,10 @@ def test_report_with_a_failed_run(tmp_path):
     rng = np.random.default_rng(4)
     for seed in (1, 2, 3):
         make_run(sweep_dir, f"adam__s{seed}", "dqn", "adam", None, seed, learning_curve(480, rng),
-                 td_losses=rng.uniform(0.5, 1.5, 300), env_id="CartPole-v1")
+                 td_losses=rng.uniform(0.5, 1.5, 300), env_id="CartPole-v1", population_size=3)
         make_run(sweep_dir, f"alphagrad-93__s{seed}", "dqn", "alphagrad", 93, seed,
                  np.abs(learning_curve(300, rng, noise=120.0)), td_losses=np.r_[rng.uniform(0.5, 1.5, 300)],
-                 env_id="CartPole-v1")
+                 env_id="CartPole-v1", population_size=1)
     make_run(sweep_dir, "alphagrad-93__s4", "dqn", "alphagrad", 93, 4, [10.0, 12.0], status="crashed",
              env_id="CartPole-v1")
 
@@ -194,6 +196,10 @@ def test_report_with_a_failed_run(tmp_path):
     assert "## Claims of the AlphaGrad paper" in text and "| 6.1 | AlphaGrad alpha=93 learns the task" in text
     assert "## Runs left out of the statistics" in text and "alphagrad-93__s4 | crashed | crashed: ValueError: boom" in text
     assert "| alphagrad-93 | 3/4 |" in text
+    # an hour each: the 3 Adam runs shared one process, 3 AlphaGrad runs had one each, the 4th says nothing
+    assert ("Compute: 5.0 process-hours of training (wall-clock, restarts excluded; a run trained in a population of "
+            "N counts 1/N of its process's time): 3 runs alone; 3 in populations of 3; 1 whose records predate the "
+            "population_size field, counted in full (an upper bound if they shared a process).") in text
     for name in ("curves_dqn.png", "curves_dqn.svg", "iqm.png", "iqm.svg"):
         assert (tmp_path / "report" / name).stat().st_size > 5000
     with open(tmp_path / "report" / "runs.csv") as f:

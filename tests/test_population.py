@@ -309,6 +309,7 @@ def test_ppo_population_writes_one_standard_record_per_member(tmp_path):
                     total_timesteps=1100, num_steps=550, num_minibatches=5, update_epochs=1)
     summaries = ppo_population.main(args)
     assert [s["status"] for s in summaries] == ["finished"] * 3
+    assert [s["population_size"] for s in summaries] == [3] * 3  # their wall_clock_s is the one process's
     runs = {run.name: run for run in load_runs(tmp_path)}
     assert [runs[f"pop__m{i}"].alpha for i in range(3)] == [98.0, 196.0, 294.0]
     assert [runs[f"pop__m{i}"].seed for i in range(3)] == list(SEEDS)
