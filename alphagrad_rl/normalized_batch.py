@@ -43,7 +43,8 @@ class RowRunningMeanStd:
         self.dtype, self.updated = dtype, np.zeros(rows, dtype=bool)
 
     def update(self, rows: np.ndarray, x: np.ndarray) -> None:
-        """Update rows `rows` with one sample each (x[j] for row rows[j]); the sample's variance is 0."""
+        """Update rows `rows` with one sample each (x[j] for row rows[j]): update_mean_var_count_from_moments with
+        batch_mean = x, batch_var = 0, batch_count = 1, written as gymnasium writes it."""
         mean, var, count = self.mean[rows], self.var[rows], self.count[rows]
         count_ = count.reshape((-1,) + (1,) * (mean.ndim - 1))
         delta = x - mean
@@ -52,7 +53,8 @@ class RowRunningMeanStd:
         fresh = ~self.updated[rows]
         m_a[fresh] = m_a[fresh].astype(self.dtype)
         self.mean[rows] = mean + delta * 1 / tot_count
-        self.var[rows] = (m_a + 0.0 + np.square(delta) * count_ * 1 / tot_count) / tot_count
+        m2 = m_a + 0.0 + np.square(delta) * count_ * 1 / tot_count  # m_b = batch_var * batch_count = 0.0
+        self.var[rows] = m2 / tot_count
         self.count[rows] = count + 1
         self.updated[rows] = True
 
