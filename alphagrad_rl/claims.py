@@ -26,6 +26,9 @@ from scipy import stats
 MIN_RUNS = 3
 LEVEL = 0.05
 POWER = 0.8
+# the env steps per run the paper's author trained (his released code's defaults, Soham4001A/CleanRLfork commit
+# 228578b3): claims about training's end are his at these budgets
+AUTHOR_BUDGETS = {"dqn": 500_000, "td3_continuous_action": 500_000, "ppo_continuous_action": 1_000_000}
 
 
 @dataclass

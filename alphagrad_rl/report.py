@@ -28,7 +28,7 @@ from .analysis import (  # noqa: E402
     write_arm_table,
     write_table,
 )
-from .claims import LEVEL, Claim, paper_claims, variant_comparisons  # noqa: E402
+from .claims import AUTHOR_BUDGETS, LEVEL, Claim, paper_claims, variant_comparisons  # noqa: E402
 
 GRID_POINTS = 200
 BAND_RESAMPLES = 1000
@@ -152,6 +152,19 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, final_window: int =
     return report
 
 
+def _budget_note(runs) -> str:
+    """Where the runs trained fewer steps than the paper's author did: said, with what remains to run."""
+    short = {}
+    for run in runs:
+        author, steps = AUTHOR_BUDGETS.get(run.algorithm), int(run.summary.get("total_timesteps") or 0)
+        if author and 0 < steps < author:
+            short[run.algorithm] = (author, max(steps, short.get(run.algorithm, (0, 0))[1]))
+    return "".join(f" **Reduced budget**: the author trained {algorithm} for {author:,} steps, these runs for "
+                   f"{steps:,}; the claims are judged at this budget, and what remains is the same sweep at "
+                   f"{author:,} steps (the config's own budget, e.g. on a GPU)." for algorithm, (author, steps) in
+                   sorted(short.items()))
+
+
 def _compute_line(runs) -> str:
     """The training time the runs took, in process-hours (one torch thread per process): a run trained in a
     population of N counts 1/N of its process's wall-clock time."""
@@ -183,7 +196,7 @@ def _markdown(sweep_dir, name, runs, arms, claims: list[Claim], variants: list[C
         f"Final return = mean of the last {final_window} episodes.", "",
         f"Environment: {', '.join(sorted({run.env_id for run in runs}))}; budget: " + ", ".join(
             f"{steps:,}" for steps in sorted({int(run.summary.get('total_timesteps') or 0) for run in runs}))
-        + " env steps per run.", "", _compute_line(runs), "",
+        + " env steps per run." + _budget_note(runs), "", _compute_line(runs), "",
         "## Arms", "",
         f"| arm | finished | mean +- std | IQM [{int(CONFIDENCE * 100)}% CI] | P(improvement over {baseline}) "
         "| mean drawdown | variability |",

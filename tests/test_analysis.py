@@ -196,6 +196,8 @@ def test_report_with_a_failed_run(tmp_path):
     assert "## Claims of the AlphaGrad paper" in text and "| 6.1 | AlphaGrad alpha=93 learns the task" in text
     assert "## Runs left out of the statistics" in text and "alphagrad-93__s4 | crashed | crashed: ValueError: boom" in text
     assert "| alphagrad-93 | 3/4 |" in text
+    assert ("**Reduced budget**: the author trained dqn for 500,000 steps, these runs for 200,000; the claims are "
+            "judged at this budget") in text  # the learning curves have 200 episodes of 1000 steps
     # an hour each: the 3 Adam runs shared one process, 3 AlphaGrad runs had one each, the 4th says nothing
     assert ("Compute: 5.0 process-hours of training (wall-clock, restarts excluded; a run trained in a population of "
             "N counts 1/N of its process's time): 3 runs alone; 3 in populations of 3; 1 whose records predate the "
