@@ -153,11 +153,12 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, final_window: int =
 
 
 def _budget_note(runs) -> str:
-    """Where the runs trained fewer steps than the paper's author did: said, with what remains to run."""
+    """Where the runs trained fewer steps than the paper's author did: said, with what remains to run. (A budget
+    within 1% of his counts as his: PPO rounds it down to whole rollouts, 999,424 steps for 1M, as his code did.)"""
     short = {}
     for run in runs:
         author, steps = AUTHOR_BUDGETS.get(run.algorithm), int(run.summary.get("total_timesteps") or 0)
-        if author and 0 < steps < author:
+        if author and 0 < steps < 0.99 * author:
             short[run.algorithm] = (author, max(steps, short.get(run.algorithm, (0, 0))[1]))
     return "".join(f" **Reduced budget**: the author trained {algorithm} for {author:,} steps, these runs for "
                    f"{steps:,}; the claims are judged at this budget, and what remains is the same sweep at "
