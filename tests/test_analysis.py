@@ -332,3 +332,18 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     assert "adam at its best setting (lr 0.001)" in text and "Best k 1 (IQM" in text
     assert text.index("## AlphaGrad, lr 0.0001") < text.index("## AlphaGrad, lr 0.001")
     assert (tmp_path / "out" / "sensitivity.png").exists()
+
+
+def test_a_budget_below_the_authors_is_said_with_what_remains():
+    from types import SimpleNamespace
+
+    from alphagrad_rl.report import _budget_note
+
+    def runs(algorithm, steps):
+        return [SimpleNamespace(algorithm=algorithm, summary={"total_timesteps": steps})]
+
+    assert _budget_note(runs("ppo_continuous_action", 999_424)) == ""  # whole rollouts of his 1M, as his code ran
+    assert _budget_note(runs("dqn", 500_000)) == ""
+    note = _budget_note(runs("td3_continuous_action", 200_000))
+    assert "the author trained td3_continuous_action for 500,000 steps, these runs for 200,000" in note
+    assert "what remains is the same sweep at 500,000 steps" in note
