@@ -307,8 +307,11 @@ def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
     while time.time() < deadline and run_status(sweep_dir / "adam__s1") != "finished":
         time.sleep(0.2)
     assert run_status(sweep_dir / "adam__s1") == "finished"
-    while time.time() < deadline and not (sweep_dir / "alphagrad-93__s1" / "metrics.jsonl").exists():
-        time.sleep(0.1)
+    # the second run's record is open (its summary says "running", written just before it starts training and
+    # handles SIGTERM): earlier, a kill would find it still starting, with nothing to save
+    while time.time() < deadline and run_status(sweep_dir / "alphagrad-93__s1") != "running":
+        time.sleep(0.05)
+    time.sleep(0.3)
     os.kill(launcher.pid, signal.SIGKILL)  # mid-way through the second run
     launcher.wait()
     while time.time() < deadline and run_status(sweep_dir / "alphagrad-93__s1") == "running":
