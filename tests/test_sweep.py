@@ -345,7 +345,9 @@ def test_a_killed_population_resumes_from_its_checkpoint_when_the_sweep_runs_aga
                                 start_new_session=True)
     sweep_dir, deadline = tmp_path / "runs" / "tiny", time.time() + 120
     first, second = sweep_dir / "alphagrad-93__s1", sweep_dir / "alphagrad-93__s2"
-    while time.time() < deadline and not (first / "metrics.jsonl").exists():
+    # both members' records are open (each summary says "running"), then the population trains for a second:
+    # earlier, a kill could find it still starting, before it handles SIGTERM
+    while time.time() < deadline and (run_status(first), run_status(second)) != ("running", "running"):
         time.sleep(0.05)
     time.sleep(1.0)
     os.kill(launcher.pid, signal.SIGKILL)  # the population process gets SIGTERM: it saves a checkpoint and stops
