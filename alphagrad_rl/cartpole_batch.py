@@ -20,6 +20,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.utils import seeding
 
+from .envs import episode_end_infos
+
 ENV_ID = "CartPole-v1"
 MAX_EPISODE_STEPS = 500  # CartPole-v1's registered TimeLimit
 # gymnasium's CartPoleEnv constants (classic_control/cartpole.py), as its __init__ computes them
@@ -91,24 +93,12 @@ class CartPoleBatch(gym.vector.VectorEnv):
         rewards = np.ones(self.num_envs)
         self.episode_returns += rewards
         obs = self.state.astype(np.float32)
-        infos: dict[str, Any] = {}
         ended = np.flatnonzero(terminations | truncations)
-        if len(ended):
-            mask = np.zeros(self.num_envs, dtype=bool)
-            mask[ended] = True
-            final_obs = np.full(self.num_envs, None, dtype=object)
-            episode = {"r": np.zeros(self.num_envs), "l": np.zeros(self.num_envs, dtype=np.int64),
-                       "t": np.zeros(self.num_envs)}
-            for member in ended:
-                final_obs[member] = obs[member].copy()
-                episode["r"][member] = self.episode_returns[member]
-                episode["l"][member] = self.elapsed_steps[member]
-                episode["t"][member] = round(time.perf_counter() - self.episode_start_times[member], 6)
-                self._reset_member(member)
-                obs[member] = self.state[member].astype(np.float32)
-            infos = {"final_obs": final_obs, "_final_obs": mask,
-                     "final_info": {"episode": {**episode, "_r": mask, "_l": mask, "_t": mask}, "_episode": mask},
-                     "_final_info": mask}
+        infos = episode_end_infos(self.num_envs, ended, self.episode_returns, self.elapsed_steps,
+                                  self.episode_start_times, final_obs=obs)
+        for member in ended:
+            self._reset_member(member)
+            obs[member] = self.state[member].astype(np.float32)
         return obs, rewards, terminations, truncations, infos
 
     def state_dict(self) -> dict[str, Any]:

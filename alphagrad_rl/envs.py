@@ -80,6 +80,30 @@ def ended_episodes(infos: dict) -> Iterator[tuple[int, float, int]]:
         yield int(i), float(episode["r"][i]), int(episode["l"][i])
 
 
+def episode_end_infos(num_envs: int, ended: np.ndarray, returns: np.ndarray, lengths: np.ndarray,
+                      start_times: np.ndarray, final_obs: np.ndarray | None = None) -> dict:
+    """A batched vector env's infos for a step in which sub-environments `ended` finished an episode, in the layout a
+    SyncVectorEnv of RecordEpisodeStatistics-wrapped envs gives (what ended_episodes reads): each one's "episode"
+    (return, length, seconds since its start_times), under "final_info" beside its last observation final_obs[i]
+    (same-step autoreset), or at the top level when final_obs is None (next-step). {} when nothing ended."""
+    if not len(ended):
+        return {}
+    mask = np.zeros(num_envs, dtype=bool)
+    mask[ended] = True
+    episode = {"r": np.zeros(num_envs), "l": np.zeros(num_envs, dtype=np.int64), "t": np.zeros(num_envs),
+               "_r": mask, "_l": mask, "_t": mask}
+    episode["r"][ended] = returns[ended]
+    episode["l"][ended] = lengths[ended]
+    episode["t"][ended] = np.round(time.perf_counter() - start_times[ended], 6)
+    if final_obs is None:
+        return {"episode": episode, "_episode": mask}
+    last = np.full(num_envs, None, dtype=object)
+    for i in ended:
+        last[i] = final_obs[i].copy()
+    return {"final_obs": last, "_final_obs": mask, "final_info": {"episode": episode, "_episode": mask},
+            "_final_info": mask}
+
+
 def finished_episodes(infos: dict) -> Iterator[tuple[float, int]]:
     """(return, length) of each episode that ended in this step (ended_episodes without the env index)."""
     for _, episodic_return, episodic_length in ended_episodes(infos):

@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers.utils import RunningMeanStd
 
-from .envs import AUTORESET_MODES, is_mujoco, layer_state, restore_layer
+from .envs import AUTORESET_MODES, episode_end_infos, is_mujoco, layer_state, restore_layer
 
 CLIP = 10.0  # the observation and reward clip of CleanRL's make_env
 EPSILON = 1e-8  # NormalizeObservation's and NormalizeReward's default epsilon
@@ -80,9 +80,11 @@ class NormalizedEnvBatch(gym.vector.VectorEnv):
     i's return normalized with discount gammas[i]; `autoreset_mode` as in alphagrad_rl.envs.make_vector_env."""
 
     def __init__(self, env_id: str, gammas: Sequence[float], autoreset_mode: str = "same-step"):
-        if not supports(env_id):
-            raise ValueError(f"NormalizedEnvBatch needs a MuJoCo environment with a flat Box observation, not {env_id!r}")
         made = [gym.make(env_id) for _ in gammas]
+        if not _batchable(made[0].unwrapped):
+            for env in made:
+                env.close()
+            raise ValueError(f"NormalizedEnvBatch needs a MuJoCo environment with a flat Box observation, not {env_id!r}")
         self.cores = [env.unwrapped for env in made]
         self.max_episode_steps = made[0].spec.max_episode_steps  # None: no TimeLimit
         self.autoreset_mode = AUTORESET_MODES[autoreset_mode]
@@ -112,7 +114,7 @@ class NormalizedEnvBatch(gym.vector.VectorEnv):
         return np.clip(obs, -CLIP, CLIP)
 
     def _reset_rows(self, rows: np.ndarray, seeds: Sequence[int | None]) -> np.ndarray:
-        raw = np.stack([self.cores[i].reset(seed=seed)[0] for i, seed in zip(rows, seeds)]).astype(np.float64)
+        raw = np.stack([self.cores[i].reset(seed=seed)[0] for i, seed in zip(rows, seeds)]).astype(np.float64, copy=False)
         self.elapsed_steps[rows] = 0
         self.episode_returns[rows] = 0.0
         self.episode_start_times[rows] = time.perf_counter()
@@ -149,7 +151,7 @@ class NormalizedEnvBatch(gym.vector.VectorEnv):
             truncations[stepping] |= self.elapsed_steps[stepping] >= self.max_episode_steps
         if len(stepping):
             self.episode_returns[stepping] += raw_rewards  # RecordEpisodeStatistics: the raw reward
-            obs[stepping] = self._normalized(stepping, np.stack(raw_obs).astype(np.float64))
+            obs[stepping] = self._normalized(stepping, np.stack(raw_obs).astype(np.float64, copy=False))
             # NormalizeReward (its discounted return decays to 0 only at terminations), then the clip
             not_terminated = 1 - terminations[stepping].astype(np.int64)
             self.discounted_rewards[stepping] = (self.discounted_rewards[stepping] * self.gammas[stepping]
@@ -159,25 +161,12 @@ class NormalizedEnvBatch(gym.vector.VectorEnv):
         if len(resetting):
             obs[resetting] = self._reset_rows(resetting, [None] * len(resetting))
 
-        infos: dict[str, Any] = {}
         ended = stepping[terminations[stepping] | truncations[stepping]]
-        if len(ended):
-            mask = np.zeros(n, dtype=bool)
-            mask[ended] = True
-            episode = {"r": np.zeros(n), "l": np.zeros(n, dtype=np.int64), "t": np.zeros(n),
-                       "_r": mask, "_l": mask, "_t": mask}
-            episode["r"][ended] = self.episode_returns[ended]
-            episode["l"][ended] = self.elapsed_steps[ended]
-            episode["t"][ended] = np.round(time.perf_counter() - self.episode_start_times[ended], 6)
-            if self.autoreset_mode == gym.vector.AutoresetMode.SAME_STEP:
-                final_obs = np.full(n, None, dtype=object)
-                for i in ended:
-                    final_obs[i] = obs[i].copy()
-                obs[ended] = self._reset_rows(ended, [None] * len(ended))
-                infos = {"final_obs": final_obs, "_final_obs": mask,
-                         "final_info": {"episode": episode, "_episode": mask}, "_final_info": mask}
-            else:
-                infos = {"episode": episode, "_episode": mask}
+        same_step = self.autoreset_mode == gym.vector.AutoresetMode.SAME_STEP
+        infos = episode_end_infos(n, ended, self.episode_returns, self.elapsed_steps, self.episode_start_times,
+                                  final_obs=obs if same_step else None)
+        if same_step and len(ended):
+            obs[ended] = self._reset_rows(ended, [None] * len(ended))
         if self.autoreset_mode == gym.vector.AutoresetMode.NEXT_STEP:
             self.autoreset = terminations | truncations
         return obs, rewards, terminations, truncations, infos
@@ -210,11 +199,15 @@ class NormalizedEnvBatch(gym.vector.VectorEnv):
             core.close()
 
 
+def _batchable(core: gym.Env) -> bool:
+    space = core.observation_space
+    return is_mujoco(core) and isinstance(space, gym.spaces.Box) and len(space.shape) == 1
+
+
 def supports(env_id: str) -> bool:
     """Whether NormalizedEnvBatch can run `env_id`: a MuJoCo core with a flat Box observation."""
     env = gym.make(env_id)
     try:
-        space = env.unwrapped.observation_space
-        return is_mujoco(env.unwrapped) and isinstance(space, gym.spaces.Box) and len(space.shape) == 1
+        return _batchable(env.unwrapped)
     finally:
         env.close()

@@ -155,29 +155,28 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, final_window: int =
 def _budget_note(runs) -> str:
     """Where the runs trained fewer steps than the paper's author did: said, with what remains to run. (A budget
     within 1% of his counts as his: PPO rounds it down to whole rollouts, 999,424 steps for 1M, as his code did.)"""
-    short = {}
+    short: dict[str, int] = {}  # algorithm -> the largest budget its runs trained, where below the author's
     for run in runs:
         author, steps = AUTHOR_BUDGETS.get(run.algorithm), int(run.summary.get("total_timesteps") or 0)
         if author and 0 < steps < 0.99 * author:
-            short[run.algorithm] = (author, max(steps, short.get(run.algorithm, (0, 0))[1]))
-    return "".join(f" **Reduced budget**: the author trained {algorithm} for {author:,} steps, these runs for "
-                   f"{steps:,}; the claims are judged at this budget, and what remains is the same sweep at "
-                   f"{author:,} steps (the config's own budget, e.g. on a GPU)." for algorithm, (author, steps) in
-                   sorted(short.items()))
+            short[run.algorithm] = max(steps, short.get(run.algorithm, 0))
+    return "".join(f" **Reduced budget**: the author trained {algorithm} for {AUTHOR_BUDGETS[algorithm]:,} steps, these "
+                   f"runs for {steps:,}; the claims are judged at this budget, and what remains is the same sweep at "
+                   f"{AUTHOR_BUDGETS[algorithm]:,} steps (the config's own budget, e.g. on a GPU)."
+                   for algorithm, steps in sorted(short.items()))
 
 
 def _compute_line(runs) -> str:
     """The training time the runs took, in process-hours (one torch thread per process): a run trained in a
     population of N counts 1/N of its process's wall-clock time."""
-    known = [run for run in runs if run.summary.get("population_size")]
-    sizes = Counter(int(run.summary["population_size"]) for run in known)
-    unknown = [run for run in runs if not run.summary.get("population_size")]
-    hours = sum(float(run.summary.get("wall_clock_s") or 0) / int(run.summary.get("population_size") or 1)
+    sizes = Counter(run.summary.get("population_size") for run in runs)
+    unknown = sizes.pop(None, 0)
+    hours = sum(float(run.summary.get("wall_clock_s") or 0) / (run.summary.get("population_size") or 1)
                 for run in runs) / 3600
     parts = [f"{n} run{'s' * (n > 1)} alone" if size == 1 else f"{n} in populations of {size}"
              for size, n in sorted(sizes.items())]
     if unknown:
-        parts.append(f"{len(unknown)} whose records predate the population_size field, counted in full (an upper "
+        parts.append(f"{unknown} whose records predate the population_size field, counted in full (an upper "
                      "bound if they shared a process)")
     return (f"Compute: {hours:.1f} process-hours of training (wall-clock, restarts excluded; a run trained in a "
             f"population of N counts 1/N of its process's time): {'; '.join(parts)}.")
