@@ -322,11 +322,17 @@ class Checkpointer:
         print(f"{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping"
               + (" (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""), file=sys.stderr, flush=True)
 
-    def __enter__(self) -> Checkpointer:
-        if threading.current_thread() is threading.main_thread():
+    def catch_stop_signals(self) -> None:
+        """From now until the `with` block ends, SIGTERM/SIGINT ask the run to stop at its next checkpoint
+        instead of killing it. The agents' setup calls it before it opens the run records, so that a stop which
+        comes while the run starts ends it "interrupted", never with a record that says "running" and no process."""
+        if threading.current_thread() is threading.main_thread() and not self._previous_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. SIGINT in a background job stays ignored
                     self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def __enter__(self) -> Checkpointer:
+        self.catch_stop_signals()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -137,6 +137,7 @@ def start_run(args: CommonArgs, algorithm: str, env_id: str, optimizer_name: str
         else:
             resume_state = loaded["record"]
             print(f"resuming {run_dir} from {checkpoints.loaded_path.name}", file=sys.stderr)
+    checkpoints.catch_stop_signals()
     record = checkpoints.record = open_record(args, algorithm, run_dir, total_timesteps, resume_state)
     return record, checkpoints
 

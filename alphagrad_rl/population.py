@@ -117,6 +117,7 @@ def open_population(args: Any, members: list[Any], algorithm: str, total_timeste
             for run_dir in run_dirs:
                 clear_record(run_dir)
     states = loaded["record"] if loaded is not None else [None] * len(members)
+    checkpoints.catch_stop_signals()
     records = [None if loaded is not None and state is None
                else open_record(m, algorithm, d, total_timesteps, state, population_size=len(members))
                for m, d, state in zip(members, run_dirs, states)]

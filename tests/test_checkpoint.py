@@ -1,6 +1,8 @@
 """Checkpoints and exact resume: every agent, damaged checkpoints, refused configs, signals, env state, buffer."""
 
+import dataclasses
 import io
+import os
 import signal
 import subprocess
 import sys
@@ -14,11 +16,14 @@ import torch
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from gymnasium.envs.classic_control.pendulum import PendulumEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_agents import AGENTS, metric_rows
+from test_agents import AGENTS, dqn_args, metric_rows
+from test_population import SPECS, population_args
 
-from agents import dqn, td3_continuous_action
+from agents import dqn, dqn_population, td3_continuous_action
+from alphagrad_rl import experiment
+from alphagrad_rl import population as population_module
 from alphagrad_rl.buffers import ReplayBuffer
-from alphagrad_rl.checkpoint import Checkpointer, CheckpointMismatch, _decode, _encode
+from alphagrad_rl.checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted, _decode, _encode
 from alphagrad_rl.envs import env_state, restore_env_state
 from alphagrad_rl.factory import OptimizerSpec
 from alphagrad_rl.runs import read_run
@@ -412,6 +417,41 @@ def test_sigterm_saves_a_checkpoint_and_stops_and_the_run_resumes_exactly(tmp_pa
     assert resumed.returncode == 0, resumed.stderr
     assert metric_rows(tmp_path / "cut") == metric_rows(tmp_path / "full")
     assert read_run(tmp_path / "cut")["summary"]["resumes"][0]["discarded_steps"] == 0  # nothing lost
+
+
+@pytest.mark.parametrize("population", [False, True], ids=["single-file", "population"])
+def test_sigterm_while_a_run_opens_its_record_interrupts_it_and_it_resumes_exactly(population, tmp_path, monkeypatch):
+    """A stop that comes while the run starts (its record already says "running", its loop not begun) is caught:
+    the run saves a checkpoint at its first step and ends "interrupted", never a "running" record left behind."""
+    module = dqn_population if population else dqn
+    make = (lambda d: population_args(d, SPECS["adam"], seeds=(1, 2))) if population else dqn_args
+    names = ["pop__m0", "pop__m1"] if population else ["dqn"]
+    module.main(make(tmp_path / "full"))
+    opener = population_module if population else experiment
+    original = opener.open_record
+
+    def open_record_then_sigterm(*args, **kwargs):
+        record = original(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at once, in this (the main) thread
+        return record
+
+    def uncaught(signum, frame):
+        raise AssertionError("SIGTERM reached the process before the run caught it")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(opener, "open_record", open_record_then_sigterm)
+        previous = signal.signal(signal.SIGTERM, uncaught)
+        try:
+            with pytest.raises(RunInterrupted, match="SIGTERM at step 1"):
+                module.main(make(tmp_path / "cut"))
+            assert signal.getsignal(signal.SIGTERM) is uncaught  # the run gave the handler back
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    for name in names:
+        assert read_run(tmp_path / "cut" / name)["summary"]["status"] == "interrupted"
+    module.main(dataclasses.replace(make(tmp_path / "cut"), resume=True))
+    for name in names:
+        assert metric_rows(tmp_path / "cut" / name) == metric_rows(tmp_path / "full" / name)
 
 
 @pytest.mark.slow

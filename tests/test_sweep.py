@@ -354,7 +354,7 @@ def test_a_killed_population_resumes_from_its_checkpoint_when_the_sweep_runs_aga
     launcher.wait()
     while time.time() < deadline and "running" in (run_status(first), run_status(second)):
         time.sleep(0.1)
-    assert run_status(first) == run_status(second) == "interrupted"
+    assert run_status(first) == run_status(second) == "interrupted", (first / "output.log").read_text()[-3000:]
     assert sweep_module.population_checkpoint_matches([first, second])
     assert not sweep_module.population_checkpoint_matches([second, first])  # other members: a fresh start
 
