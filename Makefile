@@ -46,7 +46,7 @@ demo: $(STAMP)
 # fastest size measured on a 2-core CPU, results/population-bench/: DQN 40, PPO 20, TD3 0 = one run per process,
 # since its stacked step gains nothing on a CPU; on a GPU try POPULATION=20), into RUNS; a reduced budget, e.g. TD3
 # on a CPU (the report states the budget):
-#   make reproduce-td3 RERUN=1 RUNS=results/runs-200k SWEEP_ARGS="--total-timesteps 200000"
+#   make reproduce-td3 RERUN=1 RUNS=results/runs-200k SWEEP_ARGS="--total-timesteps 200000 --order seed"
 RERUN ?=
 POPULATION ?=
 RUNS ?= results/runs

@@ -464,6 +464,20 @@ class LaunchOptions:
     track: bool = False
     extra_args: tuple[str, ...] = ()
     population_size: int = 0  # > 1: pack runs into population processes of this many (agents with a population)
+    order: str = "config"  # config | seed: see start_order
+
+
+ORDERS = ("config", "seed")
+
+
+def start_order(jobs: list[list[RunSpec]], order: str) -> list[list[RunSpec]]:
+    """The jobs (a run, or a population's runs) in the order they start: "config" as the config lists them (arm by
+    arm), "seed" every arm's first seed before any arm's second, and so on (a job goes by its lowest seed), so that
+    a long sweep stopped part-way has every arm at its first seeds. Populations are packed before this: the order
+    never changes which runs share one, so an interrupted population still resumes from its checkpoint."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown run order {order!r} (allowed: {', '.join(ORDERS)})")
+    return sorted(jobs, key=lambda job: min(run.seed for run in job)) if order == "seed" else list(jobs)
 
 
 def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
@@ -493,6 +507,7 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
                + "".join(f", resumed at step {r['step']:,} (lost {r['lost_s']:.0f}s)" for r in summary.get("resumes", [])))
 
     if options.backend == "ray":
+        pending = [job[0] for job in start_order([[run] for run in pending], options.order)]
         _launch_ray(sweep, pending, options, sweep_dir, extra, base_env, gpus, finished)
     else:
         free_slots: queue.Queue[str] = queue.Queue()
@@ -516,7 +531,8 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
                 finished(run, summary)
 
         packed = options.population_size > 1 and sweep.agent.population is not None
-        jobs = population_jobs(pending, sweep.agent, options.population_size) if packed else [[run] for run in pending]
+        jobs = start_order(population_jobs(pending, sweep.agent, options.population_size) if packed
+                           else [[run] for run in pending], options.order)
         pool = ThreadPoolExecutor(workers)
         try:
             list(pool.map(one, jobs))

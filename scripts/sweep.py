@@ -66,6 +66,9 @@ class Args:
     """> 1: train up to this many runs per process as one population (agents/*_population.py: DQN, PPO, TD3); runs
     that differ only in seed and per-member values (AlphaGrad's alpha, lr, momentum; another optimizer's lr) share
     one. An interrupted population resumes from its checkpoint when run with the same members"""
+    order: Literal["config", "seed"] = "config"
+    """the order runs start in: config (arm by arm) or seed (every arm's first seed, then every arm's second, ...:
+    a long sweep stopped part-way then has every arm at its first seeds; populations keep their members)"""
     export_wandb: Path | None = None
     """write one W&B grid-sweep config per arm into this folder (for `wandb sweep`) and exit"""
 
@@ -127,7 +130,7 @@ def main(args: Args) -> int:
         return 0
     options = LaunchOptions(results_dir=args.results_dir, workers=args.workers, backend=args.backend,
                             ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu, use_gpus=args.gpus,
-                            track=args.track, population_size=args.population_size)
+                            track=args.track, population_size=args.population_size, order=args.order)
     try:
         results = launch(sweep, runs, options)
     except KeyboardInterrupt:

@@ -225,6 +225,38 @@ def test_population_packing_groups_runs_that_differ_in_seed_and_alphagrad_values
     assert "--optim.alpha" not in argv and argv[argv.index("--run-names") + 4] == "alphagrad-93__s1"
 
 
+@pytest.mark.parametrize("population_size", [0, 2])
+def test_seed_order_starts_every_arms_first_seed_first_and_keeps_populations(tmp_path, monkeypatch, population_size):
+    arms = {"adam": {}, "alphagrad-93": {"optim.name": "alphagrad", "optim.alpha": 93}}
+    sweep = load_sweep(write_config(tmp_path, arms=arms, parameters={**TINY, "seed": {"values": [1, 2, 3]}}), REGISTRY)
+    started = []
+
+    def fake_run(argv, run_dir, env, cwd):
+        started.append(Path(run_dir).name)
+        return {"status": "finished"}
+
+    def fake_population(argv, run_dirs, env, cwd):
+        started.append([Path(run_dir).name for run_dir in run_dirs])
+        return [{"status": "finished"}] * len(run_dirs)
+
+    monkeypatch.setattr(sweep_module, "execute_run", fake_run)
+    monkeypatch.setattr(sweep_module, "execute_population", fake_population)
+    for order in ("config", "seed"):
+        started.clear()
+        launch(sweep, sweep.runs, LaunchOptions(results_dir=tmp_path / "runs", workers=1, use_gpus=False,
+                                                population_size=population_size, order=order), report=quiet)
+        if population_size:  # the same populations either way (an interrupted one resumes), lowest seed first
+            assert started == ([["adam__s1", "adam__s2"], ["adam__s3"], ["alphagrad-93__s1", "alphagrad-93__s2"],
+                                ["alphagrad-93__s3"]] if order == "config" else
+                               [["adam__s1", "adam__s2"], ["alphagrad-93__s1", "alphagrad-93__s2"], ["adam__s3"],
+                                ["alphagrad-93__s3"]])
+        else:
+            assert started == ([f"{arm}__s{seed}" for arm in arms for seed in (1, 2, 3)] if order == "config" else
+                               [f"{arm}__s{seed}" for seed in (1, 2, 3) for arm in arms])
+    with pytest.raises(ValueError, match="unknown run order 'random' \\(allowed: config, seed\\)"):
+        sweep_module.start_order([], "random")
+
+
 @pytest.mark.slow
 def test_a_sweep_runs_as_populations_with_one_standard_record_per_run(tmp_path):
     path = write_config(tmp_path, parameters={**TINY, "seed": {"values": [1, 2]}})
