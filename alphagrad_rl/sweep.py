@@ -21,6 +21,8 @@ A run whose summary.json says "finished" is skipped when the sweep is run again;
 continues from its newest checkpoint (`--resume`, see alphagrad_rl.checkpoint), or is started afresh (its
 folder cleared) when it has none, so a killed sweep loses at most the work since each run's last
 checkpoint and duplicates nothing. Killing the launcher sends its runs SIGTERM: each saves a checkpoint.
+With the local backend each run is locked while it trains (<results_dir>/<name>/.locks/), so two launchers
+sharing a results folder split a sweep between them and never train one run twice.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import fcntl
 import functools
 import io
 import itertools
@@ -53,6 +56,7 @@ from .runs import checkpoint_manifests, is_safe_name, read_summary, safe_name, w
 TOP_LEVEL_KEYS = {"name", "program", "method", "description", "metric", "parameters", "arms"}
 REQUIRED_KEYS = {"name", "program", "parameters", "arms"}
 RESERVED_FLAGS = {"run-name", "results-dir"}
+LOCK_DIR = ".locks"  # in a sweep's folder: one lock file per run (lock_runs)
 
 
 class SweepConfigError(ValueError):
@@ -324,9 +328,40 @@ def stop_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def execute_run(argv: list[str], run_dir: str, env: dict[str, str], cwd: str) -> dict[str, Any]:
-    """Run one agent process; its output goes to <run_dir>/output.log. Returns the run's summary.
-    An unfinished earlier attempt is resumed from its checkpoint (--resume), or started afresh without one."""
+def lock_runs(sweep_dir: Path, names: list[str], wait_s: float = 30.0) -> list[int] | None:
+    """Exclusive locks (flock) on these runs, so that two launchers sharing a results folder (a second terminal,
+    another node on the same filesystem) never train one run twice. Returns the lock files' descriptors, for the
+    run's process to inherit (pass_fds: the locks then last until it exits, even if the launcher is killed
+    first), or None when another process still holds one after `wait_s` (long enough for a run of a killed
+    launcher to save its checkpoint and exit). Release with release_runs."""
+    lock_dir = sweep_dir / LOCK_DIR
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fds: list[int] = []
+    deadline = time.monotonic() + wait_s
+    for name in names:
+        fds.append(os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644))
+        while True:
+            try:
+                fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    release_runs(fds)
+                    return None
+                time.sleep(0.2)
+    return fds
+
+
+def release_runs(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def execute_run(argv: list[str], run_dir: str, env: dict[str, str], cwd: str,
+                pass_fds: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Run one agent process (inheriting `pass_fds`: its locks); its output goes to <run_dir>/output.log. Returns
+    the run's summary. An unfinished earlier attempt is resumed from its checkpoint (--resume), or started afresh
+    without one."""
     run_dir = Path(run_dir)
     resume = bool(checkpoint_manifests(run_dir))
     if run_dir.exists() and not resume:
@@ -338,7 +373,8 @@ def execute_run(argv: list[str], run_dir: str, env: dict[str, str], cwd: str) ->
             log.write(f"\n--- resumed by the sweep launcher at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
             log.flush()
         returncode = subprocess.run(argv + ["--resume"] * resume, cwd=cwd, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, preexec_fn=stop_with_parent).returncode
+                                    stderr=subprocess.STDOUT, preexec_fn=stop_with_parent,
+                                    pass_fds=pass_fds).returncode
     summary = read_summary(run_dir) or {}
     if returncode != 0 and summary.get("status") in (None, "running", "finished"):
         tail = (run_dir / "output.log").read_text(errors="replace")[-4000:]
@@ -420,8 +456,10 @@ def population_checkpoint_matches(run_dirs: list[Path]) -> bool:
     return names == [run_dir.name for run_dir in run_dirs]
 
 
-def execute_population(argv: list[str], run_dirs: list[str], env: dict[str, str], cwd: str) -> list[dict[str, Any]]:
-    """Run one population process; its output goes to the first member's output.log (the others point to it).
+def execute_population(argv: list[str], run_dirs: list[str], env: dict[str, str], cwd: str,
+                       pass_fds: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+    """Run one population process (inheriting `pass_fds`: its locks); its output goes to the first member's
+    output.log (the others point to it).
     A population interrupted earlier with these same members continues from its checkpoint (--resume, in the
     first member's folder); otherwise the members start afresh. Returns each member's summary."""
     run_dirs = [Path(run_dir) for run_dir in run_dirs]
@@ -440,7 +478,8 @@ def execute_population(argv: list[str], run_dirs: list[str], env: dict[str, str]
             log.write(f"\n--- population resumed by the sweep launcher at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
             log.flush()
         returncode = subprocess.run(argv + ["--resume"] * resume, cwd=cwd, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, preexec_fn=stop_with_parent).returncode
+                                    stderr=subprocess.STDOUT, preexec_fn=stop_with_parent,
+                                    pass_fds=pass_fds).returncode
     summaries = []
     for run_dir in run_dirs:
         summary = read_summary(run_dir) or {}
@@ -515,15 +554,33 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
             free_slots.put(slot)
 
         def one(job: list[RunSpec]) -> None:
+            fds = lock_runs(sweep_dir, [run.name for run in job])
+            if fds is None:
+                for run in job:
+                    results[run.name] = read_summary(sweep_dir / run.name) or {}
+                    report(f"{run.name}: skipped, another launcher is running it")
+                return
+            try:
+                done_elsewhere = [run for run in job if run_status(sweep_dir / run.name) == "finished"]
+                for run in done_elsewhere:  # finished by another launcher while this one waited
+                    finished(run, read_summary(sweep_dir / run.name))
+                job = [run for run in job if run not in done_elsewhere]
+                if job:
+                    run_job(job, tuple(fds))
+            finally:
+                release_runs(fds)
+
+        def run_job(job: list[RunSpec], locks: tuple[int, ...]) -> None:
             gpu = free_slots.get() if slots else ""
             try:
                 env = {**base_env, "CUDA_VISIBLE_DEVICES": gpu}
                 if len(job) == 1 and not packed:
                     summaries = [execute_run(job[0].argv(sweep.agent.path, sweep_dir, extra),
-                                             str(sweep_dir / job[0].name), env, os.getcwd())]
+                                             str(sweep_dir / job[0].name), env, os.getcwd(), locks)]
                 else:
                     summaries = execute_population(population_argv(job, sweep.agent, sweep_dir, extra),
-                                                   [str(sweep_dir / run.name) for run in job], env, os.getcwd())
+                                                   [str(sweep_dir / run.name) for run in job], env, os.getcwd(),
+                                                   locks)
             finally:
                 if slots:
                     free_slots.put(gpu)

@@ -23,6 +23,7 @@ from pathlib import Path
 import tyro
 
 from alphagrad_rl.runs import checkpoint_manifests, read_run
+from alphagrad_rl.sweep import LOCK_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +68,7 @@ def main(args: Args) -> int:
         print(f"error: expected one running agent under the launcher, found {agent} (did it finish already?)")
         return 1
     sweep_name = next(path for path in killed_dir.iterdir() if path.is_dir()).name
-    run_dir = next((killed_dir / sweep_name).iterdir())
+    run_dir = next(path for path in (killed_dir / sweep_name).iterdir() if path.name != LOCK_DIR)
     manifests = [json.loads(path.read_text()) for path in checkpoint_manifests(run_dir)]
     on_disk = sum(path.stat().st_size for path in (run_dir / "checkpoints").glob("step-*"))
     rows = read_run(run_dir)["metrics"]

@@ -16,7 +16,7 @@ from test_agents import metric_rows
 
 from agents import sweep_registry
 from alphagrad_rl import sweep as sweep_module
-from alphagrad_rl.runs import read_run
+from alphagrad_rl.runs import read_run, write_json_atomic
 from alphagrad_rl.sensitivity import PAPER_D
 from alphagrad_rl.sweep import (
     LaunchOptions,
@@ -231,11 +231,11 @@ def test_seed_order_starts_every_arms_first_seed_first_and_keeps_populations(tmp
     sweep = load_sweep(write_config(tmp_path, arms=arms, parameters={**TINY, "seed": {"values": [1, 2, 3]}}), REGISTRY)
     started = []
 
-    def fake_run(argv, run_dir, env, cwd):
+    def fake_run(argv, run_dir, env, cwd, pass_fds=()):
         started.append(Path(run_dir).name)
         return {"status": "finished"}
 
-    def fake_population(argv, run_dirs, env, cwd):
+    def fake_population(argv, run_dirs, env, cwd, pass_fds=()):
         started.append([Path(run_dir).name for run_dir in run_dirs])
         return [{"status": "finished"}] * len(run_dirs)
 
@@ -255,6 +255,43 @@ def test_seed_order_starts_every_arms_first_seed_first_and_keeps_populations(tmp
                                [f"{arm}__s{seed}" for seed in (1, 2, 3) for arm in arms])
     with pytest.raises(ValueError, match="unknown run order 'random' \\(allowed: config, seed\\)"):
         sweep_module.start_order([], "random")
+
+
+def test_a_run_lock_lasts_until_the_run_process_exits_even_after_the_launcher_lets_go(tmp_path):
+    fds = sweep_module.lock_runs(tmp_path, ["a__s1", "a__s2"])
+    assert sweep_module.lock_runs(tmp_path, ["a__s2"], wait_s=0) is None  # held
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"], pass_fds=tuple(fds))
+    sweep_module.release_runs(fds)  # as a killed launcher would: its run process still holds the locks
+    assert sweep_module.lock_runs(tmp_path, ["a__s1"], wait_s=0) is None
+    child.wait()
+    fds = sweep_module.lock_runs(tmp_path, ["a__s1", "a__s2"], wait_s=0)
+    assert fds is not None
+    sweep_module.release_runs(fds)
+
+
+def test_two_launchers_on_one_results_folder_train_each_run_once(tmp_path, monkeypatch):
+    sweep = load_sweep(write_config(tmp_path, parameters={**TINY, "seed": {"values": [1, 2, 3]}}), REGISTRY)
+    lock, executions = threading.Lock(), []
+
+    def fake_run(argv, run_dir, env, cwd, pass_fds=()):
+        name = Path(run_dir).name
+        assert sweep_module.lock_runs(Path(run_dir).parent, [name], wait_s=0) is None  # locked while it trains
+        with lock:
+            executions.append(name)
+        time.sleep(0.1)
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(run_dir) / "summary.json", {"status": "finished", "final_return": 1.0})
+        return {"status": "finished", "final_return": 1.0}
+
+    monkeypatch.setattr(sweep_module, "execute_run", fake_run)
+    options = LaunchOptions(results_dir=tmp_path / "runs", workers=2, use_gpus=False)
+    both = [threading.Thread(target=launch, args=(sweep, sweep.runs, options), kwargs={"report": quiet})
+            for _ in range(2)]
+    for launcher in both:
+        launcher.start()
+    for launcher in both:
+        launcher.join()
+    assert sorted(executions) == sorted(run.name for run in sweep.runs)  # each of the 9 runs once
 
 
 @pytest.mark.slow
@@ -465,7 +502,7 @@ def test_gpu_slots_pack_runs_and_pass_cuda_visible_devices(tmp_path, monkeypatch
     monkeypatch.setattr(sweep_module, "visible_gpus", lambda: ["0", "1"])
     lock, active, seen, peak = threading.Lock(), {}, [], [0]
 
-    def fake_execute(argv, run_dir, env, cwd):
+    def fake_execute(argv, run_dir, env, cwd, pass_fds=()):
         gpu = env["CUDA_VISIBLE_DEVICES"]
         with lock:
             active[gpu] = active.get(gpu, 0) + 1
