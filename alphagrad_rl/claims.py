@@ -16,12 +16,16 @@ other arms appear in the tables and figures only. A claim needs at least MIN_RUN
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+
+from .checkpoint import RESUME_MAY_CHANGE
+from .runs import flatten_config
 
 MIN_RUNS = 3
 LEVEL = 0.05
@@ -245,17 +249,43 @@ def paper_claims(runs, baseline: str = "adam") -> list[Claim]:
     return claims
 
 
+def _without_agr(run) -> tuple[str, bool]:
+    """(the run's options with AGR taken out of its optimizers, as one comparable string; whether it had AGR).
+    X-agr and agr=True become X, AdamW without weight decay is Adam; the seed and options that change nothing a
+    run computes (RESUME_MAY_CHANGE) are left out."""
+    options = {key: value for key, value in flatten_config(run.header.get("config", {})).items()
+               if key not in RESUME_MAY_CHANGE and key != "seed"}
+    had_agr = False
+    for optimizer in [key.removesuffix(".name") for key in options if key.endswith("optim.name")]:
+        name = str(options[f"{optimizer}.name"])
+        had_agr |= name.endswith("-agr") or bool(options.get(f"{optimizer}.agr"))
+        name = name.removesuffix("-agr")
+        options[f"{optimizer}.name"] = "adam" if name == "adamw" and not options.get(f"{optimizer}.weight_decay") else name
+        options[f"{optimizer}.agr"] = False
+    return json.dumps(options, sort_keys=True, default=str), had_agr
+
+
+def _agr_bases(runs, arms: list[str]) -> dict[str, str]:
+    """{arm with AGR: the arm with the same options without AGR} (adamw-agr: the Adam arm of its settings)."""
+    first = {arm: next(run for run in runs if run.arm == arm) for arm in arms}
+    keys = {arm: _without_agr(run) for arm, run in first.items()}
+    plain = {key: arm for arm, (key, had_agr) in keys.items() if not had_agr}
+    return {arm: plain[key] for arm, (key, had_agr) in keys.items() if had_agr and key in plain}
+
+
 def variant_comparisons(runs) -> list[Claim]:
-    """Each extra arm against the arm it varies (its name with a suffix: alphagrad-93-no-momentum vs
-    alphagrad-93, adam-same-step vs adam): the difference in final return with its Welch interval, the
-    unadjusted p and the MDE at 0.05. These measure each departure and extra setting; they are not claims."""
+    """Each extra arm against the arm it varies: its name with a suffix (alphagrad-93-no-momentum vs alphagrad-93,
+    adam-same-step vs adam), or an AGR arm against the same optimizer and options without AGR (adamw-agr vs adam):
+    the difference in final return with its Welch interval, the unadjusted p and the MDE at 0.05. These measure
+    each departure and extra setting; they are not claims."""
     arms = list(dict.fromkeys(run.arm for run in runs))
+    agr_bases = _agr_bases(runs, arms)
     comparisons = []
     for arm in arms:
         bases = [base for base in arms if arm.startswith(base + "-")]
-        if not bases:
+        if not bases and arm not in agr_bases:
             continue
-        base = max(bases, key=len)
+        base = max(bases, key=len) if bases else agr_bases[arm]
         builder = _Builder(runs, base)
         builder.compare("", f"{arm} vs {base}", "", arm, base, "final_return", +1)
         comparison = builder.claims[0]

@@ -274,11 +274,17 @@ def test_extra_arms_are_measured_against_the_arm_they_vary(tmp_path):
         make_run(tmp_path, f"adam__s{seed}", "dqn", "adam", None, seed, learning_curve(480, rng), env_id="CartPole-v1")
         make_run(tmp_path, f"adam-same-step__s{seed}", "dqn", "adam", None, seed, learning_curve(300, rng),
                  env_id="CartPole-v1")
+        # AGR in front of AdamW without weight decay (= Adam): measured against Adam; at another lr, against nothing
+        make_run(tmp_path, f"adamw-agr__s{seed}", "dqn", "adamw-agr", None, seed, learning_curve(480, rng),
+                 env_id="CartPole-v1")
+        make_run(tmp_path, f"agr-fast__s{seed}", "dqn", "adamw-agr", None, seed, learning_curve(480, rng),
+                 env_id="CartPole-v1", lr=1e-3)
     from alphagrad_rl.claims import variant_comparisons
 
-    (comparison,) = variant_comparisons(load_runs(tmp_path))
-    assert comparison.claim == "adam-same-step vs adam" and comparison.result.estimate < -100
-    assert comparison.result.high < 0 and comparison.result.mde > 0
+    same_step, agr = variant_comparisons(load_runs(tmp_path))
+    assert same_step.claim == "adam-same-step vs adam" and same_step.result.estimate < -100
+    assert same_step.result.high < 0 and same_step.result.mde > 0
+    assert agr.claim == "adamw-agr vs adam" and agr.result.low < 0 < agr.result.high
 
 
 def test_spike_count_counts_non_finite_losses():
