@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .runs import COMPACT_SUFFIX, read_run, write_compact_record
+from .checkpoint import RESUME_MAY_CHANGE
+from .runs import COMPACT_SUFFIX, flatten_config, read_run, write_compact_record
 
 SMOOTHING_EPISODES = 10
 SPIKE_FACTOR, SPIKE_WINDOW = 5.0, 20
@@ -184,6 +185,13 @@ class Run:
             error = (self.summary.get("error") or "").strip().splitlines()
             return f"{self.status}" + (f": {error[-1][:160]}" if error else "")
         return self.excluded or ""
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Its options as dotted keys (runs.flatten_config), without its seed and the options that change nothing
+        it computes (RESUME_MAY_CHANGE): what the runs of one setting share."""
+        return {key: value for key, value in flatten_config(self.header.get("config", {})).items()
+                if key not in RESUME_MAY_CHANGE and key != "seed"}
 
 
 def _optimizer_of(config: dict) -> tuple[str, float | None, float | None]:

@@ -24,9 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .checkpoint import RESUME_MAY_CHANGE
-from .runs import flatten_config
-
 MIN_RUNS = 3
 LEVEL = 0.05
 POWER = 0.8
@@ -250,11 +247,9 @@ def paper_claims(runs, baseline: str = "adam") -> list[Claim]:
 
 
 def _without_agr(run) -> tuple[str, bool]:
-    """(the run's options with AGR taken out of its optimizers, as one comparable string; whether it had AGR).
-    X-agr and agr=True become X, AdamW without weight decay is Adam; the seed and options that change nothing a
-    run computes (RESUME_MAY_CHANGE) are left out."""
-    options = {key: value for key, value in flatten_config(run.header.get("config", {})).items()
-               if key not in RESUME_MAY_CHANGE and key != "seed"}
+    """(the run's settings (Run.settings) with AGR taken out of its optimizers, as one comparable string; whether it
+    had AGR). X-agr and agr=True become X, AdamW without weight decay is Adam."""
+    options = run.settings
     had_agr = False
     for optimizer in [key.removesuffix(".name") for key in options if key.endswith("optim.name")]:
         name = str(options[f"{optimizer}.name"])

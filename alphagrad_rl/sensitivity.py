@@ -16,16 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import Run, bootstrap_ci, iqm, stratified_iqm
-from .checkpoint import RESUME_MAY_CHANGE
 from .report import plt, save_figure
-from .runs import atomic_write, flatten_config
+from .runs import atomic_write
 
 # Table 2 of the paper: "total network parameters based on CleanRL defaults", the d of alpha = k sqrt(d)
 PAPER_D = {"CartPole-v1": 8_576, "HalfCheetah-v5": 9_664, "HalfCheetah-v4": 9_664, "Hopper-v4": 209_413,
            "Hopper-v5": 209_413}
 PAPER_K = (1, 2, 3)  # the paper's alphas are k = 1 and 3 (and 2 for DQN)
 MIN_ALPHAS = 5  # a sweep with at least this many alphas in one setting gets a sensitivity figure
-NOT_A_SETTING = RESUME_MAY_CHANGE | {"seed", "optim.alpha", "actor_optim.alpha", "critic_optim.alpha"}
+ALPHA_OPTIONS = {"optim.alpha", "actor_optim.alpha", "critic_optim.alpha"}
 
 
 @dataclass
@@ -50,8 +49,7 @@ class Point:
 
 
 def _setting(run: Run) -> dict[str, str]:
-    config = flatten_config(run.header.get("config", {}))
-    return {key: json.dumps(value, default=str) for key, value in config.items() if key not in NOT_A_SETTING}
+    return {key: json.dumps(value, default=str) for key, value in run.settings.items() if key not in ALPHA_OPTIONS}
 
 
 def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
