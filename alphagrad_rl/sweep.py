@@ -561,10 +561,11 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
                     report(f"{run.name}: skipped, another launcher is running it")
                 return
             try:
-                done_elsewhere = [run for run in job if run_status(sweep_dir / run.name) == "finished"]
-                for run in done_elsewhere:  # finished by another launcher while this one waited
-                    finished(run, read_summary(sweep_dir / run.name))
-                job = [run for run in job if run not in done_elsewhere]
+                now = {run.name: read_summary(sweep_dir / run.name) or {} for run in job}
+                for run in job:
+                    if now[run.name].get("status") == "finished":  # by another launcher while this one waited
+                        finished(run, now[run.name])
+                job = [run for run in job if now[run.name].get("status") != "finished"]
                 if job:
                     run_job(job, tuple(fds))
             finally:
