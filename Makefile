@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo reproduce-dqn reproduce-td3 reproduce-ppo reproduce-paper sensitivity-dqn sensitivity-ppo sensitivity-td3 tune-demo try-bad-inputs bench-optimizers bench-agents bench-checkpoint demo-resume clean
+.PHONY: install test lint demo reproduce-dqn reproduce-td3 reproduce-ppo reproduce-paper sensitivity-dqn sensitivity-ppo sensitivity-td3 sensitivity-td3-cpu tune-demo try-bad-inputs bench-optimizers bench-agents bench-checkpoint demo-resume clean
 
 # Extra arguments for the sweep launcher, e.g. a quick, smaller version of a paper experiment:
 #   make reproduce-ppo SWEEP_ARGS="--seeds 1 --total-timesteps 100000 --results-dir results/quick"
@@ -53,8 +53,8 @@ RUNS ?= results/runs
 define reproduce
 	@if [ -n "$(RERUN)" ]; then \
 		$(SWEEP) configs/$(1).yaml --population-size $(or $(POPULATION),$(3)) --results-dir $(RUNS) $(SWEEP_ARGS); \
-		status=$$?; $(ANALYZE) $(RUNS)/$(2) --output results/$(2) && exit $$status; \
-	else $(ANALYZE) results/$(2)/records; fi
+		status=$$?; $(ANALYZE) $(RUNS)/$(2) --output results/$(2) $(4) && exit $$status; \
+	else $(ANALYZE) results/$(2)/records $(4); fi
 endef
 
 reproduce-dqn: $(STAMP)
@@ -80,6 +80,11 @@ sensitivity-ppo: $(STAMP)
 
 sensitivity-td3: $(STAMP)
 	$(call reproduce,sensitivity_td3_hopper,sensitivity-td3-hopper,0)
+
+# TD3's CPU slice (25 runs x 200k steps, ~15 process-hours): k = 0.05, 0.1, 2, 3, 4 at lr 3e-5, analyzed with the
+# 200k-step reproduction's runs (results/paper-td3-hopper/records) into one curve from k = 0.05 to 4
+sensitivity-td3-cpu: $(STAMP)
+	$(call reproduce,sensitivity_td3_hopper_cpu,sensitivity-td3-hopper-cpu,0,--include results/paper-td3-hopper/records)
 
 # Optuna over AlphaGrad's alpha and lr on DQN CartPole (30k steps, 3 seeds a trial, 12 trials): two tuner processes
 # share the study's journal file, then the best settings run on 5 fresh seeds beside Adam (results/tune-dqn-cartpole/:

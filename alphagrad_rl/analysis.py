@@ -257,9 +257,23 @@ def _rounded(value: Any) -> Any:
     return float(f"{value:.6g}") if isinstance(value, float) and math.isfinite(value) else value
 
 
-def load_runs(sweep_dir: str | Path, final_window: int = 100) -> list[Run]:
-    """Every run record under `sweep_dir`, with its tidy-table row. A record that cannot be read becomes a run
-    with status "unreadable"; a finished run without a finite final return is `excluded` (with the reason)."""
+def load_runs(sweep_dirs: str | Path | Sequence[str | Path], final_window: int = 100) -> list[Run]:
+    """Every run record under `sweep_dirs` (one sweep's folder, or several sweeps' analyzed together), with its
+    tidy-table row. A record that cannot be read becomes a run with status "unreadable"; a finished run without a
+    finite final return is `excluded` (with the reason). A run name found in two of the folders is an error."""
+    runs: list[Run] = []
+    found_in: dict[str, Path] = {}
+    for sweep_dir in [sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else sweep_dirs:
+        for run in _runs_in(Path(sweep_dir), final_window):
+            if run.name in found_in:
+                raise ValueError(f"run {run.name!r} is in both {found_in[run.name]} and {sweep_dir}: analyze "
+                                 "sweeps together only when their run names differ")
+            found_in[run.name] = Path(sweep_dir)
+            runs.append(run)
+    return runs
+
+
+def _runs_in(sweep_dir: Path, final_window: int) -> list[Run]:
     runs = []
     for run_dir in run_folders(sweep_dir):
         name = run_dir.relative_to(sweep_dir).as_posix().removesuffix(COMPACT_SUFFIX).replace("--", "/")

@@ -6,6 +6,7 @@ import math
 import re
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -130,13 +131,16 @@ def _fmt(value, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
-def write_report(sweep_dir: str | Path, out_dir: str | Path, final_window: int = 100,
+def write_report(sweep_dirs: str | Path | Sequence[str | Path], out_dir: str | Path, final_window: int = 100,
                  baseline: str = "adam") -> Path:
-    """Analyze every run under `sweep_dir`; write runs.csv, arms.csv, figures and REPORT.md into `out_dir`."""
-    sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
-    runs = load_runs(sweep_dir, final_window)
+    """Analyze every run under `sweep_dirs` (one sweep's folder, or several sweeps' analyzed together); write
+    runs.csv, arms.csv, figures and REPORT.md into `out_dir`."""
+    sweep_dirs = [Path(sweep_dirs)] if isinstance(sweep_dirs, (str, Path)) else [Path(d) for d in sweep_dirs]
+    out_dir = Path(out_dir)
+    runs = load_runs(sweep_dirs, final_window)
     if not runs:
-        raise ValueError(f"no run records (folders with config.json, or compact records) under {sweep_dir}")
+        raise ValueError("no run records (folders with config.json, or compact records) under "
+                         + " or ".join(map(str, sweep_dirs)))
     order = natural_order([run.arm for run in runs], baseline)
     runs.sort(key=lambda run: (order.index(run.arm), run.seed, run.name))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,9 +151,15 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path, final_window: int =
                for path in plot_panels(runs, algorithm, out_dir)] + plot_iqm(arms, out_dir)
     claims = paper_claims(runs, baseline)
     report = out_dir / "REPORT.md"
-    report.write_text(_markdown(sweep_dir, out_dir.name, runs, arms, claims, variant_comparisons(runs), figures,
+    report.write_text(_markdown(sweep_dirs, out_dir.name, runs, arms, claims, variant_comparisons(runs), figures,
                                 final_window, baseline))
     return report
+
+
+def budget_text(runs) -> str:
+    """The runs' budgets in env steps, and where they are below the paper author's, what remains to run."""
+    return (", ".join(f"{steps:,}" for steps in sorted({int(run.summary.get("total_timesteps") or 0) for run in runs}))
+            + " env steps per run." + _budget_note(runs))
 
 
 def _budget_note(runs) -> str:
@@ -161,8 +171,8 @@ def _budget_note(runs) -> str:
         if author and 0 < steps < 0.99 * author:
             short[run.algorithm] = max(steps, short.get(run.algorithm, 0))
     return "".join(f" **Reduced budget**: the author trained {algorithm} for {AUTHOR_BUDGETS[algorithm]:,} steps, these "
-                   f"runs for {steps:,}; the claims are judged at this budget, and what remains is the same sweep at "
-                   f"{AUTHOR_BUDGETS[algorithm]:,} steps (the config's own budget, e.g. on a GPU)."
+                   f"runs for {steps:,}; the results and claims here are at this budget, and what remains is the same "
+                   f"sweep at {AUTHOR_BUDGETS[algorithm]:,} steps (the config's own budget, e.g. on a GPU)."
                    for algorithm, steps in sorted(short.items()))
 
 
@@ -182,7 +192,7 @@ def _compute_line(runs) -> str:
             f"population of N counts 1/N of its process's time): {'; '.join(parts)}.")
 
 
-def _markdown(sweep_dir, name, runs, arms, claims: list[Claim], variants: list[Claim], figures, final_window,
+def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[Claim], figures, final_window,
               baseline) -> str:
     statuses = {}
     for run in runs:
@@ -190,13 +200,12 @@ def _markdown(sweep_dir, name, runs, arms, claims: list[Claim], variants: list[C
     left_out = [run for run in runs if not run.included]
     lines = [
         f"# Report: {name}", "",
-        f"Generated from the run records in `{sweep_dir}`: {len(runs)} runs "
+        f"Generated from the run records in {' and '.join(f'`{d}`' for d in sweep_dirs)}: {len(runs)} runs "
         f"({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}); {len(runs) - len(left_out)} in the "
         "statistics (finished, with a finite final return; the others are listed under 'Runs left out'). "
         f"Final return = mean of the last {final_window} episodes.", "",
-        f"Environment: {', '.join(sorted({run.env_id for run in runs}))}; budget: " + ", ".join(
-            f"{steps:,}" for steps in sorted({int(run.summary.get('total_timesteps') or 0) for run in runs}))
-        + " env steps per run." + _budget_note(runs), "", _compute_line(runs), "",
+        f"Environment: {', '.join(sorted({run.env_id for run in runs}))}; budget: {budget_text(runs)}", "",
+        _compute_line(runs), "",
         "## Arms", "",
         f"| arm | finished | mean +- std | IQM [{int(CONFIDENCE * 100)}% CI] | P(improvement over {baseline}) "
         "| mean drawdown | variability |",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import Run, bootstrap_ci, iqm, stratified_iqm
-from .report import plt, save_figure
+from .report import budget_text, plt, save_figure
 from .runs import atomic_write
 
 # Table 2 of the paper: "total network parameters based on CleanRL defaults", the d of alpha = k sqrt(d)
@@ -162,7 +162,8 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
     lines = [f"# Alpha sensitivity: {env}", "",
              f"Final return (mean of the last {final_window} episodes per run; IQM over seeds with its 95% BCa CI) "
              f"against k = alpha / sqrt(d), d = {PAPER_D[env]:,} (the paper's Table 2), in each setting; S = the "
-             "fraction of |alpha g_hat| above 2.5 over the whole network, averaged over training (section 7.3).", ""]
+             "fraction of |alpha g_hat| above 2.5 over the whole network, averaged over training (section 7.3).", "",
+             f"Budget: {budget_text(runs)}", ""]
     if best is not None:
         lines += [f"{baseline} at its best setting ({best.label}): IQM {best.iqm:.1f} [{best.ci[0]:.1f}, "
                   f"{best.ci[1]:.1f}] over {best.finished} seeds; each of its settings: " + ", ".join(

@@ -1,12 +1,14 @@
 """Analyze a sweep: tidy table, per-arm statistics with CIs, the paper's figures and REPORT.md with its claims;
-for a sweep over AlphaGrad's alpha (>= 3 alphas at one lr), also the alpha-sensitivity figure and SENSITIVITY.md.
+for a sweep over AlphaGrad's alpha (>= 5 alphas in one setting), also the alpha-sensitivity figure and SENSITIVITY.md.
 
     python scripts/analyze.py results/runs/paper-dqn-cartpole     # run folders -> compact records -> report
     python scripts/analyze.py results/paper-dqn-cartpole/records  # the committed compact records -> report
+    python scripts/analyze.py results/runs/sensitivity-td3-hopper-cpu --include results/paper-td3-hopper/records
 
 Given run folders, it first writes (or refreshes) a compact record of every finished or crashed run into
 <output>/records/ (small enough to commit), then builds the report from those records: a report is always
-reproducible from the committed records alone, without rerunning anything.
+reproducible from the committed records alone, without rerunning anything. --include adds other sweeps' records
+to the analysis without copying them (a run name found twice is an error).
 """
 
 from __future__ import annotations
@@ -34,14 +36,18 @@ class Args:
     """final return = mean of the last N episodes"""
     baseline: str = "adam"
     """the arm the others are compared with"""
+    include: tuple[Path, ...] = ()
+    """other sweeps' run records (folders of runs or of compact records) analyzed together with this sweep's and
+    read where they are, e.g. the reproduction's runs at alphas a sensitivity slice leaves out"""
 
 
 def main(args: Args) -> int:
-    if not args.sweep_dir.is_dir():
-        hint = (" (no compact records committed yet: run the sweep first, e.g. `make reproduce-ppo RERUN=1`)"
-                if args.sweep_dir.name == "records" else "")
-        print(f"error: {args.sweep_dir} is not a folder of run records{hint}", file=sys.stderr)
-        return 2
+    for folder in (args.sweep_dir, *args.include):
+        if not folder.is_dir():
+            hint = (" (no compact records committed yet: run the sweep first, e.g. `make reproduce-ppo RERUN=1`)"
+                    if folder.name == "records" else "")
+            print(f"error: {folder} is not a folder of run records{hint}", file=sys.stderr)
+            return 2
     if args.final_window <= 0 or args.max_points <= 0:
         print(f"error: invalid --final-window {args.final_window} or --max-points {args.max_points} (allowed: > 0)",
               file=sys.stderr)
@@ -54,8 +60,8 @@ def main(args: Args) -> int:
             records = output / "records"
             written = export_records(args.sweep_dir, records, args.final_window, args.max_points)
             print(f"{len(written)} compact records in {records}")
-        report = write_report(records, output, args.final_window, args.baseline)
-        runs = load_runs(records, args.final_window)
+        report = write_report([records, *args.include], output, args.final_window, args.baseline)
+        runs = load_runs([records, *args.include], args.final_window)
         sensitivity = write_sensitivity(runs, output, args.baseline, args.final_window) if has_alpha_grid(runs) else None
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -196,8 +196,8 @@ def test_report_with_a_failed_run(tmp_path):
     assert "## Claims of the AlphaGrad paper" in text and "| 6.1 | AlphaGrad alpha=93 learns the task" in text
     assert "## Runs left out of the statistics" in text and "alphagrad-93__s4 | crashed | crashed: ValueError: boom" in text
     assert "| alphagrad-93 | 3/4 |" in text
-    assert ("**Reduced budget**: the author trained dqn for 500,000 steps, these runs for 200,000; the claims are "
-            "judged at this budget") in text  # the learning curves have 200 episodes of 1000 steps
+    assert ("**Reduced budget**: the author trained dqn for 500,000 steps, these runs for 200,000; the results and "
+            "claims here are at this budget") in text  # the learning curves have 200 episodes of 1000 steps
     # an hour each: the 3 Adam runs shared one process, 3 AlphaGrad runs had one each, the 4th says nothing
     assert ("Compute: 5.0 process-hours of training (wall-clock, restarts excluded; a run trained in a population of "
             "N counts 1/N of its process's time): 3 runs alone; 3 in populations of 3; 1 whose records predate the "
@@ -338,6 +338,47 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     assert "adam at its best setting (lr 0.001)" in text and "Best k 1 (IQM" in text
     assert text.index("## AlphaGrad, lr 0.0001") < text.index("## AlphaGrad, lr 0.001")
     assert (tmp_path / "out" / "sensitivity.png").exists()
+
+
+def test_sweeps_analyzed_together_join_one_sensitivity_curve(tmp_path, monkeypatch):
+    """A sensitivity slice and the reproduction it extends: neither alone holds 5 alphas in one setting, together
+    they do; the CLI reads the included records in place, and a run name found in both is an error."""
+    import importlib.util
+
+    from alphagrad_rl.sensitivity import has_alpha_grid, sensitivity_points
+
+    def alphagrad_runs(sweep_dir, alphas):
+        for alpha in alphas:
+            for seed in (1, 2, 3):
+                make_run(sweep_dir, f"alphagrad-{alpha:g}__s{seed}", "dqn", "alphagrad", alpha, seed,
+                         [200.0 + alpha + seed] * 30, env_id="CartPole-v1", lr=1e-4)
+
+    alphagrad_runs(tmp_path / "slice", (4.65, 9.3, 279.0))
+    alphagrad_runs(tmp_path / "repro", (46.5, 93.0))
+    for seed in (1, 2, 3):
+        make_run(tmp_path / "repro", f"adam__s{seed}", "dqn", "adam", None, seed, [300.0] * 30, env_id="CartPole-v1",
+                 lr=1e-4)
+    sources = [tmp_path / "slice", tmp_path / "repro"]
+    assert not has_alpha_grid(load_runs(sources[0])) and not has_alpha_grid(load_runs(sources[1]))
+    runs = load_runs(sources, final_window=10)
+    assert len(runs) == 18 and has_alpha_grid(runs)
+    _, points = sensitivity_points(runs)
+    assert [p.alpha for p in points if p.alpha is not None] == [4.65, 9.3, 46.5, 93.0, 279.0]
+
+    spec = importlib.util.spec_from_file_location("analyze_cli", ROOT / "scripts" / "analyze.py")
+    analyze = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "analyze_cli", analyze)  # its dataclass resolves annotations in its module
+    spec.loader.exec_module(analyze)
+    out = tmp_path / "out"
+    assert analyze.main(analyze.Args(sources[0], output=out, final_window=10, include=(sources[1],))) == 0
+    assert len(list((out / "records").iterdir())) == 9  # only the slice's own runs are exported
+    assert f"`{out / 'records'}` and `{sources[1]}`: 18 runs" in (out / "REPORT.md").read_text()
+    assert "| 0.0502 | 4.65 | 3/3 |" in (out / "SENSITIVITY.md").read_text()
+    assert analyze.main(analyze.Args(sources[0], output=out, include=(tmp_path / "missing",))) == 2
+
+    make_run(tmp_path / "slice", "adam__s1", "dqn", "adam", None, 1, [300.0] * 30, env_id="CartPole-v1")
+    with pytest.raises(ValueError, match=r"run 'adam__s1' is in both .*slice and .*repro"):
+        load_runs(sources)
 
 
 def test_a_budget_below_the_authors_is_said_with_what_remains():

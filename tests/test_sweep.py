@@ -49,7 +49,8 @@ def write_config(tmp_path, **overrides):
 def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
     expected = {"paper_dqn_cartpole.yaml": 90, "paper_td3_hopper.yaml": 65, "paper_ppo_halfcheetah.yaml": 90,
                 "demo_dqn_cartpole.yaml": 6, "sensitivity_dqn_cartpole.yaml": 135,
-                "sensitivity_ppo_halfcheetah.yaml": 135, "sensitivity_td3_hopper.yaml": 135}
+                "sensitivity_ppo_halfcheetah.yaml": 135, "sensitivity_td3_hopper.yaml": 135,
+                "sensitivity_td3_hopper_cpu.yaml": 25}
     for name, runs in expected.items():
         assert len(load_sweep(ROOT / "configs" / name, REGISTRY).runs) == runs
     td3 = load_sweep(ROOT / "configs" / "paper_td3_hopper.yaml", REGISTRY)
@@ -76,6 +77,16 @@ def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
     packed = sweep_module.population_jobs(sensitivity.runs, sensitivity.agent, 10)
     # Adam's three lrs pack by --lrs (15 runs: 10 + 5); AlphaGrad's 40 runs per lr by --alphas (4 x 10 per lr)
     assert sorted(len(job) for job in packed) == [5] + [10] * 13
+    # the CPU slice runs the reproduction's AlphaGrad settings at its 200k steps, at alphas the reproduction lacks,
+    # so that analyzing the two together makes one curve (scripts/analyze.py --include)
+    cpu_slice = load_sweep(ROOT / "configs" / "sensitivity_td3_hopper_cpu.yaml", REGISTRY)
+
+    def setting(run):
+        return {flag: value for flag, value in run.flags if not flag.endswith(".alpha") and flag != "seed"}
+
+    reproduction = {**setting(next(run for run in td3.runs if run.arm == "alphagrad-100")), "total-timesteps": 200_000}
+    assert all(setting(run) == reproduction for run in cpu_slice.runs)
+    assert not {dict(run.flags)["critic-optim.alpha"] for run in cpu_slice.runs} & alphas
 
 
 @pytest.mark.slow
