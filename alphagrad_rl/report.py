@@ -30,6 +30,7 @@ from .analysis import (  # noqa: E402
     write_table,
 )
 from .claims import AUTHOR_BUDGETS, LEVEL, Claim, paper_claims, variant_comparisons  # noqa: E402
+from .runs import process_seconds  # noqa: E402
 
 GRID_POINTS = 200
 BAND_RESAMPLES = 1000
@@ -181,8 +182,7 @@ def _compute_line(runs) -> str:
     population of N counts 1/N of its process's wall-clock time."""
     sizes = Counter(run.summary.get("population_size") for run in runs)
     unknown = sizes.pop(None, 0)
-    hours = sum(float(run.summary.get("wall_clock_s") or 0) / (run.summary.get("population_size") or 1)
-                for run in runs) / 3600
+    hours = sum(process_seconds(run.summary) for run in runs) / 3600
     parts = [f"{n} run{'s' * (n > 1)} alone" if size == 1 else f"{n} in populations of {size}"
              for size, n in sorted(sizes.items())]
     if unknown:

@@ -125,6 +125,12 @@ def checkpoint_manifests(run_dir: str | Path) -> list[Path]:
     return sorted((Path(run_dir) / CHECKPOINT_DIR).glob("step-*.json"), reverse=True)
 
 
+def process_seconds(summary: dict[str, Any]) -> float:
+    """The training time a run took, in process-seconds (wall-clock, restarts excluded): a run trained in a
+    population of N counts 1/N of its process's time."""
+    return float(summary.get("wall_clock_s") or 0) / (summary.get("population_size") or 1)
+
+
 def write_compact_record(path: Path, record: dict[str, Any], metrics: list[dict[str, Any]],
                          derived: dict[str, Any]) -> None:
     """Write a compact run record (atomically): one gzipped JSON file with the record's config and summary,

@@ -27,6 +27,7 @@ sharing a results folder split a sweep between them and never train one run twic
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import dataclasses
@@ -51,7 +52,7 @@ from typing import Any
 import tyro
 import yaml
 
-from .runs import checkpoint_manifests, is_safe_name, read_summary, safe_name, write_json_atomic
+from .runs import checkpoint_manifests, is_safe_name, process_seconds, read_summary, safe_name, write_json_atomic
 
 TOP_LEVEL_KEYS = {"name", "program", "method", "description", "metric", "parameters", "arms"}
 REQUIRED_KEYS = {"name", "program", "parameters", "arms"}
@@ -355,6 +356,88 @@ def lock_runs(sweep_dir: Path, names: list[str], wait_s: float = 30.0) -> list[i
 def release_runs(fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)
+
+
+def run_locked(sweep_dir: Path, name: str) -> bool:
+    """Whether a process holds the run's lock (lock_runs) now, i.e. is training it."""
+    try:
+        fd = os.open(sweep_dir / LOCK_DIR / f"{name}.lock", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: taken for an instant, released by the close
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunProgress:
+    """Where one run of a sweep stands (sweep_progress)."""
+
+    name: str
+    state: str  # finished, crashed, training, stopped, not started
+    step: int  # env steps it would resume from: its newest checkpoint's, else its summary's
+    total: int  # its budget in env steps
+    resumable: bool  # it has a checkpoint, or its population's (member 0's) checkpoint holds it
+    process_s: float  # the training time its summary records (runs.process_seconds)
+
+    def describe(self) -> str:
+        where = f"step {self.step:,}/{self.total:,} ({100 * self.step / max(self.total, 1):.0f}%)"
+        if self.state == "training":
+            return f"training now, {where} at its last checkpoint" if self.resumable else "training now"
+        if self.state == "stopped":
+            return f"stopped: resumes at {where}" if self.resumable else "stopped before a checkpoint: starts over"
+        if self.state == "crashed":
+            return "crashed: the next launch retries it (see its output.log)"
+        return self.state
+
+    @property
+    def steps_left(self) -> int:
+        return 0 if self.state == "finished" else self.total - (self.step if self.resumable else 0)
+
+
+def sweep_progress(sweep_dir: Path, runs: list[RunSpec], agent: AgentEntry) -> list[RunProgress]:
+    """Each run's state as its records and lock show it; readable while launchers (here or elsewhere on the
+    shared folder) train the sweep."""
+    progress = []
+    for run in runs:
+        run_dir = sweep_dir / run.name
+        summary = read_summary(run_dir) or {}
+        manifests = checkpoint_manifests(run_dir)
+        in_population = (summary.get("population_size") or 1) > 1  # its checkpoint is member 0's
+        resumable = bool(manifests) or (in_population and (summary.get("global_step") or 0) > 0)
+        step = int(manifests[0].stem.split("-")[1]) if manifests else int(summary.get("global_step") or 0)
+        status = summary.get("status")
+        if status == "finished":
+            state = "finished"
+        elif run_locked(sweep_dir, run.name):
+            state = "training"
+        elif status == "crashed":
+            state = "crashed"
+        else:
+            state = "stopped" if summary else "not started"
+        progress.append(RunProgress(run.name, state, step, int(_parsed(run, agent).total_timesteps), resumable,
+                                    process_seconds(summary)))
+    return progress
+
+
+def progress_summary(progress: list[RunProgress], workers: int) -> str:
+    """How many runs are in each state and, from the finished runs' speed, the compute that what is left needs."""
+    counts = collections.Counter(p.state for p in progress)
+    states = ("finished", "training", "stopped", "crashed", "not started")
+    lines = [f"{len(progress)} runs: " + ", ".join(f"{counts[state]} {state}" for state in states if counts[state])]
+    done = [p for p in progress if p.state == "finished" and p.process_s > 0]
+    left = sum(p.steps_left for p in progress)
+    if done and left:
+        per_step = sum(p.process_s for p in done) / sum(p.total for p in done)
+        hours = left * per_step / 3600
+        lines.append(f"finished runs took {sum(p.process_s for p in done) / len(done) / 3600:.2f} process-hours each "
+                     f"(mean of {len(done)}); the {left:,} env steps left need about {hours:.1f} process-hours, "
+                     f"{hours / workers:.1f} h on {workers} worker(s)")
+    return "\n".join(lines)
 
 
 def execute_run(argv: list[str], run_dir: str, env: dict[str, str], cwd: str,

@@ -13,6 +13,7 @@ Exit status 0 when every run finished, 1 otherwise.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Literal
 import tyro
 
 from agents import sweep_registry
-from alphagrad_rl.runs import check_results_dir, checkpoint_manifests
+from alphagrad_rl.runs import check_results_dir
 from alphagrad_rl.sweep import (
     LaunchOptions,
     SweepConfigError,
@@ -30,7 +31,8 @@ from alphagrad_rl.sweep import (
     launch,
     load_sweep,
     override_flag,
-    run_status,
+    progress_summary,
+    sweep_progress,
 )
 
 
@@ -39,7 +41,8 @@ class Args:
     config: tyro.conf.Positional[Path]
     """the sweep config (YAML)"""
     dry_run: bool = False
-    """list the runs (and which are finished) without running anything"""
+    """list the runs and where each stands (finished, training now, stopped at step N, ...) with the compute left,
+    without running anything (safe while the sweep runs)"""
     arms: tuple[str, ...] = ()
     """run only these arms"""
     seeds: tuple[int, ...] = ()
@@ -116,17 +119,11 @@ def main(args: Args) -> int:
             print(f"wandb sweep {path}")
         return 0
     if args.dry_run:
-        statuses = {}
-        for run in runs:
-            run_dir = args.results_dir / sweep.name / run.name
-            statuses[run.name] = run_status(run_dir) or "not started"
-            if manifests := checkpoint_manifests(run_dir):
-                statuses[run.name] += f" (checkpoint at step {int(manifests[0].stem.split('-')[1]):,})"
-        width = max((len(status) for status in statuses.values()), default=0)
-        for run in runs:
-            print(f"{run.name:50s} {statuses[run.name]:{width}s} "
-                  f"{' '.join(run.flag_args())}")
-        print(f"{len(runs)} runs")
+        progress = sweep_progress(args.results_dir / sweep.name, runs, sweep.agent)
+        width = max(len(p.describe()) for p in progress)
+        for run, p in zip(runs, progress):
+            print(f"{run.name:50s} {p.describe():{width}s} {' '.join(run.flag_args())}")
+        print(progress_summary(progress, args.workers or os.cpu_count() or 1))
         return 0
     options = LaunchOptions(results_dir=args.results_dir, workers=args.workers, backend=args.backend,
                             ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu, use_gpus=args.gpus,

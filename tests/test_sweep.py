@@ -280,6 +280,44 @@ def test_a_run_lock_lasts_until_the_run_process_exits_even_after_the_launcher_le
     sweep_module.release_runs(fds)
 
 
+def test_progress_tells_each_runs_state_and_the_compute_left(tmp_path):
+    """The dry run's view of a sweep in progress: finished, training now (locked), stopped with or without a
+    checkpoint, a population member (resumes from member 0's checkpoint), crashed, not started; the estimate
+    comes from the finished runs' process-seconds per step."""
+    sweep = load_sweep(write_config(tmp_path, parameters={**TINY, "seed": {"values": [1, 2, 3, 4, 5, 6, 7]}},
+                                    arms={"adam": {}}), REGISTRY)
+    sweep_dir = tmp_path / "runs" / "tiny"
+
+    def record(name, **summary):
+        (sweep_dir / name).mkdir(parents=True)
+        write_json_atomic(sweep_dir / name / "summary.json", summary)
+
+    record("adam__s1", status="finished", wall_clock_s=40.0, population_size=1)  # 0.1 s a step (budget 400)
+    record("adam__s2", status="running", global_step=100)  # training now, checkpoint at 300
+    (sweep_dir / "adam__s2" / "checkpoints").mkdir()
+    (sweep_dir / "adam__s2" / "checkpoints" / "step-000000000300.json").write_text("{}")
+    record("adam__s3", status="interrupted", global_step=200)  # stopped, checkpoint at 200
+    (sweep_dir / "adam__s3" / "checkpoints").mkdir()
+    (sweep_dir / "adam__s3" / "checkpoints" / "step-000000000200.json").write_text("{}")
+    record("adam__s4", status="running", global_step=50)  # killed before its first checkpoint
+    record("adam__s5", status="interrupted", global_step=100, population_size=2)  # member 0 has the checkpoint
+    record("adam__s6", status="crashed", global_step=10)
+    fds = sweep_module.lock_runs(sweep_dir, ["adam__s2"])
+    try:
+        progress = sweep_module.sweep_progress(sweep_dir, sweep.runs, sweep.agent)
+    finally:
+        sweep_module.release_runs(fds)
+    assert [p.describe() for p in progress] == [
+        "finished", "training now, step 300/400 (75%) at its last checkpoint", "stopped: resumes at step 200/400 (50%)",
+        "stopped before a checkpoint: starts over", "stopped: resumes at step 100/400 (25%)",
+        "crashed: the next launch retries it (see its output.log)", "not started"]
+    assert [p.steps_left for p in progress] == [0, 100, 200, 400, 300, 400, 400]
+    assert sweep_module.sweep_progress(sweep_dir, sweep.runs[1:2], sweep.agent)[0].state == "stopped"  # unlocked
+    summary = sweep_module.progress_summary(progress, workers=2)
+    assert summary.startswith("7 runs: 1 finished, 1 training, 3 stopped, 1 crashed, 1 not started\n")
+    assert "the 1,800 env steps left need about 0.1 process-hours, 0.0 h on 2 worker(s)" in summary
+
+
 def test_two_launchers_on_one_results_folder_train_each_run_once(tmp_path, monkeypatch):
     sweep = load_sweep(write_config(tmp_path, parameters={**TINY, "seed": {"values": [1, 2, 3]}}), REGISTRY)
     lock, executions = threading.Lock(), []
@@ -400,7 +438,7 @@ def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
     assert run_status(sweep_dir / "alphagrad-93__s1") == "interrupted"
     assert list((sweep_dir / "alphagrad-93__s1" / "checkpoints").glob("step-*.pt"))
     listing = subprocess.run(command + ["--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
-    assert "interrupted (checkpoint at step" in listing
+    assert re.search(r"alphagrad-93__s1 +stopped: resumes at step [\d,]+/3,000", listing), listing
 
     finished_mtime = (sweep_dir / "adam__s1" / "summary.json").stat().st_mtime_ns
     completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
