@@ -22,7 +22,8 @@ continues from its newest checkpoint (`--resume`, see alphagrad_rl.checkpoint), 
 folder cleared) when it has none, so a killed sweep loses at most the work since each run's last
 checkpoint and duplicates nothing. Killing the launcher sends its runs SIGTERM: each saves a checkpoint.
 With the local backend each run is locked while it trains (<results_dir>/<name>/.locks/), so two launchers
-sharing a results folder split a sweep between them and never train one run twice.
+sharing a results folder split a sweep between them and never train one run twice (LaunchOptions.wait_for_others:
+each then also waits for the other's runs at the end, resuming any it left stopped).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import functools
 import io
 import itertools
 import json
+import math
 import os
 import queue
 import shutil
@@ -58,6 +60,7 @@ TOP_LEVEL_KEYS = {"name", "program", "method", "description", "metric", "paramet
 REQUIRED_KEYS = {"name", "program", "parameters", "arms"}
 RESERVED_FLAGS = {"run-name", "results-dir"}
 LOCK_DIR = ".locks"  # in a sweep's folder: one lock file per run (lock_runs)
+LOCK_WAIT_S = 30.0  # a run found locked for this long is another launcher's (lock_runs)
 
 
 class SweepConfigError(ValueError):
@@ -587,6 +590,7 @@ class LaunchOptions:
     extra_args: tuple[str, ...] = ()
     population_size: int = 0  # > 1: pack runs into population processes of this many (agents with a population)
     order: str = "config"  # config | seed: see start_order
+    wait_for_others: bool = False  # runs another launcher is training: wait for them (and take over any it leaves)
 
 
 ORDERS = ("config", "seed")
@@ -636,12 +640,16 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
         for slot in slots:
             free_slots.put(slot)
 
-        def one(job: list[RunSpec]) -> None:
-            fds = lock_runs(sweep_dir, [run.name for run in job])
+        taken: list[list[RunSpec]] = []  # jobs another launcher was training
+
+        def one(job: list[RunSpec], wait_s: float | None = None) -> None:
+            fds = lock_runs(sweep_dir, [run.name for run in job], LOCK_WAIT_S if wait_s is None else wait_s)
             if fds is None:
+                taken.append(job)
                 for run in job:
                     results[run.name] = read_summary(sweep_dir / run.name) or {}
-                    report(f"{run.name}: skipped, another launcher is running it")
+                    report(f"{run.name}: skipped, another launcher is running it"
+                           + (" (waited for at the end)" if options.wait_for_others else ""))
                 return
             try:
                 now = {run.name: read_summary(sweep_dir / run.name) or {} for run in job}
@@ -677,6 +685,9 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
         pool = ThreadPoolExecutor(workers)
         try:
             list(pool.map(one, jobs))
+            if options.wait_for_others and taken:  # each ends finished there, or is resumed here if it stopped
+                report(f"waiting for {sum(map(len, taken))} run(s) that another launcher is training")
+                list(pool.map(functools.partial(one, wait_s=math.inf), taken))
         except KeyboardInterrupt:  # Ctrl-C reached the running runs too: they save a checkpoint and stop
             pool.shutdown(wait=True, cancel_futures=True)  # and no queued run starts
             raise

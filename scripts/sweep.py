@@ -72,6 +72,10 @@ class Args:
     order: Literal["config", "seed"] = "config"
     """the order runs start in: config (arm by arm) or seed (every arm's first seed, then every arm's second, ...:
     a long sweep stopped part-way then has every arm at its first seeds; populations keep their members)"""
+    wait_for_others: bool = False
+    """when other launchers share the results folder (several nodes): runs one of them is training are waited for
+    at the end, and any it leaves unfinished (it was stopped) are resumed here; without it they are skipped and
+    named, and the exit status is 1"""
     export_wandb: Path | None = None
     """write one W&B grid-sweep config per arm into this folder (for `wandb sweep`) and exit"""
 
@@ -127,7 +131,8 @@ def main(args: Args) -> int:
         return 0
     options = LaunchOptions(results_dir=args.results_dir, workers=args.workers, backend=args.backend,
                             ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu, use_gpus=args.gpus,
-                            track=args.track, population_size=args.population_size, order=args.order)
+                            track=args.track, population_size=args.population_size, order=args.order,
+                            wait_for_others=args.wait_for_others)
     try:
         results = launch(sweep, runs, options)
     except KeyboardInterrupt:

@@ -1,5 +1,6 @@
 """Sweep configs, expansion, resume, crash isolation, GPU packing and the Ray backend."""
 
+import dataclasses
 import json
 import os
 import re
@@ -341,6 +342,40 @@ def test_two_launchers_on_one_results_folder_train_each_run_once(tmp_path, monke
     for launcher in both:
         launcher.join()
     assert sorted(executions) == sorted(run.name for run in sweep.runs)  # each of the 9 runs once
+
+
+def test_a_launcher_waits_for_the_runs_another_is_training_and_takes_over_those_it_leaves(tmp_path, monkeypatch):
+    """--wait-for-others: runs locked by another launcher are waited for at the end; one it finished counts as
+    finished here, one it left stopped is resumed here; without the option both are skipped."""
+    sweep = load_sweep(write_config(tmp_path, parameters={**TINY, "seed": {"values": [1]}}), REGISTRY)
+    sweep_dir = tmp_path / "runs" / "tiny"
+    executions = []
+
+    def fake_run(argv, run_dir, env, cwd, pass_fds=()):
+        executions.append(Path(run_dir).name)
+        write_json_atomic(Path(run_dir) / "summary.json", {"status": "finished", "final_return": 2.0})
+        return {"status": "finished", "final_return": 2.0}
+
+    monkeypatch.setattr(sweep_module, "execute_run", fake_run)
+    monkeypatch.setattr(sweep_module, "LOCK_WAIT_S", 0.2)
+    for run in sweep.runs:
+        (sweep_dir / run.name).mkdir(parents=True)
+    other = sweep_module.lock_runs(sweep_dir, ["adam__s1", "alphagrad-93__s1"])  # the other launcher's runs
+
+    def other_launcher_ends():  # it finishes adam__s1 and is stopped during alphagrad-93__s1
+        time.sleep(1.0)
+        write_json_atomic(sweep_dir / "adam__s1" / "summary.json", {"status": "finished", "final_return": 1.0})
+        write_json_atomic(sweep_dir / "alphagrad-93__s1" / "summary.json", {"status": "interrupted"})
+        sweep_module.release_runs(other)
+
+    options = LaunchOptions(results_dir=tmp_path / "runs", workers=2, use_gpus=False)
+    assert all(not summary for summary in launch(sweep, sweep.runs, options, report=quiet).values())  # skipped
+    threading.Thread(target=other_launcher_ends).start()
+    messages = []
+    results = launch(sweep, sweep.runs, dataclasses.replace(options, wait_for_others=True), report=messages.append)
+    assert executions == ["alphagrad-93__s1"]  # adam__s1 was finished by the other launcher, not trained again
+    assert results["adam__s1"]["final_return"] == 1.0 and results["alphagrad-93__s1"]["final_return"] == 2.0
+    assert "waiting for 2 run(s) that another launcher is training" in messages
 
 
 @pytest.mark.slow
