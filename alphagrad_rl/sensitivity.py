@@ -24,7 +24,8 @@ PAPER_D = {"CartPole-v1": 8_576, "HalfCheetah-v5": 9_664, "HalfCheetah-v4": 9_66
            "Hopper-v5": 209_413}
 PAPER_K = (1, 2, 3)  # the paper's alphas are k = 1 and 3 (and 2 for DQN)
 MIN_ALPHAS = 5  # a sweep with at least this many alphas in one setting gets a sensitivity figure
-ALPHA_OPTIONS = {"optim.alpha", "actor_optim.alpha", "critic_optim.alpha"}
+OPTIMIZER_SPECS = ("optim", "actor_optim", "critic_optim")  # the agents' optimizer options (TD3: actor and critics)
+ALPHA_OPTIONS = {f"{spec}.alpha" for spec in OPTIMIZER_SPECS}
 
 
 @dataclass
@@ -45,7 +46,18 @@ class Point:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{option.removeprefix('optim.')} {value}" for option, value in self.setting) or "-"
+        """The setting's options without their optimizer prefix, and once where actor and critics share a value
+        (TD3: "lr 3e-05", not "actor_optim.lr 3e-05, critic_optim.lr 3e-05")."""
+        def short(option: str) -> str:
+            spec, _, name = option.partition(".")
+            return name if spec in OPTIMIZER_SPECS and name else option
+
+        values: dict[str, set[str]] = {}
+        for option, value in self.setting:
+            values.setdefault(short(option), set()).add(value)
+        parts = [f"{short(option) if len(values[short(option)]) == 1 else option} {value}"
+                 for option, value in self.setting]
+        return ", ".join(dict.fromkeys(parts)) or "-"
 
 
 def _setting(run: Run) -> dict[str, str]:

@@ -340,6 +340,19 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     assert (tmp_path / "out" / "sensitivity.png").exists()
 
 
+def test_a_sensitivity_setting_is_labelled_once_where_actor_and_critics_agree():
+    from alphagrad_rl.sensitivity import Point
+
+    def label(*setting):
+        return Point("alphagrad", setting, 100.0, 0.2, 5, 5, 1.0, (0.0, 2.0), 1.0, 0.1).label
+
+    assert label(("actor_optim.lr", "3e-05"), ("actor_optim.momentum", "0.9"), ("critic_optim.lr", "3e-05"),
+                 ("critic_optim.momentum", "0.9")) == "lr 3e-05, momentum 0.9"
+    assert label(("actor_optim.lr", "3e-05"), ("critic_optim.lr", "0.0001")) == \
+        "actor_optim.lr 3e-05, critic_optim.lr 0.0001"  # different values: both, in full
+    assert label(("optim.lr", "0.001"), ("env_id", "Hopper-v4")) == "lr 0.001, env_id Hopper-v4" and label() == "-"
+
+
 def test_sweeps_analyzed_together_join_one_sensitivity_curve(tmp_path, monkeypatch):
     """A sensitivity slice and the reproduction it extends: neither alone holds 5 alphas in one setting, together
     they do; the CLI reads the included records in place, and a run name found in both is an error."""
