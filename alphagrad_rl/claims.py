@@ -30,6 +30,12 @@ POWER = 0.8
 # the env steps per run the paper's author trained (his released code's defaults, Soham4001A/CleanRLfork commit
 # 228578b3): claims about training's end are his at these budgets
 AUTHOR_BUDGETS = {"dqn": 500_000, "td3_continuous_action": 500_000, "ppo_continuous_action": 1_000_000}
+# per algorithm, the per-run metrics of the paper's claims about how it learns (stability, peaks, PPO's
+# mechanisms; sections 6.1-6.3): extra arms are measured on them besides the final return
+MECHANISMS = {"dqn": ("mean_drawdown", "td_loss_spikes", "td_loss_p99"),
+              "td3_continuous_action": ("peak_return", "mean_drawdown", "q_value_variability",
+                                        "actor_loss_variability"),
+              "ppo_continuous_action": ("peak_return", "explained_variance", "entropy_drop", "approx_kl")}
 
 
 @dataclass
@@ -97,6 +103,7 @@ class Claim:
     direction: int = 1  # +1: the claim says estimate > 0 (or > -margin); -1: estimate < 0
     margin: float | None = None
     p_adjusted: float = math.nan
+    metric: str = ""  # the per-run metric compared
 
 
 def _values(runs, arm: str, column: str) -> list[float]:
@@ -115,7 +122,7 @@ class _Builder:
 
     def compare(self, section, text, paper, arm, other, column, direction, margin=None):
         a, b = _values(self.runs, arm, column), _values(self.runs, other, column)
-        claim = Claim(section, text, paper, direction=direction, margin=margin)
+        claim = Claim(section, text, paper, direction=direction, margin=margin, metric=column)
         if min(len(a), len(b)) < MIN_RUNS:
             claim.evidence = f"{len(a)} and {len(b)} finished runs of {arm} and {other} (at least {MIN_RUNS} needed)"
         else:
@@ -128,7 +135,7 @@ class _Builder:
 
     def threshold(self, section, text, paper, arm, column, threshold, direction, threshold_label):
         a = _values(self.runs, arm, column)
-        claim = Claim(section, text, paper, direction=direction)
+        claim = Claim(section, text, paper, direction=direction, metric=column)
         if len(a) < MIN_RUNS:
             claim.evidence = f"{len(a)} finished runs of {arm} (at least {MIN_RUNS} needed)"
         else:
@@ -271,8 +278,9 @@ def _agr_bases(runs, arms: list[str]) -> dict[str, str]:
 def variant_comparisons(runs) -> list[Claim]:
     """Each extra arm against the arm it varies: its name with a suffix (alphagrad-93-no-momentum vs alphagrad-93,
     adam-same-step vs adam), or an AGR arm against the same optimizer and options without AGR (adamw-agr vs adam):
-    the difference in final return with its Welch interval, the unadjusted p and the MDE at 0.05. These measure
-    each departure and extra setting; they are not claims."""
+    the difference in final return, then in each metric the algorithm's claims use (MECHANISMS), each with its
+    Welch interval, the unadjusted p and the MDE at 0.05. These measure each departure and extra setting; they are
+    not claims."""
     arms = list(dict.fromkeys(run.arm for run in runs))
     agr_bases = _agr_bases(runs, arms)
     comparisons = []
@@ -281,11 +289,14 @@ def variant_comparisons(runs) -> list[Claim]:
         if not bases and arm not in agr_bases:
             continue
         base = max(bases, key=len) if bases else agr_bases[arm]
+        algorithm = next(run.algorithm for run in runs if run.arm == arm)
         builder = _Builder(runs, base)
-        builder.compare("", f"{arm} vs {base}", "", arm, base, "final_return", +1)
-        comparison = builder.claims[0]
-        if comparison.result is not None:
-            comparison.result.mde = minimal_detectable_effect(comparison.result, LEVEL)
-            comparison.p_adjusted = comparison.result.p
-        comparisons.append(comparison)
+        for metric in ("final_return", *MECHANISMS.get(algorithm, ())):
+            builder.compare("", f"{arm} vs {base}", "", arm, base, metric, +1)
+        for comparison in builder.claims:
+            if comparison.result is not None:
+                comparison.result.mde = minimal_detectable_effect(comparison.result, LEVEL)
+                comparison.p_adjusted = comparison.result.p
+        # too few runs: said once (on the final return); a metric the runs do not log: left out
+        comparisons += [c for c in builder.claims if c.result is not None or c.metric == "final_return"]
     return comparisons

@@ -231,8 +231,9 @@ def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[
               + f" | **{c.verdict}** |" for c in claims] or ["| | (no claim for these arms) | | | | | |"]
     if variants:
         lines += ["", "## Extra arms and departures, measured", "",
-                  "Each extra arm against the arm it varies: difference in final return (Welch 95% interval), the "
-                  f"unadjusted p, and the MDE at {LEVEL}. Descriptive: these are not claims of the paper.", "",
+                  "Each extra arm against the arm it varies: the difference in final return, then in each metric "
+                  "the paper's claims for the algorithm use (Welch 95% interval), the unadjusted p, and the MDE at "
+                  f"{LEVEL}. Descriptive: these are not claims of the paper.", "",
                   "| comparison | mean (n), difference [95% CI] | p | MDE |", "|---|---|---|---|"]
         lines += [f"| {v.claim} | {v.evidence} | "
                   + (f"{v.p_adjusted:.3g} | {v.result.mde:.3g} |" if v.result is not None else "- | - |")

@@ -281,10 +281,18 @@ def test_extra_arms_are_measured_against_the_arm_they_vary(tmp_path):
                  env_id="CartPole-v1", lr=1e-3)
     from alphagrad_rl.claims import variant_comparisons
 
-    same_step, agr = variant_comparisons(load_runs(tmp_path))
-    assert same_step.claim == "adam-same-step vs adam" and same_step.result.estimate < -100
-    assert same_step.result.high < 0 and same_step.result.mde > 0
-    assert agr.claim == "adamw-agr vs adam" and agr.result.low < 0 < agr.result.high
+    comparisons = variant_comparisons(load_runs(tmp_path))
+    # the final return, then DQN's claim metrics these runs have (their drawdown; they log no TD loss)
+    assert [(c.claim, c.metric) for c in comparisons] == [
+        ("adam-same-step vs adam", "final_return"), ("adam-same-step vs adam", "mean_drawdown"),
+        ("adamw-agr vs adam", "final_return"), ("adamw-agr vs adam", "mean_drawdown")]
+    same_step, agr = comparisons[0], comparisons[2]
+    assert same_step.result.estimate < -100 and same_step.result.high < 0 and same_step.result.mde > 0
+    assert agr.result.low < 0 < agr.result.high
+    drawdown = comparisons[1]
+    expected = [run.row["mean_drawdown"] for run in load_runs(tmp_path) if run.arm == "adam-same-step"]
+    assert drawdown.result.estimate == pytest.approx(np.mean(expected) - np.mean(
+        [run.row["mean_drawdown"] for run in load_runs(tmp_path) if run.arm == "adam"]))
 
 
 def test_spike_count_counts_non_finite_losses():
