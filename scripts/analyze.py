@@ -44,7 +44,7 @@ class Args:
 def main(args: Args) -> int:
     for folder in (args.sweep_dir, *args.include):
         if not folder.is_dir():
-            hint = (" (no compact records committed yet: run the sweep first, e.g. `make reproduce-ppo RERUN=1`)"
+            hint = (" (no compact records committed yet: run the sweep first: its make target with RERUN=1)"
                     if folder.name == "records" else "")
             print(f"error: {folder} is not a folder of run records{hint}", file=sys.stderr)
             return 2
