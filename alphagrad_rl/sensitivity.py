@@ -158,6 +158,16 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_
     return save_figure(figure, out_dir / "sensitivity")
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("s" if n != 1 else "")
+
+
+def _with_ci(point: Point) -> str:
+    if all(map(math.isfinite, point.ci)):
+        return f"{point.iqm:.1f} [{point.ci[0]:.1f}, {point.ci[1]:.1f}]"
+    return f"{point.iqm:.1f} [-]"
+
+
 def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", final_window: int = 100) -> Path:
     """sensitivity.csv, the figure and SENSITIVITY.md (a table per setting and what the data can say)."""
     env, points = sensitivity_points(runs)
@@ -177,29 +187,37 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
              "fraction of |alpha g_hat| above 2.5 over the whole network, averaged over training (section 7.3).", "",
              f"Budget: {budget_text(runs)}", ""]
     if best is not None:
-        lines += [f"{baseline} at its best setting ({best.label}): IQM {best.iqm:.1f} [{best.ci[0]:.1f}, "
-                  f"{best.ci[1]:.1f}] over {best.finished} seeds; each of its settings: " + ", ".join(
-                      f"{p.label}: {p.iqm:.1f}" for p in points if p.optimizer == baseline and p.alpha is None) + ".",
-                  ""]
+        own = [p for p in points if p.optimizer == baseline and p.alpha is None]
+        lines += [f"{baseline}" + (f" at its best setting ({best.label})" if len(own) > 1 else "")
+                  + f": IQM {_with_ci(best)} over {_seeds(best.finished)}"
+                  + ("; each of its settings: " + ", ".join(f"{p.label}: {p.iqm:.1f}" for p in own) if len(own) > 1
+                     else "") + ".", ""]
     alphagrad = [p for p in points if p.alpha is not None]
     for setting in sorted({p.setting for p in alphagrad}, key=_natural):
         line = sorted((p for p in alphagrad if p.setting == setting), key=lambda p: p.k)
         top = max(line, key=lambda p: p.iqm if math.isfinite(p.iqm) else -math.inf)
-        lines += [f"## AlphaGrad, {line[0].label}", "", "| k | alpha | seeds | IQM [95% CI] | mean | S |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["## AlphaGrad" + (f", {line[0].label}" if setting else ""), "",
+                  "| k | alpha | seeds | IQM [95% CI] | mean | S |", "|---|---|---|---|---|---|"]
         for p in line:
             versus = ""
             if best is not None and all(map(math.isfinite, p.ci)) and all(map(math.isfinite, best.ci)):
                 versus = " (above Adam's CI)" if p.ci[0] > best.ci[1] else \
                     " (below Adam's CI)" if p.ci[1] < best.ci[0] else ""
-            lines.append(f"| {p.k:.3g} | {p.alpha:g} | {p.finished}/{p.runs} | {p.iqm:.1f} [{p.ci[0]:.1f}, "
-                         f"{p.ci[1]:.1f}]{versus} | {p.mean:.1f} | {p.saturation:.3f} |")
-        overlapping = [p for p in line if all(map(math.isfinite, p.ci)) and p.ci[1] >= top.ci[0]]
-        lines += ["", f"Best k {top.k:.3g} (IQM {top.iqm:.1f}); k values whose CI reaches the best's lower bound "
-                  f"(not separable from it at {top.finished} seeds): " + ", ".join(f"{p.k:.3g}" for p in overlapping)
-                  + ".", ""]
-    lines += ["Reading: with 5 seeds a setting's CI is wide; two settings differ only where their CIs do not "
-              "overlap, and overlapping CIs mean undecided, not equal.", "", "## Figure", ""]
+            lines.append(f"| {p.k:.3g} | {p.alpha:g} | {p.finished}/{p.runs} | {_with_ci(p)}{versus} | {p.mean:.1f} | "
+                         f"{p.saturation:.3f} |")
+        if all(map(math.isfinite, top.ci)):
+            overlapping = [p for p in line if all(map(math.isfinite, p.ci)) and p.ci[1] >= top.ci[0]]
+            lines += ["", f"Best k {top.k:.3g} (IQM {top.iqm:.1f}); k values whose CI reaches the best's lower bound "
+                      f"(not separable from it at {top.finished} seeds): "
+                      + ", ".join(f"{p.k:.3g}" for p in overlapping) + ".", ""]
+        else:
+            lines += ["", f"Highest IQM at k {top.k:.3g} ({top.iqm:.1f}), from {_seeds(top.finished)}: no interval "
+                      "yet (at least 2 seeds per k), so no k is separable from another.", ""]
+    seeds = sorted({p.finished for p in points})
+    shown = _seeds(seeds[-1]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds"
+    lines += [f"Reading: with {shown} per point a setting's CI "
+              "is wide; two settings differ only where their CIs do not overlap, and overlapping CIs mean undecided, "
+              "not equal.", "", "## Figure", ""]
     lines += [f"![{path.stem}]({path.name})" for path in figures if path.suffix == ".png"]
     path = out_dir / "SENSITIVITY.md"
     with atomic_write(path) as f:

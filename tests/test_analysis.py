@@ -346,6 +346,10 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     assert "adam at its best setting (lr 0.001)" in text and "Best k 1 (IQM" in text
     assert text.index("## AlphaGrad, lr 0.0001") < text.index("## AlphaGrad, lr 0.001")
     assert (tmp_path / "out" / "sensitivity.png").exists()
+    write_sensitivity([run for run in runs if run.seed == 1], tmp_path / "one-seed")  # a sweep's first seeds
+    text = (tmp_path / "one-seed" / "SENSITIVITY.md").read_text()
+    assert "no interval yet (at least 2 seeds per k)" in text and "| 1 | 93 | 1/1 | 410.0 [-] |" in text
+    assert "over 1 seed;" in text and "with 1 seed per point" in text
 
 
 def test_a_sensitivity_setting_is_labelled_once_where_actor_and_critics_agree():
