@@ -382,16 +382,18 @@ def arm_stats(runs: list[Run], baseline: str = "adam") -> list[ArmStats]:
             result.append(ArmStats(arm, total, 0, math.nan, math.nan, math.nan, (math.nan, math.nan), None,
                                    math.nan, math.nan))
             continue
-        improvement = None
+        improvement = None  # no interval from a single run (on either side): NaN bounds
         if arm != baseline and baseline_values:
             p = probability_of_improvement(values, baseline_values)
-            low, high = bootstrap_ci([values, baseline_values], probability_of_improvement)
+            low, high = (bootstrap_ci([values, baseline_values], probability_of_improvement)
+                         if min(len(values), len(baseline_values)) > 1 else (math.nan, math.nan))
             improvement = (p, low, high)
         drawdowns = sum(finished_values(runs, arm, "mean_drawdown").values(), [])
         variabilities = sum(finished_values(runs, arm, "variability").values(), [])
         result.append(ArmStats(
-            arm, total, len(values), float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-            iqm(values), bootstrap_ci(list(strata.values()), stratified_iqm), improvement,
+            arm, total, len(values), float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
+            iqm(values), bootstrap_ci(list(strata.values()), stratified_iqm) if len(values) > 1 else (math.nan, math.nan),
+            improvement,
             float(np.mean(drawdowns)) if drawdowns else math.nan,
             float(np.mean(variabilities)) if variabilities else math.nan,
         ))

@@ -117,7 +117,7 @@ def plot_iqm(arms: list[ArmStats], out_dir: Path) -> list[Path]:
         return []
     figure, axis = plt.subplots(figsize=(1.2 + 1.1 * len(shown), 3.4))
     values = [a.iqm for a in shown]
-    errors = np.array([[a.iqm - a.iqm_ci[0] for a in shown], [a.iqm_ci[1] - a.iqm for a in shown]])
+    errors = np.nan_to_num([[a.iqm - a.iqm_ci[0] for a in shown], [a.iqm_ci[1] - a.iqm for a in shown]])  # 1 run: none
     axis.bar(range(len(shown)), values, yerr=errors, capsize=4, color="tab:blue", alpha=0.75)
     axis.set_xticks(range(len(shown)), [a.arm for a in shown], rotation=30, ha="right", fontsize=8)
     axis.set_ylabel("IQM final return")
@@ -213,9 +213,10 @@ def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[
     ]
     for a in arms:
         p = a.improvement_over_baseline
-        lines.append(f"| {a.arm} | {a.finished}/{a.runs} | {_fmt(a.mean)} +- {_fmt(a.std)} | {_fmt(a.iqm)} "
+        spread = f" +- {_fmt(a.std)}" if math.isfinite(a.std) else ""  # none from one run
+        lines.append(f"| {a.arm} | {a.finished}/{a.runs} | {_fmt(a.mean)}{spread} | {_fmt(a.iqm)} "
                      f"[{_fmt(a.iqm_ci[0])}, {_fmt(a.iqm_ci[1])}] | "
-                     + (f"{p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]" if p else "-")
+                     + (f"{p[0]:.2f} [{_fmt(p[1], 2)}, {_fmt(p[2], 2)}]" if p else "-")
                      + f" | {_fmt(a.mean_drawdown)} | {_fmt(a.variability, 2)} |")
     tested = sum(claim.result is not None for claim in claims)
     lines += ["", "## Claims of the AlphaGrad paper", "",

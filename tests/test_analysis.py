@@ -176,6 +176,23 @@ def test_too_few_runs_make_every_verdict_inconclusive(tmp_path):
     assert all("(at least 3 needed)" in c.evidence for c in claims)
 
 
+def test_a_single_run_gets_no_interval():
+    """One finished run of an arm (a sweep's first seed): its IQM and P(improvement) have no interval and its std
+    is not 0 (a bootstrap over one value would give a zero-width interval, as if it were exact)."""
+    from types import SimpleNamespace
+
+    from alphagrad_rl.analysis import arm_stats
+
+    def run(arm, value):
+        return SimpleNamespace(arm=arm, env_id="Hopper-v4", included=True, row={
+            "final_return": value, "mean_drawdown": 1.0, "variability": 1.0})
+
+    one, two = arm_stats([run("adam", 300.0), run("alphagrad-100", 250.0), run("alphagrad-100", 260.0)])
+    assert one.iqm == 300.0 and math.isnan(one.std) and all(map(math.isnan, one.iqm_ci))
+    assert two.improvement_over_baseline[0] == 0.0 and all(map(math.isnan, two.improvement_over_baseline[1:]))
+    assert all(map(math.isfinite, two.iqm_ci)) and two.std == pytest.approx(np.std([250, 260], ddof=1))
+
+
 # ---- report ----
 
 @pytest.mark.slow
