@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 from .analysis import Run, bootstrap_ci, iqm, stratified_iqm
 from .report import budget_text, plt, save_figure
@@ -23,6 +24,7 @@ from .runs import atomic_write
 PAPER_D = {"CartPole-v1": 8_576, "HalfCheetah-v5": 9_664, "HalfCheetah-v4": 9_664, "Hopper-v4": 209_413,
            "Hopper-v5": 209_413}
 PAPER_K = (1, 2, 3)  # the paper's alphas are k = 1 and 3 (and 2 for DQN)
+K_TICKS = (0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 3, 4, 10)  # the k axis's labelled ticks (log scale)
 MIN_ALPHAS = 5  # a sweep with at least this many alphas in one setting gets a sensitivity figure
 OPTIMIZER_SPECS = ("optim", "actor_optim", "critic_optim")  # the agents' optimizer options (TD3: actor and critics)
 ALPHA_OPTIONS = {f"{spec}.alpha" for spec in OPTIMIZER_SPECS}
@@ -141,10 +143,14 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_
     if baseline is not None:
         low, high = baseline.ci if all(map(math.isfinite, baseline.ci)) else (baseline.iqm, baseline.iqm)
         left.axhspan(low, high, color="tab:red", alpha=0.15, lw=0)
-        left.axhline(baseline.iqm, color="tab:red", lw=1.2,
-                     label=f"{baseline.optimizer} (best: {baseline.label}): IQM, 95% CI")
+        left.axhline(baseline.iqm, color="tab:red", lw=1.2, label=f"{baseline.optimizer}"
+                     + (f" (best: {baseline.label})" if baseline.setting else "") + ": IQM, 95% CI")
+    shown_k = [p.k for p in alphagrad] + list(PAPER_K)
+    ticks = [k for k in K_TICKS if min(shown_k) / 1.5 <= k <= max(shown_k) * 1.5]
     for axis in (left, right):
         axis.set_xscale("log")
+        axis.set_xticks(ticks, [f"{k:g}" for k in ticks])
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel(f"k = alpha / sqrt(d)   (d = {PAPER_D[env]:,}, paper Table 2)")
         for k in PAPER_K:
             axis.axvline(k, color="grey", ls=":", lw=0.8)
