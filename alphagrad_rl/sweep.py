@@ -302,12 +302,6 @@ def override_flag(runs: list[RunSpec], flag: str, value: Any) -> list[RunSpec]:
     return [dataclasses.replace(run, flags=tuple({**dict(run.flags), flag: value}.items())) for run in runs]
 
 
-def run_status(run_dir: Path) -> str | None:
-    """The status in a run's summary.json, or None when it has none (never started, or cut off)."""
-    summary = read_summary(run_dir)
-    return summary.get("status") if summary else None
-
-
 def assign_gpus(num_gpus: int, runs_per_gpu: int) -> list[str]:
     """Slots for GPU packing: each visible GPU id repeated `runs_per_gpu` times, interleaved across GPUs."""
     if num_gpus < 0 or runs_per_gpu < 1:

@@ -17,7 +17,7 @@ from test_agents import metric_rows
 
 from agents import sweep_registry
 from alphagrad_rl import sweep as sweep_module
-from alphagrad_rl.runs import read_run, write_json_atomic
+from alphagrad_rl.runs import read_run, read_summary, write_json_atomic
 from alphagrad_rl.sensitivity import PAPER_D
 from alphagrad_rl.sweep import (
     LaunchOptions,
@@ -27,13 +27,17 @@ from alphagrad_rl.sweep import (
     launch,
     load_sweep,
     override_flag,
-    run_status,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = sweep_registry()
 TINY = {"total-timesteps": {"value": 400}, "learning-starts": {"value": 100}, "buffer-size": {"value": 500},
         "batch-size": {"value": 16}, "diagnostics-interval": {"value": 0}}
+
+
+def run_status(run_dir: Path) -> str | None:
+    """The status in a run's summary.json, or None when it has none."""
+    return (read_summary(run_dir) or {}).get("status")
 
 
 def write_config(tmp_path, **overrides):
