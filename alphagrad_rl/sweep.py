@@ -326,7 +326,7 @@ def stop_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def lock_runs(sweep_dir: Path, names: list[str], wait_s: float = 30.0) -> list[int] | None:
+def lock_runs(sweep_dir: Path, names: list[str], wait_s: float = LOCK_WAIT_S) -> list[int] | None:
     """Exclusive locks (flock) on these runs, so that two launchers sharing a results folder (a second terminal,
     another node on the same filesystem) never train one run twice. Returns the lock files' descriptors, for the
     run's process to inherit (pass_fds: the locks then last until it exits, even if the launcher is killed
@@ -429,9 +429,9 @@ def progress_summary(progress: list[RunProgress], workers: int) -> str:
     done = [p for p in progress if p.state == "finished" and p.process_s > 0]
     left = sum(p.steps_left for p in progress)
     if done and left:
-        per_step = sum(p.process_s for p in done) / sum(p.total for p in done)
-        hours = left * per_step / 3600
-        lines.append(f"finished runs took {sum(p.process_s for p in done) / len(done) / 3600:.2f} process-hours each "
+        spent = sum(p.process_s for p in done)
+        hours = left * spent / sum(p.total for p in done) / 3600
+        lines.append(f"finished runs took {spent / len(done) / 3600:.2f} process-hours each "
                      f"(mean of {len(done)}); the {left:,} env steps left need about {hours:.1f} process-hours, "
                      f"{hours / workers:.1f} h on {workers} worker(s)")
     return "\n".join(lines)
@@ -636,8 +636,8 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
 
         taken: list[list[RunSpec]] = []  # jobs another launcher was training
 
-        def one(job: list[RunSpec], wait_s: float | None = None) -> None:
-            fds = lock_runs(sweep_dir, [run.name for run in job], LOCK_WAIT_S if wait_s is None else wait_s)
+        def one(job: list[RunSpec], wait_s: float = LOCK_WAIT_S) -> None:
+            fds = lock_runs(sweep_dir, [run.name for run in job], wait_s)
             if fds is None:
                 taken.append(job)
                 for run in job:

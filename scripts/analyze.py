@@ -60,8 +60,9 @@ def main(args: Args) -> int:
             records = output / "records"
             written = export_records(args.sweep_dir, records, args.final_window, args.max_points)
             print(f"{len(written)} compact records in {records}")
-        report = write_report([records, *args.include], output, args.final_window, args.baseline)
-        runs = load_runs([records, *args.include], args.final_window)
+        sources = [records, *args.include]
+        report = write_report(sources, output, args.final_window, args.baseline)
+        runs = load_runs(sources, args.final_window)
         sensitivity = write_sensitivity(runs, output, args.baseline, args.final_window) if has_alpha_grid(runs) else None
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
