@@ -139,6 +139,15 @@ def spike_count(losses: Sequence[float]) -> int:
                    for loss, start in zip(losses, positions)))
 
 
+def loss_percentile(losses: Sequence[float], q: float) -> float:
+    """q-th percentile of the logged losses, NaN ignored; infinite where it interpolates towards an infinite loss
+    (numpy's interpolation gives NaN there)."""
+    losses = np.asarray(losses, dtype=float)
+    with np.errstate(invalid="ignore"):
+        value = float(np.nanpercentile(losses, q))
+    return math.inf if math.isnan(value) and np.isposinf(losses).any() else value
+
+
 def _value(logged: Any) -> float | None:
     """A logged metric as a float: numbers, and the strings "nan", "inf", "-inf" the run record writes for them."""
     if isinstance(logged, (int, float)) and not isinstance(logged, bool):
@@ -314,7 +323,7 @@ def _runs_in(sweep_dir: Path, final_window: int) -> list[Run]:
             "mean_drawdown": mean_drawdown(returns),
             "variability": variability(steps, returns),
             "td_loss_spikes": spike_count(td_losses) if len(td_losses) else None,
-            "td_loss_p99": float(np.nanpercentile(td_losses, 99)) if len(td_losses) else None,
+            "td_loss_p99": loss_percentile(td_losses, 99) if len(td_losses) else None,
             "explained_variance": tail_mean(explained[np.isfinite(explained)], 0.25),
             "entropy_drop": tail_mean(entropy, 0.1, head=True) - tail_mean(entropy, 0.1),
             "approx_kl": float(np.mean(approx_kl)) if len(approx_kl) else math.nan,

@@ -220,11 +220,14 @@ def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[
                      + f" | {_fmt(a.mean_drawdown)} | {_fmt(a.variability, 2)} |")
     tested = sum(claim.result is not None for claim in claims)
     lines += ["", "## Claims of the AlphaGrad paper", "",
-              f"Each claim is tested on the finished runs (Welch's t for two arms, the one-sample t against a "
-              f"threshold); the {tested} p-values are Holm-adjusted together. *holds*: adjusted p < {LEVEL} in the "
+              "Each claim is tested on the finished runs (Welch's t for two arms, the one-sample t against a "
+              + (f"threshold); the {tested} p-values are Holm-adjusted together. " if tested else
+                 "threshold), once its arms have at least 3 finished runs each; none has yet. ")
+              + f"*holds*: adjusted p < {LEVEL} in the "
               "claimed direction; *does not hold*: significant the other way; *undecided*: the data cannot decide. "
               "MDE: the smallest true effect (in the metric's units) the test would detect with 80% power at the "
-              f"Bonferroni level {LEVEL}/{max(tested, 1)}; an undecided claim with a large MDE needs more seeds.", "",
+              f"Bonferroni level {LEVEL}/{tested or '(claims tested)'}; an undecided claim with a large MDE needs more "
+              "seeds.", "",
               "| section | claim | paper | ours: mean (n), difference [95% CI] | adjusted p | MDE | verdict |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {c.section} | {c.claim} | {c.paper} | {c.evidence} | "

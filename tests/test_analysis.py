@@ -15,6 +15,7 @@ from alphagrad_rl.analysis import (
     export_records,
     iqm,
     load_runs,
+    loss_percentile,
     mean_drawdown,
     probability_of_improvement,
     spike_count,
@@ -174,6 +175,8 @@ def test_too_few_runs_make_every_verdict_inconclusive(tmp_path):
     claims = paper_claims(load_runs(tmp_path))
     assert claims and all(c.verdict == "undecided" and c.result is None for c in claims)
     assert all("(at least 3 needed)" in c.evidence for c in claims)
+    text = write_report(tmp_path, tmp_path / "report").read_text()
+    assert "none has yet" in text and "Holm-adjusted" not in text and "level 0.05/(claims tested)" in text
 
 
 def test_a_single_run_gets_no_interval():
@@ -211,6 +214,8 @@ def test_report_with_a_failed_run(tmp_path):
     report = write_report(sweep_dir, tmp_path / "report")
     text = report.read_text()
     assert "## Claims of the AlphaGrad paper" in text and "| 6.1 | AlphaGrad alpha=93 learns the task" in text
+    tested = sum(line.startswith("| 6.") and "| - | - |" not in line for line in text.splitlines())
+    assert tested > 0 and f"the {tested} p-values are Holm-adjusted" in text and f"level 0.05/{tested};" in text
     assert "## Runs left out of the statistics" in text and "alphagrad-93__s4 | crashed | crashed: ValueError: boom" in text
     assert "| alphagrad-93 | 3/4 |" in text
     assert ("**Reduced budget**: the author trained dqn for 500,000 steps, these runs for 200,000; the results and "
@@ -316,6 +321,13 @@ def test_spike_count_counts_non_finite_losses():
     assert spike_count([1.0] * 20 + [10.0, 1.0]) == 1
     assert spike_count([1.0] * 20 + [float("inf"), float("nan"), 1.0, 4.0]) == 2
     assert spike_count([1.0] * 5 + [float("nan")]) == 1  # before a full window, only non-finite values count
+
+
+def test_loss_percentile_is_infinite_where_an_infinite_loss_enters_it():
+    losses = [float(i) for i in range(1, 100)]
+    assert loss_percentile(losses + [float("nan")], 99) == pytest.approx(np.percentile(losses, 99))  # NaN ignored
+    assert loss_percentile(losses + [float("inf")], 99) == math.inf  # numpy's interpolation: NaN
+    assert loss_percentile(losses + [float("inf")], 50) == pytest.approx(50.5)
 
 
 @pytest.mark.slow
