@@ -137,8 +137,13 @@ def write_report(sweep_dirs: str | Path | Sequence[str | Path], out_dir: str | P
     """Analyze every run under `sweep_dirs` (one sweep's folder, or several sweeps' analyzed together); write
     runs.csv, arms.csv, figures and REPORT.md into `out_dir`."""
     sweep_dirs = [Path(sweep_dirs)] if isinstance(sweep_dirs, (str, Path)) else [Path(d) for d in sweep_dirs]
+    return report_runs(load_runs(sweep_dirs, final_window), sweep_dirs, out_dir, final_window, baseline)
+
+
+def report_runs(runs: list[Run], sweep_dirs: Sequence[Path], out_dir: str | Path, final_window: int = 100,
+                baseline: str = "adam") -> Path:
+    """write_report for runs already loaded (load_runs) from `sweep_dirs`; sorts `runs` into the report's order."""
     out_dir = Path(out_dir)
-    runs = load_runs(sweep_dirs, final_window)
     if not runs:
         raise ValueError("no run records (folders with config.json, or compact records) under "
                          + " or ".join(map(str, sweep_dirs)))

@@ -20,7 +20,7 @@ from pathlib import Path
 import tyro
 
 from alphagrad_rl.analysis import export_records, load_runs
-from alphagrad_rl.report import write_report
+from alphagrad_rl.report import report_runs
 from alphagrad_rl.sensitivity import has_alpha_grid, write_sensitivity
 
 
@@ -61,8 +61,8 @@ def main(args: Args) -> int:
             written = export_records(args.sweep_dir, records, args.final_window, args.max_points)
             print(f"{len(written)} compact records in {records}")
         sources = [records, *args.include]
-        report = write_report(sources, output, args.final_window, args.baseline)
         runs = load_runs(sources, args.final_window)
+        report = report_runs(runs, sources, output, args.final_window, args.baseline)
         sensitivity = write_sensitivity(runs, output, args.baseline, args.final_window) if has_alpha_grid(runs) else None
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

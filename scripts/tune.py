@@ -24,7 +24,7 @@ import tyro
 
 from agents import sweep_registry
 from alphagrad_rl.analysis import export_records, load_runs
-from alphagrad_rl.report import write_report
+from alphagrad_rl.report import report_runs
 from alphagrad_rl.sweep import LaunchOptions, SweepConfigError, launch, load_sweep
 from alphagrad_rl.tuning import (
     load_tune_config,
@@ -81,11 +81,12 @@ def final_evaluation(args: Args, config, study: optuna.Study, output: Path) -> i
                                                              population_size=args.population_size))
         records = output / "records"
         export_records(args.results_dir / sweep.name, records, config.last_episodes)
-        report = write_report(records, output, config.last_episodes,
-                              baseline=next(iter(config.baselines), "tuned"))
+        runs = load_runs(records, config.last_episodes)
+        report = report_runs(runs, [records], output, config.last_episodes,
+                             baseline=next(iter(config.baselines), "tuned"))
         figures = plot_study(config, study, output)
         write_trials_table(study, output / "trials.csv")
-        tuning = write_tuning_report(config, study, best, load_runs(records, config.last_episodes), output, figures)
+        tuning = write_tuning_report(config, study, best, runs, output, figures)
         text = tuning.read_text()
         print(text[: text.index("## Trials")])
         print(f"tuning report: {tuning}\nsweep report: {report}")
