@@ -52,7 +52,7 @@ def write_config(tmp_path, **overrides):
 
 @pytest.mark.slow
 def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
-    expected = {"paper_dqn_cartpole.yaml": 90, "paper_td3_hopper.yaml": 65, "paper_ppo_halfcheetah.yaml": 90,
+    expected = {"paper_dqn_cartpole.yaml": 90, "paper_td3_hopper.yaml": 70, "paper_ppo_halfcheetah.yaml": 90,
                 "demo_dqn_cartpole.yaml": 6, "sensitivity_dqn_cartpole.yaml": 135,
                 "sensitivity_ppo_halfcheetah.yaml": 135, "sensitivity_td3_hopper.yaml": 135,
                 "sensitivity_td3_hopper_cpu.yaml": 25}
@@ -62,7 +62,7 @@ def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
     alphas = {dict(run.flags).get("critic-optim.alpha") for run in td3.runs}
     assert alphas == {None, 100, 150, 200, 250, 457}
     jobs = sweep_module.population_jobs(td3.runs, td3.agent, 5)  # TD3 populations: an arm's seeds
-    assert len(jobs) == 13 and all(len({run.arm for run in job}) == 1 and len(job) == 5 for job in jobs)
+    assert len(jobs) == 14 and all(len({run.arm for run in job}) == 1 and len(job) == 5 for job in jobs)
     assert sweep_module.population_argv(jobs[0], td3.agent, Path("out"), ())[1].endswith(
         "agents/td3_continuous_action_population.py")
     pairs = sweep_module.population_jobs(td3.runs, td3.agent, 10)  # alphas pack: one value sets actor and critic
