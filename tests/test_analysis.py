@@ -101,6 +101,19 @@ def test_welch_and_one_sample_match_scipy():
                                                                       alternative="greater").pvalue)
 
 
+def test_welch_against_a_multiple_of_the_other_arm_counts_its_spread():
+    """'below 25% of Adam's' is a difference from 0.25 x Adam's mean, which is itself estimated: the test is Welch's
+    on the scaled values (not a one-sample t against a fixed number, whose interval would be too narrow)."""
+    a, b = [40.0, 60.0, 55.0, 70.0, 35.0], [300.0, 500.0, 350.0, 420.0, 280.0]
+    scaled = welch(a, b, scale=0.25)
+    reference = welch(a, np.multiply(b, 0.25))
+    assert (scaled.estimate, scaled.low, scaled.high, scaled.p) == pytest.approx(
+        (reference.estimate, reference.low, reference.high, reference.p))
+    assert scaled.estimate == pytest.approx(np.mean(a) - 0.25 * np.mean(b))
+    fixed = one_sample(a, 0.25 * np.mean(b))
+    assert scaled.high - scaled.low > fixed.high - fixed.low
+
+
 def test_holm_adjustment():
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5, 0.2]) == pytest.approx([0.5, 0.4]) and holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
@@ -146,6 +159,9 @@ def test_ppo_claim_verdicts(tmp_path, alphagrad_final, verdict):
     (claim,) = [c for c in claims if c.claim.startswith("alpha=98 ends above Adam")]
     assert claim.verdict == verdict and claim.section == "6.3"
     assert claim.result.mde > 0 and claim.p_adjusted >= claim.result.p
+    # alpha=98's peak against twice Adam's final return, both estimated
+    (double,) = [c for c in claims if c.claim.startswith("alpha=98's peak is more than double")]
+    assert "vs 2 x" in double.evidence and "(adam final_return" in double.evidence and double.result.n == (5, 5)
 
 
 @pytest.mark.slow
@@ -158,9 +174,17 @@ def test_td3_claims_competitive_smoother_and_failure(tmp_path):
                  np.linspace(0, 2500, 200) + rng.normal(0, 10, 200), env_id="Hopper-v4")
         make_run(tmp_path, f"alphagrad-457__s{seed}", "td3_continuous_action", "alphagrad", 457, seed,
                  rng.normal(20, 5, 200), env_id="Hopper-v4")
-    claims = {c.claim.split(" (")[0]: c.verdict for c in paper_claims(load_runs(tmp_path))}
+    runs = load_runs(tmp_path)
+    judged = paper_claims(runs)
+    claims = {c.claim.split(" (")[0]: c.verdict for c in judged}
     assert claims["alpha=150 learns more smoothly than Adam"] == "holds"
     assert claims["alpha=457"] == "holds"  # fails to learn
+    failure = next(c for c in judged if c.claim.startswith("alpha=457"))  # against 0.25 x Adam's estimated mean
+    adam = [run.row["final_return"] for run in runs if run.arm == "adam"]
+    alpha457 = [run.row["final_return"] for run in runs if run.arm == "alphagrad-457"]
+    assert failure.result.estimate == pytest.approx(np.mean(alpha457) - 0.25 * np.mean(adam))
+    assert failure.result.se == pytest.approx(math.hypot(np.std(alpha457, ddof=1) / 2, 0.25 * np.std(adam, ddof=1) / 2))
+    assert "vs 0.25 x" in failure.evidence
     # peaks: alphagrad-150 ~2500 vs Adam's ~3000: more than 10% below, so not competitive, and Adam peaks higher
     assert claims["alpha=150 is competitive with Adam's peak"] == "does not hold"
     assert claims["Adam peaks slightly higher than alpha=150"] == "holds"
