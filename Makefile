@@ -52,7 +52,8 @@ POPULATION ?=
 RUNS ?= results/runs
 define reproduce
 	@if [ -n "$(RERUN)" ]; then \
-		$(SWEEP) configs/$(1).yaml --population-size $(or $(POPULATION),$(3)) --results-dir $(RUNS) $(SWEEP_ARGS); \
+		$(SWEEP) configs/$(1).yaml --population-size $(or $(POPULATION),$(3)) --results-dir $(RUNS) \
+			--records results/$(2)/records $(SWEEP_ARGS); \
 		status=$$?; $(ANALYZE) $(RUNS)/$(2) --output results/$(2) $(4) && exit $$status; \
 	else $(ANALYZE) results/$(2)/records $(4); fi
 endef

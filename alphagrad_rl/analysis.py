@@ -28,7 +28,7 @@ import csv
 import math
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,15 +230,21 @@ def run_folders(sweep_dir: str | Path) -> list[Path]:
     return sorted(folders + sorted(Path(sweep_dir).rglob(f"*{COMPACT_SUFFIX}")))
 
 
+def compact_record_path(out_dir: str | Path, run_name: str) -> Path:
+    """Where export_records writes the compact record of the run named `run_name`."""
+    return Path(out_dir) / f"{run_name.replace('/', '--')}{COMPACT_SUFFIX}"
+
+
 def export_records(sweep_dir: str | Path, out_dir: str | Path, final_window: int = 100,
-                   max_points: int = 1000) -> list[Path]:
+                   max_points: int = 1000, only: Collection[str] | None = None) -> list[Path]:
     """Write a compact record (alphagrad_rl.runs.write_compact_record) of every finished or crashed run under
-    `sweep_dir` into `out_dir`: every episode's return and length, the figure metrics (PANELS) thinned to at most
-    `max_points` values each, and the per-run table row computed from the full record (so the statistics of a
-    report made from the compact records are those of the full ones). Returns the files written."""
+    `sweep_dir` (or of those named in `only`) into `out_dir`: every episode's return and length, the figure metrics
+    (PANELS) thinned to at most `max_points` values each, and the per-run table row computed from the full record
+    (so the statistics of a report made from the compact records are those of the full ones). Returns the files
+    written."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     written = []
-    for run in load_runs(sweep_dir, final_window):
+    for run in _runs_in(sweep_dir, final_window, only):
         if run.status not in ("finished", "crashed"):
             continue  # still running or interrupted: exported once it ends
         kept = [name for name in PANELS.get(run.algorithm, []) if name not in EPISODE_METRICS]
@@ -255,7 +261,7 @@ def export_records(sweep_dir: str | Path, out_dir: str | Path, final_window: int
                     seen[name] += 1
             if compact:
                 metrics.append({"step": row["step"], **compact})
-        path = out_dir / f"{run.name.replace('/', '--')}{COMPACT_SUFFIX}"
+        path = compact_record_path(out_dir, run.name)
         write_compact_record(path, {"config": run.header, "summary": run.summary}, metrics,
                              {"final_window": final_window, "row": run.row, "thinned": strides})
         written.append(path)
@@ -282,10 +288,12 @@ def load_runs(sweep_dirs: str | Path | Sequence[str | Path], final_window: int =
     return runs
 
 
-def _runs_in(sweep_dir: Path, final_window: int) -> list[Run]:
+def _runs_in(sweep_dir: Path, final_window: int, only: Collection[str] | None = None) -> list[Run]:
     runs = []
     for run_dir in run_folders(sweep_dir):
         name = run_dir.relative_to(sweep_dir).as_posix().removesuffix(COMPACT_SUFFIX).replace("--", "/")
+        if only is not None and name not in only:
+            continue
         arm = re.sub(r"__s-?\d+$", "", name.rsplit("/", 1)[-1])  # the run's configuration: its name less the seed
         try:
             record = read_run(run_dir)

@@ -54,6 +54,7 @@ from typing import Any
 import tyro
 import yaml
 
+from .analysis import compact_record_path, export_records
 from .runs import checkpoint_manifests, is_safe_name, process_seconds, read_summary, safe_name, write_json_atomic
 
 TOP_LEVEL_KEYS = {"name", "program", "method", "description", "metric", "parameters", "arms"}
@@ -585,6 +586,7 @@ class LaunchOptions:
     population_size: int = 0  # > 1: pack runs into population processes of this many (agents with a population)
     order: str = "config"  # config | seed: see start_order
     wait_for_others: bool = False  # runs another launcher is training: wait for them (and take over any it leaves)
+    records_dir: Path | None = None  # write each run's compact record here as soon as it ends (export_records)
 
 
 ORDERS = ("config", "seed")
@@ -618,6 +620,18 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
     results = dict(done)
     counter = itertools.count(len(done) + 1)
 
+    def export_record(name: str) -> None:
+        """The run's compact record into options.records_dir, so that it can be committed while the sweep goes on."""
+        try:
+            export_records(sweep_dir, options.records_dir, only={name})
+        except (OSError, ValueError) as error:  # the sweep goes on; scripts/analyze.py writes it later
+            report(f"{name}: no compact record written ({type(error).__name__}: {error})")
+
+    if options.records_dir is not None:  # runs that ended before records were asked for
+        for name in done:
+            if not compact_record_path(options.records_dir, name).exists():
+                export_record(name)
+
     def finished(run: RunSpec, summary: dict[str, Any]) -> None:
         results[run.name] = summary
         final = summary.get("final_return")
@@ -625,6 +639,8 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
                + (f", final return {final:.1f}" if isinstance(final, (int, float)) else "")
                + (f", {summary.get('wall_clock_s', 0):.0f}s" if summary.get("wall_clock_s") else "")
                + "".join(f", resumed at step {r['step']:,} (lost {r['lost_s']:.0f}s)" for r in summary.get("resumes", [])))
+        if options.records_dir is not None:
+            export_record(run.name)
 
     if options.backend == "ray":
         pending = [job[0] for job in start_order([[run] for run in pending], options.order)]

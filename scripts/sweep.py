@@ -76,6 +76,10 @@ class Args:
     """when other launchers share the results folder (several nodes): runs one of them is training are waited for
     at the end, and any it leaves unfinished (it was stopped) are resumed here; without it they are skipped and
     named, and the exit status is 1"""
+    records: Path | None = None
+    """write each run's compact record (what scripts/analyze.py exports: results/<sweep>/records) into this folder
+    as soon as the run ends, and those of runs that ended before: a long sweep's finished runs can be committed
+    while it goes on"""
     export_wandb: Path | None = None
     """write one W&B grid-sweep config per arm into this folder (for `wandb sweep`) and exit"""
 
@@ -132,7 +136,7 @@ def main(args: Args) -> int:
     options = LaunchOptions(results_dir=args.results_dir, workers=args.workers, backend=args.backend,
                             ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu, use_gpus=args.gpus,
                             track=args.track, population_size=args.population_size, order=args.order,
-                            wait_for_others=args.wait_for_others)
+                            wait_for_others=args.wait_for_others, records_dir=args.records)
     try:
         results = launch(sweep, runs, options)
     except KeyboardInterrupt:

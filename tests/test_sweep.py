@@ -17,7 +17,8 @@ from test_agents import metric_rows
 
 from agents import sweep_registry
 from alphagrad_rl import sweep as sweep_module
-from alphagrad_rl.runs import read_run, read_summary, write_json_atomic
+from alphagrad_rl.analysis import export_records
+from alphagrad_rl.runs import COMPACT_SUFFIX, read_run, read_summary, write_json_atomic
 from alphagrad_rl.sensitivity import PAPER_D
 from alphagrad_rl.sweep import (
     LaunchOptions,
@@ -450,6 +451,32 @@ def test_sweep_runs_resumes_and_isolates_a_crash(tmp_path):
     again = launch(sweep, sweep.runs, options, report=quiet)
     assert finished_summary.stat().st_mtime_ns == before and again["adam__s1"]["status"] == "finished"
     assert again["broken__s1"]["status"] == "crashed"
+
+
+@pytest.mark.slow
+def test_each_runs_compact_record_is_written_as_it_ends(tmp_path):
+    """--records: a run's compact record (analyze.py's) appears when the run ends, not when the sweep does, so a
+    long sweep's finished runs can be committed while it goes on; one missing is written on the next launch."""
+    sweep = load_sweep(write_config(tmp_path, parameters={**TINY, "seed": {"values": [1]}}), REGISTRY)
+    records, first = tmp_path / "records", sweep.runs[0].name
+    present_when_the_second_ended = []
+
+    def report(message):
+        if message.startswith("[2/2]"):
+            present_when_the_second_ended.extend(path.name for path in records.glob("*"))
+
+    options = LaunchOptions(results_dir=tmp_path / "runs", workers=1, use_gpus=False, records_dir=records)
+    launch(sweep, sweep.runs, options, report=report)
+    assert present_when_the_second_ended == [f"{first}{COMPACT_SUFFIX}"]
+    exported = export_records(tmp_path / "runs" / "tiny", tmp_path / "analyzed")  # what analyze.py writes
+    assert sorted(path.name for path in records.iterdir()) == sorted(path.name for path in exported)
+    assert all((records / path.name).read_bytes() == path.read_bytes() for path in exported)
+
+    (records / f"{first}{COMPACT_SUFFIX}").unlink()
+    summary = tmp_path / "runs" / "tiny" / first / "summary.json"
+    before = summary.stat().st_mtime_ns
+    launch(sweep, sweep.runs, options, report=quiet)  # nothing left to run: only the missing record is written
+    assert (records / f"{first}{COMPACT_SUFFIX}").exists() and summary.stat().st_mtime_ns == before
 
 
 @pytest.mark.slow
