@@ -280,6 +280,12 @@ def _agr_bases(runs, arms: list[str]) -> dict[str, str]:
     return {arm: plain[key] for arm, (key, had_agr) in keys.items() if had_agr and key in plain}
 
 
+def varied_arm(arm: str, arms: Sequence[str]) -> str | None:
+    """The arm that `arm` varies by its name: the longest other arm name it extends with "-..."
+    (alphagrad-93-no-momentum varies alphagrad-93, adam-same-step varies adam); None if none."""
+    return max((base for base in arms if arm.startswith(base + "-")), key=len, default=None)
+
+
 def variant_comparisons(runs) -> list[Claim]:
     """Each extra arm against the arm it varies: its name with a suffix (alphagrad-93-no-momentum vs alphagrad-93,
     adam-same-step vs adam), or an AGR arm against the same optimizer and options without AGR (adamw-agr vs adam):
@@ -290,10 +296,9 @@ def variant_comparisons(runs) -> list[Claim]:
     agr_bases = _agr_bases(runs, arms)
     comparisons = []
     for arm in arms:
-        bases = [base for base in arms if arm.startswith(base + "-")]
-        if not bases and arm not in agr_bases:
+        base = varied_arm(arm, arms) or agr_bases.get(arm)
+        if base is None:
             continue
-        base = max(bases, key=len) if bases else agr_bases[arm]
         algorithm = next(run.algorithm for run in runs if run.arm == arm)
         builder = _Builder(runs, base)
         for metric in ("final_return", *MECHANISMS.get(algorithm, ())):

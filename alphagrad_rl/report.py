@@ -8,6 +8,7 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -29,7 +30,7 @@ from .analysis import (  # noqa: E402
     write_arm_table,
     write_table,
 )
-from .claims import AUTHOR_BUDGETS, LEVEL, Claim, paper_claims, variant_comparisons  # noqa: E402
+from .claims import AUTHOR_BUDGETS, LEVEL, Claim, paper_claims, variant_comparisons, varied_arm  # noqa: E402
 from .runs import process_seconds  # noqa: E402
 
 GRID_POINTS = 200
@@ -84,6 +85,28 @@ def natural_order(arms, baseline: str) -> list[str]:
     return sorted(dict.fromkeys(arms), key=key)
 
 
+VARIANT_LINESTYLES = ("--", ":", "-.")
+
+
+def arm_styles(arms: Sequence[str]) -> dict[str, tuple[Any, str]]:
+    """{arm: (colour, linestyle)}: each arm its own colour (tab10, then tab20's lighter shades), except that an arm
+    varying another by name (alphagrad-93-no-momentum, adam-same-step) is drawn dashed (dotted, ...) in the colour of
+    the arm it varies, so a variant sits visibly beside its base however many arms there are."""
+    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20").colors[1::2])
+    styles: dict[str, tuple[Any, str]] = {}
+    variants_of: Counter[str] = Counter()
+    for arm in arms:
+        base = varied_arm(arm, arms)
+        if base is None:
+            styles[arm] = (palette[len(styles) % len(palette)], "-")
+    for arm in arms:
+        base = varied_arm(arm, arms)
+        if base is not None:
+            styles[arm] = (styles[base][0], VARIANT_LINESTYLES[variants_of[base] % len(VARIANT_LINESTYLES)])
+            variants_of[base] += 1
+    return styles
+
+
 def plot_panels(runs: list[Run], algorithm: str, out_dir: Path) -> list[Path]:
     metrics = PANELS.get(algorithm, ["charts/episodic_return"])
     runs = [run for run in runs if run.algorithm == algorithm and run.metrics]
@@ -91,20 +114,26 @@ def plot_panels(runs: list[Run], algorithm: str, out_dir: Path) -> list[Path]:
         return []
     end = max(max((row["step"] for row in run.metrics), default=0) for run in runs)
     grid = np.linspace(0, end, GRID_POINTS)
+    arms = list(dict.fromkeys(run.arm for run in runs))
+    styles = arm_styles(arms)
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
-        for arm in dict.fromkeys(run.arm for run in runs):
+        for arm in arms:
             band = curve_band([run for run in runs if run.arm == arm], metric, grid)
             if band is None:
                 continue
             mean, low, high = band
-            (line,) = axis.plot(grid, mean, label=arm, linewidth=1.4)
-            axis.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+            colour, linestyle = styles[arm]
+            axis.plot(grid, mean, label=arm, color=colour, linestyle=linestyle, linewidth=1.4)
+            axis.fill_between(grid, low, high, color=colour, alpha=0.15, linewidth=0)
         axis.set_title(metric, fontsize=9)
         axis.set_xlabel("environment steps")
         axis.xaxis.set_major_formatter(STEPS_AXIS)
         axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    drawn = {label: handle for axis in axes[0] for handle, label in zip(*axis.get_legend_handles_labels())}
+    if drawn:  # beside the data, one entry per arm drawn in any panel
+        axes[0][-1].legend([drawn[arm] for arm in arms if arm in drawn], [arm for arm in arms if arm in drawn],
+                           fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     figure.suptitle(f"{algorithm} on {', '.join(sorted({run.env_id for run in runs}))}: mean over seeds of "
                     f"{SMOOTHING_EPISODES}-point moving means, {int(CONFIDENCE * 100)}% bootstrap band over seeds",
                     fontsize=10)
@@ -224,20 +253,23 @@ def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[
                      + (f"{p[0]:.2f} [{_fmt(p[1], 2)}, {_fmt(p[2], 2)}]" if p else "-")
                      + f" | {_fmt(a.mean_drawdown)} | {_fmt(a.variability, 2)} |")
     tested = sum(claim.result is not None for claim in claims)
-    lines += ["", "## Claims of the AlphaGrad paper", "",
-              "Each claim is tested on the finished runs (Welch's t for two arms, the one-sample t against a "
-              + (f"threshold); the {tested} p-values are Holm-adjusted together. " if tested else
-                 "threshold), once its arms have at least 3 finished runs each; none has yet. ")
-              + f"*holds*: adjusted p < {LEVEL} in the "
-              "claimed direction; *does not hold*: significant the other way; *undecided*: the data cannot decide. "
-              "MDE: the smallest true effect (in the metric's units) the test would detect with 80% power at the "
-              f"Bonferroni level {LEVEL}/{tested or '(claims tested)'}; an undecided claim with a large MDE needs more "
-              "seeds.", "",
-              "| section | claim | paper | ours: mean (n), difference [95% CI] | adjusted p | MDE | verdict |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {c.section} | {c.claim} | {c.paper} | {c.evidence} | "
-              + (f"{c.p_adjusted:.3g} | {c.result.mde:.3g}" if c.result is not None else "- | -")
-              + f" | **{c.verdict}** |" for c in claims] or ["| | (no claim for these arms) | | | | | |"]
+    lines += ["", "## Claims of the AlphaGrad paper", ""]
+    if not claims:
+        lines += ["No claim of the paper concerns these arms: claims are judged on the arms named after the paper's "
+                  "settings (`adam`, and `alphagrad-<alpha>` at the paper's alphas for the algorithm)."]
+    else:
+        lines += ["Each claim is tested on the finished runs (Welch's t for two arms, the one-sample t against a "
+                  + (f"threshold); the {tested} p-values are Holm-adjusted together. " if tested else
+                     "threshold), once its arms have at least 3 finished runs each; none has yet. ")
+                  + f"*holds*: adjusted p < {LEVEL} in the claimed direction; *does not hold*: significant the other "
+                  "way; *undecided*: the data cannot decide. MDE: the smallest true effect (in the metric's units) the "
+                  f"test would detect with 80% power at the Bonferroni level {LEVEL}/{tested or '(claims tested)'}; "
+                  "an undecided claim with a large MDE needs more seeds.", "",
+                  "| section | claim | paper | ours: mean (n), difference [95% CI] | adjusted p | MDE | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c.section} | {c.claim} | {c.paper} | {c.evidence} | "
+                  + (f"{c.p_adjusted:.3g} | {c.result.mde:.3g}" if c.result is not None else "- | -")
+                  + f" | **{c.verdict}** |" for c in claims]
     if variants:
         lines += ["", "## Extra arms and departures, measured", "",
                   "Each extra arm against the arm it varies: the difference in final return, then in each metric "

@@ -21,7 +21,7 @@ from alphagrad_rl.analysis import (
     spike_count,
 )
 from alphagrad_rl.claims import holm, minimal_detectable_effect, one_sample, paper_claims, welch
-from alphagrad_rl.report import write_report
+from alphagrad_rl.report import arm_styles, write_report
 from alphagrad_rl.runs import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,6 +201,12 @@ def test_too_few_runs_make_every_verdict_inconclusive(tmp_path):
     assert all("(at least 3 needed)" in c.evidence for c in claims)
     text = write_report(tmp_path, tmp_path / "report").read_text()
     assert "none has yet" in text and "Holm-adjusted" not in text and "level 0.05/(claims tested)" in text
+    # arms the paper has no claim about (a sensitivity grid's): said so, with no empty claims table
+    other = tmp_path / "grid"
+    make_run(other, "adam__s1", "dqn", "adam", None, 1, learning_curve(400, rng), env_id="CartPole-v1")
+    make_run(other, "alphagrad-50__s1", "dqn", "alphagrad", 50, 1, learning_curve(300, rng), env_id="CartPole-v1")
+    text = write_report(other, tmp_path / "grid-report").read_text()
+    assert "No claim of the paper concerns these arms" in text and "| section | claim |" not in text
 
 
 def test_a_single_run_gets_no_interval():
@@ -345,6 +351,18 @@ def test_spike_count_counts_non_finite_losses():
     assert spike_count([1.0] * 20 + [10.0, 1.0]) == 1
     assert spike_count([1.0] * 20 + [float("inf"), float("nan"), 1.0, 4.0]) == 2
     assert spike_count([1.0] * 5 + [float("nan")]) == 1  # before a full window, only non-finite values count
+
+
+def test_each_arm_has_its_own_colour_and_a_variant_its_bases_colour_dashed():
+    arms = ["adam", "adamw-agr"] + [f"alphagrad-{a}" for a in (100, 150, 200, 250, 457, 500, 600, 700, 800)] + [
+        "alphagrad-100-no-momentum", "alphagrad-100-lr3e-4", "adam-same-step"]
+    styles = arm_styles(arms)
+    bases = [arm for arm in arms if styles[arm][1] == "-"]
+    assert len(bases) == 11 and len({tuple(styles[arm][0]) for arm in bases}) == 11  # more arms than tab10 has
+    assert styles["adam-same-step"] == (styles["adam"][0], "--")
+    assert {styles["alphagrad-100-no-momentum"], styles["alphagrad-100-lr3e-4"]} == {
+        (styles["alphagrad-100"][0], "--"), (styles["alphagrad-100"][0], ":")}
+    assert styles["adamw-agr"][1] == "-"  # a variant by its settings, not its name: its own colour
 
 
 def test_loss_percentile_is_infinite_where_an_infinite_loss_enters_it():
