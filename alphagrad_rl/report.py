@@ -93,17 +93,17 @@ def arm_styles(arms: Sequence[str]) -> dict[str, tuple[Any, str]]:
     varying another by name (alphagrad-93-no-momentum, adam-same-step) is drawn dashed (dotted, ...) in the colour of
     the arm it varies, so a variant sits visibly beside its base however many arms there are."""
     palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20").colors[1::2])
+    bases = {arm: varied_arm(arm, arms) for arm in arms}
     styles: dict[str, tuple[Any, str]] = {}
+    for arm in [arm for arm in arms if bases[arm] is None]:
+        styles[arm] = (palette[len(styles) % len(palette)], "-")
     variants_of: Counter[str] = Counter()
-    for arm in arms:
-        base = varied_arm(arm, arms)
-        if base is None:
-            styles[arm] = (palette[len(styles) % len(palette)], "-")
-    for arm in arms:
-        base = varied_arm(arm, arms)
-        if base is not None:
-            styles[arm] = (styles[base][0], VARIANT_LINESTYLES[variants_of[base] % len(VARIANT_LINESTYLES)])
-            variants_of[base] += 1
+    for arm in [arm for arm in arms if bases[arm] is not None]:
+        root = bases[arm]
+        while bases[root] is not None:  # a variant of a variant: the colour of the arm they all vary
+            root = bases[root]
+        styles[arm] = (styles[root][0], VARIANT_LINESTYLES[variants_of[root] % len(VARIANT_LINESTYLES)])
+        variants_of[root] += 1
     return styles
 
 

@@ -363,6 +363,8 @@ def test_each_arm_has_its_own_colour_and_a_variant_its_bases_colour_dashed():
     assert {styles["alphagrad-100-no-momentum"], styles["alphagrad-100-lr3e-4"]} == {
         (styles["alphagrad-100"][0], "--"), (styles["alphagrad-100"][0], ":")}
     assert styles["adamw-agr"][1] == "-"  # a variant by its settings, not its name: its own colour
+    nested = arm_styles(["adam-same-step-x", "adam-same-step", "adam"])  # a variant of a variant, listed first
+    assert nested["adam-same-step-x"] == (nested["adam"][0], "--") and nested["adam-same-step"] == (nested["adam"][0], ":")
 
 
 def test_loss_percentile_is_infinite_where_an_infinite_loss_enters_it():
