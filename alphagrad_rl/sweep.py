@@ -620,17 +620,17 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
     results = dict(done)
     counter = itertools.count(len(done) + 1)
 
-    def export_record(name: str) -> None:
-        """The run's compact record into options.records_dir, so that it can be committed while the sweep goes on."""
+    def export_record(names: set[str]) -> None:
+        """The runs' compact records into options.records_dir, so that they can be committed while the sweep goes on."""
         try:
-            export_records(sweep_dir, options.records_dir, only={name})
-        except (OSError, ValueError) as error:  # the sweep goes on; scripts/analyze.py writes it later
-            report(f"{name}: no compact record written ({type(error).__name__}: {error})")
+            export_records(sweep_dir, options.records_dir, only=names)
+        except (OSError, ValueError) as error:  # the sweep goes on; scripts/analyze.py writes them later
+            report(f"{', '.join(sorted(names))}: no compact record written ({type(error).__name__}: {error})")
 
-    if options.records_dir is not None:  # runs that ended before records were asked for
-        for name in done:
-            if not compact_record_path(options.records_dir, name).exists():
-                export_record(name)
+    if options.records_dir is not None:  # runs that ended before records were asked for: one pass over the folder
+        missing = {name for name in done if not compact_record_path(options.records_dir, name).exists()}
+        if missing:
+            export_record(missing)
 
     def finished(run: RunSpec, summary: dict[str, Any]) -> None:
         results[run.name] = summary
@@ -640,7 +640,7 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
                + (f", {summary.get('wall_clock_s', 0):.0f}s" if summary.get("wall_clock_s") else "")
                + "".join(f", resumed at step {r['step']:,} (lost {r['lost_s']:.0f}s)" for r in summary.get("resumes", [])))
         if options.records_dir is not None:
-            export_record(run.name)
+            export_record({run.name})
 
     if options.backend == "ray":
         pending = [job[0] for job in start_order([[run] for run in pending], options.order)]
