@@ -30,7 +30,7 @@ from .analysis import (  # noqa: E402
     write_arm_table,
     write_table,
 )
-from .claims import AUTHOR_BUDGETS, LEVEL, Claim, paper_claims, variant_comparisons, varied_arm  # noqa: E402
+from .claims import AUTHOR_BUDGETS, LEVEL, MIN_RUNS, Claim, paper_claims, variant_comparisons, varied_arm  # noqa: E402
 from .runs import process_seconds  # noqa: E402
 
 GRID_POINTS = 200
@@ -226,6 +226,29 @@ def _compute_line(runs) -> str:
             f"population of N counts 1/N of its process's time): {'; '.join(parts)}.")
 
 
+def software_line(runs) -> str:
+    """The software the runs trained with (their config.json's "software"): each package's version, or its versions
+    with their run counts where the runs differ; the runs whose records predate the field, and those resumed under
+    other versions than they started with."""
+    started = [run.header.get("software") for run in runs]
+    unrecorded = sum(versions is None for versions in started)
+    if unrecorded == len(runs):
+        return "Software: not recorded (the run records predate the field)."
+    parts = []
+    for package in dict.fromkeys(name for versions in started if versions for name in versions):
+        counts = Counter(versions[package] for versions in started if versions and package in versions)
+        parts.append(f"{package} " + (next(iter(counts)) if len(counts) == 1 else
+                                      " / ".join(f"{version} ({n} runs)" for version, n in sorted(counts.items()))))
+    notes = [f"not recorded for {unrecorded} run{'s' * (unrecorded > 1)} (records older than the field)"] * (unrecorded > 0)
+    changed = [run for run in runs if any("software" in resume for resume in (run.summary or {}).get("resumes", []))]
+    if changed:
+        packages = dict.fromkeys(name for run in changed for resume in run.summary["resumes"]
+                                 for name in resume.get("software", {}))
+        notes.append(f"{len(changed)} run{'s' * (len(changed) > 1)} resumed under other versions of "
+                     f"{', '.join(packages)} (listed in each summary's resumes)")
+    return f"Software (what each run started with): {', '.join(parts)}" + "".join(f"; {note}" for note in notes) + "."
+
+
 def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[Claim], figures, final_window,
               baseline) -> str:
     statuses = {}
@@ -239,7 +262,7 @@ def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[
         "statistics (finished, with a finite final return; the others are listed under 'Runs left out'). "
         f"Final return = mean of the last {final_window} episodes.", "",
         f"Environment: {', '.join(sorted({run.env_id for run in runs}))}; budget: {budget_text(runs)}", "",
-        _compute_line(runs), "",
+        _compute_line(runs), "", software_line(runs), "",
         "## Arms", "",
         f"| arm | finished | mean +- std | IQM [{int(CONFIDENCE * 100)}% CI] | P(improvement over {baseline}) "
         "| mean drawdown | variability |",
@@ -258,9 +281,10 @@ def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[
         lines += ["No claim of the paper concerns these arms: claims are judged on the arms named after the paper's "
                   "settings (`adam`, and `alphagrad-<alpha>` at the paper's alphas for the algorithm)."]
     else:
-        lines += ["Each claim is tested on the finished runs (Welch's t for two arms, the one-sample t against a "
+        lines += ["Each claim is tested on the finished runs (Welch's t for two arms and for an arm against a "
+                  "multiple of another's mean, the one-sample t against a fixed "
                   + (f"threshold); the {tested} p-values are Holm-adjusted together. " if tested else
-                     "threshold), once its arms have at least 3 finished runs each; none has yet. ")
+                     f"threshold), once its arms have at least {MIN_RUNS} finished runs each; none has yet. ")
                   + f"*holds*: adjusted p < {LEVEL} in the claimed direction; *does not hold*: significant the other "
                   "way; *undecided*: the data cannot decide. MDE: the smallest true effect (in the metric's units) the "
                   f"test would detect with 80% power at the Bonferroni level {LEVEL}/{tested or '(claims tested)'}; "

@@ -1,7 +1,9 @@
 """The run record: the one contract between agents, sweeps and analysis.
 
 Layout of `<results_dir>/<run_name>/` (schema version `SCHEMA_VERSION`):
-- `config.json`: {"schema_version", "algorithm", "run_name", "config": the agent's full Args}.
+- `config.json`: {"schema_version", "algorithm", "run_name", "config": the agent's full Args, "software": the
+  versions that trained it (software_versions(): Python, torch, numpy, gymnasium, MuJoCo, and this project's git
+  commit or package version)}. A record written before "software" existed has none.
 - `metrics.jsonl`: one JSON object per line, {"step": env steps, "time": seconds since start,
   "<metric>": value, ...}, CleanRL's names (charts/episodic_return, losses/..., optimizer/...).
 - `summary.json`: written last and atomically: status ("running", "finished", "crashed",
@@ -15,19 +17,25 @@ Layout of `<results_dir>/<run_name>/` (schema version `SCHEMA_VERSION`):
 A resumed run continues its record from a checkpoint: metrics.jsonl is cut back to the checkpoint,
 TensorBoard purges later points, W&B continues the same run id, and the summary lists the resumes
 ("resumes": [{"step", "discarded_steps", "lost_s", "fresh_episodes"}]: the checkpoint's step, the steps and
-training seconds the stopped attempt had logged after it, the envs that started a fresh episode); "time"
+training seconds the stopped attempt had logged after it, the envs that started a fresh episode; and "software":
+the versions that differ from config.json's where the resume ran under others); config.json keeps the versions
+the run started with; "time"
 and wall_clock_s count training time only, without the time the run was down.
 Sweeps skip runs whose summary says "finished"; analysis reads config, metrics and summary only.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
+import importlib.metadata
 import json
 import math
 import os
+import platform
 import shutil
 import string
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +56,44 @@ CHECKPOINT_DIR = "checkpoints"
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once, at import: the files written here get the mode open() would give them
 RUN_NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_.=+,@")
+
+
+SOFTWARE_PACKAGES = ("torch", "numpy", "gymnasium", "mujoco")  # besides Python and this project
+
+
+@functools.cache
+def software_versions() -> dict[str, str]:
+    """The versions a run trains with: Python, each of SOFTWARE_PACKAGES that is installed, and this project's
+    git commit (short hash, "+dirty" when tracked files differ from it) where it runs from a checkout, else its
+    installed package version."""
+    versions = {"python": platform.python_version()}
+    for package in SOFTWARE_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    versions["alphagrad-rl"] = _project_commit() or _installed_version("alphagrad-rl")
+    return versions
+
+
+def _project_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout (an installed package)
+        return None
+    return f"{commit}+dirty" if changed else commit
+
+
+def _installed_version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def safe_name(text: str) -> str:
@@ -151,7 +197,8 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         if data.get("compact_record") != COMPACT_FORMAT or data.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"{run_dir}: compact record format {data.get('compact_record')!r}, schema "
                              f"{data.get('schema_version')!r} (expected {COMPACT_FORMAT}, {SCHEMA_VERSION})")
-        config = {key: data[key] for key in ("schema_version", "algorithm", "run_name", "config")}
+        config = {key: data[key] for key in ("schema_version", "algorithm", "run_name", "config", "software")
+                  if key in data}
         return {"config": config, "summary": data["summary"], "metrics": data["metrics"], "derived": data["derived"]}
     config = json.loads((run_dir / "config.json").read_text())
     if config.get("schema_version") != SCHEMA_VERSION:
@@ -219,13 +266,16 @@ class RunRecord:
         self.summary: dict[str, Any] | None = None
         self.resumes: list[dict[str, Any]] = []
         metrics_path = self.run_dir / "metrics.jsonl"
+        software = software_versions()
         if resume_state is not None:
             self._continue(resume_state, metrics_path)
+            software = self._started_with(software)
         elif metrics_path.exists() or (self.run_dir / "summary.json").exists():
             raise ValueError(f"{self.run_dir} already holds a run record: resume it with --resume, "
                              "or pick another --run-name")
         write_json_atomic(self.run_dir / "config.json", {"schema_version": SCHEMA_VERSION, "algorithm": algorithm,
-                                                         "run_name": self.run_name, "config": config})
+                                                         "run_name": self.run_name, "config": config,
+                                                         **({"software": software} if software else {})})
         self._metrics = open(metrics_path, "a")
         self._last_flush = time.monotonic()
         # a resumed writer purges the points after the checkpoint that an earlier attempt wrote
@@ -267,6 +317,18 @@ class RunRecord:
             "lost_s": round(max([row["time"] for row in tail_rows] + [elapsed]) - elapsed, 3),
             "fresh_episodes": [],
         }]
+
+    def _started_with(self, current: dict[str, str]) -> dict[str, str] | None:
+        """The versions config.json says the run started with (None: a record older than the field); where the
+        resume runs under others, its entry in "resumes" lists them."""
+        try:
+            started = json.loads((self.run_dir / "config.json").read_text()).get("software")
+        except (FileNotFoundError, json.JSONDecodeError):
+            started = None
+        changed = {name: version for name, version in current.items() if (started or {}).get(name) != version}
+        if changed:
+            self.resumes[-1]["software"] = changed
+        return started
 
     def state_dict(self, global_step: int) -> dict[str, Any]:
         """What a checkpoint at env step `global_step` needs to continue this record."""

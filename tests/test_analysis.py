@@ -28,14 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_run(sweep_dir: Path, name: str, algorithm: str, optimizer: str, alpha, seed: int, returns,
-             status="finished", td_losses=None, env_id="HalfCheetah-v5", lr=None, saturation=(), population_size=None):
+             status="finished", td_losses=None, env_id="HalfCheetah-v5", lr=None, saturation=(), population_size=None,
+             software=None, resumed_under=None):
     run_dir = sweep_dir / name
     run_dir.mkdir(parents=True)
     spec = {"name": optimizer, "alpha": alpha if alpha is not None else "auto", "lr": lr}
     key = "critic_optim" if algorithm == "td3_continuous_action" else "optim"
     config = {"env_id": env_id, "seed": seed, key: spec}
     (run_dir / "config.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "algorithm": algorithm,
-                                                     "run_name": name, "config": config}))
+                                                     "run_name": name, "config": config,
+                                                     **({"software": software} if software else {})}))
     rows = [{"step": 1000 * (i + 1), "time": i, "charts/episodic_return": float(r), "charts/episodic_length": 1000}
             for i, r in enumerate(returns)]
     rows += [{"step": 100 * (i + 1), "time": i, "losses/td_loss": float(v)} for i, v in enumerate([] if td_losses is None else td_losses)]
@@ -47,6 +49,9 @@ def make_run(sweep_dir: Path, name: str, algorithm: str, optimizer: str, alpha, 
                "error": "Traceback ...\nValueError: boom" if status == "crashed" else None}
     if population_size:
         summary["population_size"] = population_size
+    if resumed_under:
+        summary["resumes"] = [{"step": 500, "discarded_steps": 0, "lost_s": 0.0, "fresh_episodes": [],
+                               "software": resumed_under}]
     (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
@@ -318,6 +323,30 @@ def test_compact_records_give_the_full_records_statistics_and_report(tmp_path):
     first = {path.name: path.read_bytes() for path in (tmp_path / "paper-dqn").iterdir() if path.is_file()}
     write_report(tmp_path / "records", tmp_path / "paper-dqn")
     assert {path.name: path.read_bytes() for path in (tmp_path / "paper-dqn").iterdir() if path.is_file()} == first
+
+
+def test_the_report_states_the_software_the_runs_trained_with(tmp_path):
+    """One version where the runs agree, each version with its run count where they differ, and what the records
+    do not say: runs older than the field, runs resumed under other versions. Compact records keep it."""
+    rng = np.random.default_rng(6)
+    base = {"python": "3.11.7", "torch": "2.13.0+cpu", "mujoco": "4.0.0", "alphagrad-rl": "b97cf9334917"}
+    for seed in (1, 2, 3):
+        make_run(tmp_path / "runs", f"adam__s{seed}", "dqn", "adam", None, seed, learning_curve(480, rng),
+                 env_id="CartPole-v1", software=base, resumed_under={"alphagrad-rl": "0123456789ab"} if seed == 3 else None)
+    make_run(tmp_path / "runs", "adam__s4", "dqn", "adam", None, 4, learning_curve(480, rng), env_id="CartPole-v1",
+             software={**base, "mujoco": "3.3.0"})
+    make_run(tmp_path / "runs", "adam__s5", "dqn", "adam", None, 5, learning_curve(480, rng), env_id="CartPole-v1")
+    export_records(tmp_path / "runs", tmp_path / "records")
+    assert [run.header["software"] for run in load_runs(tmp_path / "records") if run.seed < 5] == [base] * 3 + [
+        {**base, "mujoco": "3.3.0"}]
+    for sweep in ("runs", "records"):
+        text = write_report(tmp_path / sweep, tmp_path / f"report-{sweep}").read_text()
+        assert ("Software (what each run started with): python 3.11.7, torch 2.13.0+cpu, mujoco 3.3.0 (1 runs) / "
+                "4.0.0 (3 runs), alphagrad-rl b97cf9334917; not recorded for 1 run (records older than the field); "
+                "1 run resumed under other versions of alphagrad-rl (listed in each summary's resumes).") in text
+    make_run(tmp_path / "old", "adam__s1", "dqn", "adam", None, 1, learning_curve(480, rng), env_id="CartPole-v1")
+    assert "Software: not recorded (the run records predate the field)." in write_report(
+        tmp_path / "old", tmp_path / "report-old").read_text()
 
 
 def test_extra_arms_are_measured_against_the_arm_they_vary(tmp_path):

@@ -2,7 +2,10 @@
 
 import dataclasses
 import io
+import json
 import os
+import platform
+import re
 import signal
 import subprocess
 import sys
@@ -462,3 +465,38 @@ def test_wandb_run_resumes_under_the_same_id(tmp_path, monkeypatch):
     interrupted_then_resumed("dqn", tmp_path, monkeypatch, track=True, save_model=False)
     attempts = list((tmp_path / "cut" / "wandb").glob("offline-run-*/run-*.wandb"))  # run-<id>.wandb per attempt
     assert len(attempts) == 2 and len({path.name for path in attempts}) == 1
+
+
+def test_a_run_record_keeps_the_software_it_started_with_and_each_resume_notes_other_versions(tmp_path, monkeypatch):
+    from alphagrad_rl import runs
+
+    versions = runs.software_versions()
+    assert versions["python"] == platform.python_version() and versions["torch"] == torch.__version__
+    assert versions["gymnasium"] == gym.__version__
+    if (ROOT / ".git").exists():  # run from a checkout: its commit, marked when tracked files differ from it
+        assert re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", versions["alphagrad-rl"]), versions
+
+    def attempt(software, resume_state=None):
+        monkeypatch.setattr(runs, "software_versions", lambda: software)
+        record = runs.RunRecord(run_dir=tmp_path / "run", algorithm="dqn", config={"seed": 1}, total_timesteps=10,
+                                quiet=True, resume_state=resume_state)
+        record.log_episode(len(record.episode_returns) + 1, 1.0, 1)
+        state = record.state_dict(len(record.episode_returns))
+        record.finish("interrupted")
+        return state
+
+    first = {"python": "3.11.7", "torch": "2.13.0+cpu", "alphagrad-rl": "aaaaaaaaaaaa"}
+    state = attempt(first)
+    state = attempt(first, state)  # same versions: nothing noted
+    attempt({**first, "alphagrad-rl": "bbbbbbbbbbbb", "mujoco": "4.0.0"}, state)
+    record = read_run(tmp_path / "run")
+    assert record["config"]["software"] == first
+    assert [resume.get("software") for resume in record["summary"]["resumes"]] == [
+        None, {"alphagrad-rl": "bbbbbbbbbbbb", "mujoco": "4.0.0"}]
+    # a record older than the field: config.json stays without it, and the resume lists every version it ran with
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    del config["software"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    attempt(first, state)
+    record = read_run(tmp_path / "run")
+    assert "software" not in record["config"] and record["summary"]["resumes"][-1]["software"] == first
