@@ -78,6 +78,8 @@ def software_versions() -> dict[str, str]:
 
 def _project_commit() -> str | None:
     root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():  # an installed copy (in site-packages, maybe inside some other checkout)
+        return None
     try:
         git = ["git", "-C", str(root)]
         commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
