@@ -237,8 +237,8 @@ def software_line(runs) -> str:
     parts = []
     for package in dict.fromkeys(name for versions in started if versions for name in versions):
         counts = Counter(versions[package] for versions in started if versions and package in versions)
-        parts.append(f"{package} " + (next(iter(counts)) if len(counts) == 1 else
-                                      " / ".join(f"{version} ({n} runs)" for version, n in sorted(counts.items()))))
+        shares = [f"{version} ({n} run{'s' * (n > 1)})" for version, n in sorted(counts.items())]
+        parts.append(f"{package} " + (next(iter(counts)) if len(counts) == 1 else " / ".join(shares)))
     notes = [f"not recorded for {unrecorded} run{'s' * (unrecorded > 1)} (records older than the field)"] * (unrecorded > 0)
     changed = [run for run in runs if any("software" in resume for resume in (run.summary or {}).get("resumes", []))]
     if changed:

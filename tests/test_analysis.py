@@ -353,7 +353,7 @@ def test_the_report_states_the_software_the_runs_trained_with(tmp_path):
         {**base, "mujoco": "3.3.0"}]
     for sweep in ("runs", "records"):
         text = write_report(tmp_path / sweep, tmp_path / f"report-{sweep}").read_text()
-        assert ("Software (what each run started with): python 3.11.7, torch 2.13.0+cpu, mujoco 3.3.0 (1 runs) / "
+        assert ("Software (what each run started with): python 3.11.7, torch 2.13.0+cpu, mujoco 3.3.0 (1 run) / "
                 "4.0.0 (3 runs), alphagrad-rl b97cf9334917; not recorded for 1 run (records older than the field); "
                 "1 run resumed under other versions of alphagrad-rl (listed in each summary's resumes).") in text
     make_run(tmp_path / "old", "adam__s1", "dqn", "adam", None, 1, learning_curve(480, rng), env_id="CartPole-v1")
