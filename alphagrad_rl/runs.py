@@ -61,11 +61,15 @@ RUN_NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_.=+,@"
 SOFTWARE_PACKAGES = ("torch", "numpy", "gymnasium", "mujoco")  # besides Python and this project
 
 
-@functools.cache
 def software_versions() -> dict[str, str]:
     """The versions a run trains with: Python, each of SOFTWARE_PACKAGES that is installed, and this project's
     git commit (short hash, "+dirty" when tracked files differ from it) where it runs from a checkout, else its
-    installed package version."""
+    installed package version. Looked up once per process; each call returns a fresh dict."""
+    return dict(_software_versions())
+
+
+@functools.cache
+def _software_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in SOFTWARE_PACKAGES:
         try:
