@@ -239,13 +239,16 @@ def software_line(runs) -> str:
         counts = Counter(versions[package] for versions in started if versions and package in versions)
         shares = [f"{version} ({n} run{'s' * (n > 1)})" for version, n in sorted(counts.items())]
         parts.append(f"{package} " + (next(iter(counts)) if len(counts) == 1 else " / ".join(shares)))
-    notes = [f"not recorded for {unrecorded} run{'s' * (unrecorded > 1)} (records older than the field)"] * (unrecorded > 0)
-    changed = [run for run in runs if any("software" in resume for resume in (run.summary or {}).get("resumes", []))]
+    notes = []
+    if unrecorded:
+        notes.append(f"not recorded for {unrecorded} run{'s' * (unrecorded > 1)} (records older than the field)")
+    resumed_under = [[name for resume in (run.summary or {}).get("resumes", []) for name in resume.get("software", {})]
+                     for run in runs]  # per run, the packages a resume ran under other versions of
+    changed = [names for names in resumed_under if names]
     if changed:
-        packages = dict.fromkeys(name for run in changed for resume in run.summary["resumes"]
-                                 for name in resume.get("software", {}))
         notes.append(f"{len(changed)} run{'s' * (len(changed) > 1)} resumed under other versions of "
-                     f"{', '.join(packages)} (listed in each summary's resumes)")
+                     f"{', '.join(dict.fromkeys(name for names in changed for name in names))} (listed in each "
+                     "summary's resumes)")
     return f"Software (what each run started with): {', '.join(parts)}" + "".join(f"; {note}" for note in notes) + "."
 
 

@@ -70,14 +70,10 @@ def software_versions() -> dict[str, str]:
 
 @functools.cache
 def _software_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in SOFTWARE_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    versions["alphagrad-rl"] = _project_commit() or _installed_version("alphagrad-rl")
-    return versions
+    installed = {package: _installed_version(package) for package in SOFTWARE_PACKAGES}
+    return {"python": platform.python_version(),
+            **{package: version for package, version in installed.items() if version is not None},
+            "alphagrad-rl": _project_commit() or _installed_version("alphagrad-rl") or "unknown"}
 
 
 def _project_commit() -> str | None:
@@ -90,16 +86,16 @@ def _project_commit() -> str | None:
                                 timeout=10, check=True).stdout.strip()
         changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                  text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout (an installed package)
+    except (OSError, subprocess.SubprocessError):  # no git, or git failed
         return None
     return f"{commit}+dirty" if changed else commit
 
 
-def _installed_version(package: str) -> str:
+def _installed_version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+        return None
 
 
 def safe_name(text: str) -> str:
