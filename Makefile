@@ -14,7 +14,7 @@ SWEEP_ARGS ?=
 SWEEP := $(BIN)/python scripts/sweep.py
 ANALYZE := $(BIN)/python scripts/analyze.py
 
-# (the fused CPU kernel is built once per machine and kind of CPU, ~30-60 s)
+# (the fused CPU kernel is built once per environment and kind of CPU, ~30-60 s)
 install: $(STAMP)
 
 $(STAMP): pyproject.toml

@@ -1,6 +1,6 @@
 """The fused AlphaGrad update: per param group, one pass for the norms, then one read-modify-write pass
 over the parameters. On the CPU (float32/float64) a small C++ kernel does it (csrc/fused_alphagrad.cpp,
-built on first use by torch.utils.cpp_extension, ~30-60 s once per machine); elsewhere (CUDA, other
+built on first use by torch.utils.cpp_extension, ~30-60 s once per environment); elsewhere (CUDA, other
 dtypes) a torch.compile'd kernel does (a few seconds per process; Triton on GPUs).
 
 `torch.tanh` costs ~4 ns per element on a CPU (even compiled), more than the whole memory traffic of
@@ -112,26 +112,29 @@ def cpu_kernel_applies(params: list[torch.Tensor], grads: list[torch.Tensor]) ->
         for t in (*params, *grads))
 
 
-def _instruction_set_tag() -> str:
-    """Tag of this CPU's instruction set: the kernel is built with -march=native, once per kind of CPU."""
+def _build_tag() -> str:
+    """Tag of what the kernel's build depends on: this CPU's instruction set (it is built with -march=native), its
+    source, and the torch installation it compiles against (each environment gets its own build directory, so
+    two virtual environments on one machine do not rebuild it for each other's include paths)."""
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         flags = platform.processor() or platform.machine()
     source = (Path(__file__).parent / "csrc" / "fused_alphagrad.cpp").read_bytes()
-    return hashlib.sha1(flags.encode() + source).hexdigest()[:10]
+    torch_installation = f"{torch.__version__} {Path(torch.__file__).resolve().parent}".encode()
+    return hashlib.sha1(flags.encode() + source + torch_installation).hexdigest()[:10]
 
 
 def build_cpu_kernel(verbose: bool = False):
-    """Build (once per machine and kind of CPU, ~30-60 s; cached by torch.utils.cpp_extension) and load the C++
+    """Build (once per CPU kind and torch installation, ~30-60 s; cached by torch.utils.cpp_extension) and load the C++
     kernel. Raises when it cannot be built (no C++ compiler, no ninja). `make install` calls it."""
     global _cpu_kernels
     if _cpu_kernels is None:
         from torch.utils.cpp_extension import _get_build_directory, load
 
-        name = f"alphagrad_fused_{_instruction_set_tag()}"
+        name = f"alphagrad_fused_{_build_tag()}"
         if not (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists():
-            print("alphagrad: building the fused CPU kernel (once per machine, ~30-60 s)", file=sys.stderr, flush=True)
+            print("alphagrad: building the fused CPU kernel (once per environment, ~30-60 s)", file=sys.stderr, flush=True)
         _cpu_kernels = load(name=name,
                             sources=[str(Path(__file__).parent / "csrc" / "fused_alphagrad.cpp")],
                             extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"],

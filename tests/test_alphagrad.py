@@ -282,6 +282,17 @@ def test_a_kernel_that_cannot_be_built_is_reported_once_and_foreach_is_used(monk
     assert not _fused.cpu_kernel_available()  # reported once: no second build attempt, no second warning
 
 
+
+def test_kernel_build_directory_is_per_torch_installation(monkeypatch):
+    """Two environments (different torch installations) on one machine build into different directories: one
+    shared directory would be rebuilt for each environment's include paths in turn."""
+    from alphagrad import _fused
+
+    tag = _fused._build_tag()
+    assert tag == _fused._build_tag()  # stable within an environment: built once
+    monkeypatch.setattr(torch, "__file__", "/elsewhere/.venv/lib/python3.11/site-packages/torch/__init__.py")
+    assert _fused._build_tag() != tag
+
 def test_fused_cpu_kernel_on_float64_and_fallback_for_other_dtypes():
     for dtype in (torch.float64, torch.bfloat16):
         param = torch.nn.Parameter(torch.ones(4, dtype=dtype))
