@@ -77,12 +77,18 @@ def curve_band(runs: list[Run], metric: str, grid: np.ndarray,
     return tuple(np.where(sparse, np.nan, values) for values in (mean, low, high))
 
 
-def natural_order(arms, baseline: str) -> list[str]:
-    """Arm names with the baseline first, then in natural order (alphagrad-93 before alphagrad-186)."""
-    def key(arm: str):
-        return (arm != baseline, [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", arm)])
+_NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
 
-    return sorted(dict.fromkeys(arms), key=key)
+
+def natural_key(text: str) -> list:
+    """Sort key reading the numbers in `text` as numbers, decimals and exponents included: alphagrad-93 before
+    alphagrad-186, k0.05 before k0.2, lr=6.25e-05 before lr=0.00025 (a name's dashes are separators, not signs)."""
+    return [float(part) if i % 2 else part for i, part in enumerate(_NUMBER.split(text))]
+
+
+def natural_order(arms, baseline: str) -> list[str]:
+    """Arm names with the baseline first, then in natural order (natural_key)."""
+    return sorted(dict.fromkeys(arms), key=lambda arm: (arm != baseline, natural_key(arm)))
 
 
 VARIANT_LINESTYLES = ("--", ":", "-.")

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from .analysis import Run, bootstrap_ci, iqm, stratified_iqm
-from .report import budget_text, plt, save_figure
+from .report import budget_text, natural_key, plt, save_figure
 from .runs import atomic_write
 
 # Table 2 of the paper: "total network parameters based on CleanRL defaults", the d of alpha = k sqrt(d)
@@ -115,14 +115,9 @@ def best_baseline(points: list[Point], baseline: str) -> Point | None:
     return max(candidates, key=lambda p: p.iqm) if candidates else None
 
 
-def _natural(setting: tuple[tuple[str, str], ...]) -> tuple:
+def _natural(setting: tuple[tuple[str, str], ...]) -> list:
     """Settings in numeric order of their values (lr 6.25e-05 before 0.00025)."""
-    def key(value: str):
-        try:
-            return (0, float(value), "")
-        except ValueError:
-            return (1, 0.0, value)
-    return tuple(key(value) for _, value in setting)
+    return [natural_key(value) for _, value in setting]
 
 
 def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_dir: Path) -> list[Path]:

@@ -21,7 +21,7 @@ from alphagrad_rl.analysis import (
     spike_count,
 )
 from alphagrad_rl.claims import holm, minimal_detectable_effect, one_sample, paper_claims, welch
-from alphagrad_rl.report import arm_styles, write_report
+from alphagrad_rl.report import arm_styles, natural_order, write_report
 from alphagrad_rl.runs import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -393,6 +393,16 @@ def test_spike_count_counts_non_finite_losses():
     assert spike_count([1.0] * 20 + [float("inf"), float("nan"), 1.0, 4.0]) == 2
     assert spike_count([1.0] * 5 + [float("nan")]) == 1  # before a full window, only non-finite values count
 
+
+
+def test_arms_in_natural_order_reading_decimals_and_exponents_as_numbers():
+    arms = ["k0.2__optim.lr=0.001", "k1__optim.lr=0.001", "k0.05__optim.lr=0.001", "k0.1__optim.lr=0.00025",
+            "k0.1__optim.lr=6.25e-05", "alphagrad-186", "alphagrad-150-lr3e-4", "alphagrad-93", "alphagrad-150",
+            "adam__optim.lr=0.001", "adam__optim.lr=6.25e-05", "adam", "adam"]
+    assert natural_order(arms, "adam") == [
+        "adam", "adam__optim.lr=6.25e-05", "adam__optim.lr=0.001", "alphagrad-93", "alphagrad-150",
+        "alphagrad-150-lr3e-4", "alphagrad-186", "k0.05__optim.lr=0.001", "k0.1__optim.lr=6.25e-05",
+        "k0.1__optim.lr=0.00025", "k0.2__optim.lr=0.001", "k1__optim.lr=0.001"]
 
 def test_each_arm_has_its_own_colour_and_a_variant_its_bases_colour_dashed():
     arms = ["adam", "adamw-agr"] + [f"alphagrad-{a}" for a in (100, 150, 200, 250, 457, 500, 600, 700, 800)] + [
