@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
+	@# MuJoCo >= 4 ships as mujoco + mujoco-core + mujoco-studio, sharing one package folder: a venv that had it
+	@# drops all three before the pinned 3.3.1 goes in (MuJoCo's own note for changing across the split)
+	if $(BIN)/python -m pip show --quiet mujoco-core 2>/dev/null; then \
+		$(BIN)/python -m pip uninstall --quiet -y mujoco mujoco-core mujoco-studio; fi
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -c "from alphagrad._fused import build_cpu_kernel; build_cpu_kernel()" \
 		|| echo "warning: AlphaGrad's fused CPU kernel could not be built; AlphaGrad will take its foreach path"
