@@ -29,7 +29,7 @@ import math
 import re
 import warnings
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +287,26 @@ def load_runs(sweep_dirs: str | Path | Sequence[str | Path], final_window: int =
             runs.append(run)
     return runs
 
+
+
+VARIANT_SUFFIX = re.compile(r"[a-z0-9][a-z0-9.]*")
+
+
+def as_variant(runs: Sequence[Run], suffix: str) -> list[Run]:
+    """Runs of the same arms made under another condition (another simulator version, say), renamed as variants
+    of their arms (adam__s1 -> adam-<suffix>__s1), so that a report measures each arm's difference as an extra
+    arm against the arm it varies (claims.variant_comparisons)."""
+    if not VARIANT_SUFFIX.fullmatch(suffix):
+        raise ValueError(f"invalid variant suffix {suffix!r} (allowed: lower-case letters, digits and dots, e.g. "
+                         "mujoco4)")
+    renamed = []
+    for run in runs:
+        folder, _, name = run.name.rpartition("/")
+        name = f"{run.arm}-{suffix}{name.removeprefix(run.arm)}"
+        name = f"{folder}/{name}" if folder else name
+        arm = f"{run.arm}-{suffix}"
+        renamed.append(replace(run, name=name, arm=arm, row={**run.row, "run": name, "arm": arm}))
+    return renamed
 
 def _runs_in(sweep_dir: Path, final_window: int, only: Collection[str] | None = None) -> list[Run]:
     runs = []

@@ -272,10 +272,15 @@ def _without_agr(run) -> tuple[str, bool]:
 
 
 def _agr_bases(runs, arms: list[str]) -> dict[str, str]:
-    """{arm with AGR: the arm with the same options without AGR} (adamw-agr: the Adam arm of its settings)."""
+    """{arm with AGR: the arm with the same options without AGR} (adamw-agr: the Adam arm of its settings; of
+    several with those options, the shortest name: the others vary it by name, e.g. adam-mujoco4)."""
     first = {arm: next(run for run in runs if run.arm == arm) for arm in arms}
     keys = {arm: _without_agr(run) for arm, run in first.items()}
-    plain = {key: arm for arm, (key, had_agr) in keys.items() if not had_agr}
+    plain: dict[str, str] = {}
+    for arm in sorted(keys, key=len):
+        key, had_agr = keys[arm]
+        if not had_agr:
+            plain.setdefault(key, arm)
     return {arm: plain[key] for arm, (key, had_agr) in keys.items() if had_agr and key in plain}
 
 

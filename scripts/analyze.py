@@ -4,11 +4,15 @@ for a sweep over AlphaGrad's alpha (>= 5 alphas in one setting), also the alpha-
     python scripts/analyze.py results/runs/paper-dqn-cartpole     # run folders -> compact records -> report
     python scripts/analyze.py results/paper-dqn-cartpole/records  # the committed compact records -> report
     python scripts/analyze.py results/runs/sensitivity-td3-hopper-cpu --include results/paper-td3-hopper/records
+    python scripts/analyze.py results/paper-td3-hopper/records --variant mujoco4=results/paper-td3-hopper-mujoco4/records \
+        --output results/td3-mujoco-versions
 
 Given run folders, it first writes (or refreshes) a compact record of every finished or crashed run into
 <output>/records/ (small enough to commit), then builds the report from those records: a report is always
 reproducible from the committed records alone, without rerunning anything. --include adds other sweeps' records
-to the analysis without copying them (a run name found twice is an error).
+to the analysis without copying them (a run name found twice is an error). --variant SUFFIX=FOLDER adds runs of
+the same arms made under another condition (another simulator version, say) as variants <arm>-SUFFIX, so the
+report's "Extra arms and departures" measures what the condition changes in each arm.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import tyro
 
-from alphagrad_rl.analysis import export_records, load_runs
+from alphagrad_rl.analysis import as_variant, export_records, load_runs
 from alphagrad_rl.report import report_runs
 from alphagrad_rl.sensitivity import has_alpha_grid, write_sensitivity
 
@@ -39,10 +43,21 @@ class Args:
     include: tuple[Path, ...] = ()
     """other sweeps' run records (folders of runs or of compact records) analyzed together with this sweep's and
     read where they are, e.g. the reproduction's runs at alphas a sensitivity slice leaves out"""
+    variant: tuple[str, ...] = ()
+    """SUFFIX=FOLDER: run records of the same arms under another condition (e.g. another MuJoCo version), analyzed
+    as the variants <arm>-SUFFIX of their arms (adam-mujoco4 against adam)"""
 
 
 def main(args: Args) -> int:
-    for folder in (args.sweep_dir, *args.include):
+    variants = {}
+    for spec in args.variant:
+        suffix, separator, folder = spec.partition("=")
+        if not separator or not suffix or not folder:
+            print(f"error: invalid --variant {spec!r} (allowed: SUFFIX=FOLDER, e.g. mujoco4=results/x/records)",
+                  file=sys.stderr)
+            return 2
+        variants[suffix] = Path(folder)
+    for folder in (args.sweep_dir, *args.include, *variants.values()):
         if not folder.is_dir():
             hint = (" (no compact records committed yet: run the sweep first: its make target with RERUN=1)"
                     if folder.name == "records" else "")
@@ -62,6 +77,11 @@ def main(args: Args) -> int:
             print(f"{len(written)} compact records in {records}")
         sources = [records, *args.include]
         runs = load_runs(sources, args.final_window)
+        for suffix, folder in variants.items():
+            runs += as_variant(load_runs(folder, args.final_window), suffix)
+            sources.append(folder)
+        if len({run.name for run in runs}) < len(runs):
+            raise ValueError("a variant's renamed runs collide with other run names: choose another suffix")
         report = report_runs(runs, sources, output, args.final_window, args.baseline)
         sensitivity = write_sensitivity(runs, output, args.baseline, args.final_window) if has_alpha_grid(runs) else None
     except ValueError as error:

@@ -1,6 +1,7 @@
 """Analysis on synthetic run records with known answers."""
 
 import csv
+import importlib.util
 import json
 import math
 import subprocess
@@ -492,8 +493,6 @@ def test_a_sensitivity_setting_is_labelled_once_where_actor_and_critics_agree():
 def test_sweeps_analyzed_together_join_one_sensitivity_curve(tmp_path, monkeypatch):
     """A sensitivity slice and the reproduction it extends: neither alone holds 5 alphas in one setting, together
     they do; the CLI reads the included records in place, and a run name found in both is an error."""
-    import importlib.util
-
     from alphagrad_rl.sensitivity import has_alpha_grid, sensitivity_points
 
     def alphagrad_runs(sweep_dir, alphas):
@@ -514,10 +513,7 @@ def test_sweeps_analyzed_together_join_one_sensitivity_curve(tmp_path, monkeypat
     _, points = sensitivity_points(runs)
     assert [p.alpha for p in points if p.alpha is not None] == [4.65, 9.3, 46.5, 93.0, 279.0]
 
-    spec = importlib.util.spec_from_file_location("analyze_cli", ROOT / "scripts" / "analyze.py")
-    analyze = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "analyze_cli", analyze)  # its dataclass resolves annotations in its module
-    spec.loader.exec_module(analyze)
+    analyze = analyze_cli(monkeypatch)
     out = tmp_path / "out"
     assert analyze.main(analyze.Args(sources[0], output=out, final_window=10, include=(sources[1],))) == 0
     assert len(list((out / "records").iterdir())) == 9  # only the slice's own runs are exported
@@ -529,6 +525,38 @@ def test_sweeps_analyzed_together_join_one_sensitivity_curve(tmp_path, monkeypat
     with pytest.raises(ValueError, match=r"run 'adam__s1' is in both .*slice and .*repro"):
         load_runs(sources)
 
+
+
+def analyze_cli(monkeypatch):
+    """scripts/analyze.py as a module."""
+    spec = importlib.util.spec_from_file_location("analyze_cli", ROOT / "scripts" / "analyze.py")
+    analyze = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "analyze_cli", analyze)  # its dataclass resolves annotations in its module
+    spec.loader.exec_module(analyze)
+    return analyze
+
+
+def test_a_variant_sweep_is_measured_arm_by_arm_against_its_own_arms(tmp_path, monkeypatch):
+    """--variant SUFFIX=FOLDER: runs of the same arms under another condition (another MuJoCo, say) become the
+    variants <arm>-SUFFIX, each compared with its own arm, and never taken for another arm's base."""
+    for folder, shift in (("base", 0.0), ("mujoco4", -100.0)):
+        for seed in (1, 2, 3):
+            for optimizer in ("adam", "adamw-agr"):
+                make_run(tmp_path / folder, f"{optimizer}__s{seed}", "td3_continuous_action", optimizer, None, seed,
+                         [400.0 + shift + 3 * seed] * 30, env_id="Hopper-v4", lr=3e-4)
+    analyze = analyze_cli(monkeypatch)
+    out = tmp_path / "out"
+    assert analyze.main(analyze.Args(tmp_path / "base", output=out, final_window=10,
+                                     variant=(f"mujoco4={tmp_path / 'mujoco4'}",))) == 0
+    text = (out / "REPORT.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| adam-mujoco4 vs adam |"))
+    assert "final_return" in row and "difference -100 [" in row
+    assert "| adamw-agr vs adam |" in text and "| adamw-agr-mujoco4 vs adamw-agr |" in text
+    assert "vs adam-mujoco4" not in text  # the AGR arm's base is adam, not its variant with the same options
+    assert "adam-mujoco4__s2" in (out / "runs.csv").read_text()
+    assert len(list((out / "records").iterdir())) == 6  # the variant's records stay where they are
+    for bad in ("mujoco4", f"Mu JoCo={tmp_path / 'mujoco4'}", f"mujoco4={tmp_path / 'missing'}"):
+        assert analyze.main(analyze.Args(tmp_path / "base", output=out, variant=(bad,))) == 2
 
 def test_a_budget_below_the_authors_is_said_with_what_remains():
     from types import SimpleNamespace
