@@ -288,7 +288,6 @@ def load_runs(sweep_dirs: str | Path | Sequence[str | Path], final_window: int =
     return runs
 
 
-
 VARIANT_SUFFIX = re.compile(r"[a-z0-9][a-z0-9.]*")
 
 
@@ -307,6 +306,7 @@ def as_variant(runs: Sequence[Run], suffix: str) -> list[Run]:
         arm = f"{run.arm}-{suffix}"
         renamed.append(replace(run, name=name, arm=arm, row={**run.row, "run": name, "arm": arm}))
     return renamed
+
 
 def _runs_in(sweep_dir: Path, final_window: int, only: Collection[str] | None = None) -> list[Run]:
     runs = []
