@@ -33,6 +33,9 @@ POWER = 0.8
 # the env steps per run the paper's author trained (his released code's defaults, Soham4001A/CleanRLfork commit
 # 228578b3): claims about training's end are his at these budgets
 AUTHOR_BUDGETS = {"dqn": 500_000, "td3_continuous_action": 500_000, "ppo_continuous_action": 1_000_000}
+# the environment packages the paper's author ran (his pip freeze: requirements.txt of Soham4001A/CleanRLfork at
+# ed6c553); results/env-versions/ measures which differences change a task (MuJoCo >= 3.5 changes Hopper's)
+AUTHOR_SOFTWARE = {"gymnasium": "1.1.1", "mujoco": "3.3.1"}
 # per algorithm, the per-run metrics of the paper's claims about how it learns (stability, peaks, PPO's
 # mechanisms; sections 6.1-6.3): extra arms are measured on them besides the final return
 MECHANISMS = {"dqn": ("mean_drawdown", "td_loss_spikes", "td_loss_p99"),

@@ -30,7 +30,7 @@ from .analysis import (  # noqa: E402
     write_arm_table,
     write_table,
 )
-from .claims import AUTHOR_BUDGETS, LEVEL, MIN_RUNS, Claim, paper_claims, variant_comparisons, varied_arm  # noqa: E402
+from .claims import AUTHOR_BUDGETS, AUTHOR_SOFTWARE, LEVEL, MIN_RUNS, Claim, paper_claims, variant_comparisons, varied_arm  # noqa: E402
 from .runs import process_seconds  # noqa: E402
 
 GRID_POINTS = 200
@@ -248,6 +248,11 @@ def software_line(runs) -> str:
     notes = []
     if unrecorded:
         notes.append(f"not recorded for {unrecorded} run{'s' * (unrecorded > 1)} (records older than the field)")
+    unlike_author = [f"{package} {version}" for package, version in AUTHOR_SOFTWARE.items()
+                     if any(versions and versions.get(package, version) != version for versions in started)]
+    if unlike_author:
+        notes.append(f"the paper's author ran {' and '.join(unlike_author)} (results/env-versions/ measures what "
+                     "the difference changes)")
     resumed_under = [[name for resume in (run.summary or {}).get("resumes", []) for name in resume.get("software", {})]
                      for run in runs]  # per run, the packages a resume ran under other versions of
     changed = [names for names in resumed_under if names]

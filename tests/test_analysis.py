@@ -339,8 +339,9 @@ def test_compact_records_give_the_full_records_statistics_and_report(tmp_path):
 
 
 def test_the_report_states_the_software_the_runs_trained_with(tmp_path):
-    """One version where the runs agree, each version with its run count where they differ, and what the records
-    do not say: runs older than the field, runs resumed under other versions. Compact records keep it."""
+    """One version where the runs agree, each version with its run count where they differ, the environment
+    packages where they differ from the paper author's, and what the records do not say: runs older than the field,
+    runs resumed under other versions. Compact records keep it."""
     rng = np.random.default_rng(6)
     base = {"python": "3.11.7", "torch": "2.13.0+cpu", "mujoco": "4.0.0", "alphagrad-rl": "b97cf9334917"}
     for seed in (1, 2, 3):
@@ -356,7 +357,17 @@ def test_the_report_states_the_software_the_runs_trained_with(tmp_path):
         text = write_report(tmp_path / sweep, tmp_path / f"report-{sweep}").read_text()
         assert ("Software (what each run started with): python 3.11.7, torch 2.13.0+cpu, mujoco 3.3.0 (1 run) / "
                 "4.0.0 (3 runs), alphagrad-rl b97cf9334917; not recorded for 1 run (records older than the field); "
+                "the paper's author ran mujoco 3.3.1 (results/env-versions/ measures what the difference changes); "
                 "1 run resumed under other versions of alphagrad-rl (listed in each summary's resumes).") in text
+    authors = {**base, "mujoco": "3.3.1", "gymnasium": "1.1.1"}
+    make_run(tmp_path / "author", "adam__s1", "dqn", "adam", None, 1, learning_curve(480, rng), env_id="CartPole-v1",
+             software=authors)
+    text = write_report(tmp_path / "author", tmp_path / "report-author").read_text()
+    assert "gymnasium 1.1.1" in text and "the paper's author ran" not in text  # his versions: nothing to note
+    make_run(tmp_path / "author", "adam__s2", "dqn", "adam", None, 2, learning_curve(480, rng), env_id="CartPole-v1",
+             software={**authors, "gymnasium": "1.4.0"})
+    assert "the paper's author ran gymnasium 1.1.1 (" in write_report(
+        tmp_path / "author", tmp_path / "report-author").read_text()
     make_run(tmp_path / "old", "adam__s1", "dqn", "adam", None, 1, learning_curve(480, rng), env_id="CartPole-v1")
     assert "Software: not recorded (the run records predate the field)." in write_report(
         tmp_path / "old", tmp_path / "report-old").read_text()
