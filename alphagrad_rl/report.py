@@ -271,7 +271,8 @@ def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[
     left_out = [run for run in runs if not run.included]
     lines = [
         f"# Report: {name}", "",
-        f"Generated from the run records in {' and '.join(f'`{d}`' for d in sweep_dirs)}: {len(runs)} runs "
+        f"Generated from the run records in {' and '.join(f'`{d}`' for d in sweep_dirs)}: "
+        f"{len(runs)} run{'s' * (len(runs) != 1)} "
         f"({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}); {len(runs) - len(left_out)} in the "
         "statistics (finished, with a finite final return; the others are listed under 'Runs left out'). "
         f"Final return = mean of the last {final_window} episodes.", "",
