@@ -243,6 +243,9 @@ def restore_layer(layer: gym.Env, state: dict) -> None:
                 raise ValueError(f"the saved MuJoCo state of {type(layer).__name__} does not fit its model")
             mujoco.mj_setState(layer.model, layer.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
             mujoco.mj_forward(layer.model, layer.data)  # derived quantities (positions, contacts) for the next step
+            # before MuJoCo 3.3.6, mj_forward also overwrote qacc_warmstart (the constraint solver's starting point,
+            # part of the saved state) with its own solution; set the state again so the next step starts as saved
+            mujoco.mj_setState(layer.model, layer.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
         for name in _CLASSIC_CONTROL_STATE.get(type(layer).__name__, ()):
             value = state[name]
             setattr(layer, name, value.copy() if isinstance(value, np.ndarray) else value)
