@@ -30,7 +30,16 @@ from .analysis import (  # noqa: E402
     write_arm_table,
     write_table,
 )
-from .claims import AUTHOR_BUDGETS, AUTHOR_SOFTWARE, LEVEL, MIN_RUNS, Claim, paper_claims, variant_comparisons, varied_arm  # noqa: E402
+from .claims import (  # noqa: E402
+    AUTHOR_BUDGETS,
+    AUTHOR_SOFTWARE,
+    LEVEL,
+    MIN_RUNS,
+    Claim,
+    paper_claims,
+    variant_comparisons,
+    varied_arm,
+)
 from .runs import process_seconds  # noqa: E402
 
 GRID_POINTS = 200

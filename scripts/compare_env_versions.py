@@ -15,6 +15,7 @@ uniform integers for Discrete), resetting without a seed after each episode."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -33,13 +34,13 @@ def rollout(env_id: str, steps: int) -> dict[str, np.ndarray]:
     rows, actions, returned, qpos, qvel = [], [], [], [], []
     for _ in range(steps):
         if isinstance(space, gym.spaces.Discrete):
-            action = np.asarray(rng.integers(space.n))
+            action = int(rng.integers(space.n))
         else:
             action = rng.uniform(space.low, space.high).astype(space.dtype)
         if simulator is not None:
             qpos.append(simulator.qpos.copy())
             qvel.append(simulator.qvel.copy())
-        next_obs, reward, terminated, truncated, _ = env.step(action if action.ndim else int(action))
+        next_obs, reward, terminated, truncated, _ = env.step(action)
         rows.append(np.concatenate([np.asarray(obs, dtype=np.float64).ravel(), [reward, terminated, truncated]]))
         actions.append(action)
         returned.append(np.asarray(next_obs, dtype=np.float64).ravel())
@@ -101,7 +102,11 @@ def compare(path_a: str, path_b: str) -> str:
              "| env | steps | trajectory: max abs difference | first step above " + " / ".join(
                  f"{t:g}" for t in THRESHOLDS) + " | one step from A's states: max abs difference | steps above 1e-6 |",
              "|---|---|---|---|---|---|"]
-    for env_id in dict.fromkeys(name.split(":")[0] for name in a.files if ":" in name):
+    recorded = [dict.fromkeys(name.split(":")[0] for name in f.files if ":" in name) for f in (a, b)]
+    unmatched = [env_id for env_id in recorded[0] if env_id not in recorded[1]]
+    if unmatched:
+        raise ValueError(f"{path_b} has no rollout of {', '.join(unmatched)} (record both with the same --envs)")
+    for env_id in recorded[0]:
         largest, first = first_steps_above(a[f"{env_id}:rows"], b[f"{env_id}:rows"])
         steps = "-" if first[0] is None else " / ".join("-" if row is None else str(row) for row in first)
         step = share = "-"
@@ -124,12 +129,23 @@ def main(argv: list[str] | None = None) -> None:
     comparer.add_argument("a")
     comparer.add_argument("b")
     args = parser.parse_args(argv)
+    inputs = [args.replay] if args.command == "record" else [args.a, args.b]
+    missing = [path for path in inputs if path is not None and not Path(path).is_file()]
+    if missing:
+        parser.error(f"no recording at {', '.join(missing)} (make one with: record FILE)")
     if args.command == "record":
         if args.steps <= 0:
             parser.error(f"--steps must be > 0 (got {args.steps})")
+        unknown = [env_id for env_id in args.envs if env_id not in gym.registry]
+        if unknown:
+            parser.error(f"unknown env id(s): {', '.join(unknown)} (allowed: gymnasium's registered ids, e.g. "
+                         f"{', '.join(ENVS)})")
         record(args.out, args.envs, args.steps, args.replay)
     else:
-        print(compare(args.a, args.b))
+        try:
+            print(compare(args.a, args.b))
+        except ValueError as error:
+            parser.error(str(error))
 
 
 if __name__ == "__main__":

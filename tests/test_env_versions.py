@@ -48,3 +48,26 @@ def test_a_changed_contact_shows_in_one_step_from_the_same_states(tmp_path, monk
     hopper = table_row(compare_env_versions.compare(a, b), "Hopper-v4")
     assert float(hopper[4]) > 1e-3
     assert 0.0 < float(hopper[5].rstrip("%")) < 100.0  # on the contact steps only
+
+
+def test_bad_input_is_named(tmp_path, capsys):
+    a, b = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+    for argv, message in ((["record", a, "--envs", "Hoper-v4"], "unknown env id(s): Hoper-v4"),
+                          (["record", a, "--steps", "0"], "--steps must be > 0 (got 0)"),
+                          (["record", a, "--replay", b], f"no recording at {b}"),
+                          (["compare", a, b], f"no recording at {a}, {b}")):
+        try:
+            compare_env_versions.main(argv)
+        except SystemExit as exit_:
+            assert exit_.code == 2
+        else:
+            raise AssertionError(f"{argv} was accepted")
+        assert message in capsys.readouterr().err
+    assert not Path(a).exists()  # nothing half-written
+    compare_env_versions.main(["record", a, "--envs", "CartPole-v1", "Hopper-v4", "--steps", "5"])
+    compare_env_versions.main(["record", b, "--envs", "CartPole-v1", "--steps", "5"])
+    try:
+        compare_env_versions.main(["compare", a, b])
+    except SystemExit as exit_:
+        assert exit_.code == 2
+    assert "has no rollout of Hopper-v4 (record both with the same --envs)" in capsys.readouterr().err
