@@ -169,6 +169,16 @@ def _with_ci(point: Point) -> str:
     return f"{point.iqm:.1f} [-]"
 
 
+def _at_grid_edge(top: Point, line: list[Point]) -> str:
+    """A warning when a setting's best k is its grid's smallest or largest (of at least 3): the grid brackets no
+    optimum there, so a better alpha may lie beyond it."""
+    if len(line) < 3 or top not in (line[0], line[-1]):
+        return ""
+    side, beyond = ("smallest", "below") if top is line[0] else ("largest", "above")
+    return (f" The best k is the grid's {side}: the grid does not bracket an optimum, and a better alpha may lie "
+            f"{beyond} k = {top.k:.3g} (extend the grid there to find out).")
+
+
 def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", final_window: int = 100) -> Path:
     """sensitivity.csv, the figure and SENSITIVITY.md (a table per setting and what the data can say)."""
     env, points = sensitivity_points(runs)
@@ -210,10 +220,10 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
             overlapping = [p for p in line if all(map(math.isfinite, p.ci)) and p.ci[1] >= top.ci[0]]
             lines += ["", f"Best k {top.k:.3g} (IQM {top.iqm:.1f}); k values whose CI reaches the best's lower bound "
                       f"(not separable from it at {top.finished} seeds): "
-                      + ", ".join(f"{p.k:.3g}" for p in overlapping) + ".", ""]
+                      + ", ".join(f"{p.k:.3g}" for p in overlapping) + "." + _at_grid_edge(top, line), ""]
         else:
             lines += ["", f"Highest IQM at k {top.k:.3g} ({top.iqm:.1f}), from {_seeds(top.finished)}: no interval "
-                      "yet (at least 2 seeds per k), so no k is separable from another.", ""]
+                      "yet (at least 2 seeds per k), so no k is separable from another." + _at_grid_edge(top, line), ""]
     seeds = sorted({p.finished for p in points})
     shown = _seeds(seeds[-1]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds"
     lines += [f"Reading: with {shown} per point a setting's CI "

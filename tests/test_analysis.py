@@ -480,12 +480,16 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     assert len(table) == 12  # 10 AlphaGrad settings + Adam at 2 lrs
     text = (tmp_path / "out" / "SENSITIVITY.md").read_text()
     assert "adam at its best setting (lr 0.001)" in text and "Best k 1 (IQM" in text
+    assert "grid's" not in text  # k = 1 is inside the grid 0.1-10
     assert text.index("## AlphaGrad, lr 0.0001") < text.index("## AlphaGrad, lr 0.001")
     assert (tmp_path / "out" / "sensitivity.png").exists()
     write_sensitivity([run for run in runs if run.seed == 1], tmp_path / "one-seed")  # a sweep's first seeds
     text = (tmp_path / "one-seed" / "SENSITIVITY.md").read_text()
     assert "no interval yet (at least 2 seeds per k)" in text and "| 1 | 93 | 1/1 | 410.0 [-] |" in text
     assert "over 1 seed;" in text and "with 1 seed per point" in text
+    write_sensitivity([run for run in runs if run.alpha != 930.0], tmp_path / "edge")  # best k = 1 is now the largest
+    text = (tmp_path / "edge" / "SENSITIVITY.md").read_text()
+    assert text.count("The best k is the grid's largest") == 2 and "may lie above k = 1 " in text
 
 
 def test_a_sensitivity_setting_is_labelled_once_where_actor_and_critics_agree():
