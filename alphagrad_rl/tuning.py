@@ -9,9 +9,10 @@ every `report_every` env steps, so a pruner (median or successive halving) can s
 The study lives in an Optuna journal file (`<results_dir>/<name>/study.journal`): several tuner processes, on one
 machine or on machines sharing the folder, work on one study, and a killed tuner is resumed by running it again. A
 trial whose tuner died (its process is gone, or its heartbeat is older than the grace period) is marked failed and
-enqueued again with the same settings and the same run folders, so its single-file runs continue from their
-checkpoints. When the study has all its trials, the best setting is evaluated on fresh seeds, never used in the
-search (no winner's curse), as a normal sweep (`<name>-final`) with its report, beside the config's baselines.
+enqueued again with the same settings and the same run folders, so its runs continue from their checkpoints (a
+population from its own, written for the same members). When the study has all its trials, the best setting is
+evaluated on fresh seeds, never used in the search (no winner's curse), as a normal sweep (`<name>-final`) with
+its report, beside the config's baselines.
 
 Config (YAML):
 
@@ -68,14 +69,18 @@ from .runs import (
     write_json_atomic,
 )
 from .sweep import (
+    LOCK_DIR,
     RESERVED_FLAGS,
     AgentEntry,
     RunSpec,
     SweepConfigError,
     agent_flags,
     check_run_arguments,
+    lock_runs,
     population_argv,
+    population_checkpoint_matches,
     read_config,
+    release_runs,
     stop_with_parent,
 )
 
@@ -84,6 +89,7 @@ TOP_LEVEL_KEYS = {"name", "program", "description", "parameters", "arm", "search
 REQUIRED_KEYS = {"name", "program", "parameters", "arm", "search", "seeds", "trials", "score", "final"}
 PRUNERS = ("median", "successive-halving", "none")
 RETURN_METRIC = "charts/episodic_return"
+RETRY_WAIT_S = 120.0  # how long a retried trial waits for the runs of the attempt it retries to stop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,7 +290,9 @@ def trial_score(returns_per_seed: list[list[float]], score_range: tuple[float, f
 
 
 class EpisodeTail:
-    """Follows a run's metrics.jsonl while it is written: the episodes' (step, return) and the last step logged."""
+    """Follows a run's metrics.jsonl while it is written: the episodes' (step, return) and the last step logged.
+    A resumed run cuts its file back to its checkpoint's step and writes on from there: a file found shorter than
+    what was read is read again from its start."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "metrics.jsonl"
@@ -295,6 +303,8 @@ class EpisodeTail:
     def poll(self) -> None:
         if not self.path.exists():
             return
+        if self.path.stat().st_size < self.offset:
+            self.__init__(self.path.parent)
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             chunk = f.read()
@@ -401,7 +411,9 @@ def run_trial(config: TuneConfig, trial: optuna.Trial, params: dict[str, Any], t
               report: Callable[[str], None] = print, poll_s: float = 2.0, heartbeat_s: float = 30.0,
               extra: tuple[str, ...] = ()) -> tuple[float, list[str]]:
     """Train one trial's runs, reporting the score at every `report_every` steps (TrialPruned when the pruner
-    stops it: its runs get SIGTERM and save a checkpoint). Returns (score, crashed run notes); a run that crashed
+    stops it: its runs get SIGTERM and save a checkpoint). An interrupted earlier attempt at the same trial (a
+    retry) continues from its checkpoints: each single-file run from its own, a population from its first
+    member's when it was written for these same members. Returns (score, crashed run notes); a run that crashed
     scores 0, the range's low end. RuntimeError when a run ended without a record."""
     folder = trial.user_attrs["folder"]
     runs = config.runs(folder, params)
@@ -409,21 +421,29 @@ def run_trial(config: TuneConfig, trial: optuna.Trial, params: dict[str, Any], t
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pending = [(run, run_dir) for run, run_dir in zip(runs, run_dirs)
                if (read_summary(run_dir) or {}).get("status") != "finished"]
-    processes = []
-    if pending and config.agent.population is not None and len(pending) > 1:
-        for _, run_dir in pending:  # populations do not resume: their members start afresh
-            _clear(run_dir)
-        argv = population_argv([run for run, _ in pending], config.agent, trials_dir, extra)
-        processes.append(_start(argv, pending[0][1], env, resume=False))
-    else:
-        for run, run_dir in pending:
-            resume = bool(checkpoint_manifests(run_dir))
-            if not resume:
-                _clear(run_dir)
-            processes.append(_start(run.argv(config.agent.path, trials_dir, extra), run_dir, env, resume))
-    tails = [EpisodeTail(run_dir) for run_dir in run_dirs]
-    rung, last_beat = config.report_every, 0.0
+    # the runs' locks, inherited by their processes: a retry waits until the runs of the attempt it retries
+    # (which get SIGTERM when their tuner dies) have saved their checkpoint and exited
+    locks = lock_runs(trials_dir, [run.name for run, _ in pending], RETRY_WAIT_S)
+    if locks is None:
+        raise RuntimeError(f"trial {trial.number}'s runs in {trials_dir} are still being trained by another process "
+                           f"after {RETRY_WAIT_S:.0f} s (their lock files are in {trials_dir / LOCK_DIR})")
+    processes: list[subprocess.Popen] = []
     try:
+        if pending and config.agent.population is not None and len(pending) > 1:
+            resume = population_checkpoint_matches([run_dir for _, run_dir in pending])
+            if not resume:
+                for _, run_dir in pending:
+                    _clear(run_dir)
+            argv = population_argv([run for run, _ in pending], config.agent, trials_dir, extra)
+            processes.append(_start(argv, pending[0][1], env, resume, locks))
+        else:
+            for run, run_dir in pending:
+                resume = bool(checkpoint_manifests(run_dir))
+                if not resume:
+                    _clear(run_dir)
+                processes.append(_start(run.argv(config.agent.path, trials_dir, extra), run_dir, env, resume, locks))
+        tails = [EpisodeTail(run_dir) for run_dir in run_dirs]
+        rung, last_beat = config.report_every, 0.0
         while True:
             running = any(process.poll() is None for process in processes)
             for tail in tails:
@@ -448,15 +468,19 @@ def run_trial(config: TuneConfig, trial: optuna.Trial, params: dict[str, Any], t
     except BaseException:
         _stop(processes)
         raise
+    finally:
+        release_runs(locks)
     crashed, returns = [], []
-    for run, run_dir, tail in zip(runs, run_dirs, tails):
+    for run, run_dir in zip(runs, run_dirs):
         summary = read_summary(run_dir) or {}
         status = summary.get("status")
         if status == "crashed":
             crashed.append(f"{run.name}: {str(summary.get('error', ''))[:200]}")
             returns.append([])
         elif status == "finished":
-            returns.append([value for _, value in tail.episodes])
+            complete = EpisodeTail(run_dir)  # read afresh: the tail may hold episodes a resume discarded
+            complete.poll()
+            returns.append([value for _, value in complete.episodes])
         else:
             log = (run_dir / "output.log") if (run_dir / "output.log").exists() else run_dirs[0] / "output.log"
             tail_text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
@@ -470,11 +494,14 @@ def _clear(run_dir: Path) -> None:
     run_dir.mkdir(parents=True)
 
 
-def _start(argv: list[str], run_dir: Path, env: dict[str, str], resume: bool) -> subprocess.Popen:
+def _start(argv: list[str], run_dir: Path, env: dict[str, str], resume: bool, locks: list[int]) -> subprocess.Popen:
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "output.log", "a" if resume else "w") as log:
+        if resume:
+            log.write(f"\n--- resumed by the tuner at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+            log.flush()
         return subprocess.Popen(argv + ["--resume"] * resume, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=stop_with_parent)
+                                preexec_fn=stop_with_parent, pass_fds=tuple(locks))
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from agents import sweep_registry
-from alphagrad_rl.runs import read_run
+from alphagrad_rl.runs import checkpoint_manifests, read_run, read_summary
 from alphagrad_rl.sweep import SweepConfigError, load_sweep
 from alphagrad_rl.tuning import (
     EpisodeTail,
@@ -23,6 +23,7 @@ from alphagrad_rl.tuning import (
     normalized_score,
     open_study,
     recover_stale_trials,
+    run_trial,
     trial_counts,
     trial_score,
 )
@@ -102,6 +103,65 @@ def test_episode_tail_reads_only_complete_lines(tmp_path):
         f.write('urn": 31.0}\n')
     tail.poll()
     assert tail.episodes[-1] == (40, 31.0) and tail.last_step == 40
+    # a resumed run cuts its file back to its checkpoint (step 10) and logs on from there: read again from the start
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    tail.poll()
+    assert tail.episodes == [(10, 12.0)] and tail.last_step == 10
+
+
+def test_a_trial_whose_runs_another_process_trains_is_not_started_twice(tmp_path, monkeypatch):
+    """The runs of a retried trial may still be saving their checkpoint (their tuner just died): the retry waits
+    for their locks, and gives up naming them rather than train the same folders twice."""
+    import alphagrad_rl.tuning as tuning
+    from alphagrad_rl.sweep import lock_runs, release_runs
+
+    config = load_tune_config(write(tmp_path, tiny_config()), REGISTRY)
+    study = open_study(config, tmp_path / "runs")
+    trial = study.ask()
+    trial.set_user_attr("folder", "trial0000")
+    trials_dir = tmp_path / "runs" / "trials"
+    held = lock_runs(trials_dir, ["trial0000__s2"])  # as a run process of the earlier attempt holds it
+    monkeypatch.setattr(tuning, "RETRY_WAIT_S", 0.5)
+    try:
+        with pytest.raises(RuntimeError, match="still being trained by another process"):
+            run_trial(config, trial, {"optim.alpha": 50.0, "optim.lr": 1e-3}, trials_dir, lambda _: None)
+    finally:
+        release_runs(held)
+    assert not (trials_dir / "trial0000__s1").exists()  # nothing started, nothing cleared
+
+
+@pytest.mark.slow
+def test_an_interrupted_population_trial_resumes_to_the_uninterrupted_score(tmp_path):
+    """A trial stopped part-way (its tuner interrupted: the population gets SIGTERM and saves a checkpoint) and
+    tried again in the same folder continues from the checkpoint, and scores what the trial scores unstopped."""
+    config = load_tune_config(write(tmp_path, tiny_config(report_every=1000, parameters={
+        **tiny_config()["parameters"], "total-timesteps": {"value": 3000}})), REGISTRY)
+    assert config.agent.population is not None
+    study = open_study(config, tmp_path / "runs")
+    params = {"optim.alpha": 50.0, "optim.lr": 1e-3}
+    trials_dir = tmp_path / "runs" / "trials"
+
+    class TunerStopped(Exception):
+        pass
+
+    def stop_at_first_score(line):
+        if "score" in line:
+            raise TunerStopped
+
+    def trial_in(folder):
+        trial = study.ask()
+        trial.set_user_attr("folder", folder)
+        return trial
+
+    with pytest.raises(TunerStopped):
+        run_trial(config, trial_in("trial0000"), params, trials_dir, stop_at_first_score, poll_s=0.1)
+    first = trials_dir / "trial0000__s1"
+    assert read_summary(first)["status"] == "interrupted" and checkpoint_manifests(first)
+    resumed, crashed = run_trial(config, trial_in("trial0000"), params, trials_dir, lambda _: None, poll_s=0.1)
+    assert not crashed and "--- resumed by the tuner" in (first / "output.log").read_text()
+    assert all(len(read_summary(trials_dir / f"trial0000__s{seed}")["resumes"]) == 1 for seed in (1, 2))
+    unstopped, _ = run_trial(config, trial_in("reference"), params, trials_dir, lambda _: None, poll_s=0.1)
+    assert resumed == unstopped
 
 
 def test_stale_trials_are_retried_with_their_settings_and_folder(tmp_path):
