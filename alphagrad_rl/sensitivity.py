@@ -1,8 +1,11 @@
 """Alpha sensitivity: AlphaGrad's final return (IQM with its 95% BCa CI over seeds) against k = alpha / sqrt(d), one
-line per learning rate, beside Adam's best learning rate as a band, and the measured saturation ratio S against k
-(AlphaGrad paper, section 5.2 for k and Table 2 for d, section 7.3 for S).
+line per learning rate, beside Adam's best learning rate as a band; the same against lr x alpha; and the measured
+saturation ratio S against k (AlphaGrad paper, section 5.2 for k and Table 2 for d, section 7.3 for S).
 
 d is the paper's own parameter count per environment (Table 2), so that k = 1, 2, 3 are the paper's alphas.
+Where |alpha g_hat| is small, tanh is linear and AlphaGrad's update (eq. 3-6) is lr x alpha x g / ||g|| per
+tensor: normalized gradient descent whose step only the product sets (section 2: "alpha -> 0 behaves like
+normalized gradient descent"). Lines for different lrs that meet on the lr x alpha axis show that regime.
 """
 
 from __future__ import annotations
@@ -45,6 +48,12 @@ class Point:
     ci: tuple[float, float]
     mean: float
     saturation: float  # mean over seeds of the mean S over training
+    lr: float | None = None  # the runs' lr (TD3: the critics'), when they share one
+
+    @property
+    def step(self) -> float | None:
+        """lr x alpha: the step size of AlphaGrad's update where tanh is linear (normalized gradient descent)."""
+        return self.lr * self.alpha if self.lr is not None and self.alpha is not None else None
 
     @property
     def label(self) -> str:
@@ -90,10 +99,12 @@ def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
         saturations = [run.row.get("saturation") for run in members if run.included]
         saturations = [s for s in saturations if isinstance(s, float) and math.isfinite(s)]
         ci = bootstrap_ci([values], stratified_iqm) if len(values) > 1 else (math.nan, math.nan)
+        lrs = {run.row.get("lr") for run in members}
         points.append(Point(optimizer, setting, alpha, alpha / math.sqrt(PAPER_D[env]) if alpha is not None else None,
                             len(members), len(values), iqm(values) if values else math.nan, ci,
                             float(np.mean(values)) if values else math.nan,
-                            float(np.mean(saturations)) if saturations else math.nan))
+                            float(np.mean(saturations)) if saturations else math.nan,
+                            lrs.pop() if len(lrs) == 1 else None))
     points.sort(key=lambda p: (p.alpha is not None, p.optimizer, p.setting, p.alpha or 0))
     return env, points
 
@@ -123,7 +134,9 @@ def _natural(setting: tuple[tuple[str, str], ...]) -> list:
 def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_dir: Path) -> list[Path]:
     alphagrad = [p for p in points if p.alpha is not None]
     settings = sorted({p.setting for p in alphagrad}, key=_natural)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.2))
+    with_steps = all(p.step is not None for p in alphagrad)
+    figure, axes = plt.subplots(1, 3 if with_steps else 2, figsize=(17, 4.2) if with_steps else (11.5, 4.2))
+    left, right = axes[0], axes[-1]
     colors = plt.get_cmap("viridis")(np.linspace(0.1, 0.85, max(len(settings), 1)))
     for color, setting in zip(colors, settings):
         line = sorted((p for p in alphagrad if p.setting == setting), key=lambda p: p.k)
@@ -132,14 +145,16 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_
         lows = np.array([p.ci[0] if math.isfinite(p.ci[0]) else p.iqm for p in line])
         highs = np.array([p.ci[1] if math.isfinite(p.ci[1]) else p.iqm for p in line])
         label = f"AlphaGrad {line[0].label}" if setting else "AlphaGrad"
-        left.errorbar(ks, centers, yerr=[centers - lows, highs - centers], marker="o", capsize=3, color=color,
-                      label=label)
+        for axis, xs in [(left, ks)] + ([(axes[1], [p.step for p in line])] if with_steps else []):
+            axis.errorbar(xs, centers, yerr=[centers - lows, highs - centers], marker="o", capsize=3, color=color,
+                          label=label)
         right.plot(ks, [p.saturation for p in line], marker="o", color=color, label=label)
     if baseline is not None:
         low, high = baseline.ci if all(map(math.isfinite, baseline.ci)) else (baseline.iqm, baseline.iqm)
-        left.axhspan(low, high, color="tab:red", alpha=0.15, lw=0)
-        left.axhline(baseline.iqm, color="tab:red", lw=1.2, label=f"{baseline.optimizer}"
-                     + (f" (best: {baseline.label})" if baseline.setting else "") + ": IQM, 95% CI")
+        for axis in axes[:2 if with_steps else 1]:
+            axis.axhspan(low, high, color="tab:red", alpha=0.15, lw=0)
+            axis.axhline(baseline.iqm, color="tab:red", lw=1.2, label=f"{baseline.optimizer}"
+                         + (f" (best: {baseline.label})" if baseline.setting else "") + ": IQM, 95% CI")
     shown_k = [p.k for p in alphagrad] + list(PAPER_K)
     ticks = [k for k in K_TICKS if min(shown_k) / 1.5 <= k <= max(shown_k) * 1.5]
     for axis in (left, right):
@@ -152,6 +167,13 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_
         axis.legend(fontsize=7, loc="best")
     left.set_ylabel("final return (IQM over seeds, 95% CI)")
     left.set_title(f"{env}: AlphaGrad final return against k")
+    if with_steps:
+        middle = axes[1]
+        middle.set_xscale("log")
+        middle.set_xlabel("lr x alpha (the step where tanh is linear)")
+        middle.set_ylabel("final return (IQM over seeds, 95% CI)")
+        middle.set_title("against lr x alpha (one curve where only the product matters)")
+        middle.legend(fontsize=7, loc="best")
     right.set_ylabel("saturation S = P(|alpha g_hat| > 2.5), mean over training")
     right.set_ylim(bottom=0)
     right.set_title("measured saturation ratio (section 7.3)")
@@ -179,6 +201,28 @@ def _at_grid_edge(top: Point, line: list[Point]) -> str:
             f"{beyond} k = {top.k:.3g} (extend the grid there to find out).")
 
 
+def _same_step_pairs(alphagrad: list[Point]) -> list[str]:
+    """A table of the pairs of settings that reach the same lr x alpha (within 1%) with different lrs, and how
+    often their CIs overlap: where the update is linear in alpha these pairs are the same optimizer."""
+    pairs = [(a, b) for i, a in enumerate(alphagrad) for b in alphagrad[i + 1:]
+             if a.setting != b.setting and a.step and b.step and abs(math.log(a.step / b.step)) < 0.01]
+    if not pairs:
+        return []
+    lines = ["## Same lr x alpha, different lr", "",
+             "| lr x alpha | setting, k: IQM [95% CI] | setting, k: IQM [95% CI] | CIs overlap |", "|---|---|---|---|"]
+    overlapping = 0
+    for a, b in sorted(pairs, key=lambda pair: pair[0].step):
+        finite = all(map(math.isfinite, (*a.ci, *b.ci)))
+        overlap = finite and a.ci[0] <= b.ci[1] and b.ci[0] <= a.ci[1]
+        overlapping += overlap
+        lines.append(f"| {a.step:.3g} | {a.label}, k {a.k:.3g}: {_with_ci(a)} | {b.label}, k {b.k:.3g}: {_with_ci(b)} | "
+                     + ("yes" if overlap else "no" if finite else "-") + " |")
+    return lines + ["", f"The CIs overlap in {overlapping} of {len(pairs)} pairs: " + (
+        "no pair separates, so the data are consistent with only the product mattering (overlap does not prove "
+        "equality)." if overlapping == len(pairs) else "where they do not, alpha and lr do not trade one for one "
+        "(the tanh is not linear at that k, or the lr matters beyond the step)."), ""]
+
+
 def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", final_window: int = 100) -> Path:
     """sensitivity.csv, the figure and SENSITIVITY.md (a table per setting and what the data can say)."""
     env, points = sensitivity_points(runs)
@@ -195,7 +239,10 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
     lines = [f"# Alpha sensitivity: {env}", "",
              f"Final return (mean of the last {final_window} episodes per run; IQM over seeds with its 95% BCa CI) "
              f"against k = alpha / sqrt(d), d = {PAPER_D[env]:,} (the paper's Table 2), in each setting; S = the "
-             "fraction of |alpha g_hat| above 2.5 over the whole network, averaged over training (section 7.3).", "",
+             "fraction of |alpha g_hat| above 2.5 over the whole network, averaged over training (section 7.3); "
+             "lr x alpha = the step of AlphaGrad's update where tanh is linear (small |alpha g_hat|): there the "
+             "update is lr x alpha x g / ||g|| per tensor, normalized gradient descent, so settings with equal "
+             "lr x alpha are the same optimizer and only the product needs tuning.", "",
              f"Budget: {budget_text(runs)}", ""]
     if best is not None:
         own = [p for p in points if p.optimizer == baseline and p.alpha is None]
@@ -208,14 +255,15 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
         line = sorted((p for p in alphagrad if p.setting == setting), key=lambda p: p.k)
         top = max(line, key=lambda p: p.iqm if math.isfinite(p.iqm) else -math.inf)
         lines += ["## AlphaGrad" + (f", {line[0].label}" if setting else ""), "",
-                  "| k | alpha | seeds | IQM [95% CI] | mean | S |", "|---|---|---|---|---|---|"]
+                  "| k | alpha | lr x alpha | seeds | IQM [95% CI] | mean | S |", "|---|---|---|---|---|---|---|"]
         for p in line:
             versus = ""
             if best is not None and all(map(math.isfinite, p.ci)) and all(map(math.isfinite, best.ci)):
                 versus = " (above Adam's CI)" if p.ci[0] > best.ci[1] else \
                     " (below Adam's CI)" if p.ci[1] < best.ci[0] else ""
-            lines.append(f"| {p.k:.3g} | {p.alpha:g} | {p.finished}/{p.runs} | {_with_ci(p)}{versus} | {p.mean:.1f} | "
-                         f"{p.saturation:.3f} |")
+            step = "-" if p.step is None else f"{p.step:.3g}"
+            lines.append(f"| {p.k:.3g} | {p.alpha:g} | {step} | {p.finished}/{p.runs} | {_with_ci(p)}{versus} | "
+                         f"{p.mean:.1f} | {p.saturation:.3f} |")
         if all(map(math.isfinite, top.ci)):
             overlapping = [p for p in line if all(map(math.isfinite, p.ci)) and p.ci[1] >= top.ci[0]]
             lines += ["", f"Best k {top.k:.3g} (IQM {top.iqm:.1f}); k values whose CI reaches the best's lower bound "
@@ -224,6 +272,7 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
         else:
             lines += ["", f"Highest IQM at k {top.k:.3g} ({top.iqm:.1f}), from {_seeds(top.finished)}: no interval "
                       "yet (at least 2 seeds per k), so no k is separable from another." + _at_grid_edge(top, line), ""]
+    lines += _same_step_pairs(alphagrad)
     seeds = sorted({p.finished for p in points})
     shown = _seeds(seeds[-1]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds"
     lines += [f"Reading: with {shown} per point a setting's CI "

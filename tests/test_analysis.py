@@ -482,10 +482,13 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     assert "adam at its best setting (lr 0.001)" in text and "Best k 1 (IQM" in text
     assert "grid's" not in text  # k = 1 is inside the grid 0.1-10
     assert text.index("## AlphaGrad, lr 0.0001") < text.index("## AlphaGrad, lr 0.001")
+    assert "| 1 | 93 | 0.093 | 4/4 |" in text  # lr x alpha
+    # equal lr x alpha at both lrs: 1e-4 x 93 = 1e-3 x 9.3 and 1e-4 x 930 = 1e-3 x 93, here 50 and 250 apart
+    assert "| 0.0093 | lr 0.0001, k 1: 325.0 [" in text and "The CIs overlap in 0 of 2 pairs" in text
     assert (tmp_path / "out" / "sensitivity.png").exists()
     write_sensitivity([run for run in runs if run.seed == 1], tmp_path / "one-seed")  # a sweep's first seeds
     text = (tmp_path / "one-seed" / "SENSITIVITY.md").read_text()
-    assert "no interval yet (at least 2 seeds per k)" in text and "| 1 | 93 | 1/1 | 410.0 [-] |" in text
+    assert "no interval yet (at least 2 seeds per k)" in text and "| 1 | 93 | 0.093 | 1/1 | 410.0 [-] |" in text
     assert "over 1 seed;" in text and "with 1 seed per point" in text
     write_sensitivity([run for run in runs if run.alpha != 930.0], tmp_path / "edge")  # best k = 1 is now the largest
     text = (tmp_path / "edge" / "SENSITIVITY.md").read_text()
@@ -533,7 +536,7 @@ def test_sweeps_analyzed_together_join_one_sensitivity_curve(tmp_path, monkeypat
     assert analyze.main(analyze.Args(sources[0], output=out, final_window=10, include=(sources[1],))) == 0
     assert len(list((out / "records").iterdir())) == 9  # only the slice's own runs are exported
     assert f"`{out / 'records'}` and `{sources[1]}`: 18 runs" in (out / "REPORT.md").read_text()
-    assert "| 0.0502 | 4.65 | 3/3 |" in (out / "SENSITIVITY.md").read_text()
+    assert "| 0.0502 | 4.65 | 0.000465 | 3/3 |" in (out / "SENSITIVITY.md").read_text()
     assert analyze.main(analyze.Args(sources[0], output=out, include=(tmp_path / "missing",))) == 2
 
     make_run(tmp_path / "slice", "adam__s1", "dqn", "adam", None, 1, [300.0] * 30, env_id="CartPole-v1")
