@@ -202,10 +202,14 @@ def _at_grid_edge(top: Point, line: list[Point]) -> str:
 
 
 def _same_step_pairs(alphagrad: list[Point]) -> list[str]:
-    """A table of the pairs of settings that reach the same lr x alpha (within 1%) with different lrs, and how
+    """A table of the pairs of settings that differ only in lr and reach the same lr x alpha (within 1%), and how
     often their CIs overlap: where the update is linear in alpha these pairs are the same optimizer."""
+    def besides_lr(point: Point) -> tuple:
+        return tuple((option, value) for option, value in point.setting if option.rpartition(".")[2] != "lr")
+
     pairs = [(a, b) for i, a in enumerate(alphagrad) for b in alphagrad[i + 1:]
-             if a.setting != b.setting and a.step and b.step and abs(math.log(a.step / b.step)) < 0.01]
+             if a.lr != b.lr and besides_lr(a) == besides_lr(b) and a.step and b.step
+             and abs(math.log(a.step / b.step)) < 0.01]
     if not pairs:
         return []
     lines = ["## Same lr x alpha, different lr", "",

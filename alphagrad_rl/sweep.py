@@ -399,15 +399,19 @@ class RunProgress:
 
 def sweep_progress(sweep_dir: Path, runs: list[RunSpec], agent: AgentEntry) -> list[RunProgress]:
     """Each run's state as its records and lock show it; readable while launchers (here or elsewhere on the
-    shared folder) train the sweep."""
+    shared folder) train the sweep. A population member's checkpoint is its first member's, which names it."""
+    checkpoint_step: dict[str, int] = {}  # run name: the step of its newest checkpoint, its own or its population's
+    for run in runs:
+        if manifests := checkpoint_manifests(sweep_dir / run.name):
+            step = int(manifests[0].stem.split("-")[1])
+            for name in checkpoint_members(manifests[0]) or [run.name]:
+                checkpoint_step[name] = step
     progress = []
     for run in runs:
         run_dir = sweep_dir / run.name
         summary = read_summary(run_dir) or {}
-        manifests = checkpoint_manifests(run_dir)
-        in_population = (summary.get("population_size") or 1) > 1  # its checkpoint is member 0's
-        resumable = bool(manifests) or (in_population and (summary.get("global_step") or 0) > 0)
-        step = int(manifests[0].stem.split("-")[1]) if manifests else int(summary.get("global_step") or 0)
+        resumable = run.name in checkpoint_step
+        step = checkpoint_step.get(run.name, int(summary.get("global_step") or 0))
         status = summary.get("status")
         if status == "finished":
             state = "finished"
@@ -523,18 +527,21 @@ def population_argv(runs: list[RunSpec], agent: AgentEntry, results_dir: Path, e
     return argv + ["--run-names", *(run.name for run in runs), "--results-dir", str(results_dir), "--quiet", *extra]
 
 
+def checkpoint_members(manifest: Path) -> list[str] | None:
+    """The run names of the members a population checkpoint (its manifest) holds, in order; None for another
+    checkpoint (a single-file run's) or an unreadable one."""
+    try:
+        config = json.loads(manifest.read_text())["config"]
+        return [config[f"member{i}"]["run_name"] for i in range(len(config))]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def population_checkpoint_matches(run_dirs: list[Path]) -> bool:
     """Whether the first member's folder holds a population checkpoint written for exactly these members (their
     run names, in order): then the population process resumes from it."""
     manifests = checkpoint_manifests(run_dirs[0])
-    if not manifests:
-        return False
-    try:
-        config = json.loads(manifests[0].read_text())["config"]
-        names = [config[f"member{i}"]["run_name"] for i in range(len(config))]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return names == [run_dir.name for run_dir in run_dirs]
+    return bool(manifests) and checkpoint_members(manifests[0]) == [run_dir.name for run_dir in run_dirs]
 
 
 def execute_population(argv: list[str], run_dirs: list[str], env: dict[str, str], cwd: str,

@@ -508,6 +508,23 @@ def test_a_sensitivity_setting_is_labelled_once_where_actor_and_critics_agree():
     assert label(("optim.lr", "0.001"), ("env_id", "Hopper-v4")) == "lr 0.001, env_id Hopper-v4" and label() == "-"
 
 
+def test_equal_step_pairs_differ_only_in_lr():
+    """lr x alpha is the step of the linear regime only between settings equal in all else (momentum changes the
+    step too): such pairs are compared, others with the same product are not."""
+    from alphagrad_rl.sensitivity import Point, _same_step_pairs
+
+    def point(lr, momentum, alpha, ci):
+        return Point("alphagrad", (("optim.lr", f"{lr:g}"), ("optim.momentum", momentum)), alpha, alpha / 93, 5, 5,
+                     sum(ci) / 2, ci, sum(ci) / 2, 0.0, lr)
+
+    points = [point(1e-3, "0.9", 10.0, (90.0, 110.0)), point(1e-4, "0.9", 100.0, (100.0, 120.0)),
+              point(1e-4, "0", 100.0, (300.0, 320.0)), point(1e-3, "0", 30.0, (0.0, 10.0))]
+    text = "\n".join(_same_step_pairs(points))
+    assert text.count("| 0.01 |") == 1 and "momentum 0.9, k 0.108: 100.0 [90.0, 110.0]" in text
+    assert "The CIs overlap in 1 of 1 pairs" in text
+    assert _same_step_pairs(points[2:]) == []  # same momentum, products 1e-2 and 3e-2
+
+
 def test_sweeps_analyzed_together_join_one_sensitivity_curve(tmp_path, monkeypatch):
     """A sensitivity slice and the reproduction it extends: neither alone holds 5 alphas in one setting, together
     they do; the CLI reads the included records in place, and a run name found in both is an error."""

@@ -299,14 +299,15 @@ def test_progress_tells_each_runs_state_and_the_compute_left(tmp_path):
         write_json_atomic(sweep_dir / name / "summary.json", summary)
 
     record("adam__s1", status="finished", wall_clock_s=40.0, population_size=1)  # 0.1 s a step (budget 400)
-    record("adam__s2", status="running", global_step=100)  # training now, checkpoint at 300
+    record("adam__s2", status="running", global_step=100)  # training now, checkpoint at 300 (s2 and s5's population)
     (sweep_dir / "adam__s2" / "checkpoints").mkdir()
-    (sweep_dir / "adam__s2" / "checkpoints" / "step-000000000300.json").write_text("{}")
+    (sweep_dir / "adam__s2" / "checkpoints" / "step-000000000300.json").write_text(json.dumps(
+        {"config": {"member0": {"run_name": "adam__s2"}, "member1": {"run_name": "adam__s5"}}}))
     record("adam__s3", status="interrupted", global_step=200)  # stopped, checkpoint at 200
     (sweep_dir / "adam__s3" / "checkpoints").mkdir()
     (sweep_dir / "adam__s3" / "checkpoints" / "step-000000000200.json").write_text("{}")
     record("adam__s4", status="running", global_step=50)  # killed before its first checkpoint
-    record("adam__s5", status="interrupted", global_step=100, population_size=2)  # member 0 has the checkpoint
+    record("adam__s5", status="interrupted", global_step=100, population_size=2)  # member 0 (s2) has the checkpoint
     record("adam__s6", status="crashed", global_step=10)
     fds = sweep_module.lock_runs(sweep_dir, ["adam__s2"])
     try:
@@ -315,13 +316,13 @@ def test_progress_tells_each_runs_state_and_the_compute_left(tmp_path):
         sweep_module.release_runs(fds)
     assert [p.describe() for p in progress] == [
         "finished", "training now, step 300/400 (75%) at its last checkpoint", "stopped: resumes at step 200/400 (50%)",
-        "stopped before a checkpoint: starts over", "stopped: resumes at step 100/400 (25%)",
+        "stopped before a checkpoint: starts over", "stopped: resumes at step 300/400 (75%)",
         "crashed: the next launch retries it (see its output.log)", "not started"]
-    assert [p.steps_left for p in progress] == [0, 100, 200, 400, 300, 400, 400]
+    assert [p.steps_left for p in progress] == [0, 100, 200, 400, 100, 400, 400]
     assert sweep_module.sweep_progress(sweep_dir, sweep.runs[1:2], sweep.agent)[0].state == "stopped"  # unlocked
     summary = sweep_module.progress_summary(progress, workers=2)
     assert summary.startswith("7 runs: 1 finished, 1 training, 3 stopped, 1 crashed, 1 not started\n")
-    assert "the 1,800 env steps left need about 0.1 process-hours, 0.0 h on 2 worker(s)" in summary
+    assert "the 1,600 env steps left need about 0.0 process-hours, 0.0 h on 2 worker(s)" in summary
 
 
 def test_two_launchers_on_one_results_folder_train_each_run_once(tmp_path, monkeypatch):
