@@ -27,7 +27,7 @@ from .runs import atomic_write
 PAPER_D = {"CartPole-v1": 8_576, "HalfCheetah-v5": 9_664, "HalfCheetah-v4": 9_664, "Hopper-v4": 209_413,
            "Hopper-v5": 209_413}
 PAPER_K = (1, 2, 3)  # the paper's alphas are k = 1 and 3 (and 2 for DQN)
-K_TICKS = (0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 3, 4, 10)  # the k axis's labelled ticks (log scale)
+K_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 3, 4, 10)  # the k axis's labelled ticks (log scale)
 MIN_ALPHAS = 5  # a sweep with at least this many alphas in one setting gets a sensitivity figure
 OPTIMIZER_SPECS = ("optim", "actor_optim", "critic_optim")  # the agents' optimizer options (TD3: actor and critics)
 ALPHA_OPTIONS = {f"{spec}.alpha" for spec in OPTIMIZER_SPECS}
