@@ -296,6 +296,9 @@ class EpisodeTail:
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "metrics.jsonl"
+        self._forget()
+
+    def _forget(self) -> None:
         self.offset = 0
         self.episodes: list[tuple[int, float]] = []
         self.last_step = 0
@@ -304,7 +307,7 @@ class EpisodeTail:
         if not self.path.exists():
             return
         if self.path.stat().st_size < self.offset:
-            self.__init__(self.path.parent)
+            self._forget()
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             chunk = f.read()
