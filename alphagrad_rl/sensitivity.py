@@ -279,9 +279,10 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
     lines += _same_step_pairs(alphagrad)
     seeds = sorted({p.finished for p in points})
     shown = _seeds(seeds[-1]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds"
-    lines += [f"Reading: with {shown} per point a setting's CI "
-              "is wide; two settings differ only where their CIs do not overlap, and overlapping CIs mean undecided, "
-              "not equal.", "", "## Figure", ""]
+    reading = ("no point has a CI yet, so the tables rank settings without separating any" if seeds[-1] < 2 else
+               "a setting's CI is wide; two settings differ only where their CIs do not overlap, and overlapping CIs "
+               "mean undecided, not equal")
+    lines += [f"Reading: with {shown} per point {reading}.", "", "## Figure", ""]
     lines += [f"![{path.stem}]({path.name})" for path in figures if path.suffix == ".png"]
     path = out_dir / "SENSITIVITY.md"
     with atomic_write(path) as f:

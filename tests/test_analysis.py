@@ -489,7 +489,7 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     write_sensitivity([run for run in runs if run.seed == 1], tmp_path / "one-seed")  # a sweep's first seeds
     text = (tmp_path / "one-seed" / "SENSITIVITY.md").read_text()
     assert "no interval yet (at least 2 seeds per k)" in text and "| 1 | 93 | 0.093 | 1/1 | 410.0 [-] |" in text
-    assert "over 1 seed;" in text and "with 1 seed per point" in text
+    assert "over 1 seed;" in text and "with 1 seed per point no point has a CI yet" in text
     write_sensitivity([run for run in runs if run.alpha != 930.0], tmp_path / "edge")  # best k = 1 is now the largest
     text = (tmp_path / "edge" / "SENSITIVITY.md").read_text()
     assert text.count("The best k is the grid's largest") == 2 and "may lie above k = 1 " in text
