@@ -137,6 +137,7 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_
     with_steps = all(p.step is not None for p in alphagrad)
     figure, axes = plt.subplots(1, 3 if with_steps else 2, figsize=(17, 4.2) if with_steps else (11.5, 4.2))
     left, right = axes[0], axes[-1]
+    return_axes = axes[:-1]  # final return against k, and against lr x alpha when every point has an lr
     colors = plt.get_cmap("viridis")(np.linspace(0.1, 0.85, max(len(settings), 1)))
     for color, setting in zip(colors, settings):
         line = sorted((p for p in alphagrad if p.setting == setting), key=lambda p: p.k)
@@ -145,13 +146,13 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_
         lows = np.array([p.ci[0] if math.isfinite(p.ci[0]) else p.iqm for p in line])
         highs = np.array([p.ci[1] if math.isfinite(p.ci[1]) else p.iqm for p in line])
         label = f"AlphaGrad {line[0].label}" if setting else "AlphaGrad"
-        for axis, xs in [(left, ks)] + ([(axes[1], [p.step for p in line])] if with_steps else []):
+        for axis, xs in zip(return_axes, (ks, [p.step for p in line])):
             axis.errorbar(xs, centers, yerr=[centers - lows, highs - centers], marker="o", capsize=3, color=color,
                           label=label)
         right.plot(ks, [p.saturation for p in line], marker="o", color=color, label=label)
     if baseline is not None:
         low, high = baseline.ci if all(map(math.isfinite, baseline.ci)) else (baseline.iqm, baseline.iqm)
-        for axis in axes[:2 if with_steps else 1]:
+        for axis in return_axes:
             axis.axhspan(low, high, color="tab:red", alpha=0.15, lw=0)
             axis.axhline(baseline.iqm, color="tab:red", lw=1.2, label=f"{baseline.optimizer}"
                          + (f" (best: {baseline.label})" if baseline.setting else "") + ": IQM, 95% CI")

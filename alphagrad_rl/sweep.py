@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import tyro
 import yaml
@@ -442,21 +442,35 @@ def progress_summary(progress: list[RunProgress], workers: int) -> str:
     return "\n".join(lines)
 
 
+def prepare_run_folders(run_dirs: list[Path], population: bool) -> bool:
+    """Whether an earlier attempt continues from its checkpoint: the run's own, or a population's in its first
+    member's folder when written for exactly these members. If not, the folders are emptied for a fresh start."""
+    resume = population_checkpoint_matches(run_dirs) if population else bool(checkpoint_manifests(run_dirs[0]))
+    for run_dir in run_dirs:
+        if run_dir.exists() and not resume:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return resume
+
+
+def open_run_log(path: Path, resume: bool, marker: str) -> IO[str]:
+    """A run's output.log: appended to, under a line saying `marker` and when, for a resumed run; else new."""
+    log = open(path, "a" if resume else "w")
+    if resume:
+        log.write(f"\n--- {marker} at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+        log.flush()
+    return log
+
+
 def execute_run(argv: list[str], run_dir: str, env: dict[str, str], cwd: str,
                 pass_fds: tuple[int, ...] = ()) -> dict[str, Any]:
     """Run one agent process (inheriting `pass_fds`: its locks); its output goes to <run_dir>/output.log. Returns
     the run's summary. An unfinished earlier attempt is resumed from its checkpoint (--resume), or started afresh
     without one."""
     run_dir = Path(run_dir)
-    resume = bool(checkpoint_manifests(run_dir))
-    if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = prepare_run_folders([run_dir], population=False)
     start = time.time()
-    with open(run_dir / "output.log", "a" if resume else "w") as log:
-        if resume:
-            log.write(f"\n--- resumed by the sweep launcher at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
-            log.flush()
+    with open_run_log(run_dir / "output.log", resume, "resumed by the sweep launcher") as log:
         returncode = subprocess.run(argv + ["--resume"] * resume, cwd=cwd, env=env, stdout=log,
                                     stderr=subprocess.STDOUT, preexec_fn=stop_with_parent,
                                     pass_fds=pass_fds).returncode
@@ -551,20 +565,12 @@ def execute_population(argv: list[str], run_dirs: list[str], env: dict[str, str]
     A population interrupted earlier with these same members continues from its checkpoint (--resume, in the
     first member's folder); otherwise the members start afresh. Returns each member's summary."""
     run_dirs = [Path(run_dir) for run_dir in run_dirs]
-    resume = population_checkpoint_matches(run_dirs)
-    if not resume:
-        for run_dir in run_dirs:
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True)
+    resume = prepare_run_folders(run_dirs, population=True)
     for run_dir in run_dirs[1:]:
         (run_dir / "output.log").write_text(f"trained in one population process; its output: "
                                             f"{run_dirs[0] / 'output.log'}\n")
     start = time.time()
-    with open(run_dirs[0] / "output.log", "a" if resume else "w") as log:
-        if resume:
-            log.write(f"\n--- population resumed by the sweep launcher at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
-            log.flush()
+    with open_run_log(run_dirs[0] / "output.log", resume, "population resumed by the sweep launcher") as log:
         returncode = subprocess.run(argv + ["--resume"] * resume, cwd=cwd, env=env, stdout=log,
                                     stderr=subprocess.STDOUT, preexec_fn=stop_with_parent,
                                     pass_fds=pass_fds).returncode

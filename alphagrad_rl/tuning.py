@@ -44,7 +44,6 @@ import io
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -63,7 +62,6 @@ from .analysis import iqm
 from .runs import (
     atomic_write,
     check_results_dir,
-    checkpoint_manifests,
     is_safe_name,
     read_summary,
     write_json_atomic,
@@ -77,8 +75,9 @@ from .sweep import (
     agent_flags,
     check_run_arguments,
     lock_runs,
+    open_run_log,
     population_argv,
-    population_checkpoint_matches,
+    prepare_run_folders,
     read_config,
     release_runs,
     stop_with_parent,
@@ -433,17 +432,12 @@ def run_trial(config: TuneConfig, trial: optuna.Trial, params: dict[str, Any], t
     processes: list[subprocess.Popen] = []
     try:
         if pending and config.agent.population is not None and len(pending) > 1:
-            resume = population_checkpoint_matches([run_dir for _, run_dir in pending])
-            if not resume:
-                for _, run_dir in pending:
-                    _clear(run_dir)
+            resume = prepare_run_folders([run_dir for _, run_dir in pending], population=True)
             argv = population_argv([run for run, _ in pending], config.agent, trials_dir, extra)
             processes.append(_start(argv, pending[0][1], env, resume, locks))
         else:
             for run, run_dir in pending:
-                resume = bool(checkpoint_manifests(run_dir))
-                if not resume:
-                    _clear(run_dir)
+                resume = prepare_run_folders([run_dir], population=False)
                 processes.append(_start(run.argv(config.agent.path, trials_dir, extra), run_dir, env, resume, locks))
         tails = [EpisodeTail(run_dir) for run_dir in run_dirs]
         rung, last_beat = config.report_every, 0.0
@@ -491,18 +485,8 @@ def run_trial(config: TuneConfig, trial: optuna.Trial, params: dict[str, Any], t
     return trial_score(returns, config.score_range, config.last_episodes), crashed
 
 
-def _clear(run_dir: Path) -> None:
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-
-
 def _start(argv: list[str], run_dir: Path, env: dict[str, str], resume: bool, locks: list[int]) -> subprocess.Popen:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "output.log", "a" if resume else "w") as log:
-        if resume:
-            log.write(f"\n--- resumed by the tuner at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
-            log.flush()
+    with open_run_log(run_dir / "output.log", resume, "resumed by the tuner") as log:
         return subprocess.Popen(argv + ["--resume"] * resume, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 preexec_fn=stop_with_parent, pass_fds=tuple(locks))
 
