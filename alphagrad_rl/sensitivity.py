@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from .analysis import Run, bootstrap_ci, iqm, stratified_iqm
+from .claims import LEVEL, MIN_RUNS, TestResult, holm, minimal_detectable_effect, welch
 from .report import budget_text, natural_key, plt, save_figure
 from .runs import atomic_write
 
@@ -49,6 +50,7 @@ class Point:
     mean: float
     saturation: float  # mean over seeds of the mean S over training
     lr: float | None = None  # the runs' lr (TD3: the critics'), when they share one
+    values: tuple[float, ...] = ()  # the finished runs' final returns
 
     @property
     def step(self) -> float | None:
@@ -104,7 +106,7 @@ def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
                             len(members), len(values), iqm(values) if values else math.nan, ci,
                             float(np.mean(values)) if values else math.nan,
                             float(np.mean(saturations)) if saturations else math.nan,
-                            lrs.pop() if len(lrs) == 1 else None))
+                            lrs.pop() if len(lrs) == 1 else None, tuple(values)))
     points.sort(key=lambda p: (p.alpha is not None, p.optimizer, p.setting, p.alpha or 0))
     return env, points
 
@@ -202,30 +204,95 @@ def _at_grid_edge(top: Point, line: list[Point]) -> str:
             f"{beyond} k = {top.k:.3g} (extend the grid there to find out).")
 
 
+@dataclass
+class Comparison:
+    """Welch's t on the difference of two points' mean final returns, within a family of such tests."""
+
+    result: TestResult
+    p_adjusted: float  # Holm over the family
+    mde: float  # the smallest true difference found with 80% power at the Bonferroni level 0.05 / family size
+
+    @property
+    def differs(self) -> bool:
+        return self.p_adjusted < LEVEL
+
+    def text(self) -> str:
+        r = self.result
+        return f"{r.estimate:+.1f} [{r.low:+.1f}, {r.high:+.1f}]; p = {self.p_adjusted:.2g}"
+
+
+def compare_family(pairs: list[tuple[Point, Point]]) -> list[Comparison | None]:
+    """Each pair (a, b) tested by Welch's t on mean(a) - mean(b), Holm-adjusted over the pairs tested (those with at
+    least MIN_RUNS finished runs a side; the others: None)."""
+    results = {i: welch(a.values, b.values) for i, (a, b) in enumerate(pairs)
+               if len(a.values) >= MIN_RUNS and len(b.values) >= MIN_RUNS}
+    adjusted = dict(zip(results, holm([r.p for r in results.values()])))
+    level = LEVEL / max(len(results), 1)
+    return [Comparison(results[i], adjusted[i], minimal_detectable_effect(results[i], level)) if i in results
+            else None for i in range(len(pairs))]
+
+
+def _detectable(comparisons: list[Comparison]) -> str:
+    """The family's smallest detectable differences: their median and range."""
+    mdes = sorted(c.mde for c in comparisons)
+    spread = f"{mdes[0]:.0f}" if len(mdes) == 1 else f"median {np.median(mdes):.0f}, from {mdes[0]:.0f} to {mdes[-1]:.0f}"
+    return (f"the smallest true difference these seeds could detect (80% power, two-sided at 0.05 / {len(mdes)}): "
+            f"{spread} return points")
+
+
+def _versus_baseline(alphagrad: list[Point], best: Point, baseline: str) -> tuple[dict[int, Comparison], list[str]]:
+    """Each AlphaGrad point against the baseline's best setting (its id -> Comparison) and the section saying what
+    the family of tests decides."""
+    comparisons = compare_family([(p, best) for p in alphagrad])
+    tested = {id(p): c for p, c in zip(alphagrad, comparisons) if c is not None}
+    if not tested:
+        return {}, []
+    chosen = f" at its best setting ({best.label}, chosen on these same seeds, so optimistic for {baseline})" \
+        if best.setting else ""
+    verdicts = []
+    for word, keep in (("above", lambda c: c.differs and c.result.estimate > 0),
+                       ("below", lambda c: c.differs and c.result.estimate < 0)):
+        found = [p for p in alphagrad if id(p) in tested and keep(tested[id(p)])]
+        verdicts.append(f"{len(found)} {word}" + (" (" + "; ".join(f"{p.label}, k {p.k:.3g}" for p in found) + ")"
+                                                  if found else ""))
+    undecided = sum(not c.differs for c in tested.values())
+    lines = [f"## Against {baseline}'s best", "",
+             f"Each AlphaGrad point against {baseline}{chosen}: Welch's t on the difference of mean final returns "
+             f"(the tables' last column: AlphaGrad - {baseline}, its 95% interval and the Holm-adjusted p over the "
+             f"{len(tested)} points tested, at least {MIN_RUNS} seeds a side). {', '.join(verdicts)}, {undecided} "
+             f"undecided; {_detectable(list(tested.values()))}. A point not above {baseline} is not shown worse "
+             "unless it is below.", ""]
+    return tested, lines
+
+
 def _same_step_pairs(alphagrad: list[Point]) -> list[str]:
-    """A table of the pairs of settings that differ only in lr and reach the same lr x alpha (within 1%), and how
-    often their CIs overlap: where the update is linear in alpha these pairs are the same optimizer."""
+    """A table of the pairs of settings that differ only in lr and reach the same lr x alpha (within 1%), each tested
+    by Welch's t (Holm over the pairs): where the update is linear in alpha these pairs are the same optimizer."""
     def besides_lr(point: Point) -> tuple:
         return tuple((option, value) for option, value in point.setting if option.rpartition(".")[2] != "lr")
 
-    pairs = [(a, b) for i, a in enumerate(alphagrad) for b in alphagrad[i + 1:]
-             if a.lr != b.lr and besides_lr(a) == besides_lr(b) and a.step and b.step
-             and abs(math.log(a.step / b.step)) < 0.01]
+    pairs = sorted(((a, b) for i, a in enumerate(alphagrad) for b in alphagrad[i + 1:]
+                    if a.lr != b.lr and besides_lr(a) == besides_lr(b) and a.step and b.step
+                    and abs(math.log(a.step / b.step)) < 0.01), key=lambda pair: pair[0].step)
     if not pairs:
         return []
+    comparisons = compare_family(pairs)
     lines = ["## Same lr x alpha, different lr", "",
-             "| lr x alpha | setting, k: IQM [95% CI] | setting, k: IQM [95% CI] | CIs overlap |", "|---|---|---|---|"]
-    overlapping = 0
-    for a, b in sorted(pairs, key=lambda pair: pair[0].step):
-        finite = all(map(math.isfinite, (*a.ci, *b.ci)))
-        overlap = finite and a.ci[0] <= b.ci[1] and b.ci[0] <= a.ci[1]
-        overlapping += overlap
+             "| lr x alpha | setting, k: IQM [95% CI] | setting, k: IQM [95% CI] | difference of means [95% CI]; Holm p |",
+             "|---|---|---|---|"]
+    for (a, b), comparison in zip(pairs, comparisons):
+        tested = "-" if comparison is None else comparison.text() + (" **differ**" if comparison.differs else "")
         lines.append(f"| {a.step:.3g} | {a.label}, k {a.k:.3g}: {_with_ci(a)} | {b.label}, k {b.k:.3g}: {_with_ci(b)} | "
-                     + ("yes" if overlap else "no" if finite else "-") + " |")
-    return lines + ["", f"The CIs overlap in {overlapping} of {len(pairs)} pairs: " + (
-        "no pair separates, so the data are consistent with only the product mattering (overlap does not prove "
-        "equality)." if overlapping == len(pairs) else "where they do not, alpha and lr do not trade one for one "
-        "(the tanh is not linear at that k, or the lr matters beyond the step)."), ""]
+                     f"{tested} |")
+    tested = [c for c in comparisons if c is not None]
+    if not tested:
+        return lines + ["", f"No pair has {MIN_RUNS} seeds a side yet: none is tested.", ""]
+    differing = sum(c.differs for c in tested)
+    verdict = (f"No pair differs (Holm over the {len(tested)} tested): the data are consistent with only the product "
+               f"mattering, which they cannot prove; {_detectable(tested)}." if not differing else
+               f"{differing} of {len(tested)} pairs differ (Holm): there alpha and lr do not trade one for one (the "
+               f"tanh is not linear at that k, or the lr matters beyond the step); {_detectable(tested)}.")
+    return lines + ["", verdict, ""]
 
 
 def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", final_window: int = 100) -> Path:
@@ -256,19 +323,23 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
                   + ("; each of its settings: " + ", ".join(f"{p.label}: {p.iqm:.1f}" for p in own) if len(own) > 1
                      else "") + ".", ""]
     alphagrad = [p for p in points if p.alpha is not None]
+    versus, versus_lines = _versus_baseline(alphagrad, best, baseline) if best is not None else ({}, [])
     for setting in sorted({p.setting for p in alphagrad}, key=_natural):
         line = sorted((p for p in alphagrad if p.setting == setting), key=lambda p: p.k)
         top = max(line, key=lambda p: p.iqm if math.isfinite(p.iqm) else -math.inf)
         lines += ["## AlphaGrad" + (f", {line[0].label}" if setting else ""), "",
-                  "| k | alpha | lr x alpha | seeds | IQM [95% CI] | mean | S |", "|---|---|---|---|---|---|---|"]
+                  "| k | alpha | lr x alpha | seeds | IQM [95% CI] | mean | S |"
+                  + (f" mean - {baseline}'s [95% CI]; Holm p |" if versus else ""),
+                  "|---|---|---|---|---|---|---|" + ("---|" if versus else "")]
         for p in line:
-            versus = ""
-            if best is not None and all(map(math.isfinite, p.ci)) and all(map(math.isfinite, best.ci)):
-                versus = " (above Adam's CI)" if p.ci[0] > best.ci[1] else \
-                    " (below Adam's CI)" if p.ci[1] < best.ci[0] else ""
             step = "-" if p.step is None else f"{p.step:.3g}"
-            lines.append(f"| {p.k:.3g} | {p.alpha:g} | {step} | {p.finished}/{p.runs} | {_with_ci(p)}{versus} | "
-                         f"{p.mean:.1f} | {p.saturation:.3f} |")
+            row = f"| {p.k:.3g} | {p.alpha:g} | {step} | {p.finished}/{p.runs} | {_with_ci(p)} | {p.mean:.1f} | " \
+                  f"{p.saturation:.3f} |"
+            if versus:
+                comparison = versus.get(id(p))
+                row += " - |" if comparison is None else f" {comparison.text()}" + (
+                    f" **{'above' if comparison.result.estimate > 0 else 'below'}**" if comparison.differs else "") + " |"
+            lines.append(row)
         if all(map(math.isfinite, top.ci)):
             overlapping = [p for p in line if all(map(math.isfinite, p.ci)) and p.ci[1] >= top.ci[0]]
             lines += ["", f"Best k {top.k:.3g} (IQM {top.iqm:.1f}); k values whose CI reaches the best's lower bound "
@@ -277,12 +348,13 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
         else:
             lines += ["", f"Highest IQM at k {top.k:.3g} ({top.iqm:.1f}), from {_seeds(top.finished)}: no interval "
                       "yet (at least 2 seeds per k), so no k is separable from another." + _at_grid_edge(top, line), ""]
+    lines += versus_lines
     lines += _same_step_pairs(alphagrad)
     seeds = sorted({p.finished for p in points})
     shown = _seeds(seeds[-1]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds"
     reading = ("no point has a CI yet, so the tables rank settings without separating any" if seeds[-1] < 2 else
-               "a setting's CI is wide; two settings differ only where their CIs do not overlap, and overlapping CIs "
-               "mean undecided, not equal")
+               "a setting's CI is wide (and a BCa bootstrap's is narrower than its nominal 95% at under ~10 seeds); "
+               "the tests above decide what differs, and a difference they do not find is undecided, not absent")
     lines += [f"Reading: with {shown} per point {reading}.", "", "## Figure", ""]
     lines += [f"![{path.stem}]({path.name})" for path in figures if path.suffix == ".png"]
     path = out_dir / "SENSITIVITY.md"

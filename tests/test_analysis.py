@@ -484,7 +484,13 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     assert text.index("## AlphaGrad, lr 0.0001") < text.index("## AlphaGrad, lr 0.001")
     assert "| 1 | 93 | 0.093 | 4/4 |" in text  # lr x alpha
     # equal lr x alpha at both lrs: 1e-4 x 93 = 1e-3 x 9.3 and 1e-4 x 930 = 1e-3 x 93, here 50 and 250 apart
-    assert "| 0.0093 | lr 0.0001, k 1: 325.0 [" in text and "The CIs overlap in 0 of 2 pairs" in text
+    # equal-product pairs: means 50 and 250 apart, spread 12.9 a side, Welch-tested (Holm over the 2)
+    assert "| 0.0093 | lr 0.0001, k 1: 325.0 [" in text and "+50.0 [" in text and "2 of 2 pairs differ (Holm)" in text
+    # each AlphaGrad point against Adam's best (lr 1e-3, mean 302.5): k = 1 at lr 1e-3 (mean 425) is above it, and
+    # k = 10 at lr 1e-4 (mean 175) below; the family is the 10 points, Holm-adjusted
+    assert "| 1 | 93 | 0.093 | 4/4 | 425.0 [" in text and "| +122.5 [" in text and "**above** |" in text
+    assert "| 10 | 930 | 0.093 | 4/4 | 175.0 [" in text and "| -127.5 [" in text and "**below** |" in text
+    assert "Holm-adjusted p over the 10 points tested" in text and "two-sided at 0.05 / 10" in text
     assert (tmp_path / "out" / "sensitivity.png").exists()
     write_sensitivity([run for run in runs if run.seed == 1], tmp_path / "one-seed")  # a sweep's first seeds
     text = (tmp_path / "one-seed" / "SENSITIVITY.md").read_text()
@@ -513,16 +519,19 @@ def test_equal_step_pairs_differ_only_in_lr():
     step too): such pairs are compared, others with the same product are not."""
     from alphagrad_rl.sensitivity import Point, _same_step_pairs
 
-    def point(lr, momentum, alpha, ci):
+    def point(lr, momentum, alpha, ci, values=(90.0, 100.0, 110.0, 100.0)):
         return Point("alphagrad", (("optim.lr", f"{lr:g}"), ("optim.momentum", momentum)), alpha, alpha / 93, 5, 5,
-                     sum(ci) / 2, ci, sum(ci) / 2, 0.0, lr)
+                     sum(ci) / 2, ci, sum(ci) / 2, 0.0, lr, values)
 
-    points = [point(1e-3, "0.9", 10.0, (90.0, 110.0)), point(1e-4, "0.9", 100.0, (100.0, 120.0)),
+    points = [point(1e-3, "0.9", 10.0, (90.0, 110.0)), point(1e-4, "0.9", 100.0, (100.0, 120.0), (95.0, 115.0, 125.0)),
               point(1e-4, "0", 100.0, (300.0, 320.0)), point(1e-3, "0", 30.0, (0.0, 10.0))]
     text = "\n".join(_same_step_pairs(points))
     assert text.count("| 0.01 |") == 1 and "momentum 0.9, k 0.108: 100.0 [90.0, 110.0]" in text
-    assert "The CIs overlap in 1 of 1 pairs" in text
+    # means 100 and 111.7: Welch's t = -1.20 on 2.86 df, p = 0.32 (scipy.stats.ttest_ind(equal_var=False))
+    assert "| -11.7 [" in text and "p = 0.32 |" in text and "No pair differs (Holm over the 1 tested)" in text
     assert _same_step_pairs(points[2:]) == []  # same momentum, products 1e-2 and 3e-2
+    two_seeds = [point(1e-3, "0.9", 10.0, (90.0, 110.0), (90.0, 110.0)), points[1]]
+    assert "No pair has 3 seeds a side yet" in "\n".join(_same_step_pairs(two_seeds))
 
 
 def test_sweeps_analyzed_together_join_one_sensitivity_curve(tmp_path, monkeypatch):
