@@ -20,7 +20,9 @@ Each run is `python <program> --<flag> <value> ... --run-name <run> --results-di
 A run whose summary.json says "finished" is skipped when the sweep is run again; an unfinished run
 continues from its newest checkpoint (`--resume`, see alphagrad_rl.checkpoint), or is started afresh (its
 folder cleared) when it has none, so a killed sweep loses at most the work since each run's last
-checkpoint and duplicates nothing. Killing the launcher sends its runs SIGTERM: each saves a checkpoint.
+checkpoint and duplicates nothing; an interrupted population resumes as that population and a checkpointed single
+run alone, whatever the next launch's packing (resumed_jobs). Killing the launcher sends its runs SIGTERM: each
+saves a checkpoint.
 With the local backend each run is locked while it trains (<results_dir>/<name>/.locks/), so two launchers
 sharing a results folder split a sweep between them and never train one run twice (LaunchOptions.wait_for_others:
 each then also waits for the other's runs at the end, resuming any it left stopped).
@@ -551,6 +553,44 @@ def checkpoint_members(manifest: Path) -> list[str] | None:
         return None
 
 
+@dataclasses.dataclass
+class Job:
+    """What one worker runs: one run in its single-file agent, or runs in one population process."""
+
+    runs: list[RunSpec]
+    population: bool
+
+
+def resumed_jobs(pending: list[RunSpec], all_runs: list[RunSpec], sweep_dir: Path, agent: AgentEntry,
+                 report: Callable[[str], None]) -> tuple[list[Job], list[RunSpec]]:
+    """Interrupted attempts continue as they ran, whatever packing this launch asks for (packing them anew would
+    empty their folders, checkpoints and all): a population checkpoint's members as that population, a run with
+    its own checkpoint as a single run. Returns those jobs and the other pending runs, to be packed afresh; runs
+    whose population has members this launch did not select are held back (said), keeping the checkpoint."""
+    selected, names = {run.name: run for run in pending}, {run.name for run in all_runs}
+    jobs, claimed = [], set()
+    for run in pending:
+        manifests = [] if run.name in claimed else checkpoint_manifests(sweep_dir / run.name)
+        if not manifests:
+            continue
+        members = checkpoint_members(manifests[0])
+        if members is None:
+            jobs.append(Job([run], False))
+            claimed.add(run.name)
+        elif agent.population is not None and all(name in selected and name not in claimed for name in members):
+            jobs.append(Job([selected[name] for name in members], True))
+            claimed.update(members)
+        elif agent.population is not None and not any(name in claimed for name in members):
+            unselected = [name for name in members if name not in selected and name in names
+                          and (read_summary(sweep_dir / name) or {}).get("status") != "finished"]
+            if unselected:
+                held = [name for name in members if name in selected]
+                claimed.update(held)
+                report(f"{', '.join(held)}: not started; an interrupted population holds them with "
+                       f"{', '.join(unselected)}, not selected: select them too to resume it from its checkpoint")
+    return jobs, [run for run in pending if run.name not in claimed]
+
+
 def population_checkpoint_matches(run_dirs: list[Path]) -> bool:
     """Whether the first member's folder holds a population checkpoint written for exactly these members (their
     run names, in order): then the population process resumes from it."""
@@ -605,14 +645,14 @@ class LaunchOptions:
 ORDERS = ("config", "seed")
 
 
-def start_order(jobs: list[list[RunSpec]], order: str) -> list[list[RunSpec]]:
+def start_order(jobs: list[Job], order: str) -> list[Job]:
     """The jobs (a run, or a population's runs) in the order they start: "config" as the config lists them (arm by
     arm), "seed" every arm's first seed before any arm's second, and so on (a job goes by its lowest seed), so that
-    a long sweep stopped part-way has every arm at its first seeds. Populations are packed before this: the order
-    never changes which runs share one, so an interrupted population still resumes from its checkpoint."""
+    a long sweep stopped part-way has every arm at its first seeds. Populations are packed before this (and an
+    interrupted one keeps its members: resumed_jobs), so the order never changes which runs share one."""
     if order not in ORDERS:
         raise ValueError(f"unknown run order {order!r} (allowed: {', '.join(ORDERS)})")
-    return sorted(jobs, key=lambda job: min(run.seed for run in job)) if order == "seed" else list(jobs)
+    return sorted(jobs, key=lambda job: min(run.seed for run in job.runs)) if order == "seed" else list(jobs)
 
 
 def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
@@ -655,61 +695,61 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
         if options.records_dir is not None:
             export_record({run.name})
 
+    resumed, fresh = resumed_jobs(pending, sweep.runs, sweep_dir, sweep.agent, report)
+    if resumed:
+        populations = sum(job.population for job in resumed)
+        report(f"resuming from their checkpoints: {populations} population(s) of "
+               f"{sum(len(job.runs) for job in resumed if job.population)} runs, {len(resumed) - populations} single "
+               "run(s)")
+    packed = options.population_size > 1 and sweep.agent.population is not None and options.backend == "local"
+    jobs = start_order(resumed + ([Job(runs, True) for runs in population_jobs(fresh, sweep.agent,
+                                                                                options.population_size)]
+                                  if packed else [Job([run], False) for run in fresh]), options.order)
     if options.backend == "ray":
-        pending = [job[0] for job in start_order([[run] for run in pending], options.order)]
-        _launch_ray(sweep, pending, options, sweep_dir, extra, base_env, gpus, finished)
+        _launch_ray(sweep, jobs, options, sweep_dir, extra, base_env, gpus, finished)
     else:
         free_slots: queue.Queue[str] = queue.Queue()
         for slot in slots:
             free_slots.put(slot)
 
-        taken: list[list[RunSpec]] = []  # jobs another launcher was training
+        taken: list[Job] = []  # jobs another launcher was training
 
-        def one(job: list[RunSpec], wait_s: float = LOCK_WAIT_S) -> None:
-            fds = lock_runs(sweep_dir, [run.name for run in job], wait_s)
+        def one(job: Job, wait_s: float = LOCK_WAIT_S) -> None:
+            fds = lock_runs(sweep_dir, [run.name for run in job.runs], wait_s)
             if fds is None:
                 taken.append(job)
-                for run in job:
+                for run in job.runs:
                     results[run.name] = read_summary(sweep_dir / run.name) or {}
                     report(f"{run.name}: skipped, another launcher is running it"
                            + (" (waited for at the end)" if options.wait_for_others else ""))
                 return
             try:
-                now = {run.name: read_summary(sweep_dir / run.name) or {} for run in job}
-                for run in job:
+                now = {run.name: read_summary(sweep_dir / run.name) or {} for run in job.runs}
+                for run in job.runs:
                     if now[run.name].get("status") == "finished":  # by another launcher while this one waited
                         finished(run, now[run.name])
-                job = [run for run in job if now[run.name].get("status") != "finished"]
-                if job:
-                    run_job(job, tuple(fds))
+                left = [run for run in job.runs if now[run.name].get("status") != "finished"]
+                if left:
+                    run_job(Job(left, job.population), tuple(fds))
             finally:
                 release_runs(fds)
 
-        def run_job(job: list[RunSpec], locks: tuple[int, ...]) -> None:
+        def run_job(job: Job, locks: tuple[int, ...]) -> None:
             gpu = free_slots.get() if slots else ""
             try:
-                env = {**base_env, "CUDA_VISIBLE_DEVICES": gpu}
-                if len(job) == 1 and not packed:
-                    summaries = [execute_run(job[0].argv(sweep.agent.path, sweep_dir, extra),
-                                             str(sweep_dir / job[0].name), env, os.getcwd(), locks)]
-                else:
-                    summaries = execute_population(population_argv(job, sweep.agent, sweep_dir, extra),
-                                                   [str(sweep_dir / run.name) for run in job], env, os.getcwd(),
-                                                   locks)
+                summaries = execute_job(job, sweep, sweep_dir, extra, {**base_env, "CUDA_VISIBLE_DEVICES": gpu},
+                                        os.getcwd(), locks)
             finally:
                 if slots:
                     free_slots.put(gpu)
-            for run, summary in zip(job, summaries):
+            for run, summary in zip(job.runs, summaries):
                 finished(run, summary)
 
-        packed = options.population_size > 1 and sweep.agent.population is not None
-        jobs = start_order(population_jobs(pending, sweep.agent, options.population_size) if packed
-                           else [[run] for run in pending], options.order)
         pool = ThreadPoolExecutor(workers)
         try:
             list(pool.map(one, jobs))
             if options.wait_for_others and taken:  # each ends finished there, or is resumed here if it stopped
-                report(f"waiting for {sum(map(len, taken))} run(s) that another launcher is training")
+                report(f"waiting for {sum(len(job.runs) for job in taken)} run(s) that another launcher is training")
                 list(pool.map(functools.partial(one, wait_s=math.inf), taken))
         except KeyboardInterrupt:  # Ctrl-C reached the running runs too: they save a checkpoint and stop
             pool.shutdown(wait=True, cancel_futures=True)  # and no queued run starts
@@ -718,20 +758,31 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
     return results
 
 
-def _launch_ray(sweep, pending, options, sweep_dir, extra, base_env, gpus, finished) -> None:
+def execute_job(job: Job, sweep: Sweep, sweep_dir: Path, extra: tuple[str, ...], env: dict[str, str], cwd: str,
+                locks: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+    """Run a job; its runs' summaries, in order."""
+    if not job.population:
+        run = job.runs[0]
+        return [execute_run(run.argv(sweep.agent.path, sweep_dir, extra), str(sweep_dir / run.name), env, cwd, locks)]
+    return execute_population(population_argv(job.runs, sweep.agent, sweep_dir, extra),
+                              [str(sweep_dir / run.name) for run in job.runs], env, cwd, locks)
+
+
+def _launch_ray(sweep, jobs, options, sweep_dir, extra, base_env, gpus, finished) -> None:
+    """Each job as one Ray task (populations only where one resumes: Ray runs single-file agents otherwise)."""
     import ray
 
     ray.init(address=options.ray_address, include_dashboard=False, log_to_driver=False,
              ignore_reinit_error=True, num_cpus=None if options.ray_address else (options.workers or None))
     gpu_share = 1.0 / options.runs_per_gpu if gpus else 0
     remote = ray.remote(num_cpus=1, num_gpus=gpu_share)(
-        lambda argv, run_dir, env, cwd: execute_run(argv, run_dir, {**env, **_ray_gpu_env()}, cwd))
-    futures = {remote.remote(run.argv(sweep.agent.path, sweep_dir, extra), str(sweep_dir / run.name), base_env,
-                             os.getcwd()): run for run in pending}
+        lambda job, cwd: execute_job(job, sweep, sweep_dir, extra, {**base_env, **_ray_gpu_env()}, cwd))
+    futures = {remote.remote(job, os.getcwd()): job for job in jobs}
     while futures:
         ready, _ = ray.wait(list(futures), num_returns=1)
-        run = futures.pop(ready[0])
-        finished(run, ray.get(ready[0]))
+        job = futures.pop(ready[0])
+        for run, summary in zip(job.runs, ray.get(ready[0])):
+            finished(run, summary)
 
 
 def _ray_gpu_env() -> dict[str, str]:

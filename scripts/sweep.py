@@ -68,7 +68,8 @@ class Args:
     population_size: int = 0
     """> 1: train up to this many runs per process as one population (agents/*_population.py: DQN, PPO, TD3); runs
     that differ only in seed and per-member values (AlphaGrad's alpha, lr, momentum; another optimizer's lr) share
-    one. An interrupted population resumes from its checkpoint when run with the same members"""
+    one. An interrupted attempt resumes as it ran, whatever this option says: a population as that population,
+    a single run alone"""
     order: Literal["config", "seed"] = "config"
     """the order runs start in: config (arm by arm) or seed (every arm's first seed, then every arm's second, ...:
     a long sweep stopped part-way then has every arm at its first seeds; populations keep their members)"""

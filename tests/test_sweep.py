@@ -274,6 +274,46 @@ def test_seed_order_starts_every_arms_first_seed_first_and_keeps_populations(tmp
         sweep_module.start_order([], "random")
 
 
+def test_interrupted_attempts_resume_as_they_ran_whatever_the_packing_asked_now(tmp_path, monkeypatch):
+    """A population checkpoint's members run as that population again, and a run with its own checkpoint alone,
+    with or without --population-size and at any size (packing them anew would empty their folders, checkpoints
+    and all); a population whose other members this launch did not select is held back, its checkpoint kept."""
+    arms = {"adam": {}, "alphagrad-93": {"optim.name": "alphagrad", "optim.alpha": 93}}
+    sweep = load_sweep(write_config(tmp_path, arms=arms, parameters={**TINY, "seed": {"values": [1, 2, 3, 4, 5]}}),
+                       REGISTRY)
+    sweep_dir = tmp_path / "runs" / "tiny"
+
+    def checkpoint(run, manifest):
+        (sweep_dir / run / "checkpoints").mkdir(parents=True)
+        (sweep_dir / run / "checkpoints" / "step-000000000200.json").write_text(json.dumps(manifest))
+
+    members = ["alphagrad-93__s4", "alphagrad-93__s2", "alphagrad-93__s5"]  # packed by another launch, its order
+    checkpoint(members[0], {"config": {f"member{i}": {"run_name": name} for i, name in enumerate(members)}})
+    checkpoint("adam__s2", {"config": {"seed": 2}})  # a single-file run's
+    checkpoint("adam__s4", {"config": {"member0": {"run_name": "adam__s4"}, "member1": {"run_name": "adam__s9"}}})
+    started, said = [], []
+    monkeypatch.setattr(sweep_module, "execute_run", lambda argv, run_dir, *_, **__: started.append(
+        Path(run_dir).name) or {"status": "finished"})
+    monkeypatch.setattr(sweep_module, "execute_population", lambda argv, run_dirs, *_, **__: started.append(
+        [Path(run_dir).name for run_dir in run_dirs]) or [{"status": "finished"}] * len(run_dirs))
+    for size in (0, 2):
+        started.clear(), said.clear()
+        launch(sweep, sweep.runs, LaunchOptions(results_dir=tmp_path / "runs", workers=1, use_gpus=False,
+                                                population_size=size), report=said.append)
+        fresh = ([["adam__s1", "adam__s3"], ["adam__s4", "adam__s5"], ["alphagrad-93__s1", "alphagrad-93__s3"]] if size
+                 else ["adam__s1", "adam__s3", "adam__s4", "adam__s5", "alphagrad-93__s1", "alphagrad-93__s3"])
+        # adam__s4's population had a member this sweep no longer has: it cannot resume, so it starts afresh
+        assert started == ["adam__s2", members, *fresh]  # the resumed first, in config order
+        assert said[1] == "resuming from their checkpoints: 1 population(s) of 3 runs, 1 single run(s)"
+    started.clear()
+    selected = filter_runs(sweep.runs, ["alphagrad-93"], [1, 2, 4])
+    launch(sweep, selected, LaunchOptions(results_dir=tmp_path / "runs", workers=1, use_gpus=False,
+                                          population_size=2), report=said.append)
+    assert started == [["alphagrad-93__s1"]]  # s2 and s4 wait for s5: started together they would lose it
+    assert "alphagrad-93__s4, alphagrad-93__s2: not started; an interrupted population holds them with " \
+           "alphagrad-93__s5, not selected: select them too to resume it from its checkpoint" in said
+
+
 def test_a_run_lock_lasts_until_the_run_process_exits_even_after_the_launcher_lets_go(tmp_path):
     fds = sweep_module.lock_runs(tmp_path, ["a__s1", "a__s2"])
     assert sweep_module.lock_runs(tmp_path, ["a__s2"], wait_s=0) is None  # held
@@ -545,7 +585,8 @@ def test_a_killed_population_resumes_from_its_checkpoint_when_the_sweep_runs_aga
     assert sweep_module.population_checkpoint_matches([first, second])
     assert not sweep_module.population_checkpoint_matches([second, first])  # other members: a fresh start
 
-    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # run again without packing: the interrupted population still resumes as itself
+    completed = subprocess.run(command[:-2], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     for run_dir in (first, second):
         summary = read_run(run_dir)["summary"]
