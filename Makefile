@@ -30,8 +30,9 @@ $(STAMP): pyproject.toml
 		|| echo "warning: AlphaGrad's fused CPU kernel could not be built; AlphaGrad will take its foreach path"
 	touch $(STAMP)
 
+# one pytest worker per core (pytest-xdist; the tests share no files), and the slowest tests named at the end
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
