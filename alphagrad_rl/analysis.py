@@ -62,17 +62,18 @@ def iqm(values: Sequence[float]) -> float:
     return float(stats.trim_mean(np.asarray(values, dtype=float), 0.25))
 
 
-def bootstrap_ci(strata: Sequence[Sequence[float]], statistic, seed: int = 0,
-                 resamples: int = 2000) -> tuple[float, float]:
+def bootstrap_ci(strata: Sequence[Sequence[float]], statistic, seed: int = 0, resamples: int = 2000,
+                 vectorized: bool = False) -> tuple[float, float]:
     """BCa bootstrap CI of statistic(*strata), resampling each stratum separately (the percentile interval
-    where BCa is undefined, e.g. a constant sample)."""
+    where BCa is undefined, e.g. a constant sample). `vectorized`: the statistic takes `axis` and computes every
+    resample at once (stratified_iqm, probability_of_improvement), the same values as one resample at a time."""
     samples = [np.asarray(s, dtype=float) for s in strata]
     if any(len(s) < 2 for s in samples):
         value = statistic(*samples)
         return value, value
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BCa on a degenerate sample warns and returns NaN: the fallback below
-        result = stats.bootstrap(samples, statistic, vectorized=False, paired=False, confidence_level=CONFIDENCE,
+        result = stats.bootstrap(samples, statistic, vectorized=vectorized, paired=False, confidence_level=CONFIDENCE,
                                  n_resamples=resamples, method="BCa", rng=np.random.default_rng(seed))
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if not (math.isfinite(low) and math.isfinite(high)):
@@ -81,14 +82,19 @@ def bootstrap_ci(strata: Sequence[Sequence[float]], statistic, seed: int = 0,
     return low, high
 
 
-def stratified_iqm(*strata: np.ndarray) -> float:
-    return iqm(np.concatenate(strata))
+def stratified_iqm(*strata: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The IQM of the strata pooled, along `axis` (a bootstrap's resamples at once)."""
+    return stats.trim_mean(np.concatenate(strata, axis=axis), 0.25, axis=axis)
 
 
-def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> float:
-    """P(X > Y) for a random run of each arm (ties count one half)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    return float(stats.mannwhitneyu(x, y, alternative="two-sided").statistic / (len(x) * len(y)))
+def probability_of_improvement(x: Sequence[float], y: Sequence[float], axis: int = -1) -> float | np.ndarray:
+    """P(X > Y) for a random run of each arm (ties count one half): the Mann-Whitney U over n m; along `axis` for
+    a bootstrap's resamples at once."""
+    x, y = (np.moveaxis(np.asarray(v, dtype=float), axis, -1) for v in (x, y))
+    pairs = x[..., :, None] - y[..., None, :]
+    u = (pairs > 0).sum(axis=(-2, -1)) + 0.5 * (pairs == 0).sum(axis=(-2, -1))  # exact: an integer or a half
+    p = u / (x.shape[-1] * y.shape[-1])
+    return float(p) if p.ndim == 0 else p
 
 
 # ---- per-run metrics ----
@@ -422,14 +428,15 @@ def arm_stats(runs: list[Run], baseline: str = "adam") -> list[ArmStats]:
         improvement = None  # no interval from a single run (on either side): NaN bounds
         if arm != baseline and baseline_values:
             p = probability_of_improvement(values, baseline_values)
-            low, high = (bootstrap_ci([values, baseline_values], probability_of_improvement)
+            low, high = (bootstrap_ci([values, baseline_values], probability_of_improvement, vectorized=True)
                          if min(len(values), len(baseline_values)) > 1 else (math.nan, math.nan))
             improvement = (p, low, high)
         drawdowns = sum(finished_values(runs, arm, "mean_drawdown").values(), [])
         variabilities = sum(finished_values(runs, arm, "variability").values(), [])
         result.append(ArmStats(
             arm, total, len(values), float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
-            iqm(values), bootstrap_ci(list(strata.values()), stratified_iqm) if len(values) > 1 else (math.nan, math.nan),
+            iqm(values), bootstrap_ci(list(strata.values()), stratified_iqm, vectorized=True) if len(values) > 1
+            else (math.nan, math.nan),
             improvement,
             float(np.mean(drawdowns)) if drawdowns else math.nan,
             float(np.mean(variabilities)) if variabilities else math.nan,

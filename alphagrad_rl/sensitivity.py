@@ -100,7 +100,7 @@ def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
         values = [run.row["final_return"] for run in members if run.included]
         saturations = [run.row.get("saturation") for run in members if run.included]
         saturations = [s for s in saturations if isinstance(s, float) and math.isfinite(s)]
-        ci = bootstrap_ci([values], stratified_iqm) if len(values) > 1 else (math.nan, math.nan)
+        ci = bootstrap_ci([values], stratified_iqm, vectorized=True) if len(values) > 1 else (math.nan, math.nan)
         lrs = {run.row.get("lr") for run in members}
         points.append(Point(optimizer, setting, alpha, alpha / math.sqrt(PAPER_D[env]) if alpha is not None else None,
                             len(members), len(values), iqm(values) if values else math.nan, ci,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from alphagrad_rl.analysis import (
     bootstrap_ci,
@@ -20,6 +21,7 @@ from alphagrad_rl.analysis import (
     mean_drawdown,
     probability_of_improvement,
     spike_count,
+    stratified_iqm,
 )
 from alphagrad_rl.claims import holm, minimal_detectable_effect, one_sample, paper_claims, welch
 from alphagrad_rl.report import arm_styles, natural_order, write_report
@@ -83,6 +85,19 @@ def test_bootstrap_ci_coverage_in_a_small_simulation():
 def test_stratified_bootstrap_resamples_each_environment_separately():
     low, high = bootstrap_ci([[0.0, 0.0, 0.0], [100.0, 100.0, 100.0]], lambda a, b: iqm(np.concatenate([a, b])))
     assert low == high == 50.0  # each stratum constant: every resample keeps three of each
+
+
+def test_vectorized_statistics_give_the_same_intervals_as_one_resample_at_a_time():
+    """The reports' bootstraps compute every resample at once (stratified_iqm, probability_of_improvement along an
+    axis): the same intervals, to the bit, as the one-resample-at-a-time form, ties and strata included."""
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(100, 30, size=7).round(), rng.normal(90, 30, size=5).round()
+    a[:2] = b[:2]  # ties across the arms
+    assert bootstrap_ci([a, b], stratified_iqm, vectorized=True) == bootstrap_ci(
+        [a, b], lambda *strata: iqm(np.concatenate(strata)))
+    assert bootstrap_ci([a, b], probability_of_improvement, vectorized=True) == bootstrap_ci(
+        [a, b], lambda x, y: stats.mannwhitneyu(x, y).statistic / (len(x) * len(y)))
+    assert probability_of_improvement(a, b) == stats.mannwhitneyu(a, b).statistic / 35
 
 
 def test_probability_of_improvement():
