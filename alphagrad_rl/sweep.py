@@ -697,10 +697,11 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
 
     resumed, fresh = resumed_jobs(pending, sweep.runs, sweep_dir, sweep.agent, report)
     if resumed:
-        populations = sum(job.population for job in resumed)
-        report(f"resuming from their checkpoints: {populations} population(s) of "
-               f"{sum(len(job.runs) for job in resumed if job.population)} runs, {len(resumed) - populations} single "
-               "run(s)")
+        populations = [len(job.runs) for job in resumed if job.population]
+        singles = len(resumed) - len(populations)
+        report("resuming from their checkpoints: " + ", ".join(
+            ([f"{len(populations)} population(s) of {sum(populations)} runs"] if populations else [])
+            + ([f"{singles} single run(s)"] if singles else [])))
     packed = options.population_size > 1 and sweep.agent.population is not None and options.backend == "local"
     jobs = start_order(resumed + ([Job(runs, True) for runs in population_jobs(fresh, sweep.agent,
                                                                                 options.population_size)]

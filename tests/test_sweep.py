@@ -305,6 +305,10 @@ def test_interrupted_attempts_resume_as_they_ran_whatever_the_packing_asked_now(
         # adam__s4's population had a member this sweep no longer has: it cannot resume, so it starts afresh
         assert started == ["adam__s2", members, *fresh]  # the resumed first, in config order
         assert said[1] == "resuming from their checkpoints: 1 population(s) of 3 runs, 1 single run(s)"
+    said.clear()
+    launch(sweep, sweep.runs[:1] + sweep.runs[5:], LaunchOptions(results_dir=tmp_path / "runs", workers=1,
+                                                                 use_gpus=False), report=said.append)
+    assert "resuming from their checkpoints: 1 population(s) of 3 runs" in said
     started.clear()
     selected = filter_runs(sweep.runs, ["alphagrad-93"], [1, 2, 4])
     launch(sweep, selected, LaunchOptions(results_dir=tmp_path / "runs", workers=1, use_gpus=False,
