@@ -446,8 +446,13 @@ def progress_summary(progress: list[RunProgress], workers: int) -> str:
 
 def prepare_run_folders(run_dirs: list[Path], population: bool) -> bool:
     """Whether an earlier attempt continues from its checkpoint: the run's own, or a population's in its first
-    member's folder when written for exactly these members. If not, the folders are emptied for a fresh start."""
-    resume = population_checkpoint_matches(run_dirs) if population else bool(checkpoint_manifests(run_dirs[0]))
+    member's folder when written for exactly these members. If not, the folders are emptied for a fresh start (a
+    population checkpoint reaches a single run only when its population cannot resume: resumed_jobs)."""
+    if population:
+        resume = population_checkpoint_matches(run_dirs)
+    else:
+        manifests = checkpoint_manifests(run_dirs[0])
+        resume = bool(manifests) and checkpoint_members(manifests[0]) is None
     for run_dir in run_dirs:
         if run_dir.exists() and not resume:
             shutil.rmtree(run_dir)

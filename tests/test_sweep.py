@@ -318,6 +318,23 @@ def test_interrupted_attempts_resume_as_they_ran_whatever_the_packing_asked_now(
            "alphagrad-93__s5, not selected: select them too to resume it from its checkpoint" in said
 
 
+def test_a_single_run_resumes_from_its_own_checkpoint_never_from_a_populations(tmp_path):
+    """A population checkpoint reaches a single run only when its population cannot resume (its other members
+    finished, or left the config): the run starts afresh instead of crashing on it at every launch."""
+    def checkpoint(run_dir, manifest):
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "checkpoints" / "step-000000000200.json").write_text(json.dumps(manifest))
+        (run_dir / "metrics.jsonl").write_text("{}\n")
+
+    own, member, other = tmp_path / "a__s1", tmp_path / "b__s1", tmp_path / "b__s2"
+    checkpoint(own, {"config": {"seed": 1}})
+    checkpoint(member, {"config": {"member0": {"run_name": "b__s1"}, "member1": {"run_name": "b__s2"}}})
+    assert sweep_module.prepare_run_folders([own], population=False) and (own / "metrics.jsonl").exists()
+    assert sweep_module.prepare_run_folders([member, other], population=True) and (member / "metrics.jsonl").exists()
+    assert not sweep_module.prepare_run_folders([member], population=False)
+    assert member.is_dir() and not any(member.iterdir())  # emptied for the fresh start
+
+
 def test_a_run_lock_lasts_until_the_run_process_exits_even_after_the_launcher_lets_go(tmp_path):
     fds = sweep_module.lock_runs(tmp_path, ["a__s1", "a__s2"])
     assert sweep_module.lock_runs(tmp_path, ["a__s2"], wait_s=0) is None  # held
