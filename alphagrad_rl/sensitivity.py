@@ -299,14 +299,20 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
     """sensitivity.csv, the figure and SENSITIVITY.md (a table per setting and what the data can say)."""
     env, points = sensitivity_points(runs)
     best = best_baseline(points, baseline)
+    alphagrad = [p for p in points if p.alpha is not None]
+    versus, versus_lines = _versus_baseline(alphagrad, best, baseline) if best is not None else ({}, [])
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_dir / "sensitivity.csv") as f:
         writer = csv.writer(f)
         writer.writerow(["optimizer", "setting", "alpha", "k", "runs", "finished", "iqm", "iqm_ci_low", "iqm_ci_high",
-                         "mean", "saturation"])
+                         "mean", "saturation", "vs_baseline_mean_diff", "vs_baseline_low", "vs_baseline_high",
+                         "vs_baseline_p_holm", "vs_baseline_mde"])
         for p in points:
+            comparison = versus.get(id(p))
+            tested = [comparison.result.estimate, comparison.result.low, comparison.result.high, comparison.p_adjusted,
+                      comparison.mde] if comparison is not None else [""] * 5
             writer.writerow([p.optimizer, p.label, p.alpha, p.k, p.runs, p.finished, p.iqm, *p.ci, p.mean,
-                             p.saturation])
+                             p.saturation, *tested])
     figures = plot_sensitivity(env, points, best, out_dir)
     lines = [f"# Alpha sensitivity: {env}", "",
              f"Final return (mean of the last {final_window} episodes per run; IQM over seeds with its 95% BCa CI) "
@@ -322,8 +328,6 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
                   + f": IQM {_with_ci(best)} over {_seeds(best.finished)}"
                   + ("; each of its settings: " + ", ".join(f"{p.label}: {p.iqm:.1f}" for p in own) if len(own) > 1
                      else "") + ".", ""]
-    alphagrad = [p for p in points if p.alpha is not None]
-    versus, versus_lines = _versus_baseline(alphagrad, best, baseline) if best is not None else ({}, [])
     for setting in sorted({p.setting for p in alphagrad}, key=_natural):
         line = sorted((p for p in alphagrad if p.setting == setting), key=lambda p: p.k)
         top = max(line, key=lambda p: p.iqm if math.isfinite(p.iqm) else -math.inf)

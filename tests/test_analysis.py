@@ -493,6 +493,9 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     write_sensitivity(runs, tmp_path / "out")
     table = list(csv.DictReader(open(tmp_path / "out" / "sensitivity.csv")))
     assert len(table) == 12  # 10 AlphaGrad settings + Adam at 2 lrs
+    row = next(r for r in table if r["setting"] == "lr 0.001" and r["alpha"] == "93.0")  # the test below, as numbers
+    assert float(row["vs_baseline_mean_diff"]) == pytest.approx(122.5) and float(row["vs_baseline_p_holm"]) < 0.05
+    assert float(row["vs_baseline_mde"]) > 0 and next(r for r in table if r["optimizer"] == "adam")["vs_baseline_p_holm"] == ""
     text = (tmp_path / "out" / "SENSITIVITY.md").read_text()
     assert "adam at its best setting (lr 0.001)" in text and "Best k 1 (IQM" in text
     assert "grid's" not in text  # k = 1 is inside the grid 0.1-10
