@@ -660,6 +660,32 @@ def start_order(jobs: list[Job], order: str) -> list[Job]:
     return sorted(jobs, key=lambda job: min(run.seed for run in job.runs)) if order == "seed" else list(jobs)
 
 
+def plan_jobs(sweep: Sweep, pending: list[RunSpec], sweep_dir: Path, options: LaunchOptions,
+              report: Callable[[str], None]) -> list[Job]:
+    """The jobs that train `pending`, in start order: interrupted attempts as they ran (resumed_jobs, said), the
+    rest packed into populations of options.population_size where the agent has one (local backend), else alone."""
+    resumed, fresh = resumed_jobs(pending, sweep.runs, sweep_dir, sweep.agent, report)
+    if resumed:
+        populations = [len(job.runs) for job in resumed if job.population]
+        singles = len(resumed) - len(populations)
+        report("resuming from their checkpoints: " + ", ".join(
+            ([f"{len(populations)} population(s) of {sum(populations)} runs"] if populations else [])
+            + ([f"{singles} single run(s)"] if singles else [])))
+    packed = options.population_size > 1 and sweep.agent.population is not None and options.backend == "local"
+    return start_order(resumed + ([Job(runs, True) for runs in population_jobs(fresh, sweep.agent,
+                                                                                options.population_size)]
+                                  if packed else [Job([run], False) for run in fresh]), options.order)
+
+
+def describe_plan(jobs: list[Job]) -> str:
+    """What a launch would start: each population process's members (first and last), then the single runs' count."""
+    lines = [f"population of {len(job.runs)}: {job.runs[0].name}" + (f" ... {job.runs[-1].name}" if len(job.runs) > 1
+                                                                      else "") for job in jobs if job.population]
+    singles = sum(not job.population for job in jobs)
+    return "\n".join(lines + ([f"{singles} single run(s)"] if singles else [])
+                     + [f"{len(jobs)} process(es) to start, in this order"])
+
+
 def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
            report: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Run every unfinished run of `runs`; returns {run name: summary} for all of them (skipped ones included)."""
@@ -700,17 +726,7 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
         if options.records_dir is not None:
             export_record({run.name})
 
-    resumed, fresh = resumed_jobs(pending, sweep.runs, sweep_dir, sweep.agent, report)
-    if resumed:
-        populations = [len(job.runs) for job in resumed if job.population]
-        singles = len(resumed) - len(populations)
-        report("resuming from their checkpoints: " + ", ".join(
-            ([f"{len(populations)} population(s) of {sum(populations)} runs"] if populations else [])
-            + ([f"{singles} single run(s)"] if singles else [])))
-    packed = options.population_size > 1 and sweep.agent.population is not None and options.backend == "local"
-    jobs = start_order(resumed + ([Job(runs, True) for runs in population_jobs(fresh, sweep.agent,
-                                                                                options.population_size)]
-                                  if packed else [Job([run], False) for run in fresh]), options.order)
+    jobs = plan_jobs(sweep, pending, sweep_dir, options, report)
     if options.backend == "ray":
         _launch_ray(sweep, jobs, options, sweep_dir, extra, base_env, gpus, finished)
     else:

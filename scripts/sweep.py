@@ -27,10 +27,12 @@ from alphagrad_rl.sweep import (
     LaunchOptions,
     SweepConfigError,
     arm_table,
+    describe_plan,
     filter_runs,
     launch,
     load_sweep,
     override_flag,
+    plan_jobs,
     progress_summary,
     sweep_progress,
 )
@@ -42,7 +44,8 @@ class Args:
     """the sweep config (YAML)"""
     dry_run: bool = False
     """list the runs and where each stands (finished, training now, stopped at step N, ...) with the compute left,
-    without running anything (safe while the sweep runs)"""
+    and the processes a launch with these options would start, without running anything (safe while the sweep
+    runs)"""
     arms: tuple[str, ...] = ()
     """run only these arms"""
     seeds: tuple[int, ...] = ()
@@ -127,17 +130,20 @@ def main(args: Args) -> int:
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             print(f"wandb sweep {path}")
         return 0
+    options = LaunchOptions(results_dir=args.results_dir, workers=args.workers, backend=args.backend,
+                            ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu, use_gpus=args.gpus,
+                            track=args.track, population_size=args.population_size, order=args.order,
+                            wait_for_others=args.wait_for_others, records_dir=args.records)
     if args.dry_run:
         progress = sweep_progress(args.results_dir / sweep.name, runs, sweep.agent)
         width = max(len(p.describe()) for p in progress)
         for run, p in zip(runs, progress):
             print(f"{run.name:50s} {p.describe():{width}s} {' '.join(run.flag_args())}")
         print(progress_summary(progress, args.workers or os.cpu_count() or 1))
+        pending = [run for run, p in zip(runs, progress) if p.state != "finished"]
+        if pending:
+            print(describe_plan(plan_jobs(sweep, pending, args.results_dir.resolve() / sweep.name, options, print)))
         return 0
-    options = LaunchOptions(results_dir=args.results_dir, workers=args.workers, backend=args.backend,
-                            ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu, use_gpus=args.gpus,
-                            track=args.track, population_size=args.population_size, order=args.order,
-                            wait_for_others=args.wait_for_others, records_dir=args.records)
     try:
         results = launch(sweep, runs, options)
     except KeyboardInterrupt:
