@@ -63,17 +63,19 @@ def welch(a: Sequence[float], b: Sequence[float], margin: float | None = None, s
     va, vb = a.var(ddof=1) / len(a), scale**2 * b.var(ddof=1) / len(b)
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else len(a) + len(b) - 2
-    return _t_result(float(a.mean() - scale * b.mean()), se, df, (len(a), len(b)), margin)
+    return t_result(float(a.mean() - scale * b.mean()), se, df, (len(a), len(b)), margin)
 
 
 def one_sample(a: Sequence[float], threshold: float) -> TestResult:
     """The one-sample t for mean(a) - threshold (two-sided p)."""
     a = np.asarray(a, dtype=float)
-    return _t_result(float(a.mean() - threshold), float(a.std(ddof=1) / math.sqrt(len(a))), len(a) - 1, (len(a),),
+    return t_result(float(a.mean() - threshold), float(a.std(ddof=1) / math.sqrt(len(a))), len(a) - 1, (len(a),),
                      None)
 
 
-def _t_result(estimate: float, se: float, df: float, n: tuple[int, ...], margin: float | None) -> TestResult:
+def t_result(estimate: float, se: float, df: float, n: tuple[int, ...], margin: float | None) -> TestResult:
+    """The t test of an estimate with standard error `se` on `df` degrees of freedom: two-sided, or with `margin`
+    the one-sided p of H0: estimate <= -margin; with its 95% interval."""
     half = stats.t.ppf(1 - LEVEL / 2, df) * se
     if se == 0:
         p = 0.0 if (estimate + (margin or 0.0)) != 0 else 1.0

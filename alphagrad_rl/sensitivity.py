@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from .analysis import Run, bootstrap_ci, iqm, stratified_iqm
-from .claims import LEVEL, MIN_RUNS, TestResult, holm, minimal_detectable_effect, welch
+from .claims import LEVEL, MIN_RUNS, TestResult, holm, minimal_detectable_effect, t_result, welch
 from .report import budget_text, natural_key, plt, save_figure
 from .runs import atomic_write
 
@@ -265,6 +265,32 @@ def _versus_baseline(alphagrad: list[Point], best: Point, baseline: str) -> tupl
     return tested, lines
 
 
+def pooled_lr_effect(pairs: list[tuple[Point, Point]]) -> TestResult | None:
+    """The pairs' differences at equal lr x alpha, higher lr minus lower, pooled with inverse-variance weights: one t
+    test of "only the product matters" (every difference 0), with power where the pairs lean one way. A point in
+    several pairs counts once in the variance (the pooled difference is a signed sum of point means), and the df are
+    Welch-Satterthwaite's over the points. None without a pair of MIN_RUNS seeds a side."""
+    usable = [(a, b) if a.lr > b.lr else (b, a) for a, b in pairs
+              if len(a.values) >= MIN_RUNS and len(b.values) >= MIN_RUNS]
+    if not usable:
+        return None
+    points = {id(p): p for pair in usable for p in pair}
+    variance = {key: float(np.var(p.values, ddof=1)) / len(p.values) for key, p in points.items()}
+    pair_variances = np.array([variance[id(high)] + variance[id(low)] for high, low in usable])
+    weights = 1 / pair_variances if np.all(pair_variances > 0) else np.ones(len(usable))
+    weights /= weights.sum()
+    loading = dict.fromkeys(points, 0.0)  # each point mean's coefficient in the pooled difference
+    for weight, (high, low) in zip(weights, usable):
+        loading[id(high)] += weight
+        loading[id(low)] -= weight
+    parts = {key: loading[key] ** 2 * variance[key] for key in points}
+    total = sum(parts.values())
+    df = (total ** 2 / sum(part ** 2 / (len(points[key].values) - 1) for key, part in parts.items())
+          if total > 0 else sum(len(p.values) - 1 for p in points.values()))
+    estimate = sum(loading[key] * float(np.mean(p.values)) for key, p in points.items())
+    return t_result(estimate, math.sqrt(total), df, (len(usable),), None)
+
+
 def _same_step_pairs(alphagrad: list[Point]) -> list[str]:
     """A table of the pairs of settings that differ only in lr and reach the same lr x alpha (within 1%), each tested
     by Welch's t (Holm over the pairs): where the update is linear in alpha these pairs are the same optimizer."""
@@ -292,7 +318,15 @@ def _same_step_pairs(alphagrad: list[Point]) -> list[str]:
                f"mattering, which they cannot prove; {_detectable(tested)}." if not differing else
                f"{differing} of {len(tested)} pairs differ (Holm): there alpha and lr do not trade one for one (the "
                f"tanh is not linear at that k, or the lr matters beyond the step); {_detectable(tested)}.")
-    return lines + ["", verdict, ""]
+    pooled = pooled_lr_effect(pairs)
+    lines += ["", verdict, "",
+              f"Pooled over the {pooled.n[0]} tested pairs (higher lr minus lower lr at the same lr x alpha, "
+              f"inverse-variance weights): {pooled.estimate:+.1f} [{pooled.low:+.1f}, {pooled.high:+.1f}], p = "
+              f"{pooled.p:.2g}: " + ("the lr matters beyond the product, this way on average" if pooled.p < LEVEL else
+                                     "no lr effect at equal product found")
+              + f"; the smallest pooled effect these seeds could detect (80% power, two-sided at 0.05): "
+              f"{minimal_detectable_effect(pooled, LEVEL):.0f} return points.", ""]
+    return lines
 
 
 def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", final_window: int = 100) -> Path:

@@ -547,9 +547,33 @@ def test_equal_step_pairs_differ_only_in_lr():
     assert text.count("| 0.01 |") == 1 and "momentum 0.9, k 0.108: 100.0 [90.0, 110.0]" in text
     # means 100 and 111.7: Welch's t = -1.20 on 2.86 df, p = 0.32 (scipy.stats.ttest_ind(equal_var=False))
     assert "| -11.7 [" in text and "p = 0.32 |" in text and "No pair differs (Holm over the 1 tested)" in text
+    assert "Pooled over the 1 tested pairs (higher lr minus lower lr at the same lr x alpha, inverse-variance " \
+           "weights): -11.7 [" in text and "p = 0.32: no lr effect at equal product found" in text
     assert _same_step_pairs(points[2:]) == []  # same momentum, products 1e-2 and 3e-2
     two_seeds = [point(1e-3, "0.9", 10.0, (90.0, 110.0), (90.0, 110.0)), points[1]]
     assert "No pair has 3 seeds a side yet" in "\n".join(_same_step_pairs(two_seeds))
+
+
+def test_the_pooled_lr_effect_counts_a_shared_point_once():
+    """Two pairs sharing their higher-lr point: their differences move together with that point's noise, so the
+    pooled standard error is the shared point's own (not that over sqrt(2), as for independent pairs); a consistent
+    lean shows in the pooled test though no single pair separates."""
+    from alphagrad_rl.sensitivity import Point, pooled_lr_effect
+
+    def point(lr, alpha, values):
+        return Point("alphagrad", (("optim.lr", f"{lr:g}"),), alpha, alpha / 93, len(values), len(values), 0.0,
+                     (0.0, 0.0), float(np.mean(values)), 0.0, lr, tuple(values))
+
+    shared = point(1e-2, 1.0, (100.0, 140.0, 180.0, 120.0, 160.0))
+    lows = [point(1e-3, 10.0, (99.0, 100.0, 101.0, 100.0, 100.0)), point(1e-4, 100.0, (110.0, 111.0, 109.0, 110.0,
+                                                                                          110.0))]
+    pooled = pooled_lr_effect([(shared, lows[0]), (lows[1], shared)])  # either order: higher lr minus lower
+    assert pooled.n == (2,) and pooled.estimate == pytest.approx(140.0 - (100.0 + 110.0) / 2)
+    assert pooled.se == pytest.approx(math.sqrt(np.var(shared.values, ddof=1) / 5 + 0.25 * (0.5 + 0.5) / 5), rel=1e-9)
+    many = [(point(1e-3, 10.0, (120.0 + d, 125.0 + d, 130.0 + d)), point(1e-4, 100.0, (100.0 + d, 110.0 + d, 105.0 + d)))
+            for d in (0.0, 40.0, 80.0, 120.0)]  # each pair +20 (Welch p = 0.008 alone), independent
+    assert pooled_lr_effect(many).estimate == pytest.approx(20.0) and pooled_lr_effect(many).p < 0.001
+    assert pooled_lr_effect([(many[0][0], point(1e-4, 100.0, (1.0, 2.0)))]) is None  # 2 seeds: untested
 
 
 def test_sweeps_analyzed_together_join_one_sensitivity_curve(tmp_path, monkeypatch):
