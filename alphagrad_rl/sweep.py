@@ -678,12 +678,13 @@ def plan_jobs(sweep: Sweep, pending: list[RunSpec], sweep_dir: Path, options: La
 
 
 def describe_plan(jobs: list[Job]) -> str:
-    """What a launch would start: each population process's members (first and last), then the single runs' count."""
+    """What a launch would start: each population process's members (first and last; in start order), then the
+    single runs' count."""
     lines = [f"population of {len(job.runs)}: {job.runs[0].name}" + (f" ... {job.runs[-1].name}" if len(job.runs) > 1
                                                                       else "") for job in jobs if job.population]
     singles = sum(not job.population for job in jobs)
     return "\n".join(lines + ([f"{singles} single run(s)"] if singles else [])
-                     + [f"{len(jobs)} process(es) to start, in this order"])
+                     + [f"{len(jobs)} process(es) to start"])
 
 
 def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,

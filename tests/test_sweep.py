@@ -313,7 +313,7 @@ def test_interrupted_attempts_resume_as_they_ran_whatever_the_packing_asked_now(
     assert sweep_module.describe_plan(plan) == (
         "population of 3: alphagrad-93__s4 ... alphagrad-93__s5\npopulation of 2: adam__s1 ... adam__s3\n"
         "population of 2: adam__s4 ... adam__s5\npopulation of 2: alphagrad-93__s1 ... alphagrad-93__s3\n"
-        "1 single run(s)\n5 process(es) to start, in this order")
+        "1 single run(s)\n5 process(es) to start")
     started.clear()
     selected = filter_runs(sweep.runs, ["alphagrad-93"], [1, 2, 4])
     launch(sweep, selected, LaunchOptions(results_dir=tmp_path / "runs", workers=1, use_gpus=False,
@@ -575,7 +575,7 @@ def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
     listing = subprocess.run(command + ["--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
     assert re.search(r"alphagrad-93__s1 +stopped: resumes at step [\d,]+/3,000", listing), listing
     assert listing.endswith("resuming from their checkpoints: 1 single run(s)\n1 single run(s)\n"
-                            "1 process(es) to start, in this order\n"), listing  # the launch it would make
+                            "1 process(es) to start\n"), listing  # the launch it would make
 
     finished_mtime = (sweep_dir / "adam__s1" / "summary.json").stat().st_mtime_ns
     completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
