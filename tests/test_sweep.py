@@ -41,6 +41,12 @@ def run_status(run_dir: Path) -> str | None:
     return (read_summary(run_dir) or {}).get("status")
 
 
+def write_checkpoint_manifest(run_dir: Path, manifest: dict) -> None:
+    """A checkpoint manifest at step 200 in a run folder (what the launcher reads to plan a resume)."""
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-000000000200.json").write_text(json.dumps(manifest))
+
+
 def write_config(tmp_path, **overrides):
     config = {"name": "tiny", "program": "agents/dqn.py", "method": "grid",
               "parameters": {**TINY, "seed": {"values": [1, 2]}},
@@ -284,8 +290,7 @@ def test_interrupted_attempts_resume_as_they_ran_whatever_the_packing_asked_now(
     sweep_dir = tmp_path / "runs" / "tiny"
 
     def checkpoint(run, manifest):
-        (sweep_dir / run / "checkpoints").mkdir(parents=True)
-        (sweep_dir / run / "checkpoints" / "step-000000000200.json").write_text(json.dumps(manifest))
+        write_checkpoint_manifest(sweep_dir / run, manifest)
 
     members = ["alphagrad-93__s4", "alphagrad-93__s2", "alphagrad-93__s5"]  # packed by another launch, its order
     checkpoint(members[0], {"config": {f"member{i}": {"run_name": name} for i, name in enumerate(members)}})
@@ -327,8 +332,7 @@ def test_a_single_run_resumes_from_its_own_checkpoint_never_from_a_populations(t
     """A population checkpoint reaches a single run only when its population cannot resume (its other members
     finished, or left the config): the run starts afresh instead of crashing on it at every launch."""
     def checkpoint(run_dir, manifest):
-        (run_dir / "checkpoints").mkdir(parents=True)
-        (run_dir / "checkpoints" / "step-000000000200.json").write_text(json.dumps(manifest))
+        write_checkpoint_manifest(run_dir, manifest)
         (run_dir / "metrics.jsonl").write_text("{}\n")
 
     own, member, other = tmp_path / "a__s1", tmp_path / "b__s1", tmp_path / "b__s2"
