@@ -232,6 +232,17 @@ def clear_record(run_dir: str | Path) -> None:
         shutil.rmtree(run_dir / folder, ignore_errors=True)
 
 
+def wait_past_event_files(run_dir: Path) -> None:
+    """Wait until a new TensorBoard event file's name sorts after the run's earlier ones. TensorBoard reads a run's
+    files in name order (events.out.tfevents.<start second>.<host>.<pid>.<writer counter>); a writer started in the
+    same second as an earlier one is ordered by pid and an unpadded counter (10 before 9), so a resumed attempt's
+    purge could be read before the points it purges."""
+    seconds = [int(parts[3]) for parts in (path.name.split(".") for path in run_dir.glob("events.out.tfevents.*"))
+               if len(parts) > 3 and parts[3].isdigit()]
+    if seconds:
+        time.sleep(max(0.0, max(seconds) + 1 - time.time()))
+
+
 FLUSH_INTERVAL_S = 1.0  # metrics.jsonl is flushed at most this often while training (and at every checkpoint and
 # at the end); a flush per row cost a population of 10 DQN runs ~4% of its time
 
@@ -281,6 +292,8 @@ class RunRecord:
         self._metrics = open(metrics_path, "a")
         self._last_flush = time.monotonic()
         # a resumed writer purges the points after the checkpoint that an earlier attempt wrote
+        if self.resumes:
+            wait_past_event_files(self.run_dir)
         self.writer = SummaryWriter(str(self.run_dir), purge_step=self.last_logged_step + 1 if self.resumes else None)
         if not self.resumes:
             self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(

@@ -57,7 +57,16 @@ import tyro
 import yaml
 
 from .analysis import compact_record_path, export_records
-from .runs import checkpoint_manifests, is_safe_name, process_seconds, read_summary, safe_name, write_json_atomic
+from .checkpoint import config_differences
+from .runs import (
+    checkpoint_manifests,
+    is_safe_name,
+    process_seconds,
+    read_run,
+    read_summary,
+    safe_name,
+    write_json_atomic,
+)
 
 TOP_LEVEL_KEYS = {"name", "program", "method", "description", "metric", "parameters", "arms"}
 REQUIRED_KEYS = {"name", "program", "parameters", "arms"}
@@ -399,9 +408,35 @@ class RunProgress:
         return 0 if self.state == "finished" else self.total - (self.step if self.resumable else 0)
 
 
-def sweep_progress(sweep_dir: Path, runs: list[RunSpec], agent: AgentEntry) -> list[RunProgress]:
+def recorded_runs(records_dir: Path, runs: list[RunSpec], agent: AgentEntry) -> dict[str, dict[str, Any]]:
+    """{name: summary} of the runs whose compact record in `records_dir` (export_records) says they finished: they
+    count as done where their folders are not (a fresh clone, another machine), so that a relaunch does not train
+    them again. Raises ValueError naming each record made with other options than the run's today (a rerun would
+    overwrite it). A crashed run's record does not count: the run is retried."""
+    found, conflicts = {}, []
+    for run in runs:
+        path = compact_record_path(records_dir, run.name)
+        if not path.exists():
+            continue
+        record = read_run(path)
+        if (record["summary"] or {}).get("status") != "finished":
+            continue
+        if differences := config_differences(record["config"]["config"], dataclasses.asdict(_parsed(run, agent))):
+            conflicts.append(f"{path}: " + "; ".join(d.replace("(checkpoint)", "(record)") for d in differences))
+        else:
+            found[run.name] = record["summary"]
+    if conflicts:
+        raise ValueError("finished runs' records were made with other options than the sweep gives them now, and "
+                         "a rerun would overwrite them; give another --records folder, or move them away:\n"
+                         + "\n".join(conflicts))
+    return found
+
+
+def sweep_progress(sweep_dir: Path, runs: list[RunSpec], agent: AgentEntry,
+                   recorded: Mapping[str, dict[str, Any]] | None = None) -> list[RunProgress]:
     """Each run's state as its records and lock show it; readable while launchers (here or elsewhere on the
-    shared folder) train the sweep. A population member's checkpoint is its first member's, which names it."""
+    shared folder) train the sweep. A population member's checkpoint is its first member's, which names it.
+    `recorded` (recorded_runs) are finished wherever their folders say nothing else."""
     checkpoint_step: dict[str, int] = {}  # run name: the step of its newest checkpoint, its own or its population's
     for run in runs:
         if manifests := checkpoint_manifests(sweep_dir / run.name):
@@ -412,6 +447,8 @@ def sweep_progress(sweep_dir: Path, runs: list[RunSpec], agent: AgentEntry) -> l
     for run in runs:
         run_dir = sweep_dir / run.name
         summary = read_summary(run_dir) or {}
+        if summary.get("status") != "finished" and recorded and run.name in recorded:
+            summary = recorded[run.name]
         resumable = run.name in checkpoint_step
         step = checkpoint_step.get(run.name, int(summary.get("global_step") or 0))
         status = summary.get("status")
@@ -694,6 +731,12 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
     extra = options.extra_args + (("--track", "--wandb-group", sweep.name) if options.track else ())
     summaries = {run.name: read_summary(sweep_dir / run.name) for run in runs}
     done = {name: summary for name, summary in summaries.items() if summary and summary.get("status") == "finished"}
+    if options.records_dir is not None:
+        recorded = recorded_runs(options.records_dir, [run for run in runs if run.name not in done], sweep.agent)
+        if recorded:
+            report(f"{len(recorded)} run(s) counted as finished from their records in {options.records_dir} "
+                   "(their folders here hold no finished run)")
+        done.update(recorded)
     pending = [run for run in runs if run.name not in done]
     gpus = visible_gpus() if options.use_gpus else []
     slots = assign_gpus(len(gpus), options.runs_per_gpu) if gpus else []

@@ -34,6 +34,7 @@ from alphagrad_rl.sweep import (
     override_flag,
     plan_jobs,
     progress_summary,
+    recorded_runs,
     sweep_progress,
 )
 
@@ -83,7 +84,8 @@ class Args:
     records: Path | None = None
     """write each run's compact record (what scripts/analyze.py exports: results/<sweep>/records) into this folder
     as soon as the run ends, and those of runs that ended before: a long sweep's finished runs can be committed
-    while it goes on"""
+    while it goes on. A run whose finished record is there counts as done where the results folder has no finished
+    run (a fresh clone, another machine): relaunching trains only the rest"""
     export_wandb: Path | None = None
     """write one W&B grid-sweep config per arm into this folder (for `wandb sweep`) and exit"""
 
@@ -134,8 +136,13 @@ def main(args: Args) -> int:
                             ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu, use_gpus=args.gpus,
                             track=args.track, population_size=args.population_size, order=args.order,
                             wait_for_others=args.wait_for_others, records_dir=args.records)
+    try:
+        recorded = recorded_runs(args.records, runs, sweep.agent) if args.records is not None else {}
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.dry_run:
-        progress = sweep_progress(args.results_dir / sweep.name, runs, sweep.agent)
+        progress = sweep_progress(args.results_dir / sweep.name, runs, sweep.agent, recorded)
         width = max(len(p.describe()) for p in progress)
         for run, p in zip(runs, progress):
             print(f"{run.name:50s} {p.describe():{width}s} {' '.join(run.flag_args())}")

@@ -29,7 +29,7 @@ from alphagrad_rl.buffers import ReplayBuffer
 from alphagrad_rl.checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted, _decode, _encode
 from alphagrad_rl.envs import env_state, restore_env_state
 from alphagrad_rl.factory import OptimizerSpec
-from alphagrad_rl.runs import read_run
+from alphagrad_rl.runs import read_run, wait_past_event_files
 
 ROOT = Path(__file__).resolve().parents[1]
 # checkpoint every CHECKPOINT_EVERY[agent] steps; the simulated crash comes CRASH_AFTER steps after the second one
@@ -113,6 +113,20 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(agent, tmp_path, mo
     assert tensorboard_points(tmp_path / "cut", tag) == tensorboard_points(tmp_path / "full", tag)
     # a finished run deletes its checkpoints
     assert not (tmp_path / "cut" / "checkpoints").exists()
+
+
+def test_a_resumed_writer_s_event_file_is_read_after_the_earlier_ones(tmp_path):
+    # an earlier attempt's file from this very second, by another process (pid 99999999) with a later counter:
+    # started now, a new writer's name would sort before it, and TensorBoard would read its purge first
+    from torch.utils.tensorboard import SummaryWriter
+
+    earlier = tmp_path / f"events.out.tfevents.{int(time.time()):010d}.{platform.node()}.99999999.9"
+    earlier.write_bytes(b"")
+    wait_past_event_files(tmp_path)
+    writer = SummaryWriter(str(tmp_path))
+    writer.close()
+    names = sorted(path.name for path in tmp_path.glob("events.out.tfevents.*"))
+    assert len(names) == 2 and names[0] == earlier.name
 
 
 @pytest.mark.parametrize("agent", ["dqn", "ppo"])

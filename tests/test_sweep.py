@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -550,6 +551,41 @@ def test_each_runs_compact_record_is_written_as_it_ends(tmp_path):
     launch(sweep, sweep.runs, options, report=quiet)  # nothing left to run: only the missing records are written
     assert all((records / path.name).read_bytes() == path.read_bytes() for path in exported)
     assert summary.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_runs_whose_finished_records_are_committed_are_not_trained_again_on_a_fresh_machine(tmp_path):
+    """A fresh clone has the committed records but no run folders: the relaunch trains only the runs without a
+    finished record, and a record of other options is refused, not overwritten."""
+    sweep = load_sweep(write_config(tmp_path, parameters={**TINY, "seed": {"values": [1]}}), REGISTRY)
+    records = tmp_path / "records"
+    options = LaunchOptions(results_dir=tmp_path / "runs", workers=1, use_gpus=False, records_dir=records)
+    launch(sweep, sweep.runs, options, report=quiet)
+    kept, retried = sweep.runs
+    (tmp_path / "runs").rename(tmp_path / "first-machine")  # the machine is gone, the records are committed
+    record = {path.name: path.read_bytes() for path in records.iterdir()}
+    crashed = tmp_path / "first-machine" / "tiny" / retried.name / "summary.json"
+    crashed.write_text(json.dumps({**json.loads(crashed.read_text()), "status": "crashed"}))
+    export_records(tmp_path / "first-machine" / "tiny", records, only={retried.name})  # a crashed run is retried
+
+    progress = sweep_module.sweep_progress(tmp_path / "runs" / "tiny", sweep.runs, sweep.agent,
+                                           sweep_module.recorded_runs(records, sweep.runs, sweep.agent))
+    assert [p.state for p in progress] == ["finished", "not started"] and progress[0].process_s > 0
+    messages = []
+    results = launch(sweep, sweep.runs, options, report=messages.append)
+    assert any("1 run(s) counted as finished from their records" in message for message in messages)
+    assert not (tmp_path / "runs" / "tiny" / kept.name).exists()  # not trained again
+    assert results[kept.name] == read_run(records / f"{kept.name}{COMPACT_SUFFIX}")["summary"]
+    assert results[retried.name]["status"] == "finished" and run_status(tmp_path / "runs" / "tiny" / retried.name)
+    assert (records / f"{kept.name}{COMPACT_SUFFIX}").read_bytes() == record[f"{kept.name}{COMPACT_SUFFIX}"]
+
+    shutil.rmtree(tmp_path / "runs")
+    longer = override_flag(sweep.runs, "total-timesteps", 800)
+    with pytest.raises(ValueError, match=rf"{kept.name}{re.escape(COMPACT_SUFFIX)}: total_timesteps: 400 \(record\) "
+                                         r"!= 800 \(now\)"):
+        launch(sweep, longer, options, report=quiet)
+    assert {path.name: path.read_bytes() for path in records.iterdir()}.keys() == record.keys()
+    assert not (tmp_path / "runs" / "tiny").exists() or not any((tmp_path / "runs" / "tiny").iterdir())
 
 
 @pytest.mark.slow
