@@ -45,22 +45,26 @@ demo: $(STAMP)
 
 # The AlphaGrad paper's experiments as its author ran them (configs/paper_*.yaml say each setting's source).
 # `make reproduce-dqn` rebuilds the report from the committed compact records (results/paper-dqn-cartpole/records)
-# without running anything; `make reproduce-dqn RERUN=1` runs (or resumes) the sweep first, then exports its
-# records and rebuilds the report. Same for reproduce-td3, reproduce-ppo and reproduce-paper (all three).
+# without running anything; `make reproduce-dqn RERUN=1` runs (or resumes) the sweep first (each run's record is
+# written as it ends), then rebuilds the report from the records. Same for reproduce-td3, reproduce-ppo and
+# reproduce-paper (all three).
 # Reruns pack runs into population processes of POPULATION runs (agents/*_population.py; per agent by default the
 # fastest size measured on a 2-core CPU, results/population-bench/: DQN 40, PPO 20, TD3 0 = one run per process,
 # since its stacked step gains nothing on a CPU; on a GPU try POPULATION=20), into RUNS; a reduced budget, e.g. TD3
 # on a CPU (the report states the budget):
 #   make reproduce-td3 RERUN=1 RUNS=results/runs-200k SWEEP_ARGS="--total-timesteps 200000 --order seed"
+# A run whose finished record is committed is not trained again (a fresh clone reruns only what is missing), and a
+# record made with other options is refused, not overwritten: another budget goes into its own folder, OUT, e.g.
+#   make reproduce-td3 RERUN=1 POPULATION=20 OUT=results/paper-td3-hopper-500k    # the author's 500k, on a GPU
 RERUN ?=
 POPULATION ?=
 RUNS ?= results/runs
+OUT ?=
 define reproduce
-	@if [ -n "$(RERUN)" ]; then \
+	@status=0; if [ -n "$(RERUN)" ]; then \
 		$(SWEEP) configs/$(1).yaml --population-size $(or $(POPULATION),$(3)) --results-dir $(RUNS) \
-			--records results/$(2)/records $(SWEEP_ARGS); \
-		status=$$?; $(ANALYZE) $(RUNS)/$(2) --output results/$(2) $(4) && exit $$status; \
-	else $(ANALYZE) results/$(2)/records $(4); fi
+			--records $(or $(OUT),results/$(2))/records $(SWEEP_ARGS); status=$$?; fi; \
+	$(ANALYZE) $(or $(OUT),results/$(2))/records $(4) && exit $$status
 endef
 
 reproduce-dqn: $(STAMP)
