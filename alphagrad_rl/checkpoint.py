@@ -110,15 +110,15 @@ def set_global_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'key: saved != current' for each option that differs, ignoring RESUME_MAY_CHANGE (also in a population's
-    config, {"member<i>": options})."""
+def config_differences(saved: dict[str, Any], current: dict[str, Any], saved_in: str = "checkpoint") -> list[str]:
+    """'key: saved (`saved_in`) != current (now)' for each option that differs, ignoring RESUME_MAY_CHANGE (also in
+    a population's config, {"member<i>": options})."""
     saved_flat, current_flat = flatten_config(saved), flatten_config(current)
 
     def shown(flat: dict[str, Any], key: str) -> str:
         return json.dumps(flat[key], default=str) if key in flat else "unset"  # tuples and lists alike
 
-    return [f"{key}: {shown(saved_flat, key)} (checkpoint) != {shown(current_flat, key)} (now)"
+    return [f"{key}: {shown(saved_flat, key)} ({saved_in}) != {shown(current_flat, key)} (now)"
             for key in dict.fromkeys([*saved_flat, *current_flat])
             if re.sub(r"^member\d+\.", "", key) not in RESUME_MAY_CHANGE
             and shown(saved_flat, key) != shown(current_flat, key)]

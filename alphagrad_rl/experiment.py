@@ -169,7 +169,7 @@ def _checkpoint_to_resume(run_dir: Path, checkpoints: Checkpointer, config: dict
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{run_dir}/config.json is unreadable ({error}), so the earlier attempt's options cannot "
                          "be compared with today's: delete the folder to start over") from None
-    if differences := config_differences(earlier, config):
+    if differences := config_differences(earlier, config, "earlier attempt"):
         raise CheckpointMismatch(f"refusing to resume {run_dir}: it has no intact checkpoint, and its earlier attempt "
                                  "ran with other options (" + "; ".join(differences) + "). Resume with the options "
                                  "the run started with, or start a new run with another --run-name.")

@@ -411,24 +411,29 @@ class RunProgress:
 def recorded_runs(records_dir: Path, runs: list[RunSpec], agent: AgentEntry) -> dict[str, dict[str, Any]]:
     """{name: summary} of the runs whose compact record in `records_dir` (export_records) says they finished: they
     count as done where their folders are not (a fresh clone, another machine), so that a relaunch does not train
-    them again. Raises ValueError naming each record made with other options than the run's today (a rerun would
-    overwrite it). A crashed run's record does not count: the run is retried."""
+    them again. Raises ValueError naming each record that is unreadable or was made with other options than the
+    run's today (a rerun would overwrite it). A crashed run's record does not count: the run is retried."""
     found, conflicts = {}, []
     for run in runs:
         path = compact_record_path(records_dir, run.name)
         if not path.exists():
             continue
-        record = read_run(path)
+        try:
+            record = read_run(path)
+        except (OSError, ValueError, KeyError) as error:
+            conflicts.append(f"{path}: unreadable ({type(error).__name__}: {error})")
+            continue
         if (record["summary"] or {}).get("status") != "finished":
             continue
-        if differences := config_differences(record["config"]["config"], dataclasses.asdict(_parsed(run, agent))):
-            conflicts.append(f"{path}: " + "; ".join(d.replace("(checkpoint)", "(record)") for d in differences))
+        if differences := config_differences(record["config"]["config"], dataclasses.asdict(_parsed(run, agent)),
+                                             "record"):
+            conflicts.append(f"{path}: " + "; ".join(differences))
         else:
             found[run.name] = record["summary"]
     if conflicts:
-        raise ValueError("finished runs' records were made with other options than the sweep gives them now, and "
-                         "a rerun would overwrite them; give another --records folder, or move them away:\n"
-                         + "\n".join(conflicts))
+        raise ValueError("records in the --records folder are unreadable or were made with other options than the "
+                         "sweep gives the runs now, and a rerun would overwrite them; give another --records folder, "
+                         "or move them away:\n" + "\n".join(conflicts))
     return found
 
 

@@ -192,7 +192,7 @@ def test_resume_of_a_finished_run_is_refused_and_its_record_kept(keep_checkpoint
 def test_resume_without_a_checkpoint_refuses_changed_options_and_keeps_the_record(tmp_path, monkeypatch):
     crashed_run("dqn", tmp_path, monkeypatch, CHECKPOINT_EVERY["dqn"] // 2)  # before the first checkpoint
     before = {path: path.read_bytes() for path in (tmp_path / "cut").rglob("*") if path.is_file()}
-    with pytest.raises(CheckpointMismatch, match="no intact checkpoint.*total_timesteps: 600 \\(checkpoint\\) != 700"):
+    with pytest.raises(CheckpointMismatch, match="no intact checkpoint.*total_timesteps: 600 \\(earlier attempt\\) != 700"):
         dqn.main(checkpoint_args("dqn", tmp_path, "cut", resume=True, total_timesteps=700))
     assert {path: path.read_bytes() for path in (tmp_path / "cut").rglob("*") if path.is_file()} == before
 
