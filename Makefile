@@ -80,7 +80,7 @@ reproduce-paper: reproduce-dqn reproduce-ppo reproduce-td3
 
 # AlphaGrad's final return against k = alpha / sqrt(d) at three lrs, with Adam's band and the saturation ratio
 # (results/sensitivity-*/SENSITIVITY.md); from the committed records, or RERUN=1 to run the sweep (DQN CartPole
-# 135 x 500k: ~2 h on 2 cores; PPO HalfCheetah 135 x 1M: ~6 h; TD3 Hopper 135 x 500k: a GPU's job, or
+# 165 x 500k: ~2 h on 2 cores; PPO HalfCheetah 165 x 1M: ~7 h; TD3 Hopper 135 x 500k: a GPU's job, or
 # SWEEP_ARGS="--total-timesteps N" on a CPU)
 sensitivity-dqn: $(STAMP)
 	$(call reproduce,sensitivity_dqn_cartpole,sensitivity-dqn-cartpole,40)
