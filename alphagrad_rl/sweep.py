@@ -79,6 +79,10 @@ class SweepConfigError(ValueError):
     """A malformed sweep config; the message names the file, the key and what is allowed."""
 
 
+class RecordConflict(ValueError):
+    """A record in the --records folder that a launch would overwrite (recorded_runs); the message names each."""
+
+
 @dataclasses.dataclass(frozen=True)
 class AgentEntry:
     """An agent that sweeps can run: its script, its tyro Args dataclass and its argument checks (raise ValueError).
@@ -411,7 +415,7 @@ class RunProgress:
 def recorded_runs(records_dir: Path, runs: list[RunSpec], agent: AgentEntry) -> dict[str, dict[str, Any]]:
     """{name: summary} of the runs whose compact record in `records_dir` (export_records) says they finished: they
     count as done where their folders are not (a fresh clone, another machine), so that a relaunch does not train
-    them again. Raises ValueError naming each record that is unreadable or was made with other options than the
+    them again. Raises RecordConflict naming each record that is unreadable or was made with other options than the
     run's today (a rerun would overwrite it). A crashed run's record does not count: the run is retried."""
     found, conflicts = {}, []
     for run in runs:
@@ -431,7 +435,7 @@ def recorded_runs(records_dir: Path, runs: list[RunSpec], agent: AgentEntry) -> 
         else:
             found[run.name] = record["summary"]
     if conflicts:
-        raise ValueError("records in the --records folder are unreadable or were made with other options than the "
+        raise RecordConflict("records in the --records folder are unreadable or were made with other options than the "
                          "sweep gives the runs now, and a rerun would overwrite them; give another --records folder, "
                          "or move them away:\n" + "\n".join(conflicts))
     return found

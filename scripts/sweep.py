@@ -25,6 +25,7 @@ from agents import sweep_registry
 from alphagrad_rl.runs import check_results_dir
 from alphagrad_rl.sweep import (
     LaunchOptions,
+    RecordConflict,
     SweepConfigError,
     arm_table,
     describe_plan,
@@ -136,12 +137,12 @@ def main(args: Args) -> int:
                             ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu, use_gpus=args.gpus,
                             track=args.track, population_size=args.population_size, order=args.order,
                             wait_for_others=args.wait_for_others, records_dir=args.records)
-    try:
-        recorded = recorded_runs(args.records, runs, sweep.agent) if args.records is not None else {}
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     if args.dry_run:
+        try:
+            recorded = recorded_runs(args.records, runs, sweep.agent) if args.records is not None else {}
+        except RecordConflict as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         progress = sweep_progress(args.results_dir / sweep.name, runs, sweep.agent, recorded)
         width = max(len(p.describe()) for p in progress)
         for run, p in zip(runs, progress):
@@ -153,6 +154,9 @@ def main(args: Args) -> int:
         return 0
     try:
         results = launch(sweep, runs, options)
+    except RecordConflict as error:  # before anything started
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted: the running runs saved a checkpoint; the same command resumes the sweep", file=sys.stderr)
         return 130
