@@ -42,6 +42,30 @@ def run_status(run_dir: Path) -> str | None:
     return (read_summary(run_dir) or {}).get("status")
 
 
+def wait_for(condition, timeout_s: float, poll_s: float = 0.05) -> bool:
+    """Poll `condition` until it holds (True) or `timeout_s` has passed (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+# Launchers started with this environment give their agents Python's fault handler: `dump_agent_stacks` then
+# makes an agent that should have stopped write every thread's stack into its output.log
+FAULT_HANDLER_ENV = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+
+
+def dump_agent_stacks(folder: Path) -> None:
+    """SIGABRT every process whose command line names `folder`; with PYTHONFAULTHANDLER set, each writes its
+    threads' stacks to its stderr (the run's output.log) and exits."""
+    pids = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        os.kill(int(pid), signal.SIGABRT)
+    time.sleep(1.0)
+
+
 def write_checkpoint_manifest(run_dir: Path, manifest: dict) -> None:
     """A checkpoint manifest at step 200 in a run folder (what the launcher reads to plan a resume)."""
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -597,23 +621,20 @@ def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
     command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(path), "--results-dir", str(tmp_path / "runs"),
                "--workers", "1", "--no-gpus"]
     launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=FAULT_HANDLER_ENV)
     sweep_dir = tmp_path / "runs" / "tiny"
-    deadline = time.time() + 120
-    while time.time() < deadline and run_status(sweep_dir / "adam__s1") != "finished":
-        time.sleep(0.2)
-    assert run_status(sweep_dir / "adam__s1") == "finished"
+    assert wait_for(lambda: run_status(sweep_dir / "adam__s1") == "finished", 120, poll_s=0.2)
     # the second run's record is open (its summary says "running", written just before it starts training and
     # handles SIGTERM): earlier, a kill would find it still starting, with nothing to save
-    while time.time() < deadline and run_status(sweep_dir / "alphagrad-93__s1") != "running":
-        time.sleep(0.05)
+    assert wait_for(lambda: run_status(sweep_dir / "alphagrad-93__s1") == "running", 120)
     time.sleep(0.3)
     os.kill(launcher.pid, signal.SIGKILL)  # mid-way through the second run
     launcher.wait()
-    while time.time() < deadline and run_status(sweep_dir / "alphagrad-93__s1") == "running":
-        time.sleep(0.1)
+    if not wait_for(lambda: run_status(sweep_dir / "alphagrad-93__s1") != "running", 60, poll_s=0.1):
+        dump_agent_stacks(sweep_dir)
     # its process got SIGTERM when the launcher died: it saved a checkpoint and stopped
-    assert run_status(sweep_dir / "alphagrad-93__s1") == "interrupted"
+    assert run_status(sweep_dir / "alphagrad-93__s1") == "interrupted", \
+        (sweep_dir / "alphagrad-93__s1" / "output.log").read_text()[-6000:]
     assert list((sweep_dir / "alphagrad-93__s1" / "checkpoints").glob("step-*.pt"))
     listing = subprocess.run(command + ["--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
     assert re.search(r"alphagrad-93__s1 +stopped: resumes at step [\d,]+/3,000", listing), listing
@@ -640,19 +661,20 @@ def test_a_killed_population_resumes_from_its_checkpoint_when_the_sweep_runs_aga
     command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(path), "--results-dir", str(tmp_path / "runs"),
                "--workers", "1", "--no-gpus", "--population-size", "2"]
     launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-    sweep_dir, deadline = tmp_path / "runs" / "tiny", time.time() + 120
+                                start_new_session=True, env=FAULT_HANDLER_ENV)
+    sweep_dir = tmp_path / "runs" / "tiny"
     first, second = sweep_dir / "alphagrad-93__s1", sweep_dir / "alphagrad-93__s2"
     # both members' records are open (each summary says "running"), then the population trains for a second:
     # earlier, a kill could find it still starting, before it handles SIGTERM
-    while time.time() < deadline and (run_status(first), run_status(second)) != ("running", "running"):
-        time.sleep(0.05)
+    started = wait_for(lambda: (run_status(first), run_status(second)) == ("running", "running"), 120)
+    assert started, f"the population did not start within 120 s: {run_status(first)}, {run_status(second)}"
     time.sleep(1.0)
     os.kill(launcher.pid, signal.SIGKILL)  # the population process gets SIGTERM: it saves a checkpoint and stops
     launcher.wait()
-    while time.time() < deadline and "running" in (run_status(first), run_status(second)):
-        time.sleep(0.1)
-    assert run_status(first) == run_status(second) == "interrupted", (first / "output.log").read_text()[-3000:]
+    # its own deadline: a slow start must not leave the stop no time (a CI failure, stop 25)
+    if not wait_for(lambda: "running" not in (run_status(first), run_status(second)), 60, poll_s=0.1):
+        dump_agent_stacks(sweep_dir)  # still running: where it is stuck goes into the assertion's message
+    assert run_status(first) == run_status(second) == "interrupted", (first / "output.log").read_text()[-6000:]
     assert sweep_module.population_checkpoint_matches([first, second])
     assert not sweep_module.population_checkpoint_matches([second, first])  # other members: a fresh start
 
