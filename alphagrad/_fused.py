@@ -15,7 +15,9 @@ write p (Adam reads and writes 7 tensors' worth).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import platform
 import sys
 import warnings
@@ -112,33 +114,80 @@ def cpu_kernel_applies(params: list[torch.Tensor], grads: list[torch.Tensor]) ->
         for t in (*params, *grads))
 
 
+_CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"]
+
+
 def _build_tag() -> str:
     """Tag of what the kernel's build depends on: this CPU's instruction set (it is built with -march=native), its
-    source, and the torch installation it compiles against (each environment gets its own build directory, so
-    two virtual environments on one machine do not rebuild it for each other's include paths)."""
+    source and flags, and the torch installation it compiles against (each environment gets its own build
+    directory, so two virtual environments on one machine do not rebuild it for each other's include paths)."""
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         flags = platform.processor() or platform.machine()
     source = (Path(__file__).parent / "csrc" / "fused_alphagrad.cpp").read_bytes()
     torch_installation = f"{torch.__version__} {Path(torch.__file__).resolve().parent}".encode()
-    return hashlib.sha1(flags.encode() + source + torch_installation).hexdigest()[:10]
+    return hashlib.sha1(flags.encode() + source + " ".join(_CFLAGS).encode() + torch_installation).hexdigest()[:10]
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive lock on `lock_path` (fcntl.flock: the system releases it when its process dies, even
+    killed; where fcntl is missing, no lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _built(library: Path, stamp: Path) -> bool:
+    """Whether a build finished: its stamp holds the size of the library it loaded."""
+    try:
+        return library.stat().st_size == int(stamp.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _import_extension(name: str, library: Path):
+    spec = importlib.util.spec_from_file_location(name, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_cpu_kernel(verbose: bool = False):
-    """Build (once per CPU kind and torch installation, ~30-60 s; cached by torch.utils.cpp_extension) and load the C++
-    kernel. Raises when it cannot be built (no C++ compiler, no ninja). `make install` calls it."""
+    """Load the C++ kernel, building it first where this CPU kind and torch installation have none (~30-60 s;
+    `make install` calls it). Raises when it cannot be built (no C++ compiler, no ninja).
+
+    A finished build (its library, and a `.built` stamp holding the library's size, written once it loaded) is
+    imported directly: no ninja run and no wait on torch's lock file, whose holder may have been killed (torch's
+    `load` then waits forever; it also rebuilds whenever its build command changes, as between two checkouts
+    sharing one environment, while every other process waits). Builds take a lock that a killed builder drops."""
     global _cpu_kernels
     if _cpu_kernels is None:
         from torch.utils.cpp_extension import _get_build_directory, load
 
         name = f"alphagrad_fused_{_build_tag()}"
-        if not (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists():
-            print("alphagrad: building the fused CPU kernel (once per environment, ~30-60 s)", file=sys.stderr, flush=True)
-        _cpu_kernels = load(name=name,
-                            sources=[str(Path(__file__).parent / "csrc" / "fused_alphagrad.cpp")],
-                            extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"],
-                            verbose=verbose)
+        directory = Path(_get_build_directory(name, verbose=False))
+        library, stamp = directory / f"{name}.so", directory / f"{name}.built"
+        if not _built(library, stamp):
+            with _exclusive(directory / "alphagrad-build.lock"):
+                if not _built(library, stamp):  # (another process may have built it while this one waited)
+                    (directory / "lock").unlink(missing_ok=True)  # torch's lock, left by a killed build
+                    print("alphagrad: building the fused CPU kernel (once per environment, ~30-60 s)",
+                          file=sys.stderr, flush=True)
+                    _cpu_kernels = load(name=name, sources=[str(Path(__file__).parent / "csrc" / "fused_alphagrad.cpp")],
+                                        extra_cflags=_CFLAGS, verbose=verbose)
+                    stamp.write_text(f"{library.stat().st_size}\n")
+        if _cpu_kernels is None:
+            _cpu_kernels = _import_extension(name, library)
     return _cpu_kernels
 
 

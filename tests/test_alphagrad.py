@@ -1,5 +1,10 @@
 import copy
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -292,6 +297,55 @@ def test_kernel_build_directory_is_per_torch_installation(monkeypatch):
     assert tag == _fused._build_tag()  # stable within an environment: built once
     monkeypatch.setattr(torch, "__file__", "/elsewhere/.venv/lib/python3.11/site-packages/torch/__init__.py")
     assert _fused._build_tag() != tag
+
+def test_a_built_kernel_is_imported_even_when_a_killed_build_left_torchs_lock(monkeypatch, tmp_path):
+    """torch's `load` waits forever on a lock file whose holder was killed, and rebuilds whenever its build
+    command changes; a finished build is imported without either, and a missing one is built once, under a lock
+    the system drops, after removing torch's stale lock."""
+    from torch.utils import cpp_extension
+
+    from alphagrad import _fused
+
+    kernel = _fused.build_cpu_kernel()
+    name = f"alphagrad_fused_{_fused._build_tag()}"
+    built_library = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+    directory = tmp_path / name
+    directory.mkdir()
+    (directory / "lock").touch()  # torch's lock, its holder killed
+    loads = []
+
+    def build(name, sources, extra_cflags, verbose):
+        assert not (directory / "lock").exists()
+        shutil.copy(built_library, directory / f"{name}.so")
+        loads.append(name)
+        return kernel
+
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path / name))
+    monkeypatch.setattr(cpp_extension, "load", build)
+    monkeypatch.setattr(_fused, "_cpu_kernels", None)
+    assert _fused.build_cpu_kernel() is kernel and loads == [name]
+    monkeypatch.setattr(_fused, "_cpu_kernels", None)
+    assert _fused.build_cpu_kernel() is kernel and loads == [name]  # (in this process, the build it loaded)
+
+    # a new process, with torch's stale lock back and torch's load unusable: it imports the finished build
+    (directory / "lock").touch()
+    code = """
+import torch.utils.cpp_extension as cpp_extension
+def refuse(**kwargs): raise AssertionError("built again")
+cpp_extension.load = refuse
+from alphagrad._fused import build_cpu_kernel
+print(build_cpu_kernel().__file__)
+"""
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)})
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == str(directory / f"{name}.so")
+
+    (directory / f"{name}.built").write_text("12\n")  # a stamp that does not match the library: built again
+    monkeypatch.setattr(_fused, "_cpu_kernels", None)
+    _fused.build_cpu_kernel()
+    assert loads == [name, name]
+
 
 def test_fused_cpu_kernel_on_float64_and_fallback_for_other_dtypes():
     for dtype in (torch.float64, torch.bfloat16):
