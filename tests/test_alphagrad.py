@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -345,6 +346,33 @@ print(build_cpu_kernel().__file__)
     monkeypatch.setattr(_fused, "_cpu_kernels", None)
     _fused.build_cpu_kernel()
     assert loads == [name, name]
+
+
+def test_kernel_builds_take_a_lock_that_a_killed_builder_drops(tmp_path):
+    from alphagrad._fused import _exclusive
+
+    lock = tmp_path / "alphagrad-build.lock"
+    code = f"""
+import os, signal
+from pathlib import Path
+from alphagrad._fused import _exclusive
+with _exclusive(Path({str(lock)!r})):
+    os.kill(os.getpid(), signal.SIGKILL)  # killed while building
+"""
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9 and lock.exists()
+    second_holder = threading.Event()
+
+    def build_beside():
+        with _exclusive(lock):
+            second_holder.set()
+
+    with _exclusive(lock):  # free despite the killed holder (torch's lock file would be taken forever)
+        beside = threading.Thread(target=build_beside)
+        beside.start()
+        assert not second_holder.wait(0.5)  # a second build waits for the first
+    assert second_holder.wait(10)
+    beside.join()
 
 
 def test_fused_cpu_kernel_on_float64_and_fallback_for_other_dtypes():
