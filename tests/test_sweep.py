@@ -697,9 +697,8 @@ def test_ctrl_c_stops_the_sweep_and_its_runs_save_checkpoints(tmp_path):
     # as from an interactive terminal: SIGINT handled (a background job, as CI may run us, inherits it ignored)
     launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    sweep_dir, deadline = tmp_path / "runs" / "tiny", time.time() + 120
-    while time.time() < deadline and not (sweep_dir / "adam__s1" / "metrics.jsonl").exists():
-        time.sleep(0.05)
+    sweep_dir = tmp_path / "runs" / "tiny"
+    wait_for(lambda: (sweep_dir / "adam__s1" / "metrics.jsonl").exists(), 120)
     time.sleep(0.5)
     os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole process group
     output, _ = launcher.communicate(timeout=60)
@@ -719,9 +718,7 @@ def test_run_killed_with_sigkill_resumes_from_its_checkpoint_when_the_sweep_runs
                "--workers", "1", "--no-gpus"]
     launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = tmp_path / "runs" / "tiny" / "adam__s1"
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((run_dir / "checkpoints").glob("step-*.json")):
-        time.sleep(0.01)
+    wait_for(lambda: any((run_dir / "checkpoints").glob("step-*.json")), 120, poll_s=0.01)
     agent = subprocess.run(["pgrep", "-f", str(run_dir.parent)], capture_output=True, text=True).stdout.split()
     if not agent:
         pytest.skip("the run finished before it could be killed")
