@@ -172,11 +172,11 @@ def build_cpu_kernel(verbose: bool = False):
     sharing one environment, while every other process waits). Builds take a lock that a killed builder drops."""
     global _cpu_kernels
     if _cpu_kernels is None:
-        from torch.utils.cpp_extension import _get_build_directory, load
+        from torch.utils.cpp_extension import LIB_EXT, _get_build_directory, load
 
         name = f"alphagrad_fused_{_build_tag()}"
         directory = Path(_get_build_directory(name, verbose=False))
-        library, stamp = directory / f"{name}.so", directory / f"{name}.built"
+        library, stamp = directory / f"{name}{LIB_EXT}", directory / f"{name}.built"  # (torch's name: .so, .pyd)
         if not _built(library, stamp):
             with _exclusive(directory / "alphagrad-build.lock"):
                 if not _built(library, stamp):  # (another process may have built it while this one waited)

@@ -309,7 +309,7 @@ def test_a_built_kernel_is_imported_even_when_a_killed_build_left_torchs_lock(mo
 
     kernel = _fused.build_cpu_kernel()
     name = f"alphagrad_fused_{_fused._build_tag()}"
-    built_library = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+    built_library = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}{cpp_extension.LIB_EXT}"
     directory = tmp_path / name
     directory.mkdir()
     (directory / "lock").touch()  # torch's lock, its holder killed
@@ -317,7 +317,7 @@ def test_a_built_kernel_is_imported_even_when_a_killed_build_left_torchs_lock(mo
 
     def build(name, sources, extra_cflags, verbose):
         assert not (directory / "lock").exists()
-        shutil.copy(built_library, directory / f"{name}.so")
+        shutil.copy(built_library, directory / f"{name}{cpp_extension.LIB_EXT}")
         loads.append(name)
         return kernel
 
@@ -340,7 +340,7 @@ print(build_cpu_kernel().__file__)
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                                env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)})
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.strip() == str(directory / f"{name}.so")
+    assert completed.stdout.strip() == str(directory / f"{name}{cpp_extension.LIB_EXT}")
 
     (directory / f"{name}.built").write_text("12\n")  # a stamp that does not match the library: built again
     monkeypatch.setattr(_fused, "_cpu_kernels", None)
