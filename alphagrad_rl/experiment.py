@@ -162,8 +162,17 @@ def _checkpoint_to_resume(run_dir: Path, checkpoints: Checkpointer, config: dict
         raise ValueError(f"{run_dir} holds a finished run: there is nothing to resume, and its record is kept "
                          "(pick another --run-name for a new run)")
     loaded = checkpoints.load_latest()
-    if loaded is not None or not (run_dir / "config.json").exists():
-        return loaded
+    if loaded is None:
+        check_start_over(run_dir, config)
+    return loaded
+
+
+def check_start_over(run_dir: Path, config: dict) -> None:
+    """Let --resume start an unfinished run without an intact checkpoint over only when its earlier attempt (if
+    any) ran with today's options `config`: raises CheckpointMismatch naming the differences, ValueError when the
+    earlier options are unreadable."""
+    if not (run_dir / "config.json").exists():
+        return
     try:
         earlier = json.loads((run_dir / "config.json").read_text())["config"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
@@ -173,7 +182,6 @@ def _checkpoint_to_resume(run_dir: Path, checkpoints: Checkpointer, config: dict
         raise CheckpointMismatch(f"refusing to resume {run_dir}: it has no intact checkpoint, and its earlier attempt "
                                  "ran with other options (" + "; ".join(differences) + "). Resume with the options "
                                  "the run started with, or start a new run with another --run-name.")
-    return None
 
 
 @contextmanager

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import Checkpointer
-from .experiment import open_record
+from .experiment import check_start_over, open_record
 from .factory import make_optimizer, used_fields
 from .runs import RunRecord, check_run_name, clear_record, read_summary, safe_name
 
@@ -99,7 +99,9 @@ def open_population(args: Any, members: list[Any], algorithm: str, total_timeste
     """Each member's run record and the population's Checkpointer (its checkpoints live in member 0's folder,
     their config is every member's options). With --resume: the newest intact checkpoint, from which every member
     that was still training continues its record (a member whose run had ended keeps its record as it is, and its
-    entry is None); without one the population starts over. Returns (records, checkpoints, loaded or None)."""
+    entry is None); without one the population starts over, where each member's earlier attempt ran with its
+    options today (as a single run's --resume). A population with a finished member has ended and
+    refuses --resume (its records are kept). Returns (records, checkpoints, loaded or None)."""
     run_dirs = [Path(m.results_dir) / m.run_name for m in members]
     checkpoints = Checkpointer(run_dirs[0], f"{algorithm}_population",
                                {f"member{i}": dataclasses.asdict(m) for i, m in enumerate(members)},
@@ -107,11 +109,19 @@ def open_population(args: Any, members: list[Any], algorithm: str, total_timeste
                                keep_after_finish=args.keep_checkpoints)
     loaded = None
     if args.resume:
-        if all((read_summary(d) or {}).get("status") == "finished" for d in run_dirs):
+        finished = [d for d in run_dirs if (read_summary(d) or {}).get("status") == "finished"]
+        if len(finished) == len(run_dirs):
             raise ValueError(f"every member of this population has finished (e.g. {run_dirs[0]}): there is nothing "
                              "to resume, and their records are kept")
+        if finished:  # members finish together: the population ended (the others crashed), and a resume would
+            #           retrain the finished members over their records
+            raise ValueError(f"this population has ended: {len(finished)} of its {len(run_dirs)} members finished "
+                             f"(e.g. {finished[0]}), so it cannot resume, and their records are kept (train the "
+                             "others under new --run-names, or let scripts/sweep.py retry them)")
         loaded = checkpoints.load_latest()
         if loaded is None:
+            for member, run_dir in zip(members, run_dirs):
+                check_start_over(run_dir, dataclasses.asdict(member))
             print(f"warning: {run_dirs[0]} has no intact population checkpoint: the population starts from step 0",
                   file=sys.stderr)
             for run_dir in run_dirs:

@@ -92,7 +92,7 @@ AGENT_CASES = {  # agent script: {case: flags}
     },
     "dqn_population.py": {
         "alphas for 2 of 3 members": "--seeds 1 2 3 --optim.name alphagrad --alphas 93 186",
-        "alphas with adam": "--seeds 1 2 --alphas 93 186", "resume": "--resume --run-name p",
+        "alphas with adam": "--seeds 1 2 --alphas 93 186",
         "population-size -1": "--population-size -1", "duplicate run names": "--seeds 1 2 --run-names a a",
         "unsafe run name": "--seeds 1 2 --run-names ../a b", "bad member alpha": "--seeds 1 2 --optim.name alphagrad "
         "--alphas 93 -1",
@@ -202,6 +202,14 @@ def build_cases(work: Path) -> list[Case]:
         argv = [python, "agents/dqn.py", *TINY_DQN.split(), "--results-dir", str(work / "runs"), "--run-name",
                 "finished", *extra.split()]
         cases.append(Case("agents/dqn.py", name, argv, keep=finished))
+    # a population that ended with one member crashed and one finished, then --resume
+    population = [python, "agents/dqn_population.py", *TINY_DQN.split(), "--results-dir", str(work / "runs"),
+                  "--seeds", "1", "2", "--run-names", "ended", "crashed"]
+    subprocess.run(population, cwd=ROOT, capture_output=True, check=True)
+    crashed = work / "runs" / "crashed" / "summary.json"
+    crashed.write_text(json.dumps({**json.loads(crashed.read_text()), "status": "crashed"}))
+    cases.append(Case("agents/dqn_population.py", "--resume a population with a finished member",
+                      [*population, "--resume"], keep=work / "runs" / "ended"))
     for name, replacement in SWEEP_CONFIGS.items():
         path = work / f"sweep-{len(cases)}.yaml"
         path.write_text(GOOD_SWEEP.replace(*replacement))

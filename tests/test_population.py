@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import json
 
 import gymnasium as gym
 import numpy as np
@@ -531,6 +532,35 @@ def test_population_resume_refuses_other_members_and_finished_populations(tmp_pa
     assert [s["status"] for s in dqn_population.main(dataclasses.replace(args, resume=True))] == ["finished"] * 3
     with pytest.raises(ValueError, match="every member of this population has finished"):
         dqn_population.main(dataclasses.replace(args, resume=True))
+    # one member crashed, the others finished: the population ended, and a resume would retrain them over their
+    # records (their checkpoints are gone, so it would start from step 0)
+    crashed = tmp_path / "pop__m1" / "summary.json"
+    crashed.write_text(json.dumps({**json.loads(crashed.read_text()), "status": "crashed"}))
+    kept = {d: (tmp_path / d / "metrics.jsonl").read_bytes() for d in ("pop__m0", "pop__m2")}
+    with pytest.raises(ValueError, match="population has ended: 2 of its 3 members finished .*pop__m0.*records are kept"):
+        dqn_population.main(dataclasses.replace(args, resume=True))
+    assert {d: (tmp_path / d / "metrics.jsonl").read_bytes() for d in kept} == kept
+
+
+def test_population_without_a_checkpoint_starts_over_only_with_its_earlier_options(tmp_path, monkeypatch):
+    """As a single run's --resume: killed before its first checkpoint, a population starts over when resumed with
+    the options it ran with, and is refused, its records untouched, when a member's options differ."""
+    from test_checkpoint import SimulatedCrash, crash_at_env_step
+
+    from alphagrad_rl.checkpoint import CheckpointMismatch
+
+    args = population_args(tmp_path, SPECS["alphagrad"], alphas=(93.0, 186.0, 279.0), checkpoint_interval_steps=0,
+                           checkpoint_interval_s=0)
+    with monkeypatch.context() as patch:
+        crash_at_env_step(patch, 150)
+        with pytest.raises(SimulatedCrash):
+            dqn_population.main(args)
+    records = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    with pytest.raises(CheckpointMismatch, match="pop__m2: it has no intact checkpoint.*optim.alpha: 279.0"):
+        dqn_population.main(dataclasses.replace(args, resume=True, alphas=(93.0, 186.0, 300.0)))
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == records
+    summaries = dqn_population.main(dataclasses.replace(args, resume=True))
+    assert [s["status"] for s in summaries] == ["finished"] * 3 and not any(s.get("resumes") for s in summaries)
 
 
 def test_ppo_population_resumes_exactly(tmp_path, monkeypatch):
