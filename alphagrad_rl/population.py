@@ -113,8 +113,9 @@ def open_population(args: Any, members: list[Any], algorithm: str, total_timeste
         if len(finished) == len(run_dirs):
             raise ValueError(f"every member of this population has finished (e.g. {run_dirs[0]}): there is nothing "
                              "to resume, and their records are kept")
-        if finished:  # members finish together: the population ended (the others crashed), and a resume would
-            #           retrain the finished members over their records
+        # members finish together, so one finished member means the population ended (the others crashed): a
+        # resume would retrain the finished members over their records
+        if finished:
             raise ValueError(f"this population has ended: {len(finished)} of its {len(run_dirs)} members finished "
                              f"(e.g. {finished[0]}), so it cannot resume, and their records are kept (train the "
                              "others under new --run-names, or let scripts/sweep.py retry them)")
