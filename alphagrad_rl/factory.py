@@ -7,8 +7,14 @@ works everywhere, and call `make_optimizer(params, args.optim)`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_optimizer
@@ -20,7 +26,8 @@ from alphagrad._validation import check_choice, check_range
 from alphagrad.agr import SCOPES
 from alphagrad.optimizer import MOMENTUM_FORMS, NONFINITE_POLICIES, NORMALIZATIONS, TRANSFORMS
 
-OptimizerName = Literal["adam", "adamw", "sgd", "alphagrad", "adamw-agr", "adan", "adan-agr", "lion", "signsgd"]
+OptimizerName = Literal["adam", "adamw", "sgd", "alphagrad", "adamw-agr", "adan", "adan-agr", "lion", "signsgd",
+                        "custom"]
 OPTIMIZER_NAMES: tuple[str, ...] = OptimizerName.__args__
 
 
@@ -30,7 +37,8 @@ class OptimizerSpec:
     default (make_optimizer raises otherwise), so no setting is silently ignored."""
 
     name: OptimizerName = "adam"
-    """adam, adamw, sgd, alphagrad, adamw-agr (AdamW behind AGR), adan, adan-agr, lion, signsgd"""
+    """adam, adamw, sgd, alphagrad, adamw-agr (AdamW behind AGR), adan, adan-agr, lion, signsgd, or custom (your own
+    optimizer: --optim.target)"""
     lr: float = 1e-3
     """learning rate"""
     betas: tuple[float, ...] | None = None
@@ -75,6 +83,11 @@ class OptimizerSpec:
     """multi-tensor kernels (None: each optimizer's default)"""
     fused: bool | None = None
     """fused kernels (Adam, AdamW, AlphaGrad); None: off"""
+    target: str | None = None
+    """custom: what builds your optimizer, 'package.module:callable' or 'path/to/file.py:callable'; it is called
+    as callable(params, lr=lr, **options) (weight_decay and foreach too when set) and returns a torch.optim.Optimizer"""
+    options: str = "{}"
+    """custom: its other keyword arguments, a JSON object, e.g. '{"momentum": 0.9}'"""
 
 
 def make_optimizer(params, spec: OptimizerSpec | None = None, *, members: int | None = None,
@@ -85,8 +98,9 @@ def make_optimizer(params, spec: OptimizerSpec | None = None, *, members: int | 
     `members`: the parameters are stacked (dim 0 indexes independent models): AlphaGrad and AGR then treat each
     member apart; the other optimizers update each element on its own and need nothing.
     The spec is checked first (`check_spec`): a value of the wrong type or range, or a field the chosen
-    optimizer does not use, raises ValueError naming it. AGR (`agr=True` or an "-agr" name) is attached to
-    the optimizer (alphagrad.AGR), which is returned as itself.
+    optimizer does not use, raises ValueError naming it. AGR (`agr=True` or an "-agr" name) is attached to the
+    optimizer (alphagrad.AGR), which is returned as itself. A custom optimizer (name "custom", `custom_callable`)
+    cannot take stacked parameters: whether it treats each member apart is unknown.
     """
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(OptimizerSpec)})
     if unknown:
@@ -95,6 +109,9 @@ def make_optimizer(params, spec: OptimizerSpec | None = None, *, members: int | 
     spec = dataclasses.replace(spec or OptimizerSpec(), **overrides)
     check_spec(spec)
     base = spec.name.removesuffix("-agr")
+    if members is not None and base == "custom":
+        raise ValueError(f"a custom optimizer ({spec.target}) cannot train stacked parameters (members={members}): "
+                         "whether it treats each member apart is unknown; train one run per process")
     if members is not None and base == "alphagrad":
         params = list(params)
         groups = params if params and isinstance(params[0], dict) else [{"params": params}]
@@ -147,6 +164,8 @@ _TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {  # field: (accepts, wha
     "saturation_tau": (_number, "a number"),
     "foreach": (lambda v: v is None or isinstance(v, bool), "True, False or None"),
     "fused": (lambda v: v is None or isinstance(v, bool), "True, False or None"),
+    "target": (lambda v: v is None or isinstance(v, str), "'package.module:callable' or 'path/to/file.py:callable'"),
+    "options": (lambda v: isinstance(v, str), "a JSON object"),
 }
 _CHOICES = {"name": OPTIMIZER_NAMES, "momentum_form": MOMENTUM_FORMS, "normalization": NORMALIZATIONS,
             "transform": TRANSFORMS, "nonfinite": NONFINITE_POLICIES, "agr_scope": SCOPES}  # the library's own lists
@@ -155,7 +174,7 @@ _USED_BY = {  # the spec fields each optimizer reads, besides _ALWAYS_USED and t
     "adam": {"betas", "eps", "fused"}, "adamw": {"betas", "eps", "fused"}, "sgd": {"momentum"},
     "alphagrad": {"eps", "momentum", "alpha", "momentum_form", "normalization", "transform", "nonfinite",
                   "alpha_schedule", "fused"},
-    "adan": {"betas", "eps"}, "lion": {"betas"}, "signsgd": {"momentum"},
+    "adan": {"betas", "eps"}, "lion": {"betas"}, "signsgd": {"momentum"}, "custom": {"target", "options"},
 }
 
 
@@ -195,8 +214,69 @@ def check_spec(spec: OptimizerSpec) -> None:
               if f.name not in used_fields(spec) and getattr(spec, f.name) != getattr(default, f.name)]
     if unused:
         shown = ", ".join(f"{name}={getattr(spec, name)!r}" for name in unused)
+        hint = "; a custom optimizer's own arguments go in options" if spec.name == "custom" else ""
         raise ValueError(f"optimizer {spec.name!r} does not use {shown}: remove it, or set it back to its default "
-                         f"({', '.join(f'{name}={getattr(default, name)!r}' for name in unused)})")
+                         f"({', '.join(f'{name}={getattr(default, name)!r}' for name in unused)}){hint}")
+    if spec.name == "custom":
+        custom_callable(spec.target)
+        custom_options(spec.options)
+
+
+# ---- a custom optimizer: the user's own, named by --optim.target ----
+
+def custom_callable(target: str | None) -> Callable[..., Any]:
+    """What `target` names: 'package.module:callable' (importable: installed, or on PYTHONPATH) or
+    'path/to/file.py:callable' (a path from the working directory); the callable may be dotted (module:Class.make)."""
+    allowed = "'package.module:callable' or 'path/to/file.py:callable'"
+    if target is None:
+        raise ValueError(f"optimizer 'custom' needs a target: --optim.target {allowed}")
+    module_name, _, attribute = target.rpartition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"invalid optimizer target: {target!r} (allowed: {allowed})")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name).resolve()
+            if not path.is_file():
+                raise ValueError(f"invalid optimizer target: {target!r}: no file {path}")
+            name = f"_custom_optimizer_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
+            if name not in sys.modules:  # loaded once per process, so a class keeps one identity
+                loader_spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(loader_spec)
+                sys.modules[name] = module
+                try:
+                    loader_spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[name]
+                    raise
+            module = sys.modules[name]
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"invalid optimizer target: {target!r}: cannot import {module_name} ({error}); install its "
+                         "package or add its folder to PYTHONPATH, or give a file: path/to/file.py:callable") from None
+    found: Any = module
+    for part in attribute.split("."):
+        if not hasattr(found, part):
+            raise ValueError(f"invalid optimizer target: {target!r}: {module_name} has no {attribute}")
+        found = getattr(found, part)
+    if not callable(found):
+        raise ValueError(f"invalid optimizer target: {target!r}: {attribute} is not callable")
+    return found
+
+
+def custom_options(options: str) -> dict[str, Any]:
+    """The custom optimizer's keyword arguments from their JSON text; ValueError naming what is wrong."""
+    try:
+        parsed = json.loads(options)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"invalid optimizer options: {options!r} (allowed: a JSON object; {error})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"invalid optimizer options: {options!r} (allowed: a JSON object, e.g. '{{\"momentum\": 0.9}}')")
+    reserved = sorted(set(parsed) & {"params", "lr", "weight_decay", "foreach"})
+    if reserved:
+        raise ValueError(f"invalid optimizer options: {', '.join(reserved)} (set them as --optim.<name>, which the "
+                         "factory passes on, not in options)")
+    return parsed
 
 
 def _optional(**kwargs) -> dict:
@@ -251,5 +331,20 @@ def _signsgd(params, spec: OptimizerSpec) -> Optimizer:
                                      **_optional(foreach=spec.foreach))
 
 
+def _custom(params, spec: OptimizerSpec) -> Optimizer:
+    build = custom_callable(spec.target)
+    passed = _optional(weight_decay=spec.weight_decay or None, foreach=spec.foreach)
+    try:
+        optimizer = build(params, lr=spec.lr, **passed, **custom_options(spec.options))
+    except TypeError as error:
+        raise ValueError(f"custom optimizer {spec.target} refused its arguments (lr={spec.lr}, "
+                         + "".join(f"{key}={value!r}, " for key, value in passed.items())
+                         + f"options {spec.options}): {error}") from error
+    if not isinstance(optimizer, Optimizer):
+        raise ValueError(f"custom optimizer {spec.target} returned {type(optimizer).__name__}, not a "
+                         "torch.optim.Optimizer")
+    return optimizer
+
+
 _BUILDERS = {"adam": _adam, "adamw": _adamw, "sgd": _sgd, "alphagrad": _alphagrad,
-             "adan": _adan, "lion": _lion, "signsgd": _signsgd}
+             "adan": _adan, "lion": _lion, "signsgd": _signsgd, "custom": _custom}

@@ -58,6 +58,7 @@ import yaml
 
 from .analysis import compact_record_path, export_records
 from .checkpoint import config_differences
+from .factory import OptimizerSpec
 from .runs import (
     checkpoint_manifests,
     is_safe_name,
@@ -131,6 +132,8 @@ def _flag_args(flag: str, value: Any) -> list[str]:
         return [f"--{flag}" if value else f"--{prefix}{dot}no-{leaf}"]
     if isinstance(value, (list, tuple)):
         return [f"--{flag}", *map(str, value)]
+    if isinstance(value, dict):  # a custom optimizer's options: JSON text
+        return [f"--{flag}", json.dumps(value)]
     return [f"--{flag}", "None" if value is None else str(value)]
 
 
@@ -565,6 +568,15 @@ def per_member_options(run: RunSpec, agent: AgentEntry) -> dict[str, tuple[str, 
     return options
 
 
+def trains_in_population(run: RunSpec, agent: AgentEntry) -> bool:
+    """Whether `run` may be a member of a population: its agent has one and no optimizer of it is a custom one
+    (alphagrad_rl.factory: whether it treats each member of stacked parameters apart is unknown)."""
+    if agent.population is None:
+        return False
+    args = _parsed(run, agent)
+    return not any(isinstance(value, OptimizerSpec) and value.name == "custom" for value in vars(args).values())
+
+
 def population_jobs(runs: list[RunSpec], agent: AgentEntry, size: int) -> list[list[RunSpec]]:
     """Runs packed into populations of at most `size`: runs whose flags differ only in their seed and in what the
     population takes per member (per_member_options) share a population, in config order."""
@@ -709,7 +721,8 @@ def start_order(jobs: list[Job], order: str) -> list[Job]:
 def plan_jobs(sweep: Sweep, pending: list[RunSpec], sweep_dir: Path, options: LaunchOptions,
               report: Callable[[str], None]) -> list[Job]:
     """The jobs that train `pending`, in start order: interrupted attempts as they ran (resumed_jobs, said), the
-    rest packed into populations of options.population_size where the agent has one (local backend), else alone."""
+    rest packed into populations of options.population_size where the agent has one (local backend) and the run may
+    join one (trains_in_population), else alone."""
     resumed, fresh = resumed_jobs(pending, sweep.runs, sweep_dir, sweep.agent, report)
     if resumed:
         populations = [len(job.runs) for job in resumed if job.population]
@@ -717,10 +730,12 @@ def plan_jobs(sweep: Sweep, pending: list[RunSpec], sweep_dir: Path, options: La
         report("resuming from their checkpoints: " + ", ".join(
             ([f"{len(populations)} population(s) of {sum(populations)} runs"] if populations else [])
             + ([f"{singles} single run(s)"] if singles else [])))
-    packed = options.population_size > 1 and sweep.agent.population is not None and options.backend == "local"
-    return start_order(resumed + ([Job(runs, True) for runs in population_jobs(fresh, sweep.agent,
-                                                                                options.population_size)]
-                                  if packed else [Job([run], False) for run in fresh]), options.order)
+    packed = [run for run in fresh if options.population_size > 1 and options.backend == "local"
+              and trains_in_population(run, sweep.agent)]
+    alone = [Job([run], False) for run in fresh if run not in packed]
+    return start_order(resumed + [Job(runs, True) for runs in population_jobs(packed, sweep.agent,
+                                                                               options.population_size)] + alone,
+                       options.order)
 
 
 def describe_plan(jobs: list[Job]) -> str:

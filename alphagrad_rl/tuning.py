@@ -81,6 +81,7 @@ from .sweep import (
     read_config,
     release_runs,
     stop_with_parent,
+    trains_in_population,
 )
 
 TOP_LEVEL_KEYS = {"name", "program", "description", "parameters", "arm", "search", "seeds", "trials", "score",
@@ -431,7 +432,7 @@ def run_trial(config: TuneConfig, trial: optuna.Trial, params: dict[str, Any], t
                            f"after {RETRY_WAIT_S:.0f} s (their lock files are in {trials_dir / LOCK_DIR})")
     processes: list[subprocess.Popen] = []
     try:
-        if pending and config.agent.population is not None and len(pending) > 1:
+        if len(pending) > 1 and trains_in_population(pending[0][0], config.agent):
             resume = prepare_run_folders([run_dir for _, run_dir in pending], population=True)
             argv = population_argv([run for run, _ in pending], config.agent, trials_dir, extra)
             processes.append(_start(argv, pending[0][1], env, resume, locks))

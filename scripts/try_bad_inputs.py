@@ -65,6 +65,11 @@ LIBRARY = {  # python statements that must raise ValueError/TypeError with a cle
     "make_optimizer adam 3 betas": "make_optimizer([p], name='adam', betas=(0.9, 0.9, 0.9))",
     "make_optimizer unknown option": "make_optimizer([p], name='adam', alhpa=3.0)",
     "make_optimizer agr_scope without AGR": "make_optimizer([p], name='adamw', agr_scope='matrices')",
+    "make_optimizer custom without target": "make_optimizer([p], name='custom')",
+    "make_optimizer custom options not JSON": "make_optimizer([p], name='custom', target='torch.optim:SGD', "
+    "options='{momentum: 0.9}')",
+    "make_optimizer custom with stacked members": "make_optimizer([p], name='custom', target='torch.optim:SGD', "
+    "members=2)",
 }
 LIBRARY_PRELUDE = ("import torch; from alphagrad import AGR, AlphaGrad, SaturationAlphaScheduler, with_agr; "
                    "from alphagrad_rl.factory import make_optimizer; p = torch.nn.Parameter(torch.zeros(2))\n")
@@ -84,6 +89,9 @@ AGENT_CASES = {  # agent script: {case: flags}
         "checkpoint interval -1": "--checkpoint-interval-s -1", "eval-episodes -1": "--eval-episodes -1",
         "diagnostics-interval -1": "--diagnostics-interval -1", "train-frequency 0": "--train-frequency 0",
         "results-dir is a file": "--results-dir {file}",
+        "custom optimizer not importable": "--optim.name custom --optim.target my_optimizers:Mine",
+        "custom optimizer bad keyword": "--optim.name custom --optim.target torch.optim:SGD --optim.options "
+        "{{\"momentom\":0.9}}",  # braces doubled: the flags go through str.format
     },
     "td3_continuous_action.py": {
         "discrete env": "--env-id CartPole-v1", "policy-noise -1": "--policy-noise -1",
@@ -95,7 +103,7 @@ AGENT_CASES = {  # agent script: {case: flags}
         "alphas with adam": "--seeds 1 2 --alphas 93 186",
         "population-size -1": "--population-size -1", "duplicate run names": "--seeds 1 2 --run-names a a",
         "unsafe run name": "--seeds 1 2 --run-names ../a b", "bad member alpha": "--seeds 1 2 --optim.name alphagrad "
-        "--alphas 93 -1",
+        "--alphas 93 -1", "custom optimizer": "--seeds 1 2 --optim.name custom --optim.target torch.optim:SGD",
     },
     "ppo_continuous_action.py": {
         "discrete env": "--env-id CartPole-v1", "num-minibatches 3": "--num-minibatches 3",

@@ -94,6 +94,17 @@ def test_alphagrad_is_the_optimizer_stepping(tmp_path):
     assert metric_rows(tmp_path / "alpha" / "dqn") != metric_rows(tmp_path / "alpha2" / "dqn")
 
 
+def test_a_custom_optimizer_trains_as_the_built_in_it_names(tmp_path):
+    """torch's SGD named as a custom optimizer trains DQN exactly as the factory's sgd does; the record keeps what
+    was named, so the run can be repeated."""
+    dqn.main(dqn_args(tmp_path / "builtin", optim=OptimizerSpec(name="sgd", lr=1e-2, momentum=0.9)))
+    custom = OptimizerSpec(name="custom", lr=1e-2, target="torch.optim:SGD", options='{"momentum": 0.9}')
+    dqn.main(dqn_args(tmp_path / "custom", optim=custom))
+    assert metric_rows(tmp_path / "builtin" / "dqn") == metric_rows(tmp_path / "custom" / "dqn")
+    optim = read_run(tmp_path / "custom" / "dqn")["config"]["config"]["optim"]
+    assert optim["name"] == "custom" and optim["target"] == "torch.optim:SGD" and optim["options"] == '{"momentum": 0.9}'
+
+
 @pytest.mark.slow
 def test_td3_takes_separate_actor_and_critic_optimizers(tmp_path, monkeypatch):
     built = []

@@ -1,16 +1,27 @@
+from pathlib import Path
+
 import pytest
 import pytorch_optimizer
 import torch
 import tyro
 
 from alphagrad import AGR, AlphaGrad, SaturationAlphaScheduler
-from alphagrad_rl.factory import OPTIMIZER_NAMES, OptimizerSpec, make_alpha_scheduler, make_optimizer
+from alphagrad_rl.factory import (
+    OPTIMIZER_NAMES,
+    OptimizerSpec,
+    custom_callable,
+    make_alpha_scheduler,
+    make_optimizer,
+)
+
+EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'softsign_alphagrad.py'}:SoftsignAlphaGrad"
+SoftsignAlphaGrad = custom_callable(EXAMPLE)
 
 EXPECTED_TYPES = {  # the optimizer's type, and whether AGR is attached to it
     "adam": (torch.optim.Adam, False), "adamw": (torch.optim.AdamW, False), "sgd": (torch.optim.SGD, False),
     "alphagrad": (AlphaGrad, False), "adamw-agr": (torch.optim.AdamW, True), "adan": (pytorch_optimizer.Adan, False),
     "adan-agr": (pytorch_optimizer.Adan, True), "lion": (pytorch_optimizer.Lion, False),
-    "signsgd": (pytorch_optimizer.SignSGD, False),
+    "signsgd": (pytorch_optimizer.SignSGD, False), "custom": (SoftsignAlphaGrad, False),
 }
 
 
@@ -23,8 +34,9 @@ def test_factory_builds_every_name_and_it_reduces_a_loss(name):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     inputs, targets = torch.randn(64, 4), torch.randn(64, 1)
-    opt = make_optimizer(model.named_parameters(), OptimizerSpec(name=name, lr=1e-2,
-                                                                 alpha=4.0 if name == "alphagrad" else "auto"))
+    opt = make_optimizer(model.named_parameters(), OptimizerSpec(
+        name=name, lr=1e-2, alpha=4.0 if name == "alphagrad" else "auto", target=EXAMPLE if name == "custom" else None,
+        options='{"alpha": 4.0}' if name == "custom" else "{}"))
     expected_type, with_agr = EXPECTED_TYPES[name]
     assert type(opt) is expected_type and (AGR.of(opt) is not None) == with_agr
     losses = []
@@ -70,6 +82,58 @@ def test_spec_settings_reach_the_optimizer():
 def test_factory_rejects_bad_specs(overrides, message):
     with pytest.raises(ValueError, match=message):
         make_optimizer([torch.nn.Parameter(torch.zeros(2))], **overrides)
+
+
+def test_a_custom_optimizer_from_a_module_or_a_file_gets_every_setting():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    rmsprop = make_optimizer(model.named_parameters(), name="custom", target="torch.optim:RMSprop", lr=0.01,
+                             weight_decay=0.1, options='{"alpha": 0.9, "centered": true}')
+    assert type(rmsprop) is torch.optim.RMSprop and rmsprop.param_groups[0]["param_names"] == ["weight", "bias"]
+    assert {key: rmsprop.defaults[key] for key in ("lr", "weight_decay", "alpha", "centered")} == dict(
+        lr=0.01, weight_decay=0.1, alpha=0.9, centered=True)
+    softsign = make_optimizer(model.parameters(), name="custom", target=EXAMPLE, lr=0.5, agr=True,
+                              options='{"alpha": 3.0}')
+    assert type(softsign) is SoftsignAlphaGrad and AGR.of(softsign) is not None  # AGR in front of it too
+    grads = [torch.randn_like(p) for p in model.parameters()]
+    before = [p.detach().clone() for p in model.parameters()]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    softsign.step()
+    for p, old, g in zip(model.parameters(), before, grads):
+        g = g - g.abs() / g.abs().sum() * g  # AGR (eq. 1 of its paper), then the example's update by hand
+        scaled = 3.0 * g / (g.norm() + 1e-8)
+        assert torch.allclose(p.detach(), old - 0.5 * scaled / (1 + scaled.abs()), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="cannot train stacked parameters"):
+        make_optimizer(model.parameters(), name="custom", target=EXAMPLE, members=2)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(), "'custom' needs a target: --optim.target 'package.module:callable'"),
+        (dict(target="torch.optim.RMSprop"), "invalid optimizer target: 'torch.optim.RMSprop' \\(allowed:"),
+        (dict(target="no_such_module:Opt"), "cannot import no_such_module .*PYTHONPATH"),
+        (dict(target="torch.optim:NoSuch"), "torch.optim has no NoSuch"),
+        (dict(target="missing/file.py:Opt"), "no file .*missing/file.py"),
+        (dict(target="torch.optim:RMSprop", options="[0.9]"), "options: '\\[0.9\\]' \\(allowed: a JSON object"),
+        (dict(target="torch.optim:RMSprop", options="{alpha: 0.9}"), "options: .*allowed: a JSON object; Expecting"),
+        (dict(target="torch.optim:RMSprop", options='{"lr": 0.1}'), "options: lr \\(set them as --optim.<name>"),
+        (dict(target="torch.optim:RMSprop", options='{"alhpa": 0.9}'), "refused its arguments .*alhpa"),
+        (dict(target="torch.optim:RMSprop", eps=1e-5), "does not use eps=1e-05.*own arguments go in options"),
+        (dict(name="adam", target="torch.optim:SGD"), "'adam' does not use target='torch.optim:SGD'"),
+    ],
+)
+def test_a_bad_custom_optimizer_is_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_optimizer([torch.nn.Parameter(torch.zeros(2))], **{"name": "custom", **overrides})
+
+
+def test_a_custom_target_must_return_an_optimizer(tmp_path):
+    (tmp_path / "not_an_optimizer.py").write_text("def make(params, lr):\n    return list(params)\n")
+    with pytest.raises(ValueError, match="returned list, not a torch.optim.Optimizer"):
+        make_optimizer([torch.nn.Parameter(torch.zeros(2))], name="custom",
+                       target=f"{tmp_path / 'not_an_optimizer.py'}:make")
 
 
 def test_spec_parses_from_the_command_line():

@@ -301,6 +301,9 @@ def test_target_kl_with_adam_is_refused_in_a_population(tmp_path):
     schedule = dataclasses.replace(PPO_SPECS["alphagrad"], alpha_schedule=True)
     with pytest.raises(ValueError, match="alpha-schedule is not available in a population"):
         ppo_population.check_args(ppo_args(tmp_path, schedule))
+    custom = OptimizerSpec(name="custom", target="torch.optim:SGD", lr=1e-3)  # stepping members apart is unknown
+    with pytest.raises(ValueError, match="custom optimizer .* is not available in a population"):
+        ppo_population.check_args(ppo_args(tmp_path, custom))
 
 
 def test_ppo_population_writes_one_standard_record_per_member(tmp_path):

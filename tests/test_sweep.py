@@ -494,6 +494,25 @@ def test_a_sweep_runs_as_populations_with_one_standard_record_per_run(tmp_path):
     assert again == results
 
 
+def test_a_custom_optimizer_arm_trains_one_run_per_process_beside_populations(tmp_path):
+    """A custom optimizer may not treat stacked members apart, so its runs never join a population; its options
+    are written in the YAML as a mapping and reach the agent as JSON."""
+    example = f"{ROOT / 'examples' / 'softsign_alphagrad.py'}:SoftsignAlphaGrad"
+    arms = {"adam": {}, "softsign": {"optim.name": "custom", "optim.target": example, "optim.lr": 0.001,
+                                     "optim.options": {"alpha": 30.0, "momentum": 0.9}}}
+    sweep = load_sweep(write_config(tmp_path, arms=arms), REGISTRY)
+    plan = sweep_module.plan_jobs(sweep, sweep.runs, tmp_path / "runs" / "tiny", LaunchOptions(population_size=2),
+                                  quiet)
+    assert [([run.name for run in job.runs], job.population) for job in plan] == [
+        (["adam__s1", "adam__s2"], True), (["softsign__s1"], False), (["softsign__s2"], False)]
+    results = launch(sweep, sweep.runs, LaunchOptions(results_dir=tmp_path / "runs", workers=2, use_gpus=False,
+                                                      population_size=2), report=quiet)
+    assert {summary["status"] for summary in results.values()} == {"finished"}
+    optim = read_run(tmp_path / "runs" / "tiny" / "softsign__s2")["config"]["config"]["optim"]
+    assert (optim["target"], json.loads(optim["options"])) == (example, {"alpha": 30.0, "momentum": 0.9})
+    assert [results[name]["population_size"] for name in ("adam__s1", "softsign__s1")] == [2, 1]
+
+
 @pytest.mark.slow
 def test_a_ppo_sweep_packs_into_a_population_that_writes_standard_records(tmp_path):
     parameters = {"env-id": {"value": "HalfCheetah-v5"}, "total-timesteps": {"value": 128},

@@ -130,6 +130,27 @@ def test_a_trial_whose_runs_another_process_trains_is_not_started_twice(tmp_path
     assert not (trials_dir / "trial0000__s1").exists()  # nothing started, nothing cleared
 
 
+def test_a_custom_optimizer_is_tuned_with_one_process_per_seed(tmp_path):
+    """A custom optimizer never trains in a population (whether it treats each member apart is unknown): its trial
+    runs each seed in the single-file agent, with the searched lr and the arm's options."""
+    example = f"{ROOT / 'examples' / 'softsign_alphagrad.py'}:SoftsignAlphaGrad"
+    parameters = {key: value for key, value in tiny_config()["parameters"].items() if key != "optim.eps"}
+    config = load_tune_config(write(tmp_path, tiny_config(
+        parameters=parameters, arm={"optim.name": "custom", "optim.target": example,
+                                    "optim.options": {"alpha": 20.0, "momentum": 0.9}},
+        search={"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}})), REGISTRY)
+    trial = open_study(config, tmp_path / "runs").ask()
+    trial.set_user_attr("folder", "trial0000")
+    trials_dir = tmp_path / "runs" / "trials"
+    score, crashed = run_trial(config, trial, {"optim.lr": 1e-3}, trials_dir, lambda _: None, poll_s=0.1)
+    assert not crashed and 0.0 <= score <= 1.0
+    for seed in (1, 2):
+        record = read_run(trials_dir / f"trial0000__s{seed}")
+        assert record["summary"]["status"] == "finished" and record["summary"]["population_size"] == 1
+        optim = record["config"]["config"]["optim"]
+        assert (optim["lr"], json.loads(optim["options"])) == (1e-3, {"alpha": 20.0, "momentum": 0.9})
+
+
 @pytest.mark.slow
 def test_an_interrupted_population_trial_resumes_to_the_uninterrupted_score(tmp_path):
     """A trial stopped part-way (its tuner interrupted: the population gets SIGTERM and saves a checkpoint) and
