@@ -72,6 +72,7 @@ from .runs import (
 TOP_LEVEL_KEYS = {"name", "program", "method", "description", "metric", "parameters", "arms"}
 REQUIRED_KEYS = {"name", "program", "parameters", "arms"}
 RESERVED_FLAGS = {"run-name", "results-dir"}
+OPTION_KEY = ".options."  # "<optimizer>.options.<key>": one keyword argument of a custom optimizer (--optim.options)
 LOCK_DIR = ".locks"  # in a sweep's folder: one lock file per run (lock_runs)
 LOCK_WAIT_S = 30.0  # a run found locked for this long is another launcher's (lock_runs)
 
@@ -107,7 +108,7 @@ class RunSpec:
 
     def flag_args(self) -> list[str]:
         """The agent's command-line flags for this run, without the launcher's own (run name, results folder)."""
-        return [arg for flag, value in self.flags for arg in _flag_args(flag, value)]
+        return [arg for flag, value in merged_options(self.flags) for arg in _flag_args(flag, value)]
 
     def argv(self, program: Path, results_dir: Path, extra: tuple[str, ...] = ()) -> list[str]:
         return [sys.executable, str(program), *self.flag_args(), "--run-name", self.name,
@@ -135,6 +136,43 @@ def _flag_args(flag: str, value: Any) -> list[str]:
     if isinstance(value, dict):  # a custom optimizer's options: JSON text
         return [f"--{flag}", json.dumps(value)]
     return [f"--{flag}", "None" if value is None else str(value)]
+
+
+def merged_options(flags: tuple[tuple[str, Any], ...]) -> list[tuple[str, Any]]:
+    """`flags` with each "<optimizer>.options.<key>" folded into that optimizer's options mapping (given as a mapping
+    or as JSON text, or not at all), which goes to the agent as one JSON flag; the other flags as they are."""
+    merged: dict[str, Any] = {}
+    for flag, value in flags:
+        spec, found, key = flag.partition(OPTION_KEY)
+        if found:
+            flag, value = f"{spec}.options", {key: value}
+        if flag.endswith(".options") and flag in merged:
+            value = {**_options(merged[flag]), **_options(value)}
+        merged[flag] = value
+    return list(merged.items())
+
+
+def _options(value: Any) -> dict[str, Any]:
+    """A custom optimizer's options as a mapping, from a mapping or JSON text (bad text is the agent's to name)."""
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except (TypeError, json.JSONDecodeError):
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"invalid optimizer options: {value!r} (allowed: a mapping, or a JSON object)")
+    return parsed
+
+
+def flag_problem(flag: str, flags: set[str], program: str) -> str | None:
+    """Why the agent `program` does not take `flag`, or None when it does: one of its `flags`, or
+    "<optimizer>.options.<key>", one keyword argument of a custom optimizer (merged_options)."""
+    spec, found, key = flag.partition(OPTION_KEY)
+    if flag in flags or (found and f"{spec}.options" in flags and key.isidentifier()):
+        return None
+    return (f"{flag!r} is not a flag of {program} (allowed: {', '.join(sorted(flags))}; and <optimizer>.options.<key> "
+            "for one keyword argument of a custom optimizer)")
 
 
 def agent_flags(args_type: type) -> set[str]:
@@ -231,8 +269,8 @@ def load_sweep(path: str | Path, agents: Mapping[str, AgentEntry]) -> Sweep:
     def check_flag(key: str, flag: Any) -> None:
         if flag in RESERVED_FLAGS:
             raise fail(key, f"{flag!r} is set by the launcher")
-        if flag not in flags:
-            raise fail(key, f"{flag!r} is not a flag of {program} (allowed: {', '.join(sorted(flags))})")
+        if problem := flag_problem(flag, flags, program):
+            raise fail(key, problem)
 
     parameters = config["parameters"]
     if not isinstance(parameters, dict):
@@ -293,15 +331,24 @@ def wandb_sweep_configs(sweep: Sweep) -> dict[str, dict[str, Any]]:
     """One plain W&B grid-sweep config per arm (W&B has no arms: the arm's settings become fixed
     parameters). Each run logs to W&B in the group named after the sweep; `wandb sweep FILE` then
     `wandb agent ID` runs it on the W&B service."""
+    varied = [flag for flag, spec in sweep.parameters.items() if OPTION_KEY in flag and len(spec.get("values", [0])) > 1]
+    if varied:
+        raise SweepConfigError(f"{sweep.name}: a W&B sweep cannot vary one key of a custom optimizer's options "
+                               f"({', '.join(varied)}): give each value its own arm")
+    fixed = {flag: spec["value"] if "value" in spec else spec["values"][0] for flag, spec in sweep.parameters.items()
+             if len(spec.get("values", [0])) == 1}
     configs = {}
     for arm, settings in sweep.arms.items():
+        parameters = {**{flag: spec for flag, spec in sweep.parameters.items() if flag not in fixed},
+                      **{flag: {"value": json.dumps(value) if isinstance(value, dict) else value}
+                         for flag, value in merged_options(tuple({**fixed, **settings}.items()))}}
         configs[f"{sweep.name}-{arm}"] = {
             "name": f"{sweep.name}-{arm}",
             "description": f"{sweep.description} (arm {arm})".strip(),
             "program": sweep.program,
             "method": "grid",
             **({"metric": sweep.metric} if sweep.metric else {}),
-            "parameters": {**sweep.parameters, **{flag: {"value": value} for flag, value in settings.items()}},
+            "parameters": parameters,
             "command": ["${env}", "${interpreter}", "${program}", "--track", "--wandb-group", sweep.name,
                         "${args_no_boolean_flags}"],  # --flag=value, and true booleans as bare --flag (tyro)
         }

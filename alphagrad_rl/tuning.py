@@ -74,6 +74,7 @@ from .sweep import (
     SweepConfigError,
     agent_flags,
     check_run_arguments,
+    flag_problem,
     lock_runs,
     open_run_log,
     population_argv,
@@ -168,8 +169,8 @@ def load_tune_config(path: str | Path, agents: Mapping[str, AgentEntry]) -> Tune
         for flag in value:
             if flag in RESERVED_FLAGS or flag == "seed":
                 raise fail(f"{key}.{flag}", f"{flag!r} is set by the tuner")
-            if flag not in known:
-                raise fail(f"{key}.{flag}", f"{flag!r} is not a flag of {program} (allowed: {', '.join(sorted(known))})")
+            if problem := flag_problem(flag, known, program):
+                raise fail(f"{key}.{flag}", problem)
         return dict(value)
 
     parameters = config["parameters"]

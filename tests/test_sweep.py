@@ -187,6 +187,36 @@ def test_wandb_export_gives_one_plain_grid_per_arm_that_the_agent_parses(tmp_pat
     assert args.optim.name == "alphagrad" and args.optim.alpha == 186.0 and args.total_timesteps == 500000
 
 
+def test_a_custom_optimizers_options_are_set_key_by_key_in_grids_arms_and_wandb_exports(tmp_path):
+    import tyro
+
+    from agents import dqn
+    from alphagrad_rl.sweep import wandb_sweep_configs
+
+    arms = {"rmsprop": {"optim.name": "custom", "optim.target": "torch.optim:RMSprop", "optim.options.alpha": 0.95},
+            "rmsprop-centered": {"optim.name": "custom", "optim.target": "torch.optim:RMSprop",
+                                 "optim.options": '{"centered": true}'}}
+    parameters = {**TINY, "optim.options.momentum": {"values": [0.0, 0.5]}}
+    sweep = load_sweep(write_config(tmp_path, arms=arms, parameters=parameters), REGISTRY)
+    options = {run.name: json.loads(run.flag_args()[run.flag_args().index("--optim.options") + 1]) for run in sweep.runs}
+    assert options == {"rmsprop__optim.options.momentum=0.0__s1": {"momentum": 0.0, "alpha": 0.95},
+                       "rmsprop__optim.options.momentum=0.5__s1": {"momentum": 0.5, "alpha": 0.95},
+                       "rmsprop-centered__optim.options.momentum=0.0__s1": {"momentum": 0.0, "centered": True},
+                       "rmsprop-centered__optim.options.momentum=0.5__s1": {"momentum": 0.5, "centered": True}}
+    with pytest.raises(SweepConfigError, match="cannot vary one key of a custom optimizer's options"):
+        wandb_sweep_configs(sweep)
+    fixed = {**TINY, "optim.options.momentum": {"value": 0.5}}
+    config = wandb_sweep_configs(load_sweep(write_config(tmp_path, arms=arms, parameters=fixed), REGISTRY))["tiny-rmsprop"]
+    argv = [f"--{flag}={spec.get('value', (spec.get('values') or [None])[0])}" for flag, spec in config["parameters"].items()]
+    assert json.loads(tyro.cli(dqn.Args, args=argv).optim.options) == {"momentum": 0.5, "alpha": 0.95}
+    for flag, message in (("optim.opts.alpha", "'optim.opts.alpha' is not a flag"),
+                          ("optim.options.2x", "'optim.options.2x' is not a flag"),
+                          ("optim.options.alpha", "SGD refused its arguments .*unexpected keyword argument 'alpha'")):
+        bad = {"custom": {"optim.name": "custom", "optim.target": "torch.optim:SGD", flag: 1}}
+        with pytest.raises(SweepConfigError, match=message):
+            load_sweep(write_config(tmp_path, arms=bad), REGISTRY)
+
+
 def test_boolean_flags_use_tyro_negation(tmp_path):
     sweep = load_sweep(write_config(tmp_path, arms={"agr-off": {"optim.agr": False, "save-model": True}}), REGISTRY)
     argv = sweep.runs[0].argv("agents/dqn.py", Path("out"))
@@ -499,8 +529,10 @@ def test_a_custom_optimizer_arm_trains_one_run_per_process_beside_populations(tm
     are written in the YAML as a mapping and reach the agent as JSON."""
     example = f"{ROOT / 'examples' / 'softsign_alphagrad.py'}:SoftsignAlphaGrad"
     arms = {"adam": {}, "softsign": {"optim.name": "custom", "optim.target": example, "optim.lr": 0.001,
-                                     "optim.options": {"alpha": 30.0, "momentum": 0.9}}}
+                                     "optim.options": {"momentum": 0.9}, "optim.options.alpha": 30.0}}
     sweep = load_sweep(write_config(tmp_path, arms=arms), REGISTRY)
+    flags = sweep.runs[-1].flag_args()  # one key set on its own joins the others: one JSON flag
+    assert json.loads(flags[flags.index("--optim.options") + 1]) == {"momentum": 0.9, "alpha": 30.0}
     plan = sweep_module.plan_jobs(sweep, sweep.runs, tmp_path / "runs" / "tiny", LaunchOptions(population_size=2),
                                   quiet)
     assert [([run.name for run in job.runs], job.population) for job in plan] == [

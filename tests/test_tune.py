@@ -132,23 +132,29 @@ def test_a_trial_whose_runs_another_process_trains_is_not_started_twice(tmp_path
 
 def test_a_custom_optimizer_is_tuned_with_one_process_per_seed(tmp_path):
     """A custom optimizer never trains in a population (whether it treats each member apart is unknown): its trial
-    runs each seed in the single-file agent, with the searched lr and the arm's options."""
+    runs each seed in the single-file agent, with the searched lr and option (one key of --optim.options) joined to
+    the arm's options."""
     example = f"{ROOT / 'examples' / 'softsign_alphagrad.py'}:SoftsignAlphaGrad"
     parameters = {key: value for key, value in tiny_config()["parameters"].items() if key != "optim.eps"}
     config = load_tune_config(write(tmp_path, tiny_config(
-        parameters=parameters, arm={"optim.name": "custom", "optim.target": example,
-                                    "optim.options": {"alpha": 20.0, "momentum": 0.9}},
-        search={"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}})), REGISTRY)
+        parameters=parameters, arm={"optim.name": "custom", "optim.target": example, "optim.options": {"momentum": 0.9}},
+        search={"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                "optim.options.alpha": {"low": 1, "high": 100, "log": True}})), REGISTRY)
     trial = open_study(config, tmp_path / "runs").ask()
     trial.set_user_attr("folder", "trial0000")
     trials_dir = tmp_path / "runs" / "trials"
-    score, crashed = run_trial(config, trial, {"optim.lr": 1e-3}, trials_dir, lambda _: None, poll_s=0.1)
+    params = {"optim.lr": 1e-3, "optim.options.alpha": 20.0}
+    score, crashed = run_trial(config, trial, params, trials_dir, lambda _: None, poll_s=0.1)
     assert not crashed and 0.0 <= score <= 1.0
     for seed in (1, 2):
         record = read_run(trials_dir / f"trial0000__s{seed}")
         assert record["summary"]["status"] == "finished" and record["summary"]["population_size"] == 1
         optim = record["config"]["config"]["optim"]
-        assert (optim["lr"], json.loads(optim["options"])) == (1e-3, {"alpha": 20.0, "momentum": 0.9})
+        assert (optim["lr"], json.loads(optim["options"])) == (1e-3, {"momentum": 0.9, "alpha": 20.0})
+    final = final_sweep_config(config, params)  # the best settings, evaluated as a sweep: the key stays valid there
+    final_path = tmp_path / "final.yaml"
+    final_path.write_text(yaml.safe_dump(final))
+    assert {run.name for run in load_sweep(final_path, REGISTRY).runs} >= {"tuned__s11", "tuned__s12"}
 
 
 @pytest.mark.slow
