@@ -127,8 +127,13 @@ def main(args: Args) -> int:
 
         from alphagrad_rl.sweep import wandb_sweep_configs
 
+        try:
+            configs = wandb_sweep_configs(sweep)
+        except SweepConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         args.export_wandb.mkdir(parents=True, exist_ok=True)
-        for name, config in wandb_sweep_configs(sweep).items():
+        for name, config in configs.items():
             path = args.export_wandb / f"{name}.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             print(f"wandb sweep {path}")

@@ -140,7 +140,14 @@ SWEEP_CONFIGS = {  # case: (text replaced, replacement) in GOOD_SWEEP, or None f
     "env id with a slash in a grid": ("seed: {values: [1, 2]}", "seed: {values: [1]}\n  exp-name: {values: [a/b, a-b]}"),
     "unknown env id": ("seed: {values", "env-id: {value: CartPol-v1}\n  seed: {values"),
     "missing arms": ("arms:\n  adam: {}\n  alphagrad-93: {optim.name: alphagrad, optim.alpha: 93}\n", ""),
+    "custom optimizer options key misspelt": ("adam: {}", "adam: {optim.name: custom, optim.target: 'torch.optim:SGD', "
+                                              "optim.opts.momentum: 0.9}"),
+    "custom optimizer refuses an options key": ("adam: {}", "adam: {optim.name: custom, optim.target: "
+                                                "'torch.optim:SGD', optim.options.momentom: 0.9}"),
 }
+CUSTOM_GRID = ("seed: {values: [1, 2]}", "seed: {values: [1, 2]}\n  optim.options.momentum: {values: [0.0, 0.9]}")
+CUSTOM_ARMS = ("  adam: {}\n  alphagrad-93: {optim.name: alphagrad, optim.alpha: 93}\n",
+               "  sgd: {optim.name: custom, optim.target: 'torch.optim:SGD'}\n")
 SWEEP_FLAGS = {"population-size -1": "--population-size -1", "population with ray": "--population-size 4 --backend ray",
                "workers -1": "--workers -1", "runs-per-gpu 0": "--runs-per-gpu 0", "unknown arm": "--arms nope",
                "total-timesteps 0": "--total-timesteps 0", "results-dir is a file": "--results-dir {file}",
@@ -223,6 +230,10 @@ def build_cases(work: Path) -> list[Case]:
         path.write_text(GOOD_SWEEP.replace(*replacement))
         cases.append(Case("scripts/sweep.py", name, [python, "scripts/sweep.py", str(path), "--dry-run",
                                                      "--results-dir", str(work / "sweeps")]))
+    varied = work / "custom-grid.yaml"  # valid, but W&B cannot vary one key of --optim.options
+    varied.write_text(GOOD_SWEEP.replace(*CUSTOM_GRID).replace(*CUSTOM_ARMS))
+    cases.append(Case("scripts/sweep.py", "W&B export varying one options key",
+                      [python, "scripts/sweep.py", str(varied), "--export-wandb", str(work / "wandb")]))
     good = work / "good-sweep.yaml"
     good.write_text(GOOD_SWEEP)
     for name, flags in SWEEP_FLAGS.items():
