@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import sys
 from collections.abc import Callable
@@ -262,6 +263,19 @@ def custom_callable(target: str | None) -> Callable[..., Any]:
     if not callable(found):
         raise ValueError(f"invalid optimizer target: {target!r}: {attribute} is not callable")
     return found
+
+
+def custom_sources(specs) -> dict[str, str]:
+    """For each custom optimizer among `specs`, the file defining what its target names and that file's SHA-256, so
+    a run record says which code it trained with (a resume under an edited file is noted in the record)."""
+    sources = {}
+    for spec in specs:
+        if spec.name == "custom":
+            found = custom_callable(spec.target)
+            path = Path(inspect.getsourcefile(found) or inspect.getfile(found))
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            sources[f"custom optimizer {spec.target}"] = f"{path.name} sha256:{digest}"
+    return sources
 
 
 def custom_options(options: str) -> dict[str, Any]:

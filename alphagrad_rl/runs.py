@@ -3,7 +3,8 @@
 Layout of `<results_dir>/<run_name>/` (schema version `SCHEMA_VERSION`):
 - `config.json`: {"schema_version", "algorithm", "run_name", "config": the agent's full Args, "software": the
   versions that trained it (software_versions(): Python, torch, numpy, gymnasium, MuJoCo, and this project's git
-  commit or package version)}. A record written before "software" existed has none.
+  commit or package version; a custom optimizer's defining file with its SHA-256)}. A record written before
+  "software" existed has none.
 - `metrics.jsonl`: one JSON object per line, {"step": env steps, "time": seconds since start,
   "<metric>": value, ...}, CleanRL's names (charts/episodic_return, losses/..., optimizer/...).
 - `summary.json`: written last and atomically: status ("running", "finished", "crashed",
@@ -259,7 +260,9 @@ class RunRecord:
                  track: bool = False, wandb_project: str = "alphagrad-rl", wandb_entity: str | None = None,
                  wandb_group: str | None = None, wandb_tags: tuple[str, ...] = (), final_window: int = 100,
                  quiet: bool = False, progress_interval_s: float = 10.0, resume_state: dict[str, Any] | None = None,
-                 population_size: int = 1) -> None:
+                 population_size: int = 1, code: dict[str, str] | None = None) -> None:
+        """`code`: what trains besides software_versions() (e.g. a custom optimizer's file and hash), recorded with
+        the versions."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
@@ -279,7 +282,7 @@ class RunRecord:
         self.summary: dict[str, Any] | None = None
         self.resumes: list[dict[str, Any]] = []
         metrics_path = self.run_dir / "metrics.jsonl"
-        software = software_versions()
+        software = {**software_versions(), **(code or {})}
         if resume_state is not None:
             self._continue(resume_state, metrics_path)
             software = self._started_with(software)

@@ -1,5 +1,6 @@
 """Each agent on a tiny budget (CPU): complete run record, determinism, autoreset handling, optimizer choice."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -101,8 +102,13 @@ def test_a_custom_optimizer_trains_as_the_built_in_it_names(tmp_path):
     custom = OptimizerSpec(name="custom", lr=1e-2, target="torch.optim:SGD", options='{"momentum": 0.9}')
     dqn.main(dqn_args(tmp_path / "custom", optim=custom))
     assert metric_rows(tmp_path / "builtin" / "dqn") == metric_rows(tmp_path / "custom" / "dqn")
-    optim = read_run(tmp_path / "custom" / "dqn")["config"]["config"]["optim"]
+    config = read_run(tmp_path / "custom" / "dqn")["config"]
+    optim = config["config"]["optim"]
     assert optim["name"] == "custom" and optim["target"] == "torch.optim:SGD" and optim["options"] == '{"momentum": 0.9}'
+    source = Path(torch.optim.__file__).parent / "sgd.py"  # the code it trained with: the file defining the target
+    assert config["software"]["custom optimizer torch.optim:SGD"] == (
+        f"sgd.py sha256:{hashlib.sha256(source.read_bytes()).hexdigest()[:16]}")
+
 
 
 @pytest.mark.slow

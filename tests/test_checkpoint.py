@@ -87,6 +87,21 @@ def tensorboard_points(run_dir, tag):
     return [(point.step, point.value) for point in events.Scalars(tag)]
 
 
+def test_a_resume_under_an_edited_custom_optimizer_file_is_noted(tmp_path, monkeypatch):
+    """The record keeps the hash of the file defining a custom optimizer; a resume under an edited file says so."""
+    optimizer_file = tmp_path / "my_optimizer.py"
+    optimizer_file.write_text("from torch.optim import SGD\n\n\nclass Mine(SGD):\n    pass\n")
+    spec = OptimizerSpec(name="custom", lr=1e-2, target=f"{optimizer_file}:Mine", options='{"momentum": 0.9}')
+    crashed_run("dqn", tmp_path, monkeypatch, 2 * CHECKPOINT_EVERY["dqn"] + CRASH_AFTER, optim=spec)
+    started = read_run(tmp_path / "cut")["config"]["software"][f"custom optimizer {spec.target}"]
+    assert started.startswith("my_optimizer.py sha256:")
+    optimizer_file.write_text("from torch.optim import SGD\n\n\nclass Mine(SGD):\n    pass  # edited\n")
+    summary = dqn.main(checkpoint_args("dqn", tmp_path, "cut", resume=True, optim=spec))
+    edited = summary["resumes"][-1]["software"][f"custom optimizer {spec.target}"]
+    assert summary["status"] == "finished" and edited.startswith("my_optimizer.py sha256:") and edited != started
+    assert read_run(tmp_path / "cut")["config"]["software"][f"custom optimizer {spec.target}"] == started
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("agent", AGENTS)
 def test_interrupted_run_resumes_to_the_uninterrupted_result(agent, tmp_path, monkeypatch):
