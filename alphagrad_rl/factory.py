@@ -272,7 +272,11 @@ def custom_sources(specs) -> dict[str, str]:
     for spec in specs:
         if spec.name == "custom":
             found = custom_callable(spec.target)
-            path = Path(inspect.getsourcefile(found) or inspect.getfile(found))
+            try:
+                path = Path(inspect.getsourcefile(found) or inspect.getfile(found))
+            except TypeError:  # no file to hash: built in, or neither a function nor a class (a partial, ...)
+                sources[f"custom optimizer {spec.target}"] = "no source file"
+                continue
             digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
             sources[f"custom optimizer {spec.target}"] = f"{path.name} sha256:{digest}"
     return sources

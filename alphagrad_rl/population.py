@@ -85,7 +85,7 @@ def check_population_args(args: Any, single_type: type, check_single, algorithm:
                          "in its lr, so members cannot have their own lr (allowed: Adam, AdamW, SGD, Lion, AlphaGrad, "
                          "...; Adan only without weight decay)")
     if any(getattr(args, name).name == "custom" for name in optim_fields):
-        raise ValueError("a custom optimizer (--optim.name custom) is not available in a population (one optimizer "
+        raise ValueError("a custom optimizer (name custom) is not available in a population (one optimizer "
                          "steps every member's stacked parameters, exact only for one that treats each member apart, "
                          "which cannot be checked): run it with the single-file agent")
     if any(getattr(args, name).alpha_schedule for name in optim_fields):

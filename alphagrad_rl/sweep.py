@@ -153,7 +153,7 @@ def merged_options(flags: tuple[tuple[str, Any], ...]) -> list[tuple[str, Any]]:
 
 
 def _options(value: Any) -> dict[str, Any]:
-    """A custom optimizer's options as a mapping, from a mapping or JSON text (bad text is the agent's to name)."""
+    """A custom optimizer's options as a mapping, from a mapping or JSON text (ValueError for anything else)."""
     if isinstance(value, dict):
         return value
     try:
