@@ -524,6 +524,7 @@ def test_a_sweep_runs_as_populations_with_one_standard_record_per_run(tmp_path):
     assert again == results
 
 
+@pytest.mark.slow
 def test_a_custom_optimizer_arm_trains_one_run_per_process_beside_populations(tmp_path):
     """A custom optimizer may not treat stacked members apart, so its runs never join a population; its options
     are written in the YAML as a mapping and reach the agent as JSON."""

@@ -130,6 +130,7 @@ def test_a_trial_whose_runs_another_process_trains_is_not_started_twice(tmp_path
     assert not (trials_dir / "trial0000__s1").exists()  # nothing started, nothing cleared
 
 
+@pytest.mark.slow
 def test_a_custom_optimizer_is_tuned_with_one_process_per_seed(tmp_path):
     """A custom optimizer never trains in a population (whether it treats each member apart is unknown): its trial
     runs each seed in the single-file agent, with the searched lr and option (one key of --optim.options) joined to
