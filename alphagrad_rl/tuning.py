@@ -26,6 +26,7 @@ Config (YAML):
     search:                           # searched flags: float/int ranges (log or not) or choices
       optim.alpha: {low: 5, high: 500, log: true}
       optim.lr: {low: 1.0e-5, high: 1.0e-2, log: true}
+      # a custom optimizer's keyword argument: optim.options.<key> (alphagrad_rl.sweep.merged_options)
     seeds: [1, 2, 3]                  # every trial runs these seeds
     trials: 16                        # trials in the study (completed + pruned), over all tuner processes
     score: {range: [0, 500], last_episodes: 20}
