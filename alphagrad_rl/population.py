@@ -79,15 +79,15 @@ def check_population_args(args: Any, single_type: type, check_single, algorithm:
     """Refuse what a population cannot do, then check each member as its single-file run would; the members."""
     if args.population_size < 0:
         raise ValueError(f"invalid population_size: {args.population_size} (allowed: >= 0, 0 = from --seeds)")
+    if any(getattr(args, name).name == "custom" for name in optim_fields):
+        raise ValueError("a custom optimizer (name custom) is not available in a population (one optimizer "
+                         "steps every member's stacked parameters, exact only for one that treats each member apart, "
+                         "which cannot be checked): run it with the single-file agent")
     if args.lrs and not all(getattr(args, name).name == "alphagrad" or lr_is_linear(getattr(args, name))
                             for name in optim_fields):
         raise ValueError(f"--lrs: the step of {getattr(args, optim_fields[0]).name} (with these options) is not linear "
                          "in its lr, so members cannot have their own lr (allowed: Adam, AdamW, SGD, Lion, AlphaGrad, "
                          "...; Adan only without weight decay)")
-    if any(getattr(args, name).name == "custom" for name in optim_fields):
-        raise ValueError("a custom optimizer (name custom) is not available in a population (one optimizer "
-                         "steps every member's stacked parameters, exact only for one that treats each member apart, "
-                         "which cannot be checked): run it with the single-file agent")
     if any(getattr(args, name).alpha_schedule for name in optim_fields):
         raise ValueError("--optim.alpha-schedule is not available in a population (the saturation scheduler adapts "
                          "one alpha per param group, not per member): run it with the single-file agent")
