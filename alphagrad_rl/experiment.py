@@ -22,7 +22,7 @@ from alphagrad import AlphaGrad
 
 from .checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted, config_differences
 from .envs import check_env
-from .factory import OptimizerSpec, custom_sources, make_alpha_scheduler, make_optimizer
+from .factory import OptimizerSpec, custom_sources, make_alpha_scheduler, make_optimizer, optimizer_specs
 from .runs import RunRecord, check_results_dir, check_run_name, clear_record, read_summary, safe_name
 
 
@@ -150,7 +150,7 @@ def open_record(args: CommonArgs, algorithm: str, run_dir: Path, total_timesteps
         track=args.track, wandb_project=args.wandb_project_name, wandb_entity=args.wandb_entity,
         wandb_group=args.wandb_group, wandb_tags=args.wandb_tags, quiet=args.quiet, resume_state=resume_state,
         population_size=population_size,
-        code=custom_sources(value for value in vars(args).values() if isinstance(value, OptimizerSpec)),
+        code=custom_sources(optimizer_specs(args)),
     )
 
 

@@ -110,7 +110,7 @@ def make_optimizer(params, spec: OptimizerSpec | None = None, *, members: int | 
     spec = dataclasses.replace(spec or OptimizerSpec(), **overrides)
     check_spec(spec)
     base = spec.name.removesuffix("-agr")
-    if members is not None and base == "custom":
+    if members is not None and not takes_stacked_parameters(spec):
         raise ValueError(f"a custom optimizer ({spec.target}) cannot train stacked parameters (members={members}): "
                          "whether it treats each member apart is unknown; train one run per process")
     if members is not None and base == "alphagrad":
@@ -122,6 +122,17 @@ def make_optimizer(params, spec: OptimizerSpec | None = None, *, members: int | 
         AGR(optimizer, scope=spec.agr_scope, active_steps=spec.agr_active_steps, nonfinite=spec.nonfinite,
             members=members)
     return optimizer
+
+
+def takes_stacked_parameters(spec: OptimizerSpec) -> bool:
+    """Whether make_optimizer(..., members=N) can build `spec`'s optimizer: every one but a custom optimizer, of
+    which it is unknown whether it treats each member apart."""
+    return spec.name != "custom"
+
+
+def optimizer_specs(args: Any) -> list[OptimizerSpec]:
+    """The OptimizerSpec fields of an agent's Args (DQN and PPO: optim; TD3: actor_optim and critic_optim)."""
+    return [value for value in vars(args).values() if isinstance(value, OptimizerSpec)]
 
 
 def uses_agr(spec: OptimizerSpec) -> bool:

@@ -58,7 +58,7 @@ import yaml
 
 from .analysis import compact_record_path, export_records
 from .checkpoint import config_differences
-from .factory import OptimizerSpec
+from .factory import optimizer_specs, takes_stacked_parameters
 from .runs import (
     checkpoint_manifests,
     is_safe_name,
@@ -618,10 +618,7 @@ def per_member_options(run: RunSpec, agent: AgentEntry) -> dict[str, tuple[str, 
 def trains_in_population(run: RunSpec, agent: AgentEntry) -> bool:
     """Whether `run` may be a member of a population: its agent has one and no optimizer of it is a custom one
     (alphagrad_rl.factory: whether it treats each member of stacked parameters apart is unknown)."""
-    if agent.population is None:
-        return False
-    args = _parsed(run, agent)
-    return not any(isinstance(value, OptimizerSpec) and value.name == "custom" for value in vars(args).values())
+    return agent.population is not None and all(map(takes_stacked_parameters, optimizer_specs(_parsed(run, agent))))
 
 
 def population_jobs(runs: list[RunSpec], agent: AgentEntry, size: int) -> list[list[RunSpec]]:
@@ -777,12 +774,12 @@ def plan_jobs(sweep: Sweep, pending: list[RunSpec], sweep_dir: Path, options: La
         report("resuming from their checkpoints: " + ", ".join(
             ([f"{len(populations)} population(s) of {sum(populations)} runs"] if populations else [])
             + ([f"{singles} single run(s)"] if singles else [])))
-    packed = [run for run in fresh if options.population_size > 1 and options.backend == "local"
-              and trains_in_population(run, sweep.agent)]
-    alone = [Job([run], False) for run in fresh if run not in packed]
-    return start_order(resumed + [Job(runs, True) for runs in population_jobs(packed, sweep.agent,
-                                                                               options.population_size)] + alone,
-                       options.order)
+    may_pack = options.population_size > 1 and options.backend == "local"
+    packed, alone = [], []
+    for run in fresh:
+        (packed if may_pack and trains_in_population(run, sweep.agent) else alone).append(run)
+    populations = [Job(runs, True) for runs in population_jobs(packed, sweep.agent, options.population_size)]
+    return start_order(resumed + populations + [Job([run], False) for run in alone], options.order)
 
 
 def describe_plan(jobs: list[Job]) -> str:
