@@ -769,17 +769,17 @@ def plan_jobs(sweep: Sweep, pending: list[RunSpec], sweep_dir: Path, options: La
     join one (trains_in_population), else alone."""
     resumed, fresh = resumed_jobs(pending, sweep.runs, sweep_dir, sweep.agent, report)
     if resumed:
-        populations = [len(job.runs) for job in resumed if job.population]
-        singles = len(resumed) - len(populations)
+        resumed_sizes = [len(job.runs) for job in resumed if job.population]
+        singles = len(resumed) - len(resumed_sizes)
         report("resuming from their checkpoints: " + ", ".join(
-            ([f"{len(populations)} population(s) of {sum(populations)} runs"] if populations else [])
+            ([f"{len(resumed_sizes)} population(s) of {sum(resumed_sizes)} runs"] if resumed_sizes else [])
             + ([f"{singles} single run(s)"] if singles else [])))
     may_pack = options.population_size > 1 and options.backend == "local"
     packed, alone = [], []
     for run in fresh:
         (packed if may_pack and trains_in_population(run, sweep.agent) else alone).append(run)
-    populations = [Job(runs, True) for runs in population_jobs(packed, sweep.agent, options.population_size)]
-    return start_order(resumed + populations + [Job([run], False) for run in alone], options.order)
+    new_populations = [Job(runs, True) for runs in population_jobs(packed, sweep.agent, options.population_size)]
+    return start_order(resumed + new_populations + [Job([run], False) for run in alone], options.order)
 
 
 def describe_plan(jobs: list[Job]) -> str:
