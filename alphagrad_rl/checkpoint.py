@@ -55,6 +55,10 @@ RESUME_MAY_CHANGE = frozenset({  # options that do not change what a run compute
     "quiet", "resume", "checkpoint_interval_s", "checkpoint_interval_steps", "keep_checkpoints", "save_model",
     "eval_episodes", "cuda",
 })
+# Options added after runs were saved, each with the value under which a run computes what it did before the option
+# existed: a saved config (checkpoint, run record, earlier attempt) that lacks one matches today's that holds it.
+# Keys are an optimizer group's (optim, actor_optim, critic_optim, ...), also in a population's members.
+ADDED_LATER = {"optim.target": None, "optim.options": "{}"}  # custom optimizers (13450ca)
 
 
 class CheckpointMismatch(ValueError):
@@ -112,16 +116,21 @@ def set_global_rng_state(state: dict[str, Any]) -> None:
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], saved_in: str = "checkpoint") -> list[str]:
     """'key: saved (`saved_in`) != current (now)' for each option that differs, ignoring RESUME_MAY_CHANGE (also in
-    a population's config, {"member<i>": options})."""
+    a population's config, {"member<i>": options}) and options ADDED_LATER that `saved` predates."""
     saved_flat, current_flat = flatten_config(saved), flatten_config(current)
 
     def shown(flat: dict[str, Any], key: str) -> str:
         return json.dumps(flat[key], default=str) if key in flat else "unset"  # tuples and lists alike
 
+    def saved_before_added(key: str) -> bool:
+        added = re.fullmatch(r"(?:member\d+\.)?(?:\w+_)?(optim\.\w+)", key)
+        return (key not in saved_flat and added is not None and added[1] in ADDED_LATER
+                and current_flat.get(key) == ADDED_LATER[added[1]])
+
     return [f"{key}: {shown(saved_flat, key)} ({saved_in}) != {shown(current_flat, key)} (now)"
             for key in dict.fromkeys([*saved_flat, *current_flat])
             if re.sub(r"^member\d+\.", "", key) not in RESUME_MAY_CHANGE
-            and shown(saved_flat, key) != shown(current_flat, key)]
+            and shown(saved_flat, key) != shown(current_flat, key) and not saved_before_added(key)]
 
 
 class _HashingWriter(io.RawIOBase):

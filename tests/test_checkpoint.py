@@ -26,7 +26,7 @@ from agents import dqn, dqn_population, td3_continuous_action
 from alphagrad_rl import experiment
 from alphagrad_rl import population as population_module
 from alphagrad_rl.buffers import ReplayBuffer
-from alphagrad_rl.checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted, _decode, _encode
+from alphagrad_rl.checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted, _decode, _encode, config_differences
 from alphagrad_rl.envs import env_state, restore_env_state
 from alphagrad_rl.factory import OptimizerSpec
 from alphagrad_rl.runs import read_run, wait_past_event_files
@@ -233,6 +233,25 @@ def test_checkpoint_of_another_config_is_refused_and_nothing_is_touched(change, 
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
     # options that do not change the computation may differ
     assert dqn.main(checkpoint_args("dqn", tmp_path, "cut", resume=True, quiet=False, exp_name="renamed"))
+
+
+def test_a_config_saved_before_an_option_was_added_matches_only_the_value_that_does_what_it_did():
+    """Checkpoints and records written before --optim.target/--optim.options existed (every TD3 record of the
+    reproduction, for one) match today's config where those hold their defaults (no custom optimizer), in every
+    optimizer group and population member; any other value, or any other option they lack, is a difference."""
+    optim = {"name": "alphagrad", "alpha": 150.0, "lr": 3e-5}
+    saved = {"env_id": "Hopper-v4", "actor_optim": optim, "critic_optim": optim}
+    today = {"target": None, "options": "{}"}
+    current = {"env_id": "Hopper-v4", "actor_optim": {**optim, **today}, "critic_optim": {**optim, **today}}
+    assert config_differences(saved, current, "record") == []
+    assert config_differences({"member0": saved}, {"member0": current}) == []
+    custom = {**current, "critic_optim": {**optim, "target": "mine.py:make", "options": "{}"}}
+    assert config_differences(saved, custom, "record") == ['critic_optim.target: unset (record) != "mine.py:make" (now)']
+    newer = {**current, "actor_optim": {**optim, **today, "weight_decay": 0.0}}
+    assert config_differences(saved, newer) == ["actor_optim.weight_decay: unset (checkpoint) != 0.0 (now)"]
+    assert config_differences(current, saved) == [f"{group}.{key}: {value} (checkpoint) != unset (now)"
+                                                  for group in ("actor_optim", "critic_optim")
+                                                  for key, value in (("target", "null"), ("options", '"{}"'))]
 
 
 def test_resume_refuses_a_run_record_cut_shorter_than_its_checkpoint(tmp_path, monkeypatch):
