@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -87,7 +88,7 @@ def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
     expected = {"paper_dqn_cartpole.yaml": 90, "paper_td3_hopper.yaml": 70, "paper_ppo_halfcheetah.yaml": 90,
                 "demo_dqn_cartpole.yaml": 6, "sensitivity_dqn_cartpole.yaml": 165,
                 "sensitivity_ppo_halfcheetah.yaml": 165, "sensitivity_td3_hopper.yaml": 135,
-                "sensitivity_td3_hopper_cpu.yaml": 25}
+                "sensitivity_td3_hopper_cpu.yaml": 65}
     for name, runs in expected.items():
         assert len(load_sweep(ROOT / "configs" / name, REGISTRY).runs) == runs
     td3 = load_sweep(ROOT / "configs" / "paper_td3_hopper.yaml", REGISTRY)
@@ -114,16 +115,27 @@ def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
     packed = sweep_module.population_jobs(sensitivity.runs, sensitivity.agent, 10)
     # Adam's three lrs pack by --lrs (15 runs: 10 + 5); AlphaGrad's 40 runs per lr by --alphas (4 x 10 per lr)
     assert sorted(len(job) for job in packed) == [5] + [10] * 13
-    # the CPU slice runs the reproduction's AlphaGrad settings at its 200k steps, at alphas the reproduction lacks,
-    # so that analyzing the two together makes one curve (scripts/analyze.py --include)
+    # the CPU slice runs the reproduction's AlphaGrad settings at its 200k steps, at (lr, alpha) the reproduction
+    # lacks, so that analyzing the two together makes one curve per lr (scripts/analyze.py --include); its lr 1e-4
+    # and 3e-4 points each meet a point of another lr at the same lr x alpha within 1%, so that SENSITIVITY.md can
+    # test "only the product matters"
     cpu_slice = load_sweep(ROOT / "configs" / "sensitivity_td3_hopper_cpu.yaml", REGISTRY)
 
     def setting(run):
-        return {flag: value for flag, value in run.flags if not flag.endswith(".alpha") and flag != "seed"}
+        return {flag: value for flag, value in run.flags if not flag.endswith((".alpha", ".lr")) and flag != "seed"}
 
-    reproduction = {**setting(next(run for run in td3.runs if run.arm == "alphagrad-100")), "total-timesteps": 200_000}
+    def lr_alpha(runs):
+        return {(dict(run.flags)["critic-optim.lr"], dict(run.flags)["critic-optim.alpha"]) for run in runs}
+
+    momentum = [run for run in td3.runs if re.fullmatch(r"alphagrad-\d+(-lr3e-4)?", run.arm)]
+    reproduction = {**setting(momentum[0]), "total-timesteps": 200_000}
     assert all(setting(run) == reproduction for run in cpu_slice.runs)
-    assert not {dict(run.flags)["critic-optim.alpha"] for run in cpu_slice.runs} & alphas
+    assert not lr_alpha(cpu_slice.runs) & lr_alpha(momentum)
+    points = lr_alpha(cpu_slice.runs) | lr_alpha(momentum)
+    assert {lr for lr, _ in points} == {3e-5, 1e-4, 3e-4}
+    for lr, alpha in sorted(point for point in points if point[0] != 3e-5):
+        assert any(other_lr != lr and abs(math.log(lr * alpha / (other_lr * other_alpha))) < 0.01
+                   for other_lr, other_alpha in points), (lr, alpha)
 
 
 @pytest.mark.slow
