@@ -736,9 +736,11 @@ def test_a_killed_population_resumes_from_its_checkpoint_when_the_sweep_runs_aga
     os.kill(launcher.pid, signal.SIGKILL)  # the population process gets SIGTERM: it saves a checkpoint and stops
     launcher.wait()
     # its own deadline: a slow start must not leave the stop no time (a CI failure, stop 25)
-    if not wait_for(lambda: "running" not in (run_status(first), run_status(second)), 60, poll_s=0.1):
+    stopped = wait_for(lambda: "running" not in (run_status(first), run_status(second)), 60, poll_s=0.1)
+    if not stopped:
         dump_agent_stacks(sweep_dir)  # still running: where it is stuck goes into the assertion's message
-    assert run_status(first) == run_status(second) == "interrupted", (first / "output.log").read_text()[-6000:]
+    assert run_status(first) == run_status(second) == "interrupted", \
+        f"stopped within 60 s: {stopped}\n" + (first / "output.log").read_text()[-6000:]
     assert sweep_module.population_checkpoint_matches([first, second])
     assert not sweep_module.population_checkpoint_matches([second, first])  # other members: a fresh start
 
