@@ -130,6 +130,8 @@ def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
     momentum = [run for run in td3.runs if re.fullmatch(r"alphagrad-\d+(-lr3e-4)?", run.arm)]
     reproduction = {**setting(momentum[0]), "total-timesteps": 200_000}
     assert all(setting(run) == reproduction for run in cpu_slice.runs)
+    assert all(flags[f"actor-optim.{name}"] == flags[f"critic-optim.{name}"]
+               for flags in (dict(run.flags) for run in cpu_slice.runs) for name in ("lr", "alpha"))
     assert not lr_alpha(cpu_slice.runs) & lr_alpha(momentum)
     points = lr_alpha(cpu_slice.runs) | lr_alpha(momentum)
     assert {lr for lr, _ in points} == {3e-5, 1e-4, 3e-4}
