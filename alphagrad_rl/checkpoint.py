@@ -122,15 +122,16 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], saved_in:
     def shown(flat: dict[str, Any], key: str) -> str:
         return json.dumps(flat[key], default=str) if key in flat else "unset"  # tuples and lists alike
 
-    def saved_before_added(key: str) -> bool:
-        added = re.fullmatch(r"(?:member\d+\.)?(?:\w+_)?(optim\.\w+)", key)
-        return (key not in saved_flat and added is not None and added[1] in ADDED_LATER
-                and current_flat.get(key) == ADDED_LATER[added[1]])
+    def differs(key: str) -> bool:
+        option = re.sub(r"^member\d+\.", "", key)
+        added = re.fullmatch(r"(?:\w+_)?(optim\.\w+)", option)  # in any optimizer group
+        saved_before_added = (key not in saved_flat and added is not None and added[1] in ADDED_LATER
+                              and current_flat.get(key) == ADDED_LATER[added[1]])
+        return (option not in RESUME_MAY_CHANGE and shown(saved_flat, key) != shown(current_flat, key)
+                and not saved_before_added)
 
     return [f"{key}: {shown(saved_flat, key)} ({saved_in}) != {shown(current_flat, key)} (now)"
-            for key in dict.fromkeys([*saved_flat, *current_flat])
-            if re.sub(r"^member\d+\.", "", key) not in RESUME_MAY_CHANGE
-            and shown(saved_flat, key) != shown(current_flat, key) and not saved_before_added(key)]
+            for key in dict.fromkeys([*saved_flat, *current_flat]) if differs(key)]
 
 
 class _HashingWriter(io.RawIOBase):
