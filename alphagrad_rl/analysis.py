@@ -20,6 +20,9 @@ Per-run metrics (on the episodic-return curve smoothed by a 10-episode moving me
   absolute size).
 - PPO: explained variance (mean over the last 25% of iterations), entropy drop (mean of the first 10% minus
   the last 10%), approx KL (mean over iterations).
+- frozen updates: the largest, over the networks whose update norms were logged, of the fraction of their logged
+  updates that changed no parameter; a run above FROZEN_FRACTION has a network that stopped learning (TD3: an
+  actor whose tanh saturated, so its gradient is exactly 0 in float32).
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ PANELS = {
 TABLE_COLUMNS = ["run", "arm", "algorithm", "env_id", "optimizer", "alpha", "lr", "seed", "status", "final_return",
                  "auc", "best_return", "peak_return", "start_return", "early_return", "episodes", "mean_drawdown",
                  "variability", "td_loss_spikes", "td_loss_p99", "explained_variance", "entropy_drop", "approx_kl",
-                 "q_value_variability", "actor_loss_variability", "saturation", "wall_clock_s", "sps"]
+                 "q_value_variability", "actor_loss_variability", "saturation", "frozen_updates", "wall_clock_s", "sps"]
 EARLY_FRACTION = 0.25  # early_return: the mean return of the episodes ending in the first quarter of the steps
+FROZEN_FRACTION = 0.5  # a run froze: more than this fraction of one network's logged updates changed nothing
 
 
 # ---- statistics ----
@@ -228,6 +232,22 @@ def network_saturation(metrics: list[dict]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+def frozen_update_fraction(metrics: list[dict]) -> float:
+    """The largest, over the networks with logged update norms (`optimizer/<network>/update_norm/<tensor>`,
+    experiment.update_diagnostics), of the fraction of that network's logged updates in which every tensor's update
+    norm was exactly 0: the update changed no parameter. NaN when no update norm was logged."""
+    changed: dict[str, list[bool]] = {}
+    for row in metrics:
+        moved: dict[str, bool] = {}
+        for key, value in row.items():
+            parts = key.split("/")
+            if len(parts) == 4 and parts[0] == "optimizer" and parts[2] == "update_norm" and _value(value) is not None:
+                moved[parts[1]] = moved.get(parts[1], False) or _value(value) != 0
+        for network, any_moved in moved.items():
+            changed.setdefault(network, []).append(any_moved)
+    return max(1 - float(np.mean(flags)) for flags in changed.values()) if changed else math.nan
+
+
 def run_folders(sweep_dir: str | Path) -> list[Path]:
     """Every run record under `sweep_dir`: folders with config.json (at any depth, not inside another run) and
     compact record files (COMPACT_SUFFIX)."""
@@ -364,6 +384,7 @@ def _runs_in(sweep_dir: Path, final_window: int, only: Collection[str] | None = 
             "q_value_variability": variability(*series(run.metrics, "losses/qf1_values")),
             "actor_loss_variability": variability(*series(run.metrics, "losses/actor_loss")),
             "saturation": network_saturation(run.metrics),
+            "frozen_updates": frozen_update_fraction(run.metrics),
             "wall_clock_s": summary.get("wall_clock_s"), "sps": summary.get("sps"),
         }
         derived = record.get("derived")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from .analysis import Run, bootstrap_ci, iqm, stratified_iqm
+from .analysis import FROZEN_FRACTION, Run, bootstrap_ci, iqm, stratified_iqm
 from .claims import LEVEL, MIN_RUNS, TestResult, holm, minimal_detectable_effect, t_result, welch
 from .report import budget_text, natural_key, plt, save_figure
 from .runs import atomic_write
@@ -51,6 +51,12 @@ class Point:
     saturation: float  # mean over seeds of the mean S over training
     lr: float | None = None  # the runs' lr (TD3: the critics'), when they share one
     values: tuple[float, ...] = ()  # the finished runs' final returns
+    frozen: tuple[int, int] = (0, 0)  # (finished runs in which a network froze, finished runs whose update norms tell)
+
+    @property
+    def frozen_text(self) -> str:
+        """The frozen runs of those measured, e.g. 1/5; "-" where no run logged its update norms."""
+        return f"{self.frozen[0]}/{self.frozen[1]}" if self.frozen[1] else "-"
 
     @property
     def step(self) -> float | None:
@@ -100,13 +106,16 @@ def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
         values = [run.row["final_return"] for run in members if run.included]
         saturations = [run.row.get("saturation") for run in members if run.included]
         saturations = [s for s in saturations if isinstance(s, float) and math.isfinite(s)]
+        frozen = [run.row.get("frozen_updates") for run in members if run.included]
+        frozen = [f for f in frozen if isinstance(f, float) and math.isfinite(f)]
         ci = bootstrap_ci([values], stratified_iqm, vectorized=True) if len(values) > 1 else (math.nan, math.nan)
         lrs = {run.row.get("lr") for run in members}
         points.append(Point(optimizer, setting, alpha, alpha / math.sqrt(PAPER_D[env]) if alpha is not None else None,
                             len(members), len(values), iqm(values) if values else math.nan, ci,
                             float(np.mean(values)) if values else math.nan,
                             float(np.mean(saturations)) if saturations else math.nan,
-                            lrs.pop() if len(lrs) == 1 else None, tuple(values)))
+                            lrs.pop() if len(lrs) == 1 else None, tuple(values),
+                            (sum(f > FROZEN_FRACTION for f in frozen), len(frozen))))
     points.sort(key=lambda p: (p.alpha is not None, p.optimizer, p.setting, p.alpha or 0))
     return env, points
 
@@ -339,14 +348,14 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
     with atomic_write(out_dir / "sensitivity.csv") as f:
         writer = csv.writer(f)
         writer.writerow(["optimizer", "setting", "alpha", "k", "runs", "finished", "iqm", "iqm_ci_low", "iqm_ci_high",
-                         "mean", "saturation", "vs_baseline_mean_diff", "vs_baseline_low", "vs_baseline_high",
-                         "vs_baseline_p_holm", "vs_baseline_mde"])
+                         "mean", "saturation", "frozen", "frozen_measured", "vs_baseline_mean_diff", "vs_baseline_low",
+                         "vs_baseline_high", "vs_baseline_p_holm", "vs_baseline_mde"])
         for p in points:
             comparison = versus.get(id(p))
             tested = [comparison.result.estimate, comparison.result.low, comparison.result.high, comparison.p_adjusted,
                       comparison.mde] if comparison is not None else [""] * 5
             writer.writerow([p.optimizer, p.label, p.alpha, p.k, p.runs, p.finished, p.iqm, *p.ci, p.mean,
-                             p.saturation, *tested])
+                             p.saturation, *p.frozen, *tested])
     figures = plot_sensitivity(env, points, best, out_dir)
     lines = [f"# Alpha sensitivity: {env}", "",
              f"Final return (mean of the last {final_window} episodes per run; IQM over seeds with its 95% BCa CI) "
@@ -354,7 +363,10 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
              "fraction of |alpha g_hat| above 2.5 over the whole network, averaged over training (section 7.3); "
              "lr x alpha = the step of AlphaGrad's update where tanh is linear (small |alpha g_hat|): there the "
              "update is lr x alpha x g / ||g|| per tensor, normalized gradient descent, so settings with equal "
-             "lr x alpha are the same optimizer and only the product needs tuning.", "",
+             "lr x alpha are the same optimizer and only the product needs tuning; frozen = the runs in which a "
+             f"network stopped changing (over {FROZEN_FRACTION:.0%} of its logged updates changed no parameter, e.g. "
+             "a TD3 actor whose tanh saturated: its gradient is exactly 0 in float32) of those whose records keep "
+             "update norms (- where none do).", "",
              f"Budget: {budget_text(runs)}", ""]
     if best is not None:
         own = [p for p in points if p.optimizer == baseline and p.alpha is None]
@@ -366,13 +378,13 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
         line = sorted((p for p in alphagrad if p.setting == setting), key=lambda p: p.k)
         top = max(line, key=lambda p: p.iqm if math.isfinite(p.iqm) else -math.inf)
         lines += ["## AlphaGrad" + (f", {line[0].label}" if setting else ""), "",
-                  "| k | alpha | lr x alpha | seeds | IQM [95% CI] | mean | S |"
+                  "| k | alpha | lr x alpha | seeds | IQM [95% CI] | mean | S | frozen |"
                   + (f" mean - {baseline}'s [95% CI]; Holm p |" if versus else ""),
-                  "|---|---|---|---|---|---|---|" + ("---|" if versus else "")]
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if versus else "")]
         for p in line:
             step = "-" if p.step is None else f"{p.step:.3g}"
             row = f"| {p.k:.3g} | {p.alpha:g} | {step} | {p.finished}/{p.runs} | {_with_ci(p)} | {p.mean:.1f} | " \
-                  f"{p.saturation:.3f} |"
+                  f"{p.saturation:.3f} | {p.frozen_text} |"
             if versus:
                 comparison = versus.get(id(p))
                 row += " - |" if comparison is None else f" {comparison.text()}" + (

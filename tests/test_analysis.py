@@ -15,6 +15,7 @@ from scipy import stats
 from alphagrad_rl.analysis import (
     bootstrap_ci,
     export_records,
+    frozen_update_fraction,
     iqm,
     load_runs,
     loss_percentile,
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_run(sweep_dir: Path, name: str, algorithm: str, optimizer: str, alpha, seed: int, returns,
              status="finished", td_losses=None, env_id="HalfCheetah-v5", lr=None, saturation=(), population_size=None,
-             software=None, resumed_under=None):
+             software=None, resumed_under=None, update_norms=()):
     run_dir = sweep_dir / name
     run_dir.mkdir(parents=True)
     spec = {"name": optimizer, "alpha": alpha if alpha is not None else "auto", "lr": lr}
@@ -46,6 +47,9 @@ def make_run(sweep_dir: Path, name: str, algorithm: str, optimizer: str, alpha, 
     rows += [{"step": 100 * (i + 1), "time": i, "losses/td_loss": float(v)} for i, v in enumerate([] if td_losses is None else td_losses)]
     rows += [{"step": 150 * (i + 1), "time": i, "optimizer/q/saturation": v, "optimizer/q/saturation/layer.0": 1.0}
              for i, v in enumerate(saturation)]
+    # each logged update: its weight's update norm (the bias's is always 0, so the weight's decides)
+    rows += [{"step": 120 * (i + 1), "time": i, "optimizer/actor/update_norm/fc.weight": v,
+              "optimizer/actor/update_norm/fc.bias": 0.0} for i, v in enumerate(update_norms)]
     (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in sorted(rows, key=lambda r: r["step"])) + "\n")
     summary = {"schema_version": SCHEMA_VERSION, "status": status, "total_timesteps": 1000 * len(returns),
                "global_step": 1000 * len(returns), "wall_clock_s": 3600.0, "sps": 1000.0,
@@ -158,6 +162,20 @@ def test_stability_metrics():
     assert mean_drawdown(oscillating) > 10.0
     losses = [1.0] * 30 + [50.0] + [1.0] * 10 + [60.0]
     assert spike_count(losses) == 2
+
+
+def test_frozen_update_fraction_is_the_most_frozen_networks_share_of_updates_that_changed_nothing():
+    def logged(actor, critic=(0.1, 0.0)):
+        return {"step": 1, "optimizer/actor/update_norm/fc1.weight": actor[0], "optimizer/actor/update_norm/fc1.bias":
+                actor[1], "optimizer/critic/update_norm/qf1.fc1.weight": critic[0],
+                "optimizer/critic/update_norm/qf1.fc1.bias": critic[1], "optimizer/actor/saturation": 0.0}
+
+    # the actor froze after its first update; one moving tensor is enough for an update to count as a change
+    metrics = [logged((0.2, 0.0)), logged((0.0, 0.0)), logged((0.0, 0.0)), logged((0.0, 0.0)),
+               {"step": 2, "charts/episodic_return": 1.0}]
+    assert frozen_update_fraction(metrics) == pytest.approx(0.75)
+    assert frozen_update_fraction([logged((0.0, 1e-30)), logged(("nan", 0.0))]) == 0.0  # tiny and NaN steps moved
+    assert math.isnan(frozen_update_fraction([{"step": 1, "charts/episodic_return": 1.0}]))  # not logged: unknown
 
 
 # ---- claims on synthetic sweeps ----
@@ -331,7 +349,7 @@ def test_compact_records_give_the_full_records_statistics_and_report(tmp_path):
         make_run(sweep_dir, f"adam__s{seed}", "dqn", "adam", None, seed, learning_curve(480, rng),
                  td_losses=np.r_[rng.uniform(0.5, 1.5, 2500), [40.0], rng.uniform(0.5, 1.5, 500)], env_id="CartPole-v1")
         make_run(sweep_dir, f"alphagrad-93__s{seed}", "dqn", "alphagrad", 93, seed, learning_curve(300, rng),
-                 td_losses=rng.uniform(0.5, 1.5, 3000), env_id="CartPole-v1")
+                 td_losses=rng.uniform(0.5, 1.5, 3000), env_id="CartPole-v1", update_norms=[1.0] * seed + [0.0] * 9)
     make_run(sweep_dir, "adam__s4", "dqn", "adam", None, 4, [10.0], status="running", env_id="CartPole-v1")
     written = export_records(sweep_dir, tmp_path / "records", max_points=200)
     assert len(written) == 6  # the running run is exported once it ends
@@ -342,6 +360,9 @@ def test_compact_records_give_the_full_records_statistics_and_report(tmp_path):
 
     assert set(compact) == set(full)
     assert all(same(compact[name].row[key], full[name][key]) for name in full for key in full[name])
+    # measured on the full record's update norms, which the compact one does not keep
+    assert compact["alphagrad-93__s2"].row["frozen_updates"] == pytest.approx(9 / 11)
+    assert not any("update_norm" in key for row in compact["alphagrad-93__s2"].metrics for key in row)
     losses = [row for row in compact["adam__s1"].metrics if "losses/td_loss" in row]
     assert 150 < len(losses) <= 200 and compact["adam__s1"].row["td_loss_spikes"] >= 1  # spikes: the full series
     assert sum("charts/episodic_return" in row for row in compact["adam__s1"].metrics) == 200  # every episode
@@ -475,8 +496,10 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
             for seed in (1, 2, 3, 4):
                 final = 400.0 - 150 * abs(math.log10(alpha / 93)) - (100 if lr == 1e-4 else 0) + 10 * seed
                 finals.setdefault((lr, alpha), []).append(final)
+                frozen = alpha == 930.0 and lr == 1e-4 and seed == 1  # its network stopped changing after 1 update
                 make_run(tmp_path / "sweep", f"a{alpha:g}__optim.lr={lr:g}__s{seed}", "dqn", "alphagrad", alpha, seed,
-                         [final] * 30, env_id="CartPole-v1", lr=lr, saturation=[alpha / 1000, alpha / 1000 + 0.2])
+                         [final] * 30, env_id="CartPole-v1", lr=lr, saturation=[alpha / 1000, alpha / 1000 + 0.2],
+                         update_norms=([1.0] + [0.0] * 3 if frozen else [1.0] * 4) if alpha == 930.0 else ())
     for lr, final in ((1e-4, 200.0), (1e-3, 300.0)):
         for seed in (1, 2, 3, 4):
             make_run(tmp_path / "sweep", f"adam__optim.lr={lr:g}__s{seed}", "dqn", "adam", None, seed,
@@ -496,6 +519,9 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     row = next(r for r in table if r["setting"] == "lr 0.001" and r["alpha"] == "93.0")  # the test below, as numbers
     assert float(row["vs_baseline_mean_diff"]) == pytest.approx(122.5) and float(row["vs_baseline_p_holm"]) < 0.05
     assert float(row["vs_baseline_mde"]) > 0 and next(r for r in table if r["optimizer"] == "adam")["vs_baseline_p_holm"] == ""
+    assert (row["frozen"], row["frozen_measured"]) == ("0", "0")  # no update norms logged: not measured
+    frozen_row = next(r for r in table if r["setting"] == "lr 0.0001" and r["alpha"] == "930.0")
+    assert (frozen_row["frozen"], frozen_row["frozen_measured"]) == ("1", "4")
     text = (tmp_path / "out" / "SENSITIVITY.md").read_text()
     assert "adam at its best setting (lr 0.001)" in text and "Best k 1 (IQM" in text
     assert "grid's" not in text  # k = 1 is inside the grid 0.1-10
@@ -508,6 +534,8 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     # k = 10 at lr 1e-4 (mean 175) below; the family is the 10 points, Holm-adjusted
     assert "| 1 | 93 | 0.093 | 4/4 | 425.0 [" in text and "| +122.5 [" in text and "**above** |" in text
     assert "| 10 | 930 | 0.093 | 4/4 | 175.0 [" in text and "| -127.5 [" in text and "**below** |" in text
+    # frozen: alpha 930's runs logged update norms (seed 1 at lr 1e-4 froze), the others none
+    assert "| 1.030 | 1/4 | -127.5 [" in text and "| 1.030 | 0/4 | -27.5 [" in text and "| 0.193 | - | +122.5 [" in text
     assert "Holm-adjusted p over the 10 points tested" in text and "two-sided at 0.05 / 10" in text
     assert (tmp_path / "out" / "sensitivity.png").exists()
     write_sensitivity([run for run in runs if run.seed == 1], tmp_path / "one-seed")  # a sweep's first seeds
