@@ -113,10 +113,13 @@ class Actor(nn.Module):
         self.register_buffer("action_bias", torch.tensor((high + low) / 2.0, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.squashed(x) * self.action_scale + self.action_bias
+
+    def squashed(self, x: torch.Tensor) -> torch.Tensor:
+        """The tanh output in [-1, 1], before it is rescaled to the action bounds."""
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
-        x = torch.tanh(self.fc_mu(x))
-        return x * self.action_scale + self.action_bias
+        return torch.tanh(self.fc_mu(x))
 
 
 def evaluate(actor: Actor, args: Args, device: torch.device, episodes: int) -> list[float]:
@@ -240,10 +243,12 @@ def main(args: Args) -> dict:
 
                 if global_step % 100 == 0:
                     actor_logged = {"losses/actor_loss": actor_loss.item()} if actor_loss is not None else {}
+                    with torch.no_grad():  # where tanh is exactly +-1 (float32) its gradient is 0; at 1 the actor is stuck
+                        saturated = (actor.squashed(data.observations).abs() == 1).float().mean().item()
                     record.log(global_step, {
                         "losses/qf1_values": qf1_a_values.mean().item(), "losses/qf2_values": qf2_a_values.mean().item(),
                         "losses/qf1_loss": qf1_loss.item(), "losses/qf2_loss": qf2_loss.item(),
-                        "losses/qf_loss": qf_loss.item() / 2.0, **actor_logged,
+                        "losses/qf_loss": qf_loss.item() / 2.0, **actor_logged, "losses/actor_saturated": saturated,
                         "charts/SPS": record.sps(global_step), **diagnostics,
                     })
                 elif diagnostics:

@@ -85,7 +85,11 @@ class PopulationActor(nn.Module):
         self.register_buffer("action_bias", actors[0].action_bias.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x) * self.action_scale + self.action_bias
+        return self.squashed(x) * self.action_scale + self.action_bias
+
+    def squashed(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' tanh outputs in [-1, 1] (td3.Actor.squashed)."""
+        return self.layers(x)
 
     def member_state_dict(self, member: int) -> dict[str, torch.Tensor]:
         """Member `member`'s weights as a td3.Actor state_dict."""
@@ -263,6 +267,9 @@ def main(args: Args) -> list[dict]:
                         alive[i] = False
                         records[i].finish("crashed", error=f"non-finite TD3 loss or gradient at step {global_step}")
 
+                    if global_step % 100 == 0:
+                        with torch.no_grad():  # per member, as td3 logs it
+                            saturated = (nets.actor.squashed(data[0]).abs() == 1).float().mean((1, 2)).tolist()
                     for i in (i for i in range(size) if alive[i]):
                         member_diagnostics = {key: value[i] for key, value in diagnostics.items()}
                         if global_step % 100 == 0:
@@ -272,6 +279,7 @@ def main(args: Args) -> list[dict]:
                                 "losses/qf2_values": qf2_a_values[i].mean().item(),
                                 "losses/qf1_loss": qf1_loss[i].item(), "losses/qf2_loss": qf2_loss[i].item(),
                                 "losses/qf_loss": qf_loss[i].item() / 2.0, **actor_logged,
+                                "losses/actor_saturated": saturated[i],
                                 "charts/SPS": records[i].sps(global_step), **member_diagnostics})
                         elif member_diagnostics:
                             records[i].log(global_step, member_diagnostics)

@@ -11,6 +11,7 @@ import torch
 
 from agents import dqn, ppo_continuous_action, td3_continuous_action
 from alphagrad import AGR
+from alphagrad_rl.analysis import frozen_update_fraction
 from alphagrad_rl.envs import finished_episodes, make_vector_env, true_next_obs
 from alphagrad_rl.factory import OptimizerSpec
 from alphagrad_rl.runs import read_run
@@ -40,7 +41,8 @@ AGENTS = {
     "ppo": (ppo_continuous_action, ppo_args,
             ["losses/value_loss", "losses/policy_loss", "losses/entropy", "losses/approx_kl", "losses/old_approx_kl",
              "losses/clipfrac", "losses/explained_variance", "charts/learning_rate"]),
-    "td3": (td3_continuous_action, td3_args, ["losses/qf1_values", "losses/qf1_loss", "losses/actor_loss"]),
+    "td3": (td3_continuous_action, td3_args, ["losses/qf1_values", "losses/qf1_loss", "losses/actor_loss",
+                                              "losses/actor_saturated"]),
 }
 
 
@@ -67,6 +69,24 @@ def test_agent_leaves_complete_run_record(agent, tmp_path):
     model_file = run_dir / summary["evaluation"]["model"]
     assert torch.load(model_file, weights_only=True)
     assert summary["evaluation"]["episodes"] == 1
+
+
+def test_td3_logs_an_actor_frozen_by_its_saturated_tanh(tmp_path):
+    """Huge steps push every tanh output of the actor to exactly +-1, where its gradient is 0: the actor stops
+    changing, which losses/actor_saturated (1: every output) and the analysis's frozen_updates both show."""
+    huge = OptimizerSpec(name="alphagrad", lr=0.1, alpha=1000.0, momentum=0.0)  # no momentum: 0 gradient, 0 update
+    runs = {"huge-steps": dict(actor_optim=huge, critic_optim=huge), "adam": {}}
+    measured = {}
+    for name, optimizers in runs.items():
+        td3_continuous_action.main(td3_args(tmp_path, run_name=name, total_timesteps=500, diagnostics_interval=5,
+                                            **optimizers))
+        metrics = read_run(tmp_path / name)["metrics"]
+        measured[name] = ([row["losses/actor_saturated"] for row in metrics if "losses/actor_saturated" in row],
+                          frozen_update_fraction(metrics))
+    saturated, frozen = measured["huge-steps"]
+    assert len(saturated) >= 3 and all(value == 1.0 for value in saturated) and frozen > 0.9
+    saturated, frozen = measured["adam"]
+    assert all(0.0 <= value < 1.0 for value in saturated) and frozen == 0.0
 
 
 @pytest.mark.slow

@@ -471,6 +471,8 @@ def test_td3_population_writes_standard_records_and_acts_as_its_runs_before_lear
     assert record["config"]["algorithm"] == "td3_continuous_action"
     assert any("losses/qf1_values" in row for row in record["metrics"])
     assert any("optimizer/critic/saturation" in row for row in record["metrics"])
+    saturated = [row["losses/actor_saturated"] for row in record["metrics"] if "losses/actor_saturated" in row]
+    assert saturated and all(0.0 <= value <= 1.0 for value in saturated)
     assert (tmp_path / "pop__m1" / "td3_continuous_action.pt").exists()
     shared = {key: getattr(args, key) for key in ("env_id", "total_timesteps", "learning_starts", "batch_size",
                                                   "buffer_size", "quiet", "cuda", "actor_optim", "critic_optim")}
@@ -482,6 +484,24 @@ def test_td3_population_writes_standard_records_and_acts_as_its_runs_before_lear
                 if "charts/episodic_return" in row and row["step"] < args.learning_starts]
 
     assert early(tmp_path / "pop__m1") == early(tmp_path / "single" / "s2") and early(tmp_path / "pop__m1")
+
+
+def test_td3_population_actor_gives_each_members_own_tanh_outputs():
+    """The stacked actor's tanh outputs (what losses/actor_saturated counts at exactly +-1) are each member's
+    td3.Actor.squashed: a member driven into saturation is the only one saturated."""
+    from agents import td3_continuous_action as td3
+    from agents import td3_continuous_action_population as td3_population
+
+    envs = make_vector_env([td3.make_env("Hopper-v4", 1, 0)], gym.spaces.Box, "TD3")
+    torch.manual_seed(0)
+    actors = [td3.Actor(envs) for _ in range(3)]
+    with torch.no_grad():
+        actors[1].fc_mu.bias.fill_(100.0)
+    observations = torch.randn(3, 16, envs.single_observation_space.shape[0])
+    squashed = td3_population.PopulationActor(actors).squashed(observations)
+    for member, actor in enumerate(actors):
+        torch.testing.assert_close(squashed[member], actor.squashed(observations[member]))
+    assert (squashed.abs() == 1).float().mean((1, 2)).tolist() == [0.0, 1.0, 0.0]
 
 
 # ---- checkpoints and exact resume of a whole population ----
