@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .checkpoint import RESUME_MAY_CHANGE
+from .checkpoint import RESUME_MAY_CHANGE, is_added_later_default
 from .runs import COMPACT_SUFFIX, flatten_config, read_run, write_compact_record
 
 SMOOTHING_EPISODES = 10
@@ -207,10 +207,11 @@ class Run:
 
     @property
     def settings(self) -> dict[str, Any]:
-        """Its options as dotted keys (runs.flatten_config), without its seed and the options that change nothing
-        it computes (RESUME_MAY_CHANGE): what the runs of one setting share."""
+        """Its options as dotted keys (runs.flatten_config), without its seed, the options that change nothing
+        it computes (RESUME_MAY_CHANGE) and those added later at the value that computes what a record made before
+        them did (checkpoint.ADDED_LATER): what the runs of one setting share."""
         return {key: value for key, value in flatten_config(self.header.get("config", {})).items()
-                if key not in RESUME_MAY_CHANGE and key != "seed"}
+                if key not in RESUME_MAY_CHANGE and key != "seed" and not is_added_later_default(key, value)}
 
 
 def _optimizer_of(config: dict) -> tuple[str, float | None, float | None]:

@@ -61,6 +61,13 @@ RESUME_MAY_CHANGE = frozenset({  # options that do not change what a run compute
 ADDED_LATER = {"optim.target": None, "optim.options": "{}"}  # custom optimizers (13450ca)
 
 
+def is_added_later_default(key: str, value: Any) -> bool:
+    """Whether the dotted option `key` (in any optimizer group, also a population member's) was ADDED_LATER and
+    holds the value under which a run computes what it did before the option existed."""
+    added = re.fullmatch(r"(?:member\d+\.)?(?:\w+_)?(optim\.\w+)", key)
+    return added is not None and added[1] in ADDED_LATER and value == ADDED_LATER[added[1]]
+
+
 class CheckpointMismatch(ValueError):
     """The checkpoint was written by another configuration; it is never loaded."""
 
@@ -124,9 +131,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], saved_in:
 
     def differs(key: str) -> bool:
         option = re.sub(r"^member\d+\.", "", key)
-        added = re.fullmatch(r"(?:\w+_)?(optim\.\w+)", option)  # in any optimizer group
-        saved_before_added = (key not in saved_flat and added is not None and added[1] in ADDED_LATER
-                              and current_flat.get(key) == ADDED_LATER[added[1]])
+        saved_before_added = key not in saved_flat and is_added_later_default(key, current_flat.get(key))
         return (option not in RESUME_MAY_CHANGE and shown(saved_flat, key) != shown(current_flat, key)
                 and not saved_before_added)
 

@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_run(sweep_dir: Path, name: str, algorithm: str, optimizer: str, alpha, seed: int, returns,
              status="finished", td_losses=None, env_id="HalfCheetah-v5", lr=None, saturation=(), population_size=None,
-             software=None, resumed_under=None, update_norms=()):
+             software=None, resumed_under=None, update_norms=(), spec_options=None):
     run_dir = sweep_dir / name
     run_dir.mkdir(parents=True)
-    spec = {"name": optimizer, "alpha": alpha if alpha is not None else "auto", "lr": lr}
+    spec = {"name": optimizer, "alpha": alpha if alpha is not None else "auto", "lr": lr, **(spec_options or {})}
     key = "critic_optim" if algorithm == "td3_continuous_action" else "optim"
     config = {"env_id": env_id, "seed": seed, key: spec}
     (run_dir / "config.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "algorithm": algorithm,
@@ -602,6 +602,22 @@ def test_the_pooled_lr_effect_counts_a_shared_point_once():
             for d in (0.0, 40.0, 80.0, 120.0)]  # each pair +20 (Welch p = 0.008 alone), independent
     assert pooled_lr_effect(many).estimate == pytest.approx(20.0) and pooled_lr_effect(many).p < 0.001
     assert pooled_lr_effect([(many[0][0], point(1e-4, 100.0, (1.0, 2.0)))]) is None  # 2 seeds: untested
+
+
+def test_records_made_before_an_option_existed_share_the_setting_of_those_at_its_default(tmp_path):
+    """A slice whose first seeds were recorded before --optim.target/--optim.options existed and whose later ones
+    after (at their defaults) is one setting per alpha, not two; an option at another value is another setting."""
+    from alphagrad_rl.sensitivity import sensitivity_points
+
+    today = {"target": None, "options": "{}"}
+    for seed, options in ((1, {}), (2, {}), (3, today), (4, today), (5, {**today, "options": '{"beta": 0.5}'})):
+        for alpha in (23.0, 46.0, 93.0, 186.0, 279.0):
+            make_run(tmp_path, f"alphagrad-{alpha:g}__s{seed}", "td3_continuous_action", "alphagrad", alpha, seed,
+                     [100.0 + seed] * 30, env_id="Hopper-v4", lr=3e-5, spec_options=options)
+    runs = {run.name: run for run in load_runs(tmp_path, final_window=10)}
+    assert runs["alphagrad-93__s1"].settings == runs["alphagrad-93__s3"].settings != runs["alphagrad-93__s5"].settings
+    _, points = sensitivity_points(list(runs.values()))
+    assert sorted((p.alpha, p.finished) for p in points if p.alpha == 93.0) == [(93.0, 1), (93.0, 4)]
 
 
 def test_sweeps_analyzed_together_join_one_sensitivity_curve(tmp_path, monkeypatch):
