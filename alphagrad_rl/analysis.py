@@ -242,8 +242,9 @@ def frozen_update_fraction(metrics: list[dict]) -> float:
         moved: dict[str, bool] = {}
         for key, value in row.items():
             parts = key.split("/")
-            if len(parts) == 4 and parts[0] == "optimizer" and parts[2] == "update_norm" and _value(value) is not None:
-                moved[parts[1]] = moved.get(parts[1], False) or _value(value) != 0
+            if (len(parts) == 4 and parts[0] == "optimizer" and parts[2] == "update_norm"
+                    and (norm := _value(value)) is not None):
+                moved[parts[1]] = moved.get(parts[1], False) or norm != 0
         for network, any_moved in moved.items():
             changed.setdefault(network, []).append(any_moved)
     return max(1 - float(np.mean(flags)) for flags in changed.values()) if changed else math.nan

@@ -83,6 +83,12 @@ def _setting(run: Run) -> dict[str, str]:
     return {key: json.dumps(value, default=str) for key, value in run.settings.items() if key not in ALPHA_OPTIONS}
 
 
+def _finite_values(members: list[Run], column: str) -> list[float]:
+    """The finite float values of a per-run column over the members that count (NaN: not measured)."""
+    values = [run.row.get(column) for run in members if run.included]
+    return [value for value in values if isinstance(value, float) and math.isfinite(value)]
+
+
 def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
     """(environment, one Point per (optimizer, setting, alpha)): the settings are the runs' options except alpha and
     the seed, shown by the options that differ between them (e.g. the lr)."""
@@ -104,10 +110,7 @@ def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
     points = []
     for (optimizer, setting, alpha), members in groups.items():
         values = [run.row["final_return"] for run in members if run.included]
-        saturations = [run.row.get("saturation") for run in members if run.included]
-        saturations = [s for s in saturations if isinstance(s, float) and math.isfinite(s)]
-        frozen = [run.row.get("frozen_updates") for run in members if run.included]
-        frozen = [f for f in frozen if isinstance(f, float) and math.isfinite(f)]
+        saturations, frozen = _finite_values(members, "saturation"), _finite_values(members, "frozen_updates")
         ci = bootstrap_ci([values], stratified_iqm, vectorized=True) if len(values) > 1 else (math.nan, math.nan)
         lrs = {run.row.get("lr") for run in members}
         points.append(Point(optimizer, setting, alpha, alpha / math.sqrt(PAPER_D[env]) if alpha is not None else None,
