@@ -330,15 +330,23 @@ def _same_step_pairs(alphagrad: list[Point]) -> list[str]:
                f"mattering, which they cannot prove; {_detectable(tested)}." if not differing else
                f"{differing} of {len(tested)} pairs differ (Holm): there alpha and lr do not trade one for one (the "
                f"tanh is not linear at that k, or the lr matters beyond the step); {_detectable(tested)}.")
-    pooled = pooled_lr_effect(pairs)
-    lines += ["", verdict, "",
-              f"Pooled over the {pooled.n[0]} tested pairs (higher lr minus lower lr at the same lr x alpha, "
-              f"inverse-variance weights): {pooled.estimate:+.1f} [{pooled.low:+.1f}, {pooled.high:+.1f}], p = "
-              f"{pooled.p:.2g}: " + ("the lr matters beyond the product, this way on average" if pooled.p < LEVEL else
-                                     "no lr effect at equal product found")
-              + f"; the smallest pooled effect these seeds could detect (80% power, two-sided at 0.05): "
-              f"{minimal_detectable_effect(pooled, LEVEL):.0f} return points.", ""]
-    return lines
+    lines += ["", verdict, "", _pooled_text(pooled_lr_effect(pairs))]
+    unfrozen = [(a, b) for a, b in pairs if a.frozen[1] and b.frozen[1] and not a.frozen[0] and not b.frozen[0]]
+    if (linear := pooled_lr_effect(unfrozen)) is not None and linear.n[0] < len(tested):
+        lines += ["", _pooled_text(linear, " in which no measured run froze") + " (Where the tanh can stay linear; "
+                  "a split chosen after seeing which runs froze, so a description, not a planned test.)"]
+    return lines + [""]
+
+
+def _pooled_text(pooled: TestResult, scope: str = "") -> str:
+    """The pooled lr effect at equal lr x alpha (pooled_lr_effect) over the tested pairs (scope: which of them), what
+    it decides and what it could detect."""
+    return (f"Pooled over the {pooled.n[0]} tested pairs{scope} (higher lr minus lower lr at the same lr x alpha, "
+            f"inverse-variance weights): {pooled.estimate:+.1f} [{pooled.low:+.1f}, {pooled.high:+.1f}], p = "
+            f"{pooled.p:.2g}: " + ("the lr matters beyond the product, this way on average" if pooled.p < LEVEL else
+                                   "no lr effect at equal product found")
+            + f"; the smallest pooled effect these seeds could detect (80% power, two-sided at 0.05): "
+            f"{minimal_detectable_effect(pooled, LEVEL):.0f} return points.")
 
 
 def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", final_window: int = 100) -> Path:

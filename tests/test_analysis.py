@@ -582,6 +582,32 @@ def test_equal_step_pairs_differ_only_in_lr():
     assert "No pair has 3 seeds a side yet" in "\n".join(_same_step_pairs(two_seeds))
 
 
+def test_the_pooled_lr_effect_is_also_given_without_the_pairs_where_a_run_froze():
+    """A frozen actor is not the linear regime the equal-product argument is about: the report pools the pairs
+    again without those in which a measured run froze (and only when that leaves out some; unmeasured points, whose
+    freezing is unknown, are left out of that second pool)."""
+    from alphagrad_rl.sensitivity import Point, _same_step_pairs, pooled_lr_effect
+
+    def point(lr, alpha, values, frozen):
+        return Point("alphagrad", (("optim.lr", f"{lr:g}"),), alpha, alpha / 93, 3, 3, float(np.mean(values)),
+                     (0.0, 0.0), float(np.mean(values)), 0.0, lr, tuple(values), frozen)
+
+    linear = [(point(1e-3, 10.0 * i, (120.0 + i, 126.0, 131.0), (0, 3)),
+               point(1e-4, 100.0 * i, (100.0, 109.0 + i, 104.0), (0, 3))) for i in (1, 2)]
+    broken = (point(1e-3, 1000.0, (10.0, 12.0, 400.0), (2, 3)), point(1e-4, 10000.0, (300.0, 310.0, 290.0), (0, 3)))
+    text = "\n".join(_same_step_pairs([p for pair in [*linear, broken] for p in pair]))
+    everything, unfrozen = pooled_lr_effect([*linear, broken]), pooled_lr_effect(linear)
+    assert f"Pooled over the 3 tested pairs (higher lr minus lower lr at the same lr x alpha, inverse-variance " \
+           f"weights): {everything.estimate:+.1f} [" in text
+    assert f"Pooled over the 2 tested pairs in which no measured run froze (higher lr minus lower lr at the same lr " \
+           f"x alpha, inverse-variance weights): {unfrozen.estimate:+.1f} [" in text
+    assert unfrozen.estimate > 15 and everything.estimate < unfrozen.estimate
+    unmeasured = [point(1e-3, 1000.0, (10.0, 12.0, 400.0), (0, 0)), broken[1]]
+    assert "no measured run froze" not in "\n".join(_same_step_pairs([p for pair in linear for p in pair]))
+    assert "Pooled over the 2 tested pairs in which no measured run froze" in \
+        "\n".join(_same_step_pairs([p for pair in linear for p in pair] + unmeasured))
+
+
 def test_the_pooled_lr_effect_counts_a_shared_point_once():
     """Two pairs sharing their higher-lr point: their differences move together with that point's noise, so the
     pooled standard error is the shared point's own (not that over sqrt(2), as for independent pairs); a consistent
