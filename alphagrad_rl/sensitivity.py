@@ -52,6 +52,7 @@ class Point:
     lr: float | None = None  # the runs' lr (TD3: the critics'), when they share one
     values: tuple[float, ...] = ()  # the finished runs' final returns
     frozen: tuple[int, int] = (0, 0)  # (finished runs in which a network froze, finished runs whose update norms tell)
+    protocol: tuple[tuple[str, str], ...] = ()  # (option, value) of every option that is no optimizer's (env, agent)
 
     @property
     def frozen_text(self) -> str:
@@ -83,6 +84,12 @@ def _setting(run: Run) -> dict[str, str]:
     return {key: json.dumps(value, default=str) for key, value in run.settings.items() if key not in ALPHA_OPTIONS}
 
 
+def _protocol(setting: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """A setting's options that are no optimizer's (the environment's, the agent's, the budget): how it was run."""
+    return tuple(sorted((key, value.strip('"')) for key, value in setting.items()
+                        if key.partition(".")[0] not in OPTIMIZER_SPECS))
+
+
 def _finite_values(members: list[Run], column: str) -> list[float]:
     """The finite float values of a per-run column over the members that count (NaN: not measured)."""
     values = [run.row.get(column) for run in members if run.included]
@@ -100,6 +107,7 @@ def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
         raise ValueError(f"no paper d (Table 2) for {env!r} (known: {', '.join(PAPER_D)})")
     settings = [_setting(run) for run in runs]
     groups: dict[tuple, list[Run]] = {}
+    protocols: dict[tuple, tuple] = {}
     for optimizer in dict.fromkeys(run.optimizer for run in runs):  # the options that vary within each optimizer
         own = [(run, setting) for run, setting in zip(runs, settings) if run.optimizer == optimizer]
         varying = sorted({key for _, setting in own for key in setting
@@ -107,6 +115,7 @@ def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
         for run, setting in own:
             shown = tuple((key, setting.get(key, "-").strip('"')) for key in varying)
             groups.setdefault((optimizer, shown, run.alpha), []).append(run)
+            protocols.setdefault((optimizer, shown, run.alpha), _protocol(setting))
     points = []
     for (optimizer, setting, alpha), members in groups.items():
         values = [run.row["final_return"] for run in members if run.included]
@@ -118,7 +127,8 @@ def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
                             float(np.mean(values)) if values else math.nan,
                             float(np.mean(saturations)) if saturations else math.nan,
                             lrs.pop() if len(lrs) == 1 else None, tuple(values),
-                            (sum(f > FROZEN_FRACTION for f in frozen), len(frozen))))
+                            (sum(f > FROZEN_FRACTION for f in frozen), len(frozen)),
+                            protocols[(optimizer, setting, alpha)]))
     points.sort(key=lambda p: (p.alpha is not None, p.optimizer, p.setting, p.alpha or 0))
     return env, points
 
@@ -134,10 +144,28 @@ def has_alpha_grid(runs: list[Run]) -> bool:
     return any(len(a) >= MIN_ALPHAS for a in alphas.values())
 
 
-def best_baseline(points: list[Point], baseline: str) -> Point | None:
-    """The baseline optimizer's best setting (e.g. its best lr) by IQM final return: its tuned result."""
-    candidates = [p for p in points if p.optimizer == baseline and p.alpha is None and math.isfinite(p.iqm)]
-    return max(candidates, key=lambda p: p.iqm) if candidates else None
+def baseline_settings(points: list[Point], baseline: str) -> tuple[list[Point], list[tuple[Point, str]]]:
+    """(the baseline's settings with a final return that its best is chosen from, each other one with why it is set
+    aside). Only its optimizer options are the baseline's to tune: a setting that differs from every AlphaGrad point
+    in another option in which the baseline's settings differ (e.g. an autoreset mode run as an extra arm) was run
+    otherwise than AlphaGrad and is set aside. So is a setting with fewer than MIN_RUNS finished runs while another
+    has them: no point could be tested against it."""
+    own = [p for p in points if p.optimizer == baseline and p.alpha is None and math.isfinite(p.iqm)]
+    alphagrad = [dict(p.protocol) for p in points if p.alpha is not None]
+    varying = sorted({key for p in own for key, _ in p.protocol if len({dict(q.protocol).get(key) for q in own}) > 1})
+    kept, set_aside = [], []
+    for p in own:
+        options = dict(p.protocol)
+        unlike = [key for key in varying if alphagrad and all(a.get(key) != options.get(key) for a in alphagrad)]
+        if unlike:
+            ran = " and ".join(f"{key} {'/'.join(sorted({str(a.get(key, '-')) for a in alphagrad}))}" for key in unlike)
+            set_aside.append((p, f"AlphaGrad's runs have {ran}: not an optimizer option"))
+        else:
+            kept.append(p)
+    if any(p.finished >= MIN_RUNS for p in kept):
+        set_aside += [(p, f"under {MIN_RUNS} finished runs") for p in kept if p.finished < MIN_RUNS]
+        kept = [p for p in kept if p.finished >= MIN_RUNS]
+    return kept, set_aside
 
 
 def _natural(setting: tuple[tuple[str, str], ...]) -> list:
@@ -145,7 +173,10 @@ def _natural(setting: tuple[tuple[str, str], ...]) -> list:
     return [natural_key(value) for _, value in setting]
 
 
-def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_dir: Path) -> list[Path]:
+def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, baseline_name: str,
+                     out_dir: Path) -> list[Path]:
+    """Final return against k (and against lr x alpha) per setting, with the baseline's IQM and CI as a band
+    (baseline_name: its legend entry), and the saturation ratio S against k."""
     alphagrad = [p for p in points if p.alpha is not None]
     settings = sorted({p.setting for p in alphagrad}, key=_natural)
     with_steps = all(p.step is not None for p in alphagrad)
@@ -168,8 +199,7 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, out_
         low, high = baseline.ci if all(map(math.isfinite, baseline.ci)) else (baseline.iqm, baseline.iqm)
         for axis in return_axes:
             axis.axhspan(low, high, color="tab:red", alpha=0.15, lw=0)
-            axis.axhline(baseline.iqm, color="tab:red", lw=1.2, label=f"{baseline.optimizer}"
-                         + (f" (best: {baseline.label})" if baseline.setting else "") + ": IQM, 95% CI")
+            axis.axhline(baseline.iqm, color="tab:red", lw=1.2, label=f"{baseline_name}: IQM, 95% CI")
     shown_k = [p.k for p in alphagrad] + list(PAPER_K)
     ticks = [k for k in K_TICKS if min(shown_k) / 1.5 <= k <= max(shown_k) * 1.5]
     for axis in (left, right):
@@ -204,6 +234,23 @@ def _with_ci(point: Point) -> str:
     if all(map(math.isfinite, point.ci)):
         return f"{point.iqm:.1f} [{point.ci[0]:.1f}, {point.ci[1]:.1f}]"
     return f"{point.iqm:.1f} [-]"
+
+
+def _baseline_name(best: Point, kept: list[Point], set_aside: list[tuple[Point, str]], baseline: str) -> str:
+    """The baseline as compared with: "adam at its best setting (lr 0.001)" where chosen among several settings,
+    "adam (autoreset_mode next-step)" where the others were set aside, "adam" where it has one."""
+    return baseline + (f" at its best setting ({best.label})" if len(kept) > 1 else
+                       f" ({best.label})" if set_aside else "")
+
+
+def _baseline_text(name: str, best: Point, kept: list[Point], set_aside: list[tuple[Point, str]]) -> str:
+    """The report's line on the baseline: the setting compared with, and each of its settings with its IQM."""
+    reasons = {id(p): reason for p, reason in set_aside}
+    settings = [f"{p.label}: {p.iqm:.1f}" + (f" ({_seeds(p.finished)}; set aside: {reasons[id(p)]})"
+                                            if id(p) in reasons else "")
+                for p in sorted(kept + [p for p, _ in set_aside], key=lambda p: _natural(p.setting))]
+    return (f"{name}: IQM {_with_ci(best)} over {_seeds(best.finished)}"
+            + ("; each of its settings: " + ", ".join(settings) if len(settings) > 1 else "") + ".")
 
 
 def _at_grid_edge(top: Point, line: list[Point]) -> str:
@@ -252,15 +299,15 @@ def _detectable(comparisons: list[Comparison]) -> str:
             f"{spread} return points")
 
 
-def _versus_baseline(alphagrad: list[Point], best: Point, baseline: str) -> tuple[dict[int, Comparison], list[str]]:
-    """Each AlphaGrad point against the baseline's best setting (its id -> Comparison) and the section saying what
-    the family of tests decides."""
+def _versus_baseline(alphagrad: list[Point], best: Point, baseline: str, name: str,
+                     tuned: bool) -> tuple[dict[int, Comparison], list[str]]:
+    """Each AlphaGrad point against the baseline's setting `best` (its id -> Comparison; name: _baseline_name's;
+    tuned: chosen among several) and the section saying what the family of tests decides."""
     comparisons = compare_family([(p, best) for p in alphagrad])
     tested = {id(p): c for p, c in zip(alphagrad, comparisons) if c is not None}
     if not tested:
         return {}, []
-    chosen = f" at its best setting ({best.label}, chosen on these same seeds, so optimistic for {baseline})" \
-        if best.setting else ""
+    chosen = f", chosen on these same seeds and so optimistic for {baseline}" if tuned else ""
     verdicts = []
     for word, keep in (("above", lambda c: c.differs and c.result.estimate > 0),
                        ("below", lambda c: c.differs and c.result.estimate < 0)):
@@ -268,8 +315,8 @@ def _versus_baseline(alphagrad: list[Point], best: Point, baseline: str) -> tupl
         verdicts.append(f"{len(found)} {word}" + (" (" + "; ".join(f"{p.label}, k {p.k:.3g}" for p in found) + ")"
                                                   if found else ""))
     undecided = sum(not c.differs for c in tested.values())
-    lines = [f"## Against {baseline}'s best", "",
-             f"Each AlphaGrad point against {baseline}{chosen}: Welch's t on the difference of mean final returns "
+    lines = [f"## Against {baseline}" + ("'s best" if tuned else ""), "",
+             f"Each AlphaGrad point against {name}{chosen}: Welch's t on the difference of mean final returns "
              f"(the tables' last column: AlphaGrad - {baseline}, its 95% interval and the Holm-adjusted p over the "
              f"{len(tested)} points tested, at least {MIN_RUNS} seeds a side). {', '.join(verdicts)}, {undecided} "
              f"undecided; {_detectable(list(tested.values()))}. A point not above {baseline} is not shown worse "
@@ -352,9 +399,12 @@ def _pooled_text(pooled: TestResult, scope: str = "") -> str:
 def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", final_window: int = 100) -> Path:
     """sensitivity.csv, the figure and SENSITIVITY.md (a table per setting and what the data can say)."""
     env, points = sensitivity_points(runs)
-    best = best_baseline(points, baseline)
+    kept, set_aside = baseline_settings(points, baseline)
+    best = max(kept, key=lambda p: p.iqm) if kept else None
+    name = _baseline_name(best, kept, set_aside, baseline) if best is not None else baseline
     alphagrad = [p for p in points if p.alpha is not None]
-    versus, versus_lines = _versus_baseline(alphagrad, best, baseline) if best is not None else ({}, [])
+    versus, versus_lines = (_versus_baseline(alphagrad, best, baseline, name, len(kept) > 1) if best is not None
+                            else ({}, []))
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_dir / "sensitivity.csv") as f:
         writer = csv.writer(f)
@@ -367,7 +417,7 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
                       comparison.mde] if comparison is not None else [""] * 5
             writer.writerow([p.optimizer, p.label, p.alpha, p.k, p.runs, p.finished, p.iqm, *p.ci, p.mean,
                              p.saturation, *p.frozen, *tested])
-    figures = plot_sensitivity(env, points, best, out_dir)
+    figures = plot_sensitivity(env, points, best, name, out_dir)
     lines = [f"# Alpha sensitivity: {env}", "",
              f"Final return (mean of the last {final_window} episodes per run; IQM over seeds with its 95% BCa CI) "
              f"against k = alpha / sqrt(d), d = {PAPER_D[env]:,} (the paper's Table 2), in each setting; S = the "
@@ -380,11 +430,7 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
              "update norms (- where none do).", "",
              f"Budget: {budget_text(runs)}", ""]
     if best is not None:
-        own = [p for p in points if p.optimizer == baseline and p.alpha is None]
-        lines += [f"{baseline}" + (f" at its best setting ({best.label})" if len(own) > 1 else "")
-                  + f": IQM {_with_ci(best)} over {_seeds(best.finished)}"
-                  + ("; each of its settings: " + ", ".join(f"{p.label}: {p.iqm:.1f}" for p in own) if len(own) > 1
-                     else "") + ".", ""]
+        lines += [_baseline_text(name, best, kept, set_aside), ""]
     for setting in sorted({p.setting for p in alphagrad}, key=_natural):
         line = sorted((p for p in alphagrad if p.setting == setting), key=lambda p: p.k)
         top = max(line, key=lambda p: p.iqm if math.isfinite(p.iqm) else -math.inf)
