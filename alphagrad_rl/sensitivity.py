@@ -107,7 +107,6 @@ def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
         raise ValueError(f"no paper d (Table 2) for {env!r} (known: {', '.join(PAPER_D)})")
     settings = [_setting(run) for run in runs]
     groups: dict[tuple, list[Run]] = {}
-    protocols: dict[tuple, tuple] = {}
     for optimizer in dict.fromkeys(run.optimizer for run in runs):  # the options that vary within each optimizer
         own = [(run, setting) for run, setting in zip(runs, settings) if run.optimizer == optimizer]
         varying = sorted({key for _, setting in own for key in setting
@@ -115,7 +114,6 @@ def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
         for run, setting in own:
             shown = tuple((key, setting.get(key, "-").strip('"')) for key in varying)
             groups.setdefault((optimizer, shown, run.alpha), []).append(run)
-            protocols.setdefault((optimizer, shown, run.alpha), _protocol(setting))
     points = []
     for (optimizer, setting, alpha), members in groups.items():
         values = [run.row["final_return"] for run in members if run.included]
@@ -128,7 +126,7 @@ def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
                             float(np.mean(saturations)) if saturations else math.nan,
                             lrs.pop() if len(lrs) == 1 else None, tuple(values),
                             (sum(f > FROZEN_FRACTION for f in frozen), len(frozen)),
-                            protocols[(optimizer, setting, alpha)]))
+                            _protocol(_setting(members[0]))))
     points.sort(key=lambda p: (p.alpha is not None, p.optimizer, p.setting, p.alpha or 0))
     return env, points
 
