@@ -299,8 +299,9 @@ def variant_comparisons(runs) -> list[Claim]:
     """Each extra arm against the arm it varies: its name with a suffix (alphagrad-93-no-momentum vs alphagrad-93,
     adam-same-step vs adam), or an AGR arm against the same optimizer and options without AGR (adamw-agr vs adam):
     the difference in final return, then in each metric the algorithm's claims use (MECHANISMS), each with its
-    Welch interval, the unadjusted p and the MDE at 0.05. These measure each departure and extra setting; they are
-    not claims."""
+    Welch interval, its p, that p Holm-adjusted over all the comparisons made (p_adjusted: many arms times many
+    metrics make some small unadjusted p likely by chance) and the MDE at 0.05. These measure each departure and
+    extra setting; they are not claims."""
     arms = list(dict.fromkeys(run.arm for run in runs))
     agr_bases = _agr_bases(runs, arms)
     comparisons = []
@@ -315,7 +316,9 @@ def variant_comparisons(runs) -> list[Claim]:
         for comparison in builder.claims:
             if comparison.result is not None:
                 comparison.result.mde = minimal_detectable_effect(comparison.result, LEVEL)
-                comparison.p_adjusted = comparison.result.p
         # too few runs: said once (on the final return); a metric the runs do not log: left out
         comparisons += [c for c in builder.claims if c.result is not None or c.metric == "final_return"]
+    tested = [c for c in comparisons if c.result is not None]
+    for comparison, adjusted in zip(tested, holm([c.result.p for c in tested])):
+        comparison.p_adjusted = adjusted
     return comparisons

@@ -434,6 +434,11 @@ def test_extra_arms_are_measured_against_the_arm_they_vary(tmp_path):
     expected = [run.row["mean_drawdown"] for run in load_runs(tmp_path) if run.arm == "adam-same-step"]
     assert drawdown.result.estimate == pytest.approx(np.mean(expected) - np.mean(
         [run.row["mean_drawdown"] for run in load_runs(tmp_path) if run.arm == "adam"]))
+    # Holm over the 4 comparisons: the smallest p is multiplied by 4, and no adjusted p falls below its own
+    ordered = sorted(comparisons, key=lambda c: c.result.p)
+    assert ordered[0].p_adjusted == pytest.approx(min(1.0, 4 * ordered[0].result.p))
+    assert all(c.p_adjusted >= c.result.p for c in comparisons)
+    assert [c.p_adjusted for c in ordered] == sorted(c.p_adjusted for c in ordered)
 
 
 def test_spike_count_counts_non_finite_losses():
