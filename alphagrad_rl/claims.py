@@ -313,12 +313,10 @@ def variant_comparisons(runs) -> list[Claim]:
         builder = _Builder(runs, base)
         for metric in ("final_return", *MECHANISMS.get(algorithm, ())):
             builder.compare("", f"{arm} vs {base}", "", arm, base, metric, +1)
-        for comparison in builder.claims:
-            if comparison.result is not None:
-                comparison.result.mde = minimal_detectable_effect(comparison.result, LEVEL)
         # too few runs: said once (on the final return); a metric the runs do not log: left out
         comparisons += [c for c in builder.claims if c.result is not None or c.metric == "final_return"]
     tested = [c for c in comparisons if c.result is not None]
     for comparison, adjusted in zip(tested, holm([c.result.p for c in tested])):
         comparison.p_adjusted = adjusted
+        comparison.result.mde = minimal_detectable_effect(comparison.result, LEVEL)
     return comparisons

@@ -150,10 +150,11 @@ def baseline_settings(points: list[Point], baseline: str) -> tuple[list[Point], 
     has them: no point could be tested against it."""
     own = [p for p in points if p.optimizer == baseline and p.alpha is None and math.isfinite(p.iqm)]
     alphagrad = [dict(p.protocol) for p in points if p.alpha is not None]
-    varying = sorted({key for p in own for key, _ in p.protocol if len({dict(q.protocol).get(key) for q in own}) > 1})
+    protocols = [dict(p.protocol) for p in own]
+    varying = sorted({key for options in protocols for key in options
+                      if len({other.get(key) for other in protocols}) > 1})
     kept, set_aside = [], []
-    for p in own:
-        options = dict(p.protocol)
+    for p, options in zip(own, protocols):
         unlike = [key for key in varying if alphagrad and all(a.get(key) != options.get(key) for a in alphagrad)]
         if unlike:
             ran = " and ".join(f"{key} {'/'.join(sorted({str(a.get(key, '-')) for a in alphagrad}))}" for key in unlike)
