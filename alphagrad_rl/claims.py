@@ -300,8 +300,9 @@ def variant_comparisons(runs) -> list[Claim]:
     adam-same-step vs adam), or an AGR arm against the same optimizer and options without AGR (adamw-agr vs adam):
     the difference in final return, then in each metric the algorithm's claims use (MECHANISMS), each with its
     Welch interval, its p, that p Holm-adjusted over all the comparisons made (p_adjusted: many arms times many
-    metrics make some small unadjusted p likely by chance) and the MDE at 0.05. These measure each departure and
-    extra setting; they are not claims."""
+    metrics make some small unadjusted p likely by chance) and the MDE at the level that adjustment implies, the
+    Bonferroni 0.05 / (number of comparisons) as for the claims. These measure each departure and extra setting;
+    they are not claims."""
     arms = list(dict.fromkeys(run.arm for run in runs))
     agr_bases = _agr_bases(runs, arms)
     comparisons = []
@@ -318,5 +319,5 @@ def variant_comparisons(runs) -> list[Claim]:
     tested = [c for c in comparisons if c.result is not None]
     for comparison, adjusted in zip(tested, holm([c.result.p for c in tested])):
         comparison.p_adjusted = adjusted
-        comparison.result.mde = minimal_detectable_effect(comparison.result, LEVEL)
+        comparison.result.mde = minimal_detectable_effect(comparison.result, LEVEL / len(tested))
     return comparisons

@@ -319,12 +319,13 @@ def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[
                   + (f"{c.p_adjusted:.3g} | {c.result.mde:.3g}" if c.result is not None else "- | -")
                   + f" | **{c.verdict}** |" for c in claims]
     if variants:
+        compared = sum(v.result is not None for v in variants)
         lines += ["", "## Extra arms and departures, measured", "",
                   "Each extra arm against the arm it varies: the difference in final return, then in each metric "
                   "the paper's claims for the algorithm use (Welch 95% interval), the p, the p Holm-adjusted over "
-                  f"the {sum(v.result is not None for v in variants)} comparisons of this table (read a difference "
-                  f"as measured only where that is below {LEVEL}), and the MDE at {LEVEL}. Descriptive: these are not "
-                  "claims of the paper.", "",
+                  f"the {compared} comparisons of this table (read a difference as measured only where that is below "
+                  f"{LEVEL}), and the MDE at the level that adjustment implies ({LEVEL} / {compared}, as for the "
+                  "claims). Descriptive: these are not claims of the paper.", "",
                   "| comparison | mean (n), difference [95% CI] | p | Holm p | MDE |", "|---|---|---|---|---|"]
         lines += [f"| {v.claim} | {v.evidence} | "
                   + (f"{v.result.p:.3g} | {v.p_adjusted:.3g} | {v.result.mde:.3g} |" if v.result is not None

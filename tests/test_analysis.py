@@ -438,6 +438,9 @@ def test_extra_arms_are_measured_against_the_arm_they_vary(tmp_path):
     ordered = sorted(comparisons, key=lambda c: c.result.p)
     assert ordered[0].p_adjusted == pytest.approx(min(1.0, 4 * ordered[0].result.p))
     assert all(c.p_adjusted >= c.result.p for c in comparisons)
+    # and each MDE is the effect detectable at the level Holm's adjustment implies (0.05 / 4), not at 0.05
+    assert all(c.result.mde == pytest.approx(minimal_detectable_effect(c.result, 0.05 / 4))
+               and c.result.mde > 1.1 * minimal_detectable_effect(c.result, 0.05) for c in comparisons)
     assert [c.p_adjusted for c in ordered] == sorted(c.p_adjusted for c in ordered)
 
 
