@@ -240,6 +240,16 @@ _CLAIMS_OF: dict[str, Callable[[_Builder], None]] = {
     "dqn": _dqn_claims, "td3_continuous_action": _td3_claims, "ppo_continuous_action": _ppo_claims}
 
 
+def _adjust_together(claims: list[Claim]) -> list[Claim]:
+    """The tested claims (those with a result), each given its p Holm-adjusted over them all and its MDE at the
+    Bonferroni level 0.05 / (number tested) that the adjustment implies."""
+    tested = [claim for claim in claims if claim.result is not None]
+    for claim, adjusted in zip(tested, holm([claim.result.p for claim in tested])):
+        claim.p_adjusted = adjusted
+        claim.result.mde = minimal_detectable_effect(claim.result, LEVEL / len(tested))
+    return tested
+
+
 def paper_claims(runs, baseline: str = "adam") -> list[Claim]:
     """Every claim of the paper for the algorithms in `runs`, tested and judged together (Holm)."""
     builder = _Builder(runs, baseline)
@@ -247,16 +257,12 @@ def paper_claims(runs, baseline: str = "adam") -> list[Claim]:
         if algorithm in _CLAIMS_OF:
             _CLAIMS_OF[algorithm](builder)
     claims = builder.claims
-    tested = [claim for claim in claims if claim.result is not None]
-    for claim, adjusted in zip(tested, holm([claim.result.p for claim in tested])):
-        claim.p_adjusted = adjusted
-        result = claim.result
-        result.mde = minimal_detectable_effect(result, LEVEL / len(tested))
+    for claim in _adjust_together(claims):
         if claim.margin is not None:  # non-inferiority
-            inferior = result.high < -claim.margin
-            claim.verdict = "holds" if adjusted < LEVEL else "does not hold" if inferior else "undecided"
-        elif adjusted < LEVEL:
-            claim.verdict = "holds" if np.sign(result.estimate) == claim.direction else "does not hold"
+            inferior = claim.result.high < -claim.margin
+            claim.verdict = "holds" if claim.p_adjusted < LEVEL else "does not hold" if inferior else "undecided"
+        elif claim.p_adjusted < LEVEL:
+            claim.verdict = "holds" if np.sign(claim.result.estimate) == claim.direction else "does not hold"
         else:
             claim.verdict = "undecided"
     return claims
@@ -316,8 +322,5 @@ def variant_comparisons(runs) -> list[Claim]:
             builder.compare("", f"{arm} vs {base}", "", arm, base, metric, +1)
         # too few runs: said once (on the final return); a metric the runs do not log: left out
         comparisons += [c for c in builder.claims if c.result is not None or c.metric == "final_return"]
-    tested = [c for c in comparisons if c.result is not None]
-    for comparison, adjusted in zip(tested, holm([c.result.p for c in tested])):
-        comparison.p_adjusted = adjusted
-        comparison.result.mde = minimal_detectable_effect(comparison.result, LEVEL / len(tested))
+    _adjust_together(comparisons)
     return comparisons

@@ -107,13 +107,17 @@ def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
         raise ValueError(f"no paper d (Table 2) for {env!r} (known: {', '.join(PAPER_D)})")
     settings = [_setting(run) for run in runs]
     groups: dict[tuple, list[Run]] = {}
+    protocols: dict[tuple, tuple[tuple[str, str], ...]] = {}  # per group: its first run's _protocol
     for optimizer in dict.fromkeys(run.optimizer for run in runs):  # the options that vary within each optimizer
         own = [(run, setting) for run, setting in zip(runs, settings) if run.optimizer == optimizer]
         varying = sorted({key for _, setting in own for key in setting
                           if len({other.get(key) for _, other in own}) > 1})
         for run, setting in own:
             shown = tuple((key, setting.get(key, "-").strip('"')) for key in varying)
-            groups.setdefault((optimizer, shown, run.alpha), []).append(run)
+            group = (optimizer, shown, run.alpha)
+            if group not in groups:
+                groups[group], protocols[group] = [], _protocol(setting)
+            groups[group].append(run)
     points = []
     for (optimizer, setting, alpha), members in groups.items():
         values = [run.row["final_return"] for run in members if run.included]
@@ -126,7 +130,7 @@ def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
                             float(np.mean(saturations)) if saturations else math.nan,
                             lrs.pop() if len(lrs) == 1 else None, tuple(values),
                             (sum(f > FROZEN_FRACTION for f in frozen), len(frozen)),
-                            _protocol(_setting(members[0]))))
+                            protocols[optimizer, setting, alpha]))
     points.sort(key=lambda p: (p.alpha is not None, p.optimizer, p.setting, p.alpha or 0))
     return env, points
 
