@@ -106,12 +106,13 @@ def compiled_alphagrad_update(*args, **kwargs) -> torch.Tensor:
     return _compiled_update(*args, **kwargs)
 
 
-def cpu_kernel_applies(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
-    """Whether the C++ kernel can update these tensors (CPU, float32/float64, dense and contiguous)."""
-    dtype = params[0].dtype
+def cpu_kernel_applies(tensors: list[torch.Tensor]) -> bool:
+    """Whether the C++ kernel can update these tensors (a group's parameters, gradients and momentum buffers): CPU,
+    one dtype, float32 or float64, dense and contiguous."""
+    dtype = tensors[0].dtype
     return dtype in (torch.float32, torch.float64) and all(
         t.device.type == "cpu" and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
-        for t in (*params, *grads))
+        for t in tensors)
 
 
 _CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"]

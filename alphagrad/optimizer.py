@@ -14,6 +14,7 @@ keeps the param groups and state and calls it once per group.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -119,12 +120,45 @@ def fused_supported(transform: str, normalization: str) -> bool:
     return transform == "tanh" and normalization != "none"
 
 
-def default_to_fused(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], transform: str,
-                     normalization: str) -> bool:
+def default_to_fused(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                     momentum_buffers: Sequence[torch.Tensor], transform: str, normalization: str) -> bool:
     """The default path rule (fused=None, foreach=None): the fused C++ kernel when it supports the options and
     the tensors (dense, contiguous float32/float64 on the CPU) and is available (built once per machine; see
     alphagrad._fused), since it is the fastest there; otherwise foreach."""
-    return fused_supported(transform, normalization) and cpu_kernel_applies(params, grads) and cpu_kernel_available()
+    return (fused_supported(transform, normalization) and cpu_kernel_applies([*params, *grads, *momentum_buffers])
+            and cpu_kernel_available())
+
+
+def check_step_tensors(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                       momentum_buffers: Sequence[torch.Tensor], momentum_on: bool) -> None:
+    """Raise ValueError, naming the tensor, unless there is one gradient per parameter (and one momentum buffer per
+    parameter when momentum is on; none is also allowed without it), each a dense tensor of its parameter's shape,
+    dtype and device: the update kernels index them together element by element."""
+    if len(grads) != len(params):
+        raise ValueError(f"AlphaGrad: {len(params)} parameters but {len(grads)} gradients (allowed: one gradient per "
+                         "parameter)")
+    if len(momentum_buffers) not in ((len(params),) if momentum_on else (0, len(params))):
+        raise ValueError(f"AlphaGrad: {len(momentum_buffers)} momentum buffers for {len(params)} parameters (allowed: "
+                         "one per parameter" + (")" if momentum_on else ", or none without momentum)"))
+    for kind, tensors in (("gradient", grads), ("momentum buffer", momentum_buffers)):
+        for index, (tensor, param) in enumerate(zip(tensors, params)):
+            if problem := _mismatch(tensor, param):
+                raise ValueError(f"AlphaGrad: the {kind} of parameter {index} {problem}")
+
+
+def _mismatch(tensor: Any, param: torch.Tensor) -> str | None:
+    """What keeps `tensor` from being updated beside `param` element by element (None: nothing)."""
+    if not isinstance(tensor, torch.Tensor):
+        return f"is a {type(tensor).__name__}, not a tensor"
+    if tensor.layout != torch.strided:
+        return f"has layout {tensor.layout} (allowed: torch.strided, a dense tensor)"
+    if tensor.shape != param.shape:
+        return f"has shape {tuple(tensor.shape)}, but the parameter has {tuple(param.shape)}"
+    if tensor.dtype != param.dtype:
+        return f"has dtype {tensor.dtype}, but the parameter has {param.dtype}"
+    if tensor.device != param.device:
+        return f"is on {tensor.device}, but the parameter is on {param.device}"
+    return None
 
 
 def alphagrad(
@@ -151,8 +185,10 @@ def alphagrad(
     """Functional AlphaGrad: update `params` in place from `grads` (the options are `AlphaGrad`'s).
 
     `momentum_buffers` holds one buffer per parameter when momentum > 0 (updated in place), else is empty.
-    Returns False, having written nothing, when a gradient norm is not finite (NaN or inf).
+    Returns False, having written nothing, when a gradient norm is not finite (NaN or inf). Raises ValueError when
+    the lists do not match one to one (check_step_tensors).
     """
+    check_step_tensors(params, grads, momentum_buffers, momentum != 0.0)
     if not params:
         return True
     if fused and not fused_supported(transform, normalization):
@@ -161,7 +197,7 @@ def alphagrad(
     alphas = tensor_alphas(params, alpha, alpha_k, normalization)
     options = (eps, momentum, momentum_form == "paper", weight_decay, maximize, normalization == "group")
     if fused or (fused is None and foreach is None):  # the C++ kernel where it applies: the default's rule
-        if default_to_fused(params, grads, transform, normalization):
+        if default_to_fused(params, grads, momentum_buffers, transform, normalization):
             return cpu_alphagrad_update(params, grads, momentum_buffers, alphas, lr, *options)
     if fused:
         device = params[0].device
@@ -219,6 +255,7 @@ def _member_alphagrad(params, grads, momentum_buffers, *, members: int, lr, alph
     gradient norm is not finite is left unchanged (parameters and momentum), the others step. Returns the
     (members,) bool mask of members that stepped."""
     lr, momentum = per_member(lr, members, params[0]), per_member(momentum, members, params[0])
+    check_step_tensors(params, grads, momentum_buffers, bool(momentum.any()))
     if maximize:
         grads = [grad.neg() for grad in grads]
     g_hats, alphas, stepped = member_inputs(params, grads, members=members, alpha=alpha, alpha_k=alpha_k, eps=eps,
@@ -336,7 +373,30 @@ class AlphaGrad(Optimizer):
             unknown = set(state) - {"momentum_buffer"}
             if unknown:
                 raise ValueError(f"not an AlphaGrad state_dict: its parameter state holds {', '.join(sorted(unknown))}")
+        self._check_loaded_buffers(state_dict)
         super().load_state_dict(state_dict)
+        for param, state in self.state.items():  # a buffer saved with other strides takes its parameter's layout
+            buffer = state.get("momentum_buffer")
+            if buffer is not None and buffer.stride() != param.stride():
+                state["momentum_buffer"] = torch.empty_like(param).copy_(buffer)
+
+    def _check_loaded_buffers(self, state_dict: dict[str, Any]) -> None:
+        """Raise ValueError naming the parameter whose saved momentum buffer is not a dense floating-point tensor of
+        its shape (torch's load casts dtype and device, but not shape: the update would read past it)."""
+        saved_groups = state_dict.get("param_groups", [])
+        if [len(group["params"]) for group in saved_groups] != [len(group["params"]) for group in self.param_groups]:
+            return  # torch's load refuses it, naming the groups
+        for saved, group, index in zip(saved_groups, self.param_groups, itertools.count()):
+            names = _param_names(index, group, group["params"])
+            for key, param, name in zip(saved["params"], group["params"], names):
+                buffer = state_dict.get("state", {}).get(key, {}).get("momentum_buffer")
+                if buffer is None:
+                    continue
+                problem = ("is not a floating-point tensor" if isinstance(buffer, torch.Tensor)
+                           and not buffer.is_floating_point() else _mismatch(buffer, param))
+                if problem and not problem.startswith(("has dtype", "is on")):  # those torch's load converts
+                    raise ValueError(f"AlphaGrad.load_state_dict: the momentum buffer of {name} {problem}; was the "
+                                     "state saved for another model?")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

@@ -1,6 +1,7 @@
 import copy
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -250,7 +251,7 @@ def test_fused_cpu_kernel_matches_exact_formula_over_the_option_grid(options):
 @pytest.mark.parametrize("options", FUSED_GRID[1::5], ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
 def test_compiled_kernel_matches_exact_formula(options, monkeypatch):
     """The torch.compile kernel (GPUs, other dtypes), forced on the CPU; a spread of the grid (each compiles)."""
-    monkeypatch.setattr("alphagrad.optimizer.cpu_kernel_applies", lambda params, grads: False)
+    monkeypatch.setattr("alphagrad.optimizer.cpu_kernel_applies", lambda tensors: False)
     assert fused_error(options) < 1e-6
 
 
@@ -411,6 +412,84 @@ def test_state_dict_round_trip_restores_momentum_and_alpha():
             optimizer.step()
     for a, b in zip(model.parameters(), clone.parameters()):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_loading_a_momentum_buffer_of_another_shape_raises_naming_the_parameter():
+    model = torch.nn.Linear(4, 3)
+    opt = AlphaGrad(model.named_parameters(), lr=0.1, alpha=3.0, momentum=0.9)
+    wider = torch.nn.Linear(4, 5)  # a changed layer width: the saved buffers no longer fit
+    wider_opt = AlphaGrad(wider.named_parameters(), lr=0.1, alpha=3.0, momentum=0.9)
+    wider(torch.randn(2, 4)).sum().backward()
+    wider_opt.step()
+    with pytest.raises(ValueError, match=r"momentum buffer of weight has shape \(5, 4\), but the parameter has \(3, 4\)"):
+        opt.load_state_dict(wider_opt.state_dict())
+    assert not opt.state  # nothing was loaded
+
+
+def test_a_loaded_buffer_with_other_strides_takes_its_parameters_layout_and_value():
+    param = torch.nn.Parameter(torch.zeros(3, 2))
+    opt = AlphaGrad([param], lr=0.1, alpha=2.0, momentum=0.5)
+    saved = opt.state_dict()
+    buffer = torch.arange(6.0).reshape(2, 3).t()  # the values of a (3, 2) tensor, stored transposed
+    saved["state"] = {0: {"momentum_buffer": buffer}}
+    opt.load_state_dict(saved)
+    loaded = opt.state[param]["momentum_buffer"]
+    assert loaded.is_contiguous() and torch.equal(loaded, buffer)
+    param.grad = torch.zeros(3, 2)
+    opt.step()  # a zero gradient: the step is the decayed buffer alone (eq. 5-6)
+    torch.testing.assert_close(param.detach(), -0.5 * buffer, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ("alphagrad([p, p], [g], [], lr=0.1, alpha=2.0)", "2 parameters but 1 gradients"),
+    ("alphagrad([p], [g], [], lr=0.1, alpha=2.0, momentum=0.9)", "0 momentum buffers for 1 parameters"),
+    ("alphagrad([p], [torch.ones(3)], [], lr=0.1, alpha=2.0)", "gradient of parameter 0 has shape (3,)"),
+    ("alphagrad([p], [g.double()], [], lr=0.1, alpha=2.0)", "gradient of parameter 0 has dtype torch.float64"),
+    ("alphagrad([p], [g], [torch.ones(2)], lr=0.1, alpha=2.0, momentum=0.9)", "momentum buffer of parameter 0 has shape"),
+    ("alphagrad([p], [g.to_sparse()], [], lr=0.1, alpha=2.0)", "has layout torch.sparse_coo"),
+])
+def test_functional_alphagrad_refuses_tensors_that_do_not_match(call, message):
+    from alphagrad.optimizer import alphagrad
+
+    p, g = torch.zeros(4, 8), torch.ones(4, 8)
+    before = p.clone()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        eval(call, {"alphagrad": alphagrad, "torch": torch, "p": p, "g": g})
+    assert torch.equal(p, before)
+
+
+def test_the_cpu_kernel_checks_every_tensor_it_touches():
+    """Called directly (past alphagrad()'s checks), the C++ kernel raises for what would read or write out of bounds;
+    in a subprocess, so that a regression shows as a failed test, not a crashed pytest."""
+    code = """
+import torch
+from alphagrad._fused import cpu_alphagrad_update
+p, g = torch.zeros(64), torch.ones(64)
+calls = {
+    "alphas": ([p], [g], [], [1.0, 2.0], 0.0), "grads": ([p, p], [g], [], [1.0, 1.0], 0.0),
+    "buffers": ([p], [g], [], [1.0], 0.9), "size": ([p], [torch.ones(3)], [], [1.0], 0.0),
+    "buffer size": ([p], [g], [torch.ones(3)], [1.0], 0.9), "dtype": ([p], [g.double()], [], [1.0], 0.0),
+    "strides": ([p], [torch.ones(64, 2)[:, 0]], [], [1.0], 0.0),
+}
+for name, (params, grads, buffers, alphas, momentum) in calls.items():
+    try:
+        cpu_alphagrad_update(params, grads, buffers, alphas, 0.1, 1e-8, momentum, True, 0.0, False, False)
+        print(name, "accepted")
+    except RuntimeError as error:
+        print(name, "refused:", str(error).splitlines()[0])
+"""
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    lines = completed.stdout.splitlines()
+    assert len(lines) == 7 and all("refused: fused AlphaGrad" in line for line in lines), lines
+
+
+def test_random_tensors_at_load_and_step_give_a_correct_step_or_a_value_error():
+    """tests/property_alphagrad.py (hypothesis, derandomized) in a subprocess: a signal fails the test."""
+    completed = subprocess.run([sys.executable, str(Path(__file__).parent / "property_alphagrad.py"),
+                                "--examples", "300"], capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, f"exit {completed.returncode}\n{completed.stdout}{completed.stderr[-4000:]}"
+    assert completed.stdout.count("300 examples passed") == 2
 
 
 def test_no_optimizer_state_without_momentum():

@@ -100,11 +100,28 @@ bool alphagrad_update(std::vector<torch::Tensor> params, std::vector<torch::Tens
                       std::vector<double> numerator, std::vector<double> denominator, double clamp) {
   TORCH_CHECK(numerator.size() == 4 && denominator.size() == 5,
               "fused AlphaGrad: the rational tanh needs 4 numerator and 5 denominator coefficients");
-  for (size_t i = 0; i < params.size(); ++i) {
-    TORCH_CHECK(params[i].is_contiguous() && grads[i].is_contiguous(), "fused AlphaGrad needs contiguous tensors");
+  // every tensor the update touches, checked before anything is read or written (alphagrad() checks the same in
+  // Python and raises ValueError first; these checks keep a direct call from reading or writing out of bounds)
+  const size_t count = params.size();
+  TORCH_CHECK(grads.size() == count && alphas.size() == count, "fused AlphaGrad: ", count, " parameters but ",
+              grads.size(), " gradients and ", alphas.size(), " alphas");
+  TORCH_CHECK(momentum == 0.0 || buffers.size() == count, "fused AlphaGrad: ", buffers.size(),
+              " momentum buffers for ", count, " parameters");
+  if (count == 0) return true;
+  const auto dtype = params[0].scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "fused AlphaGrad: float32 or float64 only, got ", dtype);
+  auto check = [&](const torch::Tensor& t, const char* kind, size_t i) {
+    TORCH_CHECK(t.defined() && t.device().is_cpu() && t.layout() == at::kStrided && t.scalar_type() == dtype &&
+                    t.is_contiguous() && t.numel() == params[i].numel(),
+                "fused AlphaGrad: ", kind, " ", i, " must be a dense contiguous CPU tensor of dtype ", dtype, " with ",
+                params[i].numel(), " elements");
+  };
+  for (size_t i = 0; i < count; ++i) {
+    check(params[i], "parameter", i);
+    check(grads[i], "gradient", i);
+    if (momentum != 0.0) check(buffers[i], "momentum buffer", i);
   }
-  if (params.empty()) return true;
-  if (params[0].scalar_type() == at::kDouble) {
+  if (dtype == at::kDouble) {
     return update<double>(params, grads, buffers, alphas, lr, eps, momentum, paper_momentum, weight_decay, maximize,
                           group_norm, RationalTanh<double>(numerator, denominator, clamp));
   }
