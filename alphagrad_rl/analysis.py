@@ -39,8 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .checkpoint import RESUME_MAY_CHANGE, is_added_later_default
-from .runs import COMPACT_SUFFIX, flatten_config, read_run, write_compact_record
+from .runs import COMPACT_SUFFIX, RESUME_MAY_CHANGE, flatten_config, is_added_later_default, read_run, write_compact_record
 
 SMOOTHING_EPISODES = 10
 SPIKE_FACTOR, SPIKE_WINDOW = 5.0, 20

@@ -16,7 +16,7 @@ hash match it, so a killed write or a damaged file is detected and the previous 
 The newest `keep` checkpoints are kept; a finished run deletes them (unless told to keep them).
 
 A checkpoint from another configuration (another algorithm, environment, network or any option that
-changes training, see RESUME_MAY_CHANGE) is refused with the differences named, never loaded.
+changes training, see alphagrad_rl.runs.RESUME_MAY_CHANGE) is refused with the differences named, never loaded.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import io
 import json
 import os
 import random
-import re
 import signal
 import sys
 import threading
@@ -45,29 +44,11 @@ from .runs import (
     RunRecord,
     atomic_write,
     checkpoint_manifests,
-    flatten_config,
+    config_differences,
     write_json_atomic,
 )
 
 FORMAT_VERSION = 2  # 2: AGR state inside the optimizer's state_dict; AlphaGrad's default path is the fused kernel
-RESUME_MAY_CHANGE = frozenset({  # options that do not change what a run computes
-    "exp_name", "track", "wandb_project_name", "wandb_entity", "wandb_group", "wandb_tags", "results_dir", "run_name",
-    "quiet", "resume", "checkpoint_interval_s", "checkpoint_interval_steps", "keep_checkpoints", "save_model",
-    "eval_episodes", "cuda",
-})
-# Options added after runs were saved, each with the value under which a run computes what it did before the option
-# existed: a saved config (checkpoint, run record, earlier attempt) that lacks one matches today's that holds it.
-# Keys are an optimizer group's (optim, actor_optim, critic_optim, ...), also in a population's members.
-ADDED_LATER = {"optim.target": None, "optim.options": "{}"}  # custom optimizers (13450ca)
-
-
-def is_added_later_default(key: str, value: Any) -> bool:
-    """Whether the dotted option `key` (in any optimizer group, also a population member's) was ADDED_LATER and
-    holds the value under which a run computes what it did before the option existed."""
-    added = re.fullmatch(r"(?:member\d+\.)?(?:\w+_)?(optim\.\w+)", key)
-    return added is not None and added[1] in ADDED_LATER and value == ADDED_LATER[added[1]]
-
-
 class CheckpointMismatch(ValueError):
     """The checkpoint was written by another configuration; it is never loaded."""
 
@@ -119,24 +100,6 @@ def set_global_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def config_differences(saved: dict[str, Any], current: dict[str, Any], saved_in: str = "checkpoint") -> list[str]:
-    """'key: saved (`saved_in`) != current (now)' for each option that differs, ignoring RESUME_MAY_CHANGE (also in
-    a population's config, {"member<i>": options}) and options ADDED_LATER that `saved` predates."""
-    saved_flat, current_flat = flatten_config(saved), flatten_config(current)
-
-    def shown(flat: dict[str, Any], key: str) -> str:
-        return json.dumps(flat[key], default=str) if key in flat else "unset"  # tuples and lists alike
-
-    def differs(key: str) -> bool:
-        option = re.sub(r"^member\d+\.", "", key)
-        saved_before_added = key not in saved_flat and is_added_later_default(key, current_flat.get(key))
-        return (option not in RESUME_MAY_CHANGE and shown(saved_flat, key) != shown(current_flat, key)
-                and not saved_before_added)
-
-    return [f"{key}: {shown(saved_flat, key)} ({saved_in}) != {shown(current_flat, key)} (now)"
-            for key in dict.fromkeys([*saved_flat, *current_flat]) if differs(key)]
 
 
 class _HashingWriter(io.RawIOBase):

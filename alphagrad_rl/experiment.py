@@ -20,10 +20,20 @@ from torch.optim import Optimizer
 
 from alphagrad import AlphaGrad
 
-from .checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted, config_differences
+from .checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted
 from .envs import check_env
 from .factory import OptimizerSpec, custom_sources, make_alpha_scheduler, make_optimizer, optimizer_specs
-from .runs import RunRecord, check_results_dir, check_run_name, clear_record, read_summary, safe_name
+from .runs import (
+    RunRecord,
+    check_results_dir,
+    check_run_name,
+    clear_record,
+    config_differences,
+    hold_run_locks,
+    read_summary,
+    record_damage,
+    safe_name,
+)
 
 
 @dataclass
@@ -128,6 +138,7 @@ def start_run(args: CommonArgs, algorithm: str, env_id: str, optimizer_name: str
     config = dataclasses.asdict(args)
     checkpoints = Checkpointer(run_dir, algorithm, config, interval_steps=args.checkpoint_interval_steps,
                                interval_s=args.checkpoint_interval_s, keep_after_finish=args.keep_checkpoints)
+    hold_run_locks(args.results_dir, [run_name])  # another process training this run: refused, nothing touched
     resume_state = None
     if args.resume:
         loaded = _checkpoint_to_resume(run_dir, checkpoints, config)  # refusals come before anything is touched
@@ -158,14 +169,27 @@ def _checkpoint_to_resume(run_dir: Path, checkpoints: Checkpointer, config: dict
     """The newest intact checkpoint of `run_dir`, or None when the run may start over (nothing finished there,
     and the earlier attempt's options are today's). Raises ValueError for a finished run, and
     CheckpointMismatch when the checkpoint or the earlier attempt's record has other options."""
+    check_intact(run_dir)
     summary = read_summary(run_dir)
     if summary is not None and summary.get("status") == "finished":
         raise ValueError(f"{run_dir} holds a finished run: there is nothing to resume, and its record is kept "
                          "(pick another --run-name for a new run)")
+    if summary is not None and (summary.get("population_size") or 1) > 1:
+        raise ValueError(f"{run_dir} was trained as one of a population of {summary['population_size']} runs: resume "
+                         "it with its population (relaunch its sweep, or agents/<agent>_population.py --resume with "
+                         "the same --run-names), which holds its checkpoint; its record is kept")
     loaded = checkpoints.load_latest()
     if loaded is None:
         check_start_over(run_dir, config)
     return loaded
+
+
+def check_intact(run_dir: Path) -> None:
+    """Raise ValueError when the run record in `run_dir` is damaged (runs.record_damage): it is kept as it is, never
+    taken for a run that has not started."""
+    if problem := record_damage(run_dir):
+        raise ValueError(f"{run_dir} holds a damaged run record ({problem}): it is kept as it is; move the folder "
+                         "away to train the run again")
 
 
 def check_start_over(run_dir: Path, config: dict) -> None:

@@ -11,6 +11,7 @@ elementwise optimizers need nothing more.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import traceback
 from dataclasses import dataclass
@@ -22,9 +23,17 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import Checkpointer
-from .experiment import check_start_over, open_record
+from .experiment import check_intact, check_start_over, open_record
 from .factory import make_optimizer, takes_stacked_parameters, used_fields
-from .runs import RunRecord, check_run_name, clear_record, read_summary, safe_name
+from .runs import (
+    RESUME_MAY_CHANGE,
+    RunRecord,
+    check_run_name,
+    clear_record,
+    hold_run_locks,
+    read_summary,
+    safe_name,
+)
 
 
 @dataclass
@@ -68,10 +77,19 @@ def member_args(args: Any, single_type: type, algorithm: str, optim_fields: tupl
     if len(set(names)) != size:
         raise ValueError(f"two members share a run name: {names}")
     single = {f.name: getattr(args, f.name) for f in dataclasses.fields(single_type)}
-    return [single_type(**{**single, "seed": seed, "run_name": name, **{
+    members = [single_type(**{**single, "seed": seed, "run_name": name, **{
         field: dataclasses.replace(getattr(args, field), **{key: values[i] for key, values in per_member.items()
                                                             if values})
         for field in optim_fields}}) for i, (seed, name) in enumerate(zip(seeds, names))]
+    trained: dict[str, str] = {}  # what a member trains -> its run name
+    for member in members:
+        settings = {key: value for key, value in dataclasses.asdict(member).items() if key not in RESUME_MAY_CHANGE}
+        other = trained.setdefault(json.dumps(settings, sort_keys=True, default=str), member.run_name)
+        if other != member.run_name:
+            raise ValueError(f"members {other} and {member.run_name} would train the same options (seed "
+                             f"{member.seed}): two identical runs are not two seeds; give each member its own seed "
+                             "or per-member values")
+    return members
 
 
 def check_population_args(args: Any, single_type: type, check_single, algorithm: str,
@@ -111,8 +129,11 @@ def open_population(args: Any, members: list[Any], algorithm: str, total_timeste
                                {f"member{i}": dataclasses.asdict(m) for i, m in enumerate(members)},
                                interval_steps=args.checkpoint_interval_steps, interval_s=args.checkpoint_interval_s,
                                keep_after_finish=args.keep_checkpoints)
+    hold_run_locks(members[0].results_dir, [m.run_name for m in members])
     loaded = None
     if args.resume:
+        for run_dir in run_dirs:
+            check_intact(run_dir)
         finished = [d for d in run_dirs if (read_summary(d) or {}).get("status") == "finished"]
         if len(finished) == len(run_dirs):
             raise ValueError(f"every member of this population has finished (e.g. {run_dirs[0]}): there is nothing "

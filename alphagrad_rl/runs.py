@@ -27,6 +27,7 @@ Sweeps skip runs whose summary says "finished"; analysis reads config, metrics a
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import gzip
 import importlib.metadata
@@ -34,6 +35,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import string
 import subprocess
@@ -52,6 +54,45 @@ COMPACT_FORMAT = 1
 COMPACT_SUFFIX = ".record.json.gz"  # a compact run record (write_compact_record)
 STATUSES = ("running", "finished", "crashed", "interrupted")
 CHECKPOINT_DIR = "checkpoints"
+LOCK_DIR = ".locks"  # in a results folder: one lock file per run (lock_runs)
+LOCK_WAIT_S = 30.0  # a run found locked for this long is another launcher's (lock_runs)
+HELD_LOCKS_ENV = "ALPHAGRAD_RL_HELD_LOCKS"  # run locks a process inherited from its launcher (locked_env)
+
+
+RESUME_MAY_CHANGE = frozenset({  # options that do not change what a run computes
+    "exp_name", "track", "wandb_project_name", "wandb_entity", "wandb_group", "wandb_tags", "results_dir", "run_name",
+    "quiet", "resume", "checkpoint_interval_s", "checkpoint_interval_steps", "keep_checkpoints", "save_model",
+    "eval_episodes", "cuda",
+})
+# Options added after runs were saved, each with the value under which a run computes what it did before the option
+# existed: a saved config (checkpoint, run record, earlier attempt) that lacks one matches today's that holds it.
+# Keys are an optimizer group's (optim, actor_optim, critic_optim, ...), also in a population's members.
+ADDED_LATER = {"optim.target": None, "optim.options": "{}"}  # custom optimizers (13450ca)
+
+
+def is_added_later_default(key: str, value: Any) -> bool:
+    """Whether the dotted option `key` (in any optimizer group, also a population member's) was ADDED_LATER and
+    holds the value under which a run computes what it did before the option existed."""
+    added = re.fullmatch(r"(?:member\d+\.)?(?:\w+_)?(optim\.\w+)", key)
+    return added is not None and added[1] in ADDED_LATER and value == ADDED_LATER[added[1]]
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], saved_in: str = "checkpoint") -> list[str]:
+    """'key: saved (`saved_in`) != current (now)' for each option that differs, ignoring RESUME_MAY_CHANGE (also in
+    a population's config, {"member<i>": options}) and options ADDED_LATER that `saved` predates."""
+    saved_flat, current_flat = flatten_config(saved), flatten_config(current)
+
+    def shown(flat: dict[str, Any], key: str) -> str:
+        return json.dumps(flat[key], default=str) if key in flat else "unset"  # tuples and lists alike
+
+    def differs(key: str) -> bool:
+        option = re.sub(r"^member\d+\.", "", key)
+        saved_before_added = key not in saved_flat and is_added_later_default(key, current_flat.get(key))
+        return (option not in RESUME_MAY_CHANGE and shown(saved_flat, key) != shown(current_flat, key)
+                and not saved_before_added)
+
+    return [f"{key}: {shown(saved_flat, key)} ({saved_in}) != {shown(current_flat, key)} (now)"
+            for key in dict.fromkeys([*saved_flat, *current_flat]) if differs(key)]
 
 
 _UMASK = os.umask(0)
@@ -129,6 +170,94 @@ def check_results_dir(path: Path) -> None:
         raise ValueError(f"invalid results folder {str(path)!r}: {str(existing)!r} is not writable")
 
 
+def lock_runs(results_dir: Path, names: list[str], wait_s: float = LOCK_WAIT_S) -> list[int] | None:
+    """Exclusive locks (flock) on these runs of `results_dir`, so that two processes (launchers, agents, a second
+    terminal, another node on the same filesystem) never train one run twice. Returns the lock files' descriptors, for the
+    run's process to inherit (pass_fds: the locks then last until it exits, even if the launcher is killed
+    first), or None when another process still holds one after `wait_s` (long enough for a run of a killed
+    launcher to save its checkpoint and exit). Release with release_runs."""
+    lock_dir = results_dir / LOCK_DIR
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fds: list[int] = []
+    deadline = time.monotonic() + wait_s
+    for name in names:
+        fds.append(os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644))
+        while True:
+            try:
+                fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    release_runs(fds)
+                    return None
+                time.sleep(0.2)
+    return fds
+
+
+def release_runs(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def run_locked(results_dir: Path, name: str) -> bool:
+    """Whether a process holds the run's lock (lock_runs) now, i.e. is training it."""
+    try:
+        fd = os.open(results_dir / LOCK_DIR / f"{name}.lock", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: taken for an instant, released by the close
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+def locked_env(env: dict[str, str], fds: tuple[int, ...] | list[int]) -> dict[str, str]:
+    """`env` for a run process that inherits the run locks `fds` (lock_runs, passed with pass_fds): the agent then
+    takes them as its own (hold_run_locks) instead of waiting on them."""
+    return {**env, HELD_LOCKS_ENV: ",".join(map(str, fds))}
+
+
+class RunLocked(ValueError):
+    """Another process holds a run's lock: it is training that run."""
+
+
+_held_locks: dict[tuple[int, int], int] = {}  # this process's run locks, by lock file identity: held until it exits
+
+
+def hold_run_locks(results_dir: str | Path, names: list[str]) -> None:
+    """Lock the runs this process is about to write (an agent: its run, or its population's members) for as long as
+    it lives; a lock it holds already (an earlier run in this process), or that its launcher passed down to it
+    (locked_env), counts as its own. Raises RunLocked naming a run another process is training; takes none of the
+    locks then."""
+    results_dir = Path(results_dir)
+    held = dict(_held_locks)
+    for fd in filter(None, os.environ.get(HELD_LOCKS_ENV, "").split(",")):
+        try:
+            info = os.fstat(int(fd))
+            held[(info.st_dev, info.st_ino)] = int(fd)
+        except (OSError, ValueError):
+            continue
+    taken: dict[tuple[int, int], int] = {}
+    for name in names:
+        path = results_dir / LOCK_DIR / f"{name}.lock"
+        if path.exists() and _identity(path) in held:
+            continue
+        fds = lock_runs(results_dir, [name], wait_s=0)
+        if fds is None:
+            release_runs(list(taken.values()))
+            raise RunLocked(f"another process is training {results_dir / name} (it holds {path}): wait for it to "
+                            "end, or stop it (SIGTERM saves a checkpoint) and resume the run then")
+        taken[_identity(path)] = fds[0]
+    _held_locks.update(taken)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_dev, info.st_ino
+
+
 @contextmanager
 def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
     """A file to write `path` through: a temporary file in the same folder, fsynced and renamed onto `path`
@@ -167,6 +296,24 @@ def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
         return json.loads((Path(run_dir) / "summary.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def record_damage(run_dir: str | Path) -> str | None:
+    """What of a run record cannot be read (its config.json or summary.json is there but not a record's JSON), or
+    None. A damaged record is reported and kept: never taken as "not started", resumed over or deleted."""
+    run_dir = Path(run_dir)
+    for name, required in (("config.json", "config"), ("summary.json", "status")):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            return f"{name} is unreadable: {type(error).__name__}: {error}"
+        if not isinstance(data, dict) or required not in data or (name == "summary.json"
+                                                                  and data["status"] not in STATUSES):
+            return f"{name} is not a run record's (no valid {required!r})"
+    return None
 
 
 def checkpoint_manifests(run_dir: str | Path) -> list[Path]:

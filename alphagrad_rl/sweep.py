@@ -34,8 +34,8 @@ import collections
 import contextlib
 import ctypes
 import dataclasses
-import fcntl
 import functools
+import hashlib
 import io
 import itertools
 import json
@@ -57,14 +57,21 @@ import tyro
 import yaml
 
 from .analysis import compact_record_path, export_records
-from .checkpoint import config_differences
 from .factory import optimizer_specs, takes_stacked_parameters
 from .runs import (
+    LOCK_WAIT_S,
+    RESUME_MAY_CHANGE,
     checkpoint_manifests,
+    config_differences,
     is_safe_name,
+    lock_runs,
+    locked_env,
     process_seconds,
     read_run,
     read_summary,
+    record_damage,
+    release_runs,
+    run_locked,
     safe_name,
     write_json_atomic,
 )
@@ -73,8 +80,6 @@ TOP_LEVEL_KEYS = {"name", "program", "method", "description", "metric", "paramet
 REQUIRED_KEYS = {"name", "program", "parameters", "arms"}
 RESERVED_FLAGS = {"run-name", "results-dir"}
 OPTION_KEY = ".options."  # "<optimizer>.options.<key>": one keyword argument of a custom optimizer (--optim.options)
-LOCK_DIR = ".locks"  # in a sweep's folder: one lock file per run (lock_runs)
-LOCK_WAIT_S = 30.0  # a run found locked for this long is another launcher's (lock_runs)
 
 
 class SweepConfigError(ValueError):
@@ -323,6 +328,13 @@ def load_sweep(path: str | Path, agents: Mapping[str, AgentEntry]) -> Sweep:
             check_run_arguments(agent, run)
         except ValueError as error:
             raise fail(f"run {run.name}", f"{' '.join(run.flag_args())}: {error}") from None
+    trains: dict[str, str] = {}  # what a run trains (its options as the agent parses them) -> its name
+    for run in runs:
+        other = trains.setdefault(json.dumps(run_settings(run, agent), sort_keys=True, default=str), run.name)
+        if other != run.name:
+            raise fail("parameters", f"runs {other} and {run.name} train the same options as the agent reads them "
+                       "(e.g. YAML reads 1e-3 as text and 0.001 as a number): they would count as two runs; list "
+                       "each setting once")
     return Sweep(name=name, program=program, agent=agent, runs=runs, parameters=parameters, arms=arms,
                  metric=config.get("metric"), description=str(config.get("description", "")))
 
@@ -392,50 +404,6 @@ def stop_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def lock_runs(sweep_dir: Path, names: list[str], wait_s: float = LOCK_WAIT_S) -> list[int] | None:
-    """Exclusive locks (flock) on these runs, so that two launchers sharing a results folder (a second terminal,
-    another node on the same filesystem) never train one run twice. Returns the lock files' descriptors, for the
-    run's process to inherit (pass_fds: the locks then last until it exits, even if the launcher is killed
-    first), or None when another process still holds one after `wait_s` (long enough for a run of a killed
-    launcher to save its checkpoint and exit). Release with release_runs."""
-    lock_dir = sweep_dir / LOCK_DIR
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    fds: list[int] = []
-    deadline = time.monotonic() + wait_s
-    for name in names:
-        fds.append(os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644))
-        while True:
-            try:
-                fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    release_runs(fds)
-                    return None
-                time.sleep(0.2)
-    return fds
-
-
-def release_runs(fds: list[int]) -> None:
-    for fd in fds:
-        os.close(fd)
-
-
-def run_locked(sweep_dir: Path, name: str) -> bool:
-    """Whether a process holds the run's lock (lock_runs) now, i.e. is training it."""
-    try:
-        fd = os.open(sweep_dir / LOCK_DIR / f"{name}.lock", os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: taken for an instant, released by the close
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 @dataclasses.dataclass(frozen=True)
 class RunProgress:
     """Where one run of a sweep stands (sweep_progress)."""
@@ -455,11 +423,15 @@ class RunProgress:
             return f"stopped: resumes at {where}" if self.resumable else "stopped before a checkpoint: starts over"
         if self.state == "crashed":
             return "crashed: the next launch retries it (see its output.log)"
+        if self.state == "other settings":
+            return "holds a record of other settings (below)"
+        if self.state == "damaged":
+            return "damaged record: kept, not retrained"
         return self.state
 
     @property
     def steps_left(self) -> int:
-        return 0 if self.state == "finished" else self.total - (self.step if self.resumable else 0)
+        return 0 if self.state in ("finished", "damaged") else self.total - (self.step if self.resumable else 0)
 
 
 def recorded_runs(records_dir: Path, runs: list[RunSpec], agent: AgentEntry) -> dict[str, dict[str, Any]]:
@@ -492,10 +464,12 @@ def recorded_runs(records_dir: Path, runs: list[RunSpec], agent: AgentEntry) -> 
 
 
 def sweep_progress(sweep_dir: Path, runs: list[RunSpec], agent: AgentEntry,
-                   recorded: Mapping[str, dict[str, Any]] | None = None) -> list[RunProgress]:
+                   recorded: Mapping[str, dict[str, Any]] | None = None,
+                   folders: FolderCheck | None = None) -> list[RunProgress]:
     """Each run's state as its records and lock show it; readable while launchers (here or elsewhere on the
     shared folder) train the sweep. A population member's checkpoint is its first member's, which names it.
-    `recorded` (recorded_runs) are finished wherever their folders say nothing else."""
+    `recorded` (recorded_runs) are finished wherever their folders say nothing else; `folders` (check_run_folders)
+    marks the folders that hold other settings or a damaged record."""
     checkpoint_step: dict[str, int] = {}  # run name: the step of its newest checkpoint, its own or its population's
     for run in runs:
         if manifests := checkpoint_manifests(sweep_dir / run.name):
@@ -511,7 +485,11 @@ def sweep_progress(sweep_dir: Path, runs: list[RunSpec], agent: AgentEntry,
         resumable = run.name in checkpoint_step
         step = checkpoint_step.get(run.name, int(summary.get("global_step") or 0))
         status = summary.get("status")
-        if status == "finished":
+        if folders is not None and run.name in folders.conflicts:
+            state = "other settings"
+        elif folders is not None and run.name in folders.damaged:
+            state = "damaged"
+        elif status == "finished":
             state = "finished"
         elif run_locked(sweep_dir, run.name):
             state = "training"
@@ -527,7 +505,7 @@ def sweep_progress(sweep_dir: Path, runs: list[RunSpec], agent: AgentEntry,
 def progress_summary(progress: list[RunProgress], workers: int) -> str:
     """How many runs are in each state and, from the finished runs' speed, the compute that what is left needs."""
     counts = collections.Counter(p.state for p in progress)
-    states = ("finished", "training", "stopped", "crashed", "not started")
+    states = ("finished", "training", "stopped", "crashed", "not started", "other settings", "damaged")
     lines = [f"{len(progress)} runs: " + ", ".join(f"{counts[state]} {state}" for state in states if counts[state])]
     done = [p for p in progress if p.state == "finished" and p.process_s > 0]
     left = sum(p.steps_left for p in progress)
@@ -574,8 +552,8 @@ def execute_run(argv: list[str], run_dir: str, env: dict[str, str], cwd: str,
     resume = prepare_run_folders([run_dir], population=False)
     start = time.time()
     with open_run_log(run_dir / "output.log", resume, "resumed by the sweep launcher") as log:
-        returncode = subprocess.run(argv + ["--resume"] * resume, cwd=cwd, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, preexec_fn=stop_with_parent,
+        returncode = subprocess.run(argv + ["--resume"] * resume, cwd=cwd, env=locked_env(env, pass_fds),
+                                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=stop_with_parent,
                                     pass_fds=pass_fds).returncode
     summary = read_summary(run_dir) or {}
     if returncode != 0 and summary.get("status") in (None, "running", "finished"):
@@ -595,6 +573,51 @@ def _parsed(run: RunSpec, agent: AgentEntry) -> Any:
 def _parse(args_type: type, flag_args: tuple[str, ...], run_name: str) -> Any:
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         return tyro.cli(args_type, args=[*flag_args, "--run-name", run_name])
+
+
+def run_settings(run: RunSpec, agent: AgentEntry) -> dict[str, Any]:
+    """What `run` trains: its options as the agent parses them, without those that do not change a run
+    (runs.RESUME_MAY_CHANGE: run name, results folder, logging, ...)."""
+    return {key: value for key, value in dataclasses.asdict(_parsed(run, agent)).items()
+            if key not in RESUME_MAY_CHANGE}
+
+
+def settings_digest(runs: list[RunSpec], agent: AgentEntry) -> str:
+    """8 hex digits that change with what any of `runs` trains (a sweep's folder for its edited settings)."""
+    text = json.dumps([[run.name, run_settings(run, agent)] for run in runs], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+@dataclasses.dataclass
+class FolderCheck:
+    """What the run folders of a sweep hold against the runs it asks for (check_run_folders)."""
+
+    conflicts: dict[str, str]  # run name: the options its record was made with that differ from the run's now
+    damaged: dict[str, str]  # run name: what of its record cannot be read (the record is kept)
+
+    def conflict_message(self, sweep_dir: Path) -> str:
+        return (f"{len(self.conflicts)} run folder(s) in {sweep_dir} hold records made with other options than the "
+                "sweep gives those runs now (an edited config, --total-timesteps, or another config of the same "
+                "name), and would be reported under today's settings; relaunch with --new-folder to write this "
+                "sweep into a folder of its own, or give another --results-dir:\n"
+                + "\n".join(f"{name}: {differences}" for name, differences in self.conflicts.items()))
+
+
+def check_run_folders(sweep_dir: Path, runs: list[RunSpec], agent: AgentEntry) -> FolderCheck:
+    """Compare each run's folder with what the run trains now: a record (finished or not) made with other options is
+    a conflict (never reused, resumed or deleted), one whose config.json or summary.json cannot be read is damaged
+    (kept and reported, never retrained over)."""
+    conflicts, damaged = {}, {}
+    for run in runs:
+        run_dir = sweep_dir / run.name
+        if problem := record_damage(run_dir):
+            damaged[run.name] = problem
+            continue
+        if (run_dir / "config.json").exists():
+            recorded = json.loads((run_dir / "config.json").read_text())["config"]
+            if differences := config_differences(recorded, run_settings(run, agent), "record"):
+                conflicts[run.name] = "; ".join(differences)
+    return FolderCheck(conflicts, damaged)
 
 
 def per_member_options(run: RunSpec, agent: AgentEntry) -> dict[str, tuple[str, ...]]:
@@ -718,8 +741,8 @@ def execute_population(argv: list[str], run_dirs: list[str], env: dict[str, str]
                                             f"{run_dirs[0] / 'output.log'}\n")
     start = time.time()
     with open_run_log(run_dirs[0] / "output.log", resume, "population resumed by the sweep launcher") as log:
-        returncode = subprocess.run(argv + ["--resume"] * resume, cwd=cwd, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, preexec_fn=stop_with_parent,
+        returncode = subprocess.run(argv + ["--resume"] * resume, cwd=cwd, env=locked_env(env, pass_fds),
+                                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=stop_with_parent,
                                     pass_fds=pass_fds).returncode
     summaries = []
     for run_dir in run_dirs:
@@ -797,7 +820,13 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
     """Run every unfinished run of `runs`; returns {run name: summary} for all of them (skipped ones included)."""
     sweep_dir = options.results_dir.resolve() / sweep.name
     extra = options.extra_args + (("--track", "--wandb-group", sweep.name) if options.track else ())
-    summaries = {run.name: read_summary(sweep_dir / run.name) for run in runs}
+    folders = check_run_folders(sweep_dir, runs, sweep.agent)
+    if folders.conflicts:
+        raise RecordConflict(folders.conflict_message(sweep_dir))
+    for name, problem in folders.damaged.items():
+        report(f"{name}: skipped, its record is damaged ({problem}); it is kept as it is: move the folder away to "
+               "train the run again")
+    summaries = {run.name: read_summary(sweep_dir / run.name) for run in runs if run.name not in folders.damaged}
     done = {name: summary for name, summary in summaries.items() if summary and summary.get("status") == "finished"}
     if options.records_dir is not None:
         recorded = recorded_runs(options.records_dir, [run for run in runs if run.name not in done], sweep.agent)
@@ -805,7 +834,7 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
             report(f"{len(recorded)} run(s) counted as finished from their records in {options.records_dir} "
                    "(their folders here hold no finished run)")
         done.update(recorded)
-    pending = [run for run in runs if run.name not in done]
+    pending = [run for run in runs if run.name not in done and run.name not in folders.damaged]
     gpus = visible_gpus() if options.use_gpus else []
     slots = assign_gpus(len(gpus), options.runs_per_gpu) if gpus else []
     workers = options.workers or len(slots) or os.cpu_count() or 1
@@ -813,7 +842,7 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
            f"on {workers} worker(s) ({options.backend}{', GPUs ' + ','.join(gpus) if gpus else ', CPU'})")
 
     base_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    results = dict(done)
+    results = {**done, **{name: {"status": "damaged", "error": problem} for name, problem in folders.damaged.items()}}
     counter = itertools.count(len(done) + 1)
 
     def export_record(names: set[str]) -> None:

@@ -61,14 +61,17 @@ from optuna.trial import TrialState
 
 from .analysis import iqm
 from .runs import (
+    LOCK_DIR,
     atomic_write,
     check_results_dir,
     is_safe_name,
+    lock_runs,
+    locked_env,
     read_summary,
+    release_runs,
     write_json_atomic,
 )
 from .sweep import (
-    LOCK_DIR,
     RESERVED_FLAGS,
     AgentEntry,
     RunSpec,
@@ -76,12 +79,10 @@ from .sweep import (
     agent_flags,
     check_run_arguments,
     flag_problem,
-    lock_runs,
     open_run_log,
     population_argv,
     prepare_run_folders,
     read_config,
-    release_runs,
     stop_with_parent,
     trains_in_population,
 )
@@ -490,8 +491,8 @@ def run_trial(config: TuneConfig, trial: optuna.Trial, params: dict[str, Any], t
 
 def _start(argv: list[str], run_dir: Path, env: dict[str, str], resume: bool, locks: list[int]) -> subprocess.Popen:
     with open_run_log(run_dir / "output.log", resume, "resumed by the tuner") as log:
-        return subprocess.Popen(argv + ["--resume"] * resume, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=stop_with_parent, pass_fds=tuple(locks))
+        return subprocess.Popen(argv + ["--resume"] * resume, env=locked_env(env, locks), stdout=log,
+                                stderr=subprocess.STDOUT, preexec_fn=stop_with_parent, pass_fds=tuple(locks))
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import tyro
 
-from alphagrad_rl.runs import checkpoint_manifests, read_run
-from alphagrad_rl.sweep import LOCK_DIR
+from alphagrad_rl.runs import LOCK_DIR, checkpoint_manifests, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

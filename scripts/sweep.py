@@ -28,6 +28,7 @@ from alphagrad_rl.sweep import (
     RecordConflict,
     SweepConfigError,
     arm_table,
+    check_run_folders,
     describe_plan,
     filter_runs,
     launch,
@@ -36,6 +37,7 @@ from alphagrad_rl.sweep import (
     plan_jobs,
     progress_summary,
     recorded_runs,
+    settings_digest,
     sweep_progress,
 )
 
@@ -89,12 +91,16 @@ class Args:
     run (a fresh clone, another machine): relaunching trains only the rest"""
     export_wandb: Path | None = None
     """write one W&B grid-sweep config per arm into this folder (for `wandb sweep`) and exit"""
+    new_folder: bool = False
+    """where run folders of the sweep hold records made with other options (an edited config, another
+    --total-timesteps), write the sweep into <results_dir>/<name>@<digest of its settings> instead of refusing (the
+    same settings find the same folder again, so a relaunch resumes it)"""
 
 
 def main(args: Args) -> int:
     try:
         sweep = load_sweep(args.config, sweep_registry())
-        runs = filter_runs(sweep.runs, args.arms, args.seeds)
+        filter_runs(sweep.runs, args.arms, args.seeds)  # an unknown arm or seed: refused before anything else
     except SweepConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -115,13 +121,20 @@ def main(args: Args) -> int:
         if args.total_timesteps <= 0:
             print(f"error: invalid --total-timesteps {args.total_timesteps} (allowed: > 0)", file=sys.stderr)
             return 2
-        runs = override_flag(runs, "total-timesteps", args.total_timesteps)
+        sweep.runs = override_flag(sweep.runs, "total-timesteps", args.total_timesteps)
     if args.checkpoint_interval_s is not None:
         if args.checkpoint_interval_s < 0:
             print(f"error: invalid --checkpoint-interval-s {args.checkpoint_interval_s} (allowed: >= 0)",
                   file=sys.stderr)
             return 2
-        runs = override_flag(runs, "checkpoint-interval-s", args.checkpoint_interval_s)
+        sweep.runs = override_flag(sweep.runs, "checkpoint-interval-s", args.checkpoint_interval_s)
+    runs = filter_runs(sweep.runs, args.arms, args.seeds)
+    folders = check_run_folders(args.results_dir / sweep.name, runs, sweep.agent)
+    if folders.conflicts and args.new_folder:
+        sweep.name = f"{sweep.name}@{settings_digest(sweep.runs, sweep.agent)}"
+        print(f"run folders of {args.results_dir / sweep.name.split('@')[0]} hold other settings: this sweep's runs "
+              f"go to {args.results_dir / sweep.name}")
+        folders = check_run_folders(args.results_dir / sweep.name, runs, sweep.agent)
     if args.export_wandb is not None:
         import yaml
 
@@ -148,11 +161,14 @@ def main(args: Args) -> int:
         except RecordConflict as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        progress = sweep_progress(args.results_dir / sweep.name, runs, sweep.agent, recorded)
+        progress = sweep_progress(args.results_dir / sweep.name, runs, sweep.agent, recorded, folders)
         width = max(len(p.describe()) for p in progress)
         for run, p in zip(runs, progress):
             print(f"{run.name:50s} {p.describe():{width}s} {' '.join(run.flag_args())}")
         print(progress_summary(progress, args.workers or os.cpu_count() or 1))
+        if folders.conflicts:
+            print(f"error: {folders.conflict_message(args.results_dir / sweep.name)}", file=sys.stderr)
+            return 2
         pending = [run for run, p in zip(runs, progress) if p.state != "finished"]
         if pending:
             print(describe_plan(plan_jobs(sweep, pending, args.results_dir.resolve() / sweep.name, options, print)))

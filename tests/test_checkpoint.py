@@ -26,10 +26,10 @@ from agents import dqn, dqn_population, td3_continuous_action
 from alphagrad_rl import experiment
 from alphagrad_rl import population as population_module
 from alphagrad_rl.buffers import ReplayBuffer
-from alphagrad_rl.checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted, _decode, _encode, config_differences
+from alphagrad_rl.checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted, _decode, _encode
 from alphagrad_rl.envs import env_state, restore_env_state
 from alphagrad_rl.factory import OptimizerSpec
-from alphagrad_rl.runs import read_run, wait_past_event_files
+from alphagrad_rl.runs import config_differences, read_run, wait_past_event_files
 
 ROOT = Path(__file__).resolve().parents[1]
 # checkpoint every CHECKPOINT_EVERY[agent] steps; the simulated crash comes CRASH_AFTER steps after the second one

@@ -290,10 +290,21 @@ def test_every_run_is_checked_by_the_agent_before_anything_starts(tmp_path, arms
 
 
 def test_grid_values_become_safe_run_names(tmp_path):
-    path = write_config(tmp_path, arms={"adam": {}}, parameters={**TINY, "seed": {"values": [1]},
-                                                                  "exp-name": {"values": ["../../x", "a/b"]}})
-    assert [run.name for run in load_sweep(path, REGISTRY).runs] == ["adam__exp-name=..-..-x__s1",
-                                                                      "adam__exp-name=a-b__s1"]
+    path = write_config(tmp_path, arms={"sgd": {"optim.name": "custom"}},
+                        parameters={**TINY, "seed": {"values": [1]},
+                                    "optim.target": {"values": ["torch.optim:SGD", "torch.optim:ASGD"]}})
+    assert [run.name for run in load_sweep(path, REGISTRY).runs] == ["sgd__optim.target=torch.optim-SGD__s1",
+                                                                      "sgd__optim.target=torch.optim-ASGD__s1"]
+
+
+@pytest.mark.parametrize("parameters", [
+    {"optim.lr": {"values": ["1e-3", 0.001]}},  # YAML reads 1e-3 as text: two spellings of one value
+    {"exp-name": {"values": ["a", "b"]}},  # a label: the runs train the same options
+])
+def test_runs_that_train_the_same_options_are_refused(tmp_path, parameters):
+    path = write_config(tmp_path, arms={"adam": {}}, parameters={**TINY, "seed": {"values": [1]}, **parameters})
+    with pytest.raises(SweepConfigError, match="train the same options as the agent reads them"):
+        load_sweep(path, REGISTRY)
 
 
 def test_population_packing_groups_runs_that_differ_in_seed_and_alphagrad_values(tmp_path):
