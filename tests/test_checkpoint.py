@@ -204,6 +204,18 @@ def test_resume_of_a_finished_run_is_refused_and_its_record_kept(keep_checkpoint
     assert {path: path.read_bytes() for path in (tmp_path / "done").rglob("*") if path.is_file()} == before
 
 
+@pytest.mark.parametrize("damaged", ["summary.json", "config.json"])
+def test_resume_of_a_damaged_record_is_refused_and_the_record_kept(damaged, tmp_path):
+    """A finished run whose summary.json was damaged was taken for one that never started: --resume warned once,
+    deleted the record and trained again."""
+    dqn.main(checkpoint_args("dqn", tmp_path, "done", total_timesteps=300))
+    (tmp_path / "done" / damaged).write_text('{"status": "fini')
+    before = {path: path.read_bytes() for path in (tmp_path / "done").rglob("*") if path.is_file()}
+    with pytest.raises(ValueError, match=f"holds a damaged run record \\({damaged} is unreadable.*it is kept"):
+        dqn.main(checkpoint_args("dqn", tmp_path, "done", total_timesteps=300, resume=True))
+    assert {path: path.read_bytes() for path in (tmp_path / "done").rglob("*") if path.is_file()} == before
+
+
 def test_resume_without_a_checkpoint_refuses_changed_options_and_keeps_the_record(tmp_path, monkeypatch):
     crashed_run("dqn", tmp_path, monkeypatch, CHECKPOINT_EVERY["dqn"] // 2)  # before the first checkpoint
     before = {path: path.read_bytes() for path in (tmp_path / "cut").rglob("*") if path.is_file()}

@@ -539,6 +539,16 @@ def test_dqn_population_resumes_exactly(tmp_path, monkeypatch):
     assert_same_member_records(tmp_path, ["pop__m0", "pop__m1", "pop__m2"], 700)
 
 
+def test_a_population_whose_members_would_train_the_same_options_is_refused(tmp_path):
+    args = population_args(tmp_path, SPECS["adam"], total_timesteps=300)
+    with pytest.raises(ValueError, match="members pop__m0 and pop__m1 would train the same options \\(seed 1\\)"):
+        dqn_population.main(dataclasses.replace(args, seeds=(1, 1, 2)))
+    assert not list(tmp_path.iterdir())
+    alphas = dataclasses.replace(args, seeds=(1, 1, 2), optim=SPECS["alphagrad"], alphas=(93.0, 186.0, 93.0),
+                                 run_name="alphas")
+    assert [s["status"] for s in dqn_population.main(alphas)] == ["finished"] * 3  # one seed, two alphas: two runs
+
+
 def test_population_resume_refuses_other_members_and_finished_populations(tmp_path, monkeypatch):
     from test_checkpoint import SimulatedCrash, crash_at_env_step
 

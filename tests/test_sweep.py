@@ -857,3 +857,116 @@ def test_ray_backend_runs_a_two_run_sweep(tmp_path):
     results = launch(sweep, sweep.runs, options, report=quiet)
     assert {name: s["status"] for name, s in results.items()} == {"adam__s1": "finished", "alphagrad-93__s1": "finished"}
     assert json.loads((tmp_path / "runs" / "tiny" / "adam__s1" / "summary.json").read_text())["episodes"] > 0
+
+
+# ---- integrity: a record says exactly what it trained ----
+
+def sweep_cli(argv: list[str]) -> int:
+    """scripts/sweep.py's main, in-process."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import sweep as sweep_script
+
+    return sweep_script.main(sweep_script.tyro.cli(sweep_script.Args, args=argv))
+
+
+def fingerprint(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("edit", ["config", "total-timesteps", "same name"])
+def test_a_relaunch_under_other_settings_is_refused_and_new_folder_trains_them_apart(tmp_path, edit, capsys):
+    """An edited config, a --total-timesteps override or another config with the same name: the finished runs were
+    counted as done and reported under the new settings; now the launch (and the dry run) refuses naming each
+    difference, nothing is touched, and --new-folder trains the new settings in a folder of their own."""
+    path = write_config(tmp_path, arms={"alphagrad-93": {"optim.name": "alphagrad", "optim.alpha": 93}},
+                        parameters={**TINY, "seed": {"values": [1]}})
+    base = [str(path), "--results-dir", str(tmp_path / "runs"), "--workers", "1", "--no-gpus"]
+    assert sweep_cli(base) == 0
+    sweep_dir = tmp_path / "runs" / "tiny"
+    before = fingerprint(sweep_dir)
+    extra, difference = [], "optim.alpha: 93.0 (record) != 50.0 (now)"
+    if edit == "config":
+        path = write_config(tmp_path, arms={"alphagrad-93": {"optim.name": "alphagrad", "optim.alpha": 50}},
+                            parameters={**TINY, "seed": {"values": [1]}})
+    elif edit == "total-timesteps":
+        extra, difference = ["--total-timesteps", "500"], "total_timesteps: 400 (record) != 500 (now)"
+    else:  # another experiment that reuses the name "tiny" and the arm name
+        path = write_config(tmp_path, arms={"alphagrad-93": {"optim.name": "alphagrad", "optim.alpha": 93}},
+                            parameters={**TINY, "seed": {"values": [1]}, "gamma": {"value": 0.9}})
+        difference = "gamma: 0.99 (record) != 0.9 (now)"
+    capsys.readouterr()
+    for dry in (["--dry-run"], []):
+        assert sweep_cli([*base, *extra, *dry]) == 2
+        err = capsys.readouterr().err
+        assert "hold records made with other options" in err and f"alphagrad-93__s1: {difference}" in err, err
+    assert fingerprint(sweep_dir) == before  # nothing reused, resumed or touched
+
+    assert sweep_cli([*base, *extra, "--new-folder"]) == 0
+    out = capsys.readouterr().out
+    moved = [folder for folder in (tmp_path / "runs").iterdir() if folder.name.startswith("tiny@")]
+    assert len(moved) == 1 and f"go to {moved[0]}" in out
+    assert read_summary(moved[0] / "alphagrad-93__s1")["status"] == "finished"
+    assert fingerprint(sweep_dir) == before
+    assert sweep_cli([*base, *extra, "--new-folder"]) == 0  # the same settings find the same folder: nothing to train
+    assert "1/1 runs finished" in capsys.readouterr().out
+    assert [folder.name for folder in (tmp_path / "runs").iterdir() if folder.name.startswith("tiny@")] == [moved[0].name]
+
+
+@pytest.mark.parametrize("damage", ["garbled summary", "summary without status", "garbled config"])
+def test_a_damaged_finished_record_is_reported_and_kept_not_retrained(tmp_path, damage):
+    path = write_config(tmp_path, parameters={**TINY, "seed": {"values": [1]}})
+    sweep = load_sweep(path, REGISTRY)
+    options = LaunchOptions(results_dir=tmp_path / "runs", workers=1, use_gpus=False)
+    launch(sweep, sweep.runs, options, report=quiet)
+    run_dir = tmp_path / "runs" / "tiny" / "adam__s1"
+    target = run_dir / ("config.json" if damage == "garbled config" else "summary.json")
+    target.write_text('{"status": "finis' if damage != "summary without status" else '{"global_step": 400}')
+    before = fingerprint(run_dir)
+    said = []
+    results = launch(sweep, sweep.runs, options, report=said.append)
+    assert fingerprint(run_dir) == before  # kept byte for byte: not deleted, not retrained
+    assert results["adam__s1"]["status"] == "damaged"
+    assert any(message.startswith("adam__s1: skipped, its record is damaged") for message in said), said
+    assert results["alphagrad-93__s1"]["status"] == "finished"
+
+
+def test_resuming_a_run_that_another_process_trains_is_refused(tmp_path):
+    """The single-file agents took no lock: a --resume beside a running run trained both into one folder."""
+    argv = [sys.executable, "agents/dqn.py", "--total-timesteps", "2000000", "--learning-starts", "100",
+            "--results-dir", str(tmp_path), "--run-name", "busy", "--quiet", "--no-cuda"]
+    training = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: (tmp_path / "busy" / "summary.json").exists(), 60)
+        second = subprocess.run([*argv, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and "Traceback" not in second.stderr
+        assert second.stderr.strip() == (f"error: another process is training {tmp_path / 'busy'} (it holds "
+                                          f"{tmp_path / '.locks' / 'busy.lock'}): wait for it to end, or stop it "
+                                          "(SIGTERM saves a checkpoint) and resume the run then")
+        assert training.poll() is None and run_status(tmp_path / "busy") == "running"
+    finally:
+        training.terminate()
+        training.wait(60)
+    assert run_status(tmp_path / "busy") == "interrupted"  # the first run's record is its own
+
+
+def test_a_population_member_cannot_be_resumed_alone(tmp_path):
+    """Resuming one population member with the single-file agent wiped its record and left the population
+    unresumable; now it is refused and the record kept."""
+    population = [sys.executable, "agents/dqn_population.py", "--total-timesteps", "2000000", "--learning-starts",
+                  "100", "--results-dir", str(tmp_path), "--seeds", "1", "2", "--run-names", "m1", "m2",
+                  "--quiet", "--no-cuda"]
+    process = subprocess.Popen(population, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: (tmp_path / "m2" / "summary.json").exists(), 60)
+        time.sleep(1.0)
+    finally:
+        process.terminate()
+        process.wait(60)
+    assert run_status(tmp_path / "m2") == "interrupted"
+    before = fingerprint(tmp_path / "m2")
+    single = subprocess.run([sys.executable, "agents/dqn.py", "--total-timesteps", "2000000", "--learning-starts",
+                             "100", "--results-dir", str(tmp_path), "--run-name", "m2", "--seed", "2", "--resume",
+                             "--quiet", "--no-cuda"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert single.returncode == 1 and "Traceback" not in single.stderr
+    assert "was trained as one of a population of 2 runs: resume it with its population" in single.stderr
+    assert fingerprint(tmp_path / "m2") == before
