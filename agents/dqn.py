@@ -24,6 +24,7 @@ from alphagrad_rl.experiment import (
     seed_everything,
     select_device,
     start_run,
+    stop_if_nonfinite,
     update_diagnostics,
 )
 from alphagrad_rl.factory import OptimizerSpec, make_alpha_scheduler, make_optimizer
@@ -164,6 +165,7 @@ def main(args: Args) -> dict:
                         td_target = data.rewards.flatten() + args.gamma * target_max * (1 - data.terminations.flatten())
                     old_val = q_network(data.observations).gather(1, data.actions.view(-1, 1)).squeeze(1)
                     loss = F.mse_loss(td_target, old_val)
+                    stop_if_nonfinite(loss, "TD loss", global_step)
 
                     optimizer.zero_grad()
                     loss.backward()

@@ -29,6 +29,8 @@ from alphagrad_rl.experiment import (
     seed_everything,
     select_device,
     start_run,
+    stop_if_nonfinite,
+    stop_if_nonfinite_parameters,
     update_diagnostics,
 )
 from alphagrad_rl.factory import OptimizerSpec, make_alpha_scheduler, make_optimizer
@@ -190,9 +192,10 @@ class Batch(NamedTuple):
 
 
 def update(agent: Agent, optimizer: torch.optim.Optimizer, alpha_scheduler, args: Args, batch: Batch,
-           updates: int) -> tuple[int, dict]:
-    """PPO's update epochs on one rollout (minibatch order from np.random, as CleanRL's): the optimizer step count
-    so far, and the values logged (the last minibatch's losses, the iteration's clip fraction, diagnostics)."""
+           updates: int, global_step: int) -> tuple[int, dict]:
+    """PPO's update epochs on the rollout that ends at env step `global_step` (minibatch order from np.random, as
+    CleanRL's): the optimizer step count so far, and the values logged (the last minibatch's losses, the iteration's
+    clip fraction, diagnostics)."""
     batch_size = len(batch.logprobs)
     minibatch_size = batch_size // args.num_minibatches
     b_inds = np.arange(batch_size)
@@ -234,6 +237,7 @@ def update(agent: Agent, optimizer: torch.optim.Optimizer, alpha_scheduler, args
 
             entropy_loss = entropy.mean()
             loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+            stop_if_nonfinite(loss, "PPO loss", global_step)
 
             optimizer.zero_grad()
             loss.backward()
@@ -243,6 +247,7 @@ def update(agent: Agent, optimizer: torch.optim.Optimizer, alpha_scheduler, args
             diagnose = args.diagnostics_interval > 0 and updates % args.diagnostics_interval == 0
             with update_diagnostics(optimizer, "agent", diagnose) as step_diagnostics:
                 optimizer.step()
+            stop_if_nonfinite_parameters(agent, "PPO agent", global_step)
             diagnostics.update(step_diagnostics)
             if alpha_scheduler is not None:
                 alpha_scheduler.step()
@@ -351,7 +356,7 @@ def main(args: Args) -> dict:
             batch = Batch(obs.reshape((-1,) + envs.single_observation_space.shape), logprobs.reshape(-1),
                           actions.reshape((-1,) + envs.single_action_space.shape), advantages.reshape(-1),
                           returns.reshape(-1), values.reshape(-1))
-            updates, losses = update(agent, optimizer, alpha_scheduler, args, batch, updates)
+            updates, losses = update(agent, optimizer, alpha_scheduler, args, batch, updates, global_step)
 
             y_pred, y_true = batch.values.cpu().numpy(), batch.returns.cpu().numpy()
             var_y = np.var(y_true)

@@ -26,6 +26,7 @@ from alphagrad_rl.experiment import (
     seed_everything,
     select_device,
     start_run,
+    stop_if_nonfinite,
     update_diagnostics,
 )
 from alphagrad_rl.factory import OptimizerSpec, make_alpha_scheduler, make_optimizer
@@ -214,6 +215,7 @@ def main(args: Args) -> dict:
                 qf1_loss = F.mse_loss(qf1_a_values, next_q_value)
                 qf2_loss = F.mse_loss(qf2_a_values, next_q_value)
                 qf_loss = qf1_loss + qf2_loss
+                stop_if_nonfinite(qf_loss, "critic loss", global_step)
 
                 # optimize the model
                 q_optimizer.zero_grad()
@@ -225,6 +227,7 @@ def main(args: Args) -> dict:
 
                 if global_step % args.policy_frequency == 0:
                     actor_loss = -qf1(data.observations, actor(data.observations)).mean()
+                    stop_if_nonfinite(actor_loss, "actor loss", global_step)
                     actor_optimizer.zero_grad()
                     actor_loss.backward()
                     actor_updates += 1

@@ -24,6 +24,7 @@ from .checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted
 from .envs import check_env
 from .factory import OptimizerSpec, custom_sources, make_alpha_scheduler, make_optimizer, optimizer_specs
 from .runs import (
+    NonFiniteTraining,
     RunRecord,
     check_results_dir,
     check_run_name,
@@ -116,6 +117,21 @@ def check_positive(args: object, *names: str) -> None:
     for name in names:
         if getattr(args, name) <= 0:
             raise ValueError(f"invalid {name}: {getattr(args, name)} (allowed: > 0)")
+
+
+def stop_if_nonfinite(loss: torch.Tensor, name: str, step: int) -> None:
+    """Stop the run at env step `step` when `loss` is NaN or inf (NonFiniteTraining: recorded "crashed", the step and
+    the loss named), before the optimizer writes it into the parameters."""
+    if not bool(torch.isfinite(loss).all()):
+        raise NonFiniteTraining(f"non-finite {name} ({loss.detach().flatten()[0].item()}) at step {step}")
+
+
+def stop_if_nonfinite_parameters(module: torch.nn.Module, name: str, step: int) -> None:
+    """As stop_if_nonfinite, for a network whose step overflowed its parameters to NaN or inf (a policy whose next
+    forward pass would fail inside torch.distributions)."""
+    norms = torch._foreach_norm([p.detach() for p in module.parameters()])
+    if not bool(torch.stack(norms).isfinite().all()):
+        raise NonFiniteTraining(f"non-finite {name} parameters (nan or inf) at step {step}")
 
 
 def seed_everything(seed: int, torch_deterministic: bool) -> None:
@@ -251,3 +267,5 @@ def cli(main: Callable, args_type: type, argv: list[str] | None = None) -> None:
     except RunInterrupted as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         sys.exit(128 + stop.signum)
+    except NonFiniteTraining as error:
+        sys.exit(f"error: {error}: the run stopped and is recorded as crashed")

@@ -391,6 +391,11 @@ def wait_past_event_files(run_dir: Path) -> None:
         time.sleep(max(0.0, max(seconds) + 1 - time.time()))
 
 
+class NonFiniteTraining(RuntimeError):
+    """A loss turned NaN or inf: the run stops, recorded "crashed" with this message (the step and the loss) as its
+    error, the rule a population applies to each member (alphagrad_rl.population.crashed_members)."""
+
+
 FLUSH_INTERVAL_S = 1.0  # metrics.jsonl is flushed at most this often while training (and at every checkpoint and
 # at the end); a flush per row cost a population of 10 DQN runs ~4% of its time
 
@@ -594,6 +599,8 @@ class RunRecord:
             self.finish("finished")
         elif issubclass(exc_type, KeyboardInterrupt):
             self.finish("interrupted", error=str(exc) or "KeyboardInterrupt")
+        elif issubclass(exc_type, NonFiniteTraining):
+            self.finish("crashed", error=str(exc))
         else:
             self.finish("crashed", error="".join(traceback.format_exception(exc_type, exc, tb)))
         return False

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import gymnasium as gym
@@ -11,10 +12,10 @@ import torch
 
 from agents import dqn, ppo_continuous_action, td3_continuous_action
 from alphagrad import AGR
-from alphagrad_rl.analysis import frozen_update_fraction
+from alphagrad_rl.analysis import frozen_update_fraction, load_runs
 from alphagrad_rl.envs import finished_episodes, make_vector_env, true_next_obs
 from alphagrad_rl.factory import OptimizerSpec
-from alphagrad_rl.runs import read_run
+from alphagrad_rl.runs import NonFiniteTraining, read_run, read_summary
 
 
 def dqn_args(tmp_path, **overrides):
@@ -309,12 +310,15 @@ def test_bad_input_is_rejected_before_a_run_starts(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_crash_is_recorded_with_traceback(tmp_path):
-    args = dqn_args(tmp_path, optim=OptimizerSpec(name="alphagrad", alpha=10.0, lr=1e30))  # diverges: NaN gradients
-    with pytest.raises(ValueError, match="non-finite gradient"):
-        dqn.main(args)
+def test_crash_is_recorded_with_traceback(tmp_path, monkeypatch):
+    def broken_step(self, closure=None):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(torch.optim.Adam, "step", broken_step)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        dqn.main(dqn_args(tmp_path))
     summary = json.loads((tmp_path / "dqn" / "summary.json").read_text())
-    assert summary["status"] == "crashed" and "Traceback" in summary["error"]
+    assert summary["status"] == "crashed" and "Traceback" in summary["error"] and "out of memory" in summary["error"]
 
 
 @pytest.mark.slow
@@ -349,3 +353,19 @@ def test_halfcheetah_v4_and_v5_are_the_same_environment_step_for_step():
                 assert np.array_equal(obs4, obs5)
                 resets += 1
         assert resets == 2
+
+
+@pytest.mark.parametrize("name", ["dqn", "td3", "ppo"])
+def test_a_diverged_run_is_crashed_with_its_step_and_cause_as_a_population_records_it(name, tmp_path):
+    """Adam at lr 1e30 turns the loss inf/NaN: the single-file agents recorded such a run "finished" with a final
+    return, the population agents "crashed"; now both stop it with the step and the loss named."""
+    module, make_args, _ = AGENTS[name]
+    spec = OptimizerSpec(name="adam", lr=1e30)
+    specs = {"optim": spec} if name != "td3" else {"actor_optim": spec, "critic_optim": spec}
+    cause = r"non-finite (TD loss|critic loss|actor loss|PPO loss|PPO agent parameters) \([^)]*\) at step \d+"
+    with pytest.raises(NonFiniteTraining, match=cause):
+        module.main(make_args(tmp_path, **specs))
+    summary = read_summary(next(path for path in tmp_path.iterdir() if path.name != ".locks"))
+    assert summary["status"] == "crashed" and re.fullmatch(cause, summary["error"]), summary["error"]
+    run = load_runs(tmp_path)[0]
+    assert not run.included and run.reason_left_out.startswith("crashed: non-finite")

@@ -205,7 +205,7 @@ def ppo_single_file_updates(members, batch):
         seed_everything(member.seed, True)
         agent = ppo.Agent(envs)
         optimizer = make_optimizer(agent.named_parameters(), member.optim)
-        _, logged = ppo.update(agent, optimizer, None, member, ppo.Batch(*(part[i] for part in batch)), 0)
+        _, logged = ppo.update(agent, optimizer, None, member, ppo.Batch(*(part[i] for part in batch)), 0, 0)
         states.append(agent.state_dict())
         logs.append(logged)
     return states, logs
