@@ -39,7 +39,15 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .runs import COMPACT_SUFFIX, RESUME_MAY_CHANGE, flatten_config, is_added_later_default, read_run, write_compact_record
+from .runs import (
+    COMPACT_SUFFIX,
+    RESUME_MAY_CHANGE,
+    config_differences,
+    flatten_config,
+    is_added_later_default,
+    read_run,
+    write_compact_record,
+)
 
 SMOOTHING_EPISODES = 10
 SPIKE_FACTOR, SPIKE_WINDOW = 5.0, 20
@@ -263,17 +271,28 @@ def compact_record_path(out_dir: str | Path, run_name: str) -> Path:
 
 
 def export_records(sweep_dir: str | Path, out_dir: str | Path, final_window: int = 100,
-                   max_points: int = 1000, only: Collection[str] | None = None) -> list[Path]:
+                   max_points: int = 1000, only: Collection[str] | None = None, overwrite: bool = False) -> list[Path]:
     """Write a compact record (alphagrad_rl.runs.write_compact_record) of every finished or crashed run under
     `sweep_dir` (or of those named in `only`) into `out_dir`: every episode's return and length, the figure metrics
     (PANELS) thinned to at most `max_points` values each, and the per-run table row computed from the full record
-    (so the statistics of a report made from the compact records are those of the full ones). Returns the files
-    written."""
+    (so the statistics of a report made from the compact records are those of the full ones). A record already in
+    `out_dir` is refreshed only from a run of the same options: one of other options (another budget, another
+    environment, an edited arm) raises ValueError naming each, before anything is written, unless `overwrite`.
+    Returns the files written."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
+    runs = [run for run in _runs_in(sweep_dir, final_window, only) if run.status in ("finished", "crashed")]
+    if not overwrite:  # (a run still running or interrupted is exported once it ends)
+        conflicts = [f"{path}: {'; '.join(differences)}" for run in runs
+                     if (path := compact_record_path(out_dir, run.name)).exists()
+                     and (differences := config_differences(_recorded_config(path), run.header.get("config", {}),
+                                                            "committed"))]
+        if conflicts:
+            raise ValueError(f"{len(conflicts)} record(s) in {out_dir} were made from runs of other options than those "
+                             f"in {sweep_dir}, and exporting would overwrite them; write the report elsewhere "
+                             "(--output), or pass --overwrite to replace them:\n" + "\n".join(conflicts[:20])
+                             + (f"\n... and {len(conflicts) - 20} more" if len(conflicts) > 20 else ""))
     written = []
-    for run in _runs_in(sweep_dir, final_window, only):
-        if run.status not in ("finished", "crashed"):
-            continue  # still running or interrupted: exported once it ends
+    for run in runs:
         kept = [name for name in PANELS.get(run.algorithm, []) if name not in EPISODE_METRICS]
         counts = {name: sum(name in row for row in run.metrics) for name in kept}
         strides = {name: max(1, math.ceil(count / max_points)) for name, count in counts.items()}
@@ -293,6 +312,14 @@ def export_records(sweep_dir: str | Path, out_dir: str | Path, final_window: int
                              {"final_window": final_window, "row": run.row, "thinned": strides})
         written.append(path)
     return written
+
+
+def _recorded_config(path: Path) -> dict[str, Any]:
+    """The options a compact record was made with ({} when it cannot be read: then it counts as made with others)."""
+    try:
+        return read_run(path)["config"].get("config", {})
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 def _rounded(value: Any) -> Any:

@@ -191,6 +191,7 @@ def report_runs(runs: list[Run], sweep_dirs: Sequence[Path], out_dir: str | Path
     if not runs:
         raise ValueError("no run records (folders with config.json, or compact records) under "
                          + " or ".join(map(str, sweep_dirs)))
+    check_comparable(runs)
     order = natural_order([run.arm for run in runs], baseline)
     runs.sort(key=lambda run: (order.index(run.arm), run.seed, run.name))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,6 +205,21 @@ def report_runs(runs: list[Run], sweep_dirs: Sequence[Path], out_dir: str | Path
     report.write_text(_markdown(sweep_dirs, out_dir.name, runs, arms, claims, variant_comparisons(runs), figures,
                                 final_window, baseline))
     return report
+
+
+def check_comparable(runs: Sequence[Run]) -> None:
+    """Raise ValueError, naming each group, when `runs` trained different algorithms, environments or budgets: one
+    report compares arms only on the same task at the same budget (analyze such runs into separate reports)."""
+    groups: dict[tuple[str, str, int], list[str]] = {}
+    for run in runs:
+        if run.status != "unreadable":
+            key = (run.algorithm, run.env_id, int(run.summary.get("total_timesteps") or 0))
+            groups.setdefault(key, []).append(run.name)
+    if len(groups) > 1:
+        raise ValueError("these runs trained different tasks or budgets, which one report cannot compare; analyze each "
+                         "group apart (--output):\n" + "\n".join(
+                             f"{len(names)} run(s) of {algorithm} on {env_id} at {steps:,} steps (e.g. {names[0]})"
+                             for (algorithm, env_id, steps), names in sorted(groups.items())))
 
 
 def budget_text(runs) -> str:

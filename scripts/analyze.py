@@ -43,6 +43,9 @@ class Args:
     include: tuple[Path, ...] = ()
     """other sweeps' run records (folders of runs or of compact records) analyzed together with this sweep's and
     read where they are, e.g. the reproduction's runs at alphas a sensitivity slice leaves out"""
+    overwrite: bool = False
+    """replace compact records in <output>/records that were made from runs of other options (by default refused,
+    naming each: a quick sweep analyzed into a committed report's folder)"""
     variant: tuple[str, ...] = ()
     """SUFFIX=FOLDER: run records of the same arms under another condition (e.g. another MuJoCo version), analyzed
     as the variants <arm>-SUFFIX of their arms (adam-mujoco4 against adam)"""
@@ -73,7 +76,8 @@ def main(args: Args) -> int:
         records = args.sweep_dir
         if not from_records:
             records = output / "records"
-            written = export_records(args.sweep_dir, records, args.final_window, args.max_points)
+            written = export_records(args.sweep_dir, records, args.final_window, args.max_points,
+                                     overwrite=args.overwrite)
             print(f"{len(written)} compact records in {records}")
         sources = [records, *args.include]
         runs = load_runs(sources, args.final_window)

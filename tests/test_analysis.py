@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_run(sweep_dir: Path, name: str, algorithm: str, optimizer: str, alpha, seed: int, returns,
              status="finished", td_losses=None, env_id="HalfCheetah-v5", lr=None, saturation=(), population_size=None,
-             software=None, resumed_under=None, update_norms=(), spec_options=None, config_options=None):
+             software=None, resumed_under=None, update_norms=(), spec_options=None, config_options=None,
+             total_timesteps=None):
+    """A run record; its budget `total_timesteps` is by default the 1,000 steps of each episode in `returns`."""
     run_dir = sweep_dir / name
     run_dir.mkdir(parents=True)
     spec = {"name": optimizer, "alpha": alpha if alpha is not None else "auto", "lr": lr, **(spec_options or {})}
@@ -51,7 +53,7 @@ def make_run(sweep_dir: Path, name: str, algorithm: str, optimizer: str, alpha, 
     rows += [{"step": 120 * (i + 1), "time": i, "optimizer/actor/update_norm/fc.weight": v,
               "optimizer/actor/update_norm/fc.bias": 0.0} for i, v in enumerate(update_norms)]
     (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in sorted(rows, key=lambda r: r["step"])) + "\n")
-    summary = {"schema_version": SCHEMA_VERSION, "status": status, "total_timesteps": 1000 * len(returns),
+    summary = {"schema_version": SCHEMA_VERSION, "status": status, "total_timesteps": total_timesteps or 1000 * len(returns),
                "global_step": 1000 * len(returns), "wall_clock_s": 3600.0, "sps": 1000.0,
                "error": "Traceback ...\nValueError: boom" if status == "crashed" else None}
     if population_size:
@@ -290,7 +292,7 @@ def test_report_with_a_failed_run(tmp_path):
                  np.abs(learning_curve(300, rng, noise=120.0)), td_losses=np.r_[rng.uniform(0.5, 1.5, 300)],
                  env_id="CartPole-v1", population_size=1)
     make_run(sweep_dir, "alphagrad-93__s4", "dqn", "alphagrad", 93, 4, [10.0, 12.0], status="crashed",
-             env_id="CartPole-v1")
+             env_id="CartPole-v1", total_timesteps=200_000)
 
     report = write_report(sweep_dir, tmp_path / "report")
     text = report.read_text()
@@ -321,12 +323,13 @@ def test_runs_that_cannot_count_are_listed_with_the_reason(tmp_path):
     rng = np.random.default_rng(0)
     for seed in (1, 2, 3):
         make_run(sweep_dir, f"adam__s{seed}", "dqn", "adam", None, seed, learning_curve(480, rng), env_id="CartPole-v1")
-    make_run(sweep_dir, "adam__s4", "dqn", "adam", None, 4, [10.0, float("nan")], env_id="CartPole-v1")
+    make_run(sweep_dir, "adam__s4", "dqn", "adam", None, 4, [10.0, float("nan")], env_id="CartPole-v1",
+             total_timesteps=200_000)
     make_run(sweep_dir / "nested", "adam__s5", "dqn", "adam", None, 5, learning_curve(480, rng), env_id="CartPole-v1")
     make_run(sweep_dir, "adam__s6", "dqn", "adam", None, 6, learning_curve(480, rng), env_id="CartPole-v1")
     (sweep_dir / "adam__s6" / "config.json").write_text('{"schema_version": 1, "algo')  # cut short
     make_run(sweep_dir, "adam__s7", "dqn", "adam", None, 7, [10.0, 11.0], td_losses=[1.0] * 25 + [float("inf")],
-             env_id="CartPole-v1")
+             env_id="CartPole-v1", total_timesteps=200_000)
     metrics = sweep_dir / "adam__s7" / "metrics.jsonl"  # the run record writes non-finite values as strings
     metrics.write_text(metrics.read_text().replace("Infinity", '"inf"'))
 
@@ -776,3 +779,46 @@ def test_a_budget_below_the_authors_is_said_with_what_remains():
     note = _budget_note(runs("td3_continuous_action", 200_000))
     assert "the author trained td3_continuous_action for 500,000 steps, these runs for 200,000" in note
     assert "what remains is the same sweep at 500,000 steps" in note
+
+
+def test_a_report_refuses_runs_of_other_budgets_or_environments(tmp_path):
+    rng = np.random.default_rng(0)
+    for seed in (1, 2, 3):
+        make_run(tmp_path / "sweep", f"adam__s{seed}", "dqn", "adam", None, seed, learning_curve(480, rng),
+                 env_id="CartPole-v1")
+    make_run(tmp_path / "sweep", "alphagrad-93__s1", "dqn", "alphagrad", 93, 1, learning_curve(300, rng, episodes=2),
+             env_id="CartPole-v1")
+    with pytest.raises(ValueError, match=r"different tasks or budgets.*\n1 run\(s\) of dqn on CartPole-v1 at 2,000 steps "
+                                         r"\(e.g. alphagrad-93__s1\)\n3 run\(s\) of dqn on CartPole-v1 at 200,000 steps"):
+        write_report(tmp_path / "sweep", tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+
+
+def test_analyzing_a_quick_sweep_into_a_committed_report_is_refused(tmp_path, monkeypatch):
+    """`analyze.py <quick sweep of a paper config>` wrote its 2,000-step run over the committed 500,000-step record of
+    the same name and rebuilt the report from the mix; now nothing is written unless --overwrite."""
+    rng = np.random.default_rng(1)
+    committed = tmp_path / "results" / "paper"
+    for seed in (1, 2, 3):
+        make_run(tmp_path / "full", f"adam__s{seed}", "dqn", "adam", None, seed, learning_curve(480, rng),
+                 env_id="CartPole-v1", config_options={"total_timesteps": 200_000})
+    export_records(tmp_path / "full", committed / "records")
+    make_run(tmp_path / "quick", "adam__s1", "dqn", "adam", None, 1, learning_curve(100, rng, episodes=2),
+             env_id="CartPole-v1", config_options={"total_timesteps": 2000})
+    before = {path.name: path.read_bytes() for path in (committed / "records").iterdir()}
+    analyze = analyze_cli(monkeypatch)
+    assert analyze.main(analyze.Args(tmp_path / "quick", output=committed)) == 2
+    assert {path.name: path.read_bytes() for path in (committed / "records").iterdir()} == before
+    assert not (committed / "REPORT.md").exists()
+    assert analyze.main(analyze.Args(tmp_path / "quick", output=committed, overwrite=True)) == 2  # replaced, but then
+    # the report refuses to compare the 2,000-step run with the 200,000-step ones beside it
+
+
+def test_the_analysis_imports_neither_torch_nor_gymnasium():
+    """Analysis and reports run where only the records are (the run-record contract, runs.py, holds the rules of which
+    options change a run; checkpoint.py, which needs torch, is not imported)."""
+    code = ("import sys; import alphagrad_rl.analysis, alphagrad_rl.report, alphagrad_rl.claims, "
+            "alphagrad_rl.sensitivity, alphagrad_rl.runs; "
+            "print(sorted(m for m in ('torch', 'gymnasium', 'mujoco') if m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert completed.returncode == 0 and completed.stdout.strip() == "[]", completed.stdout + completed.stderr
