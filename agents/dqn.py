@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from alphagrad_rl.buffers import ReplayBuffer
 from alphagrad_rl.envs import evaluate_policy, finished_episodes, make_vector_env, true_next_obs
 from alphagrad_rl.experiment import (
+    INF,
     CommonArgs,
     check_common_args,
-    check_positive,
+    check_learning_budget,
     cli,
     seed_everything,
     select_device,
@@ -62,12 +63,17 @@ class Args(CommonArgs):
     """the frequency of training"""
 
 
+RANGES = {"num_envs": (1, INF, "[)"), "buffer_size": (1, INF, "[)"), "gamma": (0, 1, "[]"), "tau": (0, 1, "(]"),
+          "target_network_frequency": (1, INF, "[)"), "batch_size": (1, INF, "[)"), "start_e": (0, 1, "[]"),
+          "end_e": (0, 1, "[]"), "exploration_fraction": (0, 1, "(]"), "learning_starts": (0, INF, "[)"),
+          "train_frequency": (1, INF, "[)")}
+
+
 def check_args(args: Args) -> None:
-    check_common_args(args, args.env_id, args.total_timesteps, gym.spaces.Discrete, "DQN")
-    check_positive(args, "num_envs", "buffer_size", "target_network_frequency", "batch_size", "train_frequency")
-    if not (0.0 < args.tau <= 1.0 and 0.0 <= args.gamma <= 1.0 and 0.0 < args.exploration_fraction <= 1.0):
-        raise ValueError("tau must be in (0, 1], gamma in [0, 1], exploration_fraction in (0, 1] (got "
-                         f"tau={args.tau}, gamma={args.gamma}, exploration_fraction={args.exploration_fraction})")
+    check_common_args(args, args.env_id, gym.spaces.Discrete, "DQN", RANGES)
+    check_learning_budget(args)
+    if args.end_e > args.start_e:
+        raise ValueError(f"invalid end_e: {args.end_e} (allowed: at most start_e, {args.start_e}: epsilon decays)")
 
 
 def make_env(env_id: str, seed: int, idx: int):

@@ -22,9 +22,9 @@ from torch.distributions.normal import Normal
 
 from alphagrad_rl.envs import evaluate_policy, finished_episodes, make_vector_env
 from alphagrad_rl.experiment import (
+    INF,
     CommonArgs,
     check_common_args,
-    check_positive,
     cli,
     seed_everything,
     select_device,
@@ -77,17 +77,20 @@ class Args(CommonArgs):
     """the target KL divergence threshold"""
 
 
+RANGES = {"num_envs": (1, INF, "[)"), "num_steps": (1, INF, "[)"), "gamma": (0, 1, "[]"), "gae_lambda": (0, 1, "[]"),
+          "num_minibatches": (1, INF, "[)"), "update_epochs": (1, INF, "[)"), "clip_coef": (0, INF, "()"),
+          "ent_coef": (0, INF, "[)"), "vf_coef": (0, INF, "()"), "max_grad_norm": (0, INF, "()"),
+          "target_kl": (0, INF, "()")}
+
+
 def check_args(args: Args) -> None:
-    check_common_args(args, args.env_id, args.total_timesteps, gym.spaces.Box, "PPO")
-    check_positive(args, "num_envs", "num_steps", "num_minibatches", "update_epochs")
-    if args.max_grad_norm is not None:
-        check_positive(args, "max_grad_norm")
+    check_common_args(args, args.env_id, gym.spaces.Box, "PPO", RANGES)
     if (args.num_envs * args.num_steps) % args.num_minibatches:
         raise ValueError(f"num_envs * num_steps ({args.num_envs * args.num_steps}) must be divisible by "
                          f"num_minibatches ({args.num_minibatches})")
-    if not (0.0 <= args.gamma <= 1.0 and 0.0 <= args.gae_lambda <= 1.0 and args.clip_coef > 0):
-        raise ValueError("gamma and gae_lambda must be in [0, 1], clip_coef > 0 (got "
-                         f"gamma={args.gamma}, gae_lambda={args.gae_lambda}, clip_coef={args.clip_coef})")
+    if args.total_timesteps < args.num_envs * args.num_steps:
+        raise ValueError(f"invalid total_timesteps: {args.total_timesteps} (allowed: at least one rollout, num_envs * "
+                         f"num_steps = {args.num_envs * args.num_steps}: the run would never update)")
 
 
 def make_env(env_id: str, gamma: float):

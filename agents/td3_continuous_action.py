@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from alphagrad_rl.buffers import ReplayBuffer
 from alphagrad_rl.envs import evaluate_policy, finished_episodes, make_vector_env, true_next_obs
 from alphagrad_rl.experiment import (
+    INF,
     CommonArgs,
     check_common_args,
-    check_positive,
+    check_learning_budget,
     cli,
     seed_everything,
     select_device,
@@ -64,14 +65,14 @@ class Args(CommonArgs):
     """noise clip parameter of the Target Policy Smoothing Regularization (times the action scale)"""
 
 
+RANGES = {"num_envs": (1, INF, "[)"), "buffer_size": (1, INF, "[)"), "gamma": (0, 1, "[]"), "tau": (0, 1, "(]"),
+          "batch_size": (1, INF, "[)"), "policy_noise": (0, INF, "[)"), "exploration_noise": (0, INF, "[)"),
+          "learning_starts": (0, INF, "[)"), "policy_frequency": (1, INF, "[)"), "noise_clip": (0, INF, "[)")}
+
+
 def check_args(args: Args) -> None:
-    check_common_args(args, args.env_id, args.total_timesteps, gym.spaces.Box, "TD3")
-    check_positive(args, "num_envs", "buffer_size", "batch_size", "policy_frequency")
-    if not (0.0 < args.tau <= 1.0 and 0.0 <= args.gamma <= 1.0):
-        raise ValueError(f"tau must be in (0, 1] and gamma in [0, 1] (got tau={args.tau}, gamma={args.gamma})")
-    if min(args.policy_noise, args.exploration_noise, args.noise_clip) < 0:
-        raise ValueError("policy_noise, exploration_noise and noise_clip must be >= 0 (got "
-                         f"{args.policy_noise}, {args.exploration_noise}, {args.noise_clip})")
+    check_common_args(args, args.env_id, gym.spaces.Box, "TD3", RANGES)
+    check_learning_budget(args)
 
 
 def make_env(env_id: str, seed: int, idx: int):

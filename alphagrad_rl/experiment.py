@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import sys
 import time
@@ -19,6 +20,7 @@ import tyro
 from torch.optim import Optimizer
 
 from alphagrad import AlphaGrad
+from alphagrad._validation import check_range
 
 from .checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted
 from .envs import check_env
@@ -86,18 +88,37 @@ class CommonArgs:
     """keep the checkpoints of a finished run (by default only unfinished runs keep theirs)"""
 
 
-def check_common_args(args: CommonArgs, env_id: str, total_timesteps: int, action_space_type: type,
-                      algorithm: str) -> None:
-    """Reject bad input with a clear message before anything is built (`algorithm` names the agent in messages)."""
+INF = math.inf
+# Each numeric option's allowed interval: name -> (low, high, brackets), "[" / "]" closed, "(" / ")" open; checked by
+# check_ranges (NaN and non-numbers never pass). Each agent's RANGES adds its own; a test checks that every numeric
+# option of every agent is listed.
+COMMON_RANGES = {
+    "seed": (0, 2**32 - 1, "[]"),  # numpy's seeds
+    "total_timesteps": (1, INF, "[)"),
+    "eval_episodes": (0, INF, "[)"),
+    "diagnostics_interval": (0, INF, "[)"),
+    "checkpoint_interval_s": (0, INF, "[)"),
+    "checkpoint_interval_steps": (0, INF, "[)"),
+}
+
+
+def check_ranges(args: object, ranges: dict[str, tuple[float, float, str]]) -> None:
+    """Raise ValueError for the first option of `ranges` whose value in `args` lies outside its interval (an option
+    that is None, where None is allowed, is not checked)."""
+    for name, (low, high, brackets) in ranges.items():
+        value = getattr(args, name)
+        if value is not None:
+            check_range(name, value, low=low, high=high, low_inclusive=brackets[0] == "[",
+                        high_inclusive=brackets[1] == "]")
+
+
+def check_common_args(args: CommonArgs, env_id: str, action_space_type: type, algorithm: str,
+                      ranges: dict[str, tuple[float, float, str]]) -> None:
+    """Reject bad input with a clear message before anything is built: every numeric option against COMMON_RANGES
+    and the agent's `ranges`, then the environment, the run name, the results folder and the optimizers
+    (`algorithm` names the agent in messages)."""
+    check_ranges(args, {**COMMON_RANGES, **ranges})
     check_env(env_id, action_space_type, algorithm)
-    if total_timesteps <= 0:
-        raise ValueError(f"invalid total_timesteps: {total_timesteps} (allowed: > 0)")
-    if args.eval_episodes < 0 or args.diagnostics_interval < 0:
-        raise ValueError(f"eval_episodes and diagnostics_interval must be >= 0 (got {args.eval_episodes} and "
-                         f"{args.diagnostics_interval})")
-    if args.checkpoint_interval_s < 0 or args.checkpoint_interval_steps < 0:
-        raise ValueError(f"invalid checkpoint interval: {args.checkpoint_interval_s} s, "
-                         f"{args.checkpoint_interval_steps} steps (allowed: >= 0, 0 turns it off)")
     if args.resume and not args.run_name:
         raise ValueError("--resume needs --run-name: the name of the run folder to continue")
     if args.run_name is not None:
@@ -112,11 +133,13 @@ def check_common_args(args: CommonArgs, env_id: str, total_timesteps: int, actio
                 raise ValueError(f"--{f.name.replace('_', '-')}: {error}") from None
 
 
-def check_positive(args: object, *names: str) -> None:
-    """Raise ValueError for the first of `names` whose value in `args` is not > 0."""
-    for name in names:
-        if getattr(args, name) <= 0:
-            raise ValueError(f"invalid {name}: {getattr(args, name)} (allowed: > 0)")
+def check_learning_budget(args: object) -> None:
+    """The replay agents' consistency checks: a batch fits in the buffer, and learning starts within the budget."""
+    if args.batch_size > args.buffer_size:
+        raise ValueError(f"invalid batch_size: {args.batch_size} (allowed: at most buffer_size, {args.buffer_size})")
+    if args.learning_starts >= args.total_timesteps:
+        raise ValueError(f"invalid learning_starts: {args.learning_starts} (allowed: below total_timesteps, "
+                         f"{args.total_timesteps}: the run would never learn)")
 
 
 def stop_if_nonfinite(loss: torch.Tensor, name: str, step: int) -> None:

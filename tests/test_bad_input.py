@@ -1,17 +1,21 @@
 """Bad input at every entry point gets one clear line (never a traceback), is never silently accepted, and
 loses no data (issue 10). Command-line entry points are called in-process with their argv."""
 
+import dataclasses
+import math
 import os
+import re
 import stat
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 import torch
 
-from agents import dqn, ppo_continuous_action
+from agents import dqn, ppo_continuous_action, td3_continuous_action
 from alphagrad import AlphaGrad
-from alphagrad_rl.experiment import cli
+from alphagrad_rl.experiment import COMMON_RANGES, cli
 from alphagrad_rl.runs import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,3 +118,48 @@ def test_alphagrad_refuses_complex_parameters_and_foreign_or_invalid_state():
     with pytest.raises(ValueError, match="alpha .*: -5.0"):
         optimizer.load_state_dict(saved)
     assert optimizer.param_groups[0]["alpha"] == 2.0  # refused before anything was loaded
+
+
+def bad_values(low: float, high: float, brackets: str) -> list[float]:
+    """NaN and the nearest values just outside the interval."""
+    values = [float("nan")]
+    if math.isfinite(low):
+        values.append(low if brackets[0] == "(" else low - 1)
+    if math.isfinite(high):
+        values.append(high if brackets[1] == ")" else high + 1)
+    return values
+
+
+@pytest.mark.parametrize("module", [dqn, td3_continuous_action, ppo_continuous_action], ids=lambda m: m.__name__)
+def test_every_numeric_option_of_every_agent_is_range_checked(module):
+    """Negative budgets, learning starts, exploration schedules and loss coefficients, NaN clipping norms: each numeric
+    option has a declared interval, and a value outside it (or NaN) is one ValueError naming it."""
+    hints = typing.get_type_hints(module.Args)
+    numeric = {f.name for f in dataclasses.fields(module.Args)
+               if re.search(r"\b(int|float)\b", str(hints[f.name])) and hints[f.name] is not bool}
+    ranges = {**COMMON_RANGES, **module.RANGES}
+    assert numeric == set(ranges)
+    good = module.Args(results_dir="/tmp", quiet=True)
+    module.check_args(good)
+    for name, interval in ranges.items():
+        for value in bad_values(*interval):
+            with pytest.raises(ValueError, match=f"^invalid {name}: "):
+                module.check_args(dataclasses.replace(good, **{name: value}))
+
+
+@pytest.mark.parametrize(("module", "changes", "message"), [
+    (dqn, dict(batch_size=128, buffer_size=64), "invalid batch_size: 128 (allowed: at most buffer_size, 64)"),
+    (td3_continuous_action, dict(learning_starts=5000, total_timesteps=5000), "invalid learning_starts: 5000"),
+    (dqn, dict(start_e=0.1, end_e=0.5), "invalid end_e: 0.5 (allowed: at most start_e, 0.1"),
+    (ppo_continuous_action, dict(total_timesteps=1000), "invalid total_timesteps: 1000 (allowed: at least one rollout"),
+])
+def test_inconsistent_options_are_refused(module, changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        module.check_args(module.Args(results_dir="/tmp", quiet=True, **changes))
+
+
+def test_a_population_checks_each_members_ranges():
+    from agents import dqn_population
+
+    with pytest.raises(ValueError, match="^invalid gamma: nan"):
+        dqn_population.check_args(dqn_population.Args(results_dir="/tmp", seeds=(1, 2), gamma=float("nan")))
