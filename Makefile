@@ -101,8 +101,10 @@ sensitivity-td3-cpu: $(STAMP)
 # TUNING.md, tuning.png). Run it again after a kill: it resumes. (~10 min on 2 idle cores)
 TUNE := $(BIN)/python scripts/tune.py
 tune-demo: $(STAMP)
-	$(TUNE) configs/tune_dqn_cartpole.yaml --worker-id 1 --no-final & \
-	$(TUNE) configs/tune_dqn_cartpole.yaml --worker-id 0 --no-final; wait
+	@# the second tuner is stopped (SIGTERM: its trials checkpoint) when the first fails, never left training
+	$(TUNE) configs/tune_dqn_cartpole.yaml --worker-id 1 --no-final & other=$$!; \
+	$(TUNE) configs/tune_dqn_cartpole.yaml --worker-id 0 --no-final || { kill $$other; wait $$other; exit 1; }; \
+	wait $$other
 	$(TUNE) configs/tune_dqn_cartpole.yaml
 
 # every bad input of scripts/try_bad_inputs.py, tallied (clear error / silently accepted / traceback / data loss)

@@ -83,10 +83,13 @@ class AGR:
             raise ValueError(f"{type(optimizer).__name__} already has AGR attached")
         check_choice("scope", scope, SCOPES)
         check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
-        if active_steps is not None:
-            check_range("active_steps", active_steps, low=0)
-        if members is not None:
-            check_range("members", members, low=1)
+        for name, value, low in (("active_steps", active_steps, 0), ("members", members, 1)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"invalid {name}: {value!r} (allowed: an integer >= {low}, or None)")
+            if value is not None:
+                check_range(name, value, low=low)
+        if not isinstance(foreach, bool):
+            raise ValueError(f"invalid foreach: {foreach!r} (allowed: True, False)")
         self.optimizer = optimizer
         self.members = members
         self.scope = scope
@@ -184,7 +187,9 @@ class AGR:
         if differing:
             raise ValueError("this state_dict was saved with other AGR options: " + ", ".join(
                 f"{key} {old!r} (saved) != {new!r} (now)" for key, (old, new) in differing.items()))
-        steps = saved.get("steps_taken")
-        check_range("agr steps_taken", steps, low=0)
-        self.steps_taken, self.skipped_tensors = int(steps), int(saved.get("skipped_tensors", 0))
+        steps, skipped = saved.get("steps_taken"), saved.get("skipped_tensors", 0)
+        for name, value in (("agr steps_taken", steps), ("agr skipped_tensors", skipped)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"invalid {name}: {value!r} (allowed: an integer >= 0)")
+        self.steps_taken, self.skipped_tensors = steps, skipped
         return {key: value for key, value in state_dict.items() if key != "agr"}

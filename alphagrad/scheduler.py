@@ -36,13 +36,8 @@ class SaturationAlphaScheduler:
             raise TypeError(f"SaturationAlphaScheduler needs an AlphaGrad optimizer, got {type(optimizer).__name__}")
         if any(group.get("members") is not None for group in optimizer.param_groups):
             raise ValueError("SaturationAlphaScheduler does not support stacked parameters (param groups with members)")
+        _check_options(target, tau, factor, min_alpha, max_alpha, interval)
         low, high = target
-        check_range("target low", low, low=0.0, high=high)
-        check_range("target high", high, low=low, high=1.0, low_inclusive=False, high_inclusive=True)
-        check_range("tau", tau, low=0.0, low_inclusive=False)
-        check_range("factor", factor, low=1.0, low_inclusive=False)
-        check_range("min_alpha", min_alpha, low=0.0, high=max_alpha, low_inclusive=False)
-        check_range("interval", interval, low=1)
         self.optimizer = optimizer
         self.target = (low, high)
         self.tau = tau
@@ -86,4 +81,35 @@ class SaturationAlphaScheduler:
         return {key: value for key, value in self.__dict__.items() if key != "optimizer"}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.__dict__.update(state_dict)
+        """Load a state_dict saved by this scheduler; one with other keys, invalid options (those __init__ refuses),
+        a negative step count or another number of param groups raises ValueError and loads nothing."""
+        expected = set(self.state_dict())
+        if set(state_dict) != expected:
+            raise ValueError(f"not a SaturationAlphaScheduler state_dict: its keys are {sorted(state_dict)} (allowed: "
+                             f"{sorted(expected)})")
+        _check_options(tuple(state_dict["target"]), state_dict["tau"], state_dict["factor"], state_dict["min_alpha"],
+                       state_dict["max_alpha"], state_dict["interval"])
+        if not isinstance(state_dict["steps"], int) or state_dict["steps"] < 0:
+            raise ValueError(f"invalid steps: {state_dict['steps']!r} (allowed: an integer >= 0)")
+        if len(state_dict["last_saturation"]) != len(self.optimizer.param_groups):
+            raise ValueError(f"this state_dict holds {len(state_dict['last_saturation'])} param groups, the optimizer "
+                             f"{len(self.optimizer.param_groups)}")
+        self.__dict__.update({**state_dict, "target": tuple(state_dict["target"])})
+
+
+def _check_options(target: tuple[float, float], tau: float, factor: float, min_alpha: float, max_alpha: float,
+                   interval: int) -> None:
+    """ValueError naming the first option outside its range: every alpha the scheduler can set stays one AlphaGrad
+    accepts (a finite number > 0)."""
+    if not (isinstance(target, (tuple, list)) and len(target) == 2):
+        raise ValueError(f"invalid target: {target!r} (allowed: two numbers, low <= high, in [0, 1])")
+    low, high = target
+    check_range("target low", low, low=0.0, high=high)
+    check_range("target high", high, low=low, high=1.0, low_inclusive=False, high_inclusive=True)
+    check_range("tau", tau, low=0.0, low_inclusive=False)
+    check_range("factor", factor, low=1.0, low_inclusive=False)
+    check_range("max_alpha", max_alpha, low=0.0, low_inclusive=False)
+    check_range("min_alpha", min_alpha, low=0.0, high=max_alpha, low_inclusive=False)
+    if not isinstance(interval, int) or isinstance(interval, bool):
+        raise ValueError(f"invalid interval: {interval!r} (allowed: an integer >= 1)")
+    check_range("interval", interval, low=1)

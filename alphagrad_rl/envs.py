@@ -28,9 +28,13 @@ def check_env(env_id: str, action_space_type: type[gym.Space], algorithm: str) -
         env = gym.make(env_id)
     except Exception as error:  # a missing optional dependency (box2d, jax, ...), a broken registration
         raise ValueError(f"environment {env_id!r} cannot be made here: {type(error).__name__}: {error}") from None
-    space = env.action_space
+    space, observations = env.action_space, env.observation_space
     env.close()
     _check_action_space(space, action_space_type, algorithm)
+    if not (isinstance(observations, gym.spaces.Box) and len(observations.shape) == 1):
+        raise ValueError(f"{algorithm} needs a flat Box observation space (a vector; its networks are MLPs), but "
+                         f"{env_id} has {observations} (flatten it with a wrapper, e.g. gymnasium.wrappers."
+                         "FlattenObservation, in an environment registered for it)")
 
 
 def _check_action_space(space: gym.Space, action_space_type: type[gym.Space], algorithm: str) -> None:

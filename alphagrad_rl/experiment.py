@@ -33,6 +33,7 @@ from .runs import (
     clear_record,
     config_differences,
     hold_run_locks,
+    is_safe_name,
     read_summary,
     record_damage,
     safe_name,
@@ -173,6 +174,9 @@ def start_run(args: CommonArgs, algorithm: str, env_id: str, optimizer_name: str
     """Name the run and open its record, or with --resume load its newest checkpoint and continue
     the record from there. The Checkpointer then restores the agent's objects (`restore()`)."""
     run_name = args.run_name or safe_name(f"{env_id}__{args.exp_name}__{optimizer_name}__{args.seed}__{int(time.time())}")
+    if not is_safe_name(run_name):  # a long --exp-name
+        raise ValueError(f"the default run name {run_name[:40]}... is {len(run_name)} characters long (allowed: up to "
+                         "200): shorten --exp-name, or give --run-name")
     run_dir = Path(args.results_dir) / run_name
     config = dataclasses.asdict(args)
     checkpoints = Checkpointer(run_dir, algorithm, config, interval_steps=args.checkpoint_interval_steps,

@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +267,11 @@ def custom_callable(target: str | None) -> Callable[..., Any]:
     except ImportError as error:
         raise ValueError(f"invalid optimizer target: {target!r}: cannot import {module_name} ({error}); install its "
                          "package or add its folder to PYTHONPATH, or give a file: path/to/file.py:callable") from None
+    except ValueError:
+        raise
+    except Exception as error:  # the user's module failed while it loaded (a syntax error, an exception it raised)
+        raise ValueError(f"invalid optimizer target: {target!r}: loading {module_name} failed: "
+                         f"{user_code_error(error)}") from None
     found: Any = module
     for part in attribute.split("."):
         if not hasattr(found, part):
@@ -274,6 +280,20 @@ def custom_callable(target: str | None) -> Callable[..., Any]:
     if not callable(found):
         raise ValueError(f"invalid optimizer target: {target!r}: {attribute} is not callable")
     return found
+
+
+def user_code_error(error: BaseException) -> str:
+    """An exception from the user's own code in one line: its type, message and the line that raised it."""
+    where = ""
+    if isinstance(error, SyntaxError):
+        where = f" ({error.filename}, line {error.lineno})"
+        message = error.msg
+    else:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        frames = traceback.extract_tb(error.__traceback__)
+        if frames:
+            where = f" ({frames[-1].filename}, line {frames[-1].lineno})"
+    return f"{type(error).__name__}: {message}{where}"
 
 
 def custom_sources(specs) -> dict[str, str]:
@@ -365,10 +385,12 @@ def _custom(params, spec: OptimizerSpec) -> Optimizer:
     passed = _optional(weight_decay=spec.weight_decay or None, foreach=spec.foreach)
     try:
         optimizer = build(params, lr=spec.lr, **passed, **custom_options(spec.options))
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ValueError(f"custom optimizer {spec.target} refused its arguments (lr={spec.lr}, "
                          + "".join(f"{key}={value!r}, " for key, value in passed.items())
-                         + f"options {spec.options}): {error}") from error
+                         + f"options {spec.options}): {user_code_error(error)}") from error
+    except Exception as error:
+        raise ValueError(f"custom optimizer {spec.target} failed while it was built: {user_code_error(error)}") from error
     if not isinstance(optimizer, Optimizer):
         raise ValueError(f"custom optimizer {spec.target} returned {type(optimizer).__name__}, not a "
                          "torch.optim.Optimizer")

@@ -158,16 +158,16 @@ def check_run_name(name: str) -> None:
                          f"'-_.=+,@', not '.' or '..')")
 
 
-def check_results_dir(path: Path) -> None:
-    """Raise ValueError unless run records can be written under `path` (it, or its nearest existing parent,
-    is a writable folder). Creates nothing."""
+def check_results_dir(path: Path, what: str = "results folder") -> None:
+    """Raise ValueError unless files can be written under `path` (it, or its nearest existing parent, is a writable
+    folder); `what` names the folder in the message. Creates nothing."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"invalid results folder {str(path)!r}: {str(existing)!r} is a file, not a folder")
+        raise ValueError(f"invalid {what} {str(path)!r}: {str(existing)!r} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"invalid results folder {str(path)!r}: {str(existing)!r} is not writable")
+        raise ValueError(f"invalid {what} {str(path)!r}: {str(existing)!r} is not writable")
 
 
 def lock_runs(results_dir: Path, names: list[str], wait_s: float = LOCK_WAIT_S) -> list[int] | None:

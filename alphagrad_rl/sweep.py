@@ -372,7 +372,14 @@ def filter_runs(runs: list[RunSpec], arms: tuple[str, ...] = (), seeds: tuple[in
     unknown = set(arms) - known_arms
     if unknown:
         raise SweepConfigError(f"unknown arm(s) {sorted(unknown)} (allowed: {', '.join(sorted(known_arms))})")
-    return [run for run in runs if (not arms or run.arm in arms) and (not seeds or run.seed in seeds)]
+    unknown_seeds = set(seeds) - {run.seed for run in runs}
+    if unknown_seeds:
+        raise SweepConfigError(f"unknown seed(s) {sorted(unknown_seeds)} (allowed: "
+                               f"{', '.join(map(str, sorted({run.seed for run in runs})))})")
+    selected = [run for run in runs if (not arms or run.arm in arms) and (not seeds or run.seed in seeds)]
+    if not selected:
+        raise SweepConfigError(f"no run of arm(s) {', '.join(arms)} has seed(s) {', '.join(map(str, seeds))}")
+    return selected
 
 
 def override_flag(runs: list[RunSpec], flag: str, value: Any) -> list[RunSpec]:

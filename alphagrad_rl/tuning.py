@@ -114,11 +114,17 @@ class Dimension:
         return trial.suggest_float(self.flag, self.low, self.high, log=self.log)
 
     def middle(self) -> Any:
-        """A value inside the range (to check the agent accepts the searched flags)."""
+        """A value inside the range, or the first choice."""
         if self.choices:
             return self.choices[0]
         value = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
         return int(round(value)) if self.integer else value
+
+    def probes(self) -> tuple[Any, ...]:
+        """The values the agent is asked to accept before any trial runs: every choice, or both ends of the range."""
+        if self.choices:
+            return self.choices
+        return (int(self.low), int(self.high)) if self.integer else (self.low, self.high)
 
 
 @dataclasses.dataclass
@@ -268,11 +274,15 @@ def load_tune_config(path: str | Path, agents: Mapping[str, AgentEntry]) -> Tune
                       (float(score_range[0]), float(score_range[1])), last_episodes, report_every, int(total), pruner,
                       sampler, tuple(final["seeds"]), {arm_name: dict(flags) for arm_name, flags in baselines.items()},
                       str(config.get("description", "")))
-    for run in tune.runs("check", {d.flag: d.middle() for d in dimensions}, seeds[:1]):
-        try:
-            check_run_arguments(agent, run)
-        except ValueError as error:
-            raise fail("search", f"a trial's flags {' '.join(run.flag_args())}: {error}") from None
+    middle = {d.flag: d.middle() for d in dimensions}
+    for dimension in dimensions:  # each searched value the sampler may pick, the other flags at their middle
+        for value in dimension.probes():
+            for run in tune.runs("check", {**middle, dimension.flag: value}, seeds[:1]):
+                try:
+                    check_run_arguments(agent, run)
+                except ValueError as error:
+                    raise fail(f"search.{dimension.flag}", f"a trial's flags {' '.join(run.flag_args())}: "
+                               f"{error}") from None
     return tune
 
 

@@ -25,6 +25,7 @@ import tyro
 
 from alphagrad_rl.analysis import as_variant, export_records, load_runs
 from alphagrad_rl.report import report_runs
+from alphagrad_rl.runs import check_results_dir
 from alphagrad_rl.sensitivity import has_alpha_grid, write_sensitivity
 
 
@@ -73,6 +74,7 @@ def main(args: Args) -> int:
     from_records = args.sweep_dir.name == "records"
     output = args.output or Path("results") / (args.sweep_dir.parent.name if from_records else args.sweep_dir.name)
     try:
+        check_results_dir(output, "--output folder")
         records = args.sweep_dir
         if not from_records:
             records = output / "records"

@@ -114,6 +114,9 @@ def main(args: Args) -> int:
         return 2
     try:
         check_results_dir(args.results_dir / sweep.name)
+        for folder, what in ((args.records, "--records folder"), (args.export_wandb, "--export-wandb folder")):
+            if folder is not None:
+                check_results_dir(folder, what)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

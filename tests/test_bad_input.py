@@ -163,3 +163,96 @@ def test_a_population_checks_each_members_ranges():
 
     with pytest.raises(ValueError, match="^invalid gamma: nan"):
         dqn_population.check_args(dqn_population.Args(results_dir="/tmp", seeds=(1, 2), gamma=float("nan")))
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("import torch\ndef Mine(params, lr):\n    return torch.optim.SGD(params, lr=lr\n",
+     "loading {file} failed: SyntaxError: '(' was never closed ({file}, line 3)"),
+    ("import torch\ndef Mine(params, lr):\n    raise RuntimeError('broken')\n",
+     "custom optimizer {file}:Mine failed while it was built: RuntimeError: broken ({file}, line 3)"),
+    ("raise KeyError('x')\n", "loading {file} failed: KeyError: 'x' ({file}, line 1)"),
+])
+def test_errors_in_a_custom_optimizers_code_are_one_line_naming_where(source, message, tmp_path, capsys):
+    """A syntax error in the user's optimizer file, or an exception it raises, gave a 20-30 line traceback."""
+    path = tmp_path / "mine.py"
+    path.write_text(source)
+    error = agent_error(dqn, [*TINY_DQN, "--results-dir", str(tmp_path / "runs"), "--optim.name", "custom",
+                              "--optim.target", f"{path}:Mine"], capsys)
+    assert message.format(file=path) in error
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_over_long_default_run_name_is_one_clear_line(tmp_path, capsys):
+    error = agent_error(dqn, [*TINY_DQN, "--results-dir", str(tmp_path), "--exp-name", "x" * 300], capsys)
+    assert "characters long (allowed: up to 200): shorten --exp-name, or give --run-name" in error
+
+
+def test_an_observation_space_the_networks_cannot_take_is_refused(tmp_path, capsys):
+    error = agent_error(dqn, [*TINY_DQN, "--results-dir", str(tmp_path), "--env-id", "FrozenLake-v1"], capsys)
+    assert error == ("error: DQN needs a flat Box observation space (a vector; its networks are MLPs), but "
+                     "FrozenLake-v1 has Discrete(16) (flatten it with a wrapper, e.g. gymnasium.wrappers."
+                     "FlattenObservation, in an environment registered for it)")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--seeds", "7"], "unknown seed(s) [7] (allowed: 1, 2)"),
+    (["--arms", "adam", "--seeds", "2", "--dry-run"], None),  # selects a run: fine
+])
+def test_seeds_that_select_no_run_are_refused(tmp_path, flags, message, capsys):
+    config = tmp_path / "sweep.yaml"
+    config.write_text("name: tiny\nprogram: agents/dqn.py\nparameters:\n  total-timesteps: {value: 300}\n"
+                      "  learning-starts: {value: 100}\n  buffer-size: {value: 300}\n  batch-size: {value: 16}\n"
+                      "  seed: {values: [1, 2]}\narms:\n  adam: {}\n")
+    argv = [str(config), "--results-dir", str(tmp_path / "runs"), *flags]
+    status = sweep_script.main(sweep_script.tyro.cli(sweep_script.Args, args=argv))
+    err = capsys.readouterr().err
+    assert (status, message in err if message else err == "") == ((2, True) if message else (0, True))
+
+
+@pytest.mark.parametrize("flag", ["--records", "--export-wandb"])
+def test_an_output_folder_that_is_a_file_is_one_clear_line(tmp_path, flag, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    config = tmp_path / "sweep.yaml"
+    config.write_text("name: tiny\nprogram: agents/dqn.py\nparameters:\n  total-timesteps: {value: 300}\n"
+                      "  learning-starts: {value: 100}\n  buffer-size: {value: 300}\n  batch-size: {value: 16}\n"
+                      "arms:\n  adam: {}\n")
+    argv = [str(config), "--results-dir", str(tmp_path / "runs"), flag, str(a_file / "sub")]
+    assert sweep_script.main(sweep_script.tyro.cli(sweep_script.Args, args=argv)) == 2
+    assert f"error: invalid {flag} folder '{a_file / 'sub'}': '{a_file}' is a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"min_alpha": -1.0}, "invalid min_alpha: -1.0"),
+    ({"max_alpha": float("inf")}, "invalid max_alpha: inf"),
+    ({"interval": 1.5}, "invalid interval: 1.5"),
+    ({"steps": -3}, "invalid steps: -3"),
+    ({"surprise": 1}, "not a SaturationAlphaScheduler state_dict"),
+])
+def test_the_saturation_scheduler_refuses_a_state_the_optimizer_would_refuse(change, message):
+    from alphagrad import SaturationAlphaScheduler
+
+    scheduler = SaturationAlphaScheduler(AlphaGrad([torch.nn.Parameter(torch.zeros(2))], alpha=2.0))
+    before = dict(scheduler.state_dict())
+    with pytest.raises(ValueError, match=re.escape(message)):
+        scheduler.load_state_dict({**scheduler.state_dict(), **change})
+    assert scheduler.state_dict() == before
+    with pytest.raises(ValueError, match="invalid max_alpha: inf"):
+        SaturationAlphaScheduler(AlphaGrad([torch.nn.Parameter(torch.zeros(2))], alpha=2.0), max_alpha=float("inf"))
+
+
+@pytest.mark.parametrize(("options", "saved", "message"), [
+    ({"foreach": "yes"}, None, "invalid foreach: 'yes'"),
+    ({"active_steps": 2.5}, None, "invalid active_steps: 2.5"),
+    ({}, {"steps_taken": 1.5}, "invalid agr steps_taken: 1.5"),
+    ({}, {"skipped_tensors": -1}, "invalid agr skipped_tensors: -1"),
+])
+def test_agr_refuses_options_and_states_it_cannot_use(options, saved, message):
+    from alphagrad import with_agr
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        optimizer = with_agr(torch.optim.SGD([param], lr=0.1), **options)
+        state = optimizer.state_dict()
+        state["agr"].update(saved or {})
+        with_agr(torch.optim.SGD([param], lr=0.1)).load_state_dict(state)

@@ -61,6 +61,8 @@ def write(tmp_path, config, name="tune.yaml"):
     ({"search": {"optim.alfa": {"low": 1, "high": 5}}}, "not a flag of agents/dqn.py"),
     ({"search": {"optim.momentum": {"low": 0.1, "high": 0.9}}}, "also set under parameters or arm"),
     ({"search": {"optim.alpha": {"low": -5, "high": 5}}}, "alpha"),  # the agent's own check: alpha > 0
+    ({"search": {"optim.alpha": {"choices": [93, 186, -1]}}}, "search.optim.alpha.*invalid alpha"),  # every choice
+    ({"search": {"optim.lr": {"choices": [1e-3, "fast"]}}}, "search.optim.lr"),
     ({"pruner": {"name": "hyperband"}}, "median, successive-halving, none"),
     ({"pruner": {"name": "median", "patience": 3}}, "unknown option"),
     ({"seeds": [1, 1]}, "distinct integers"),
