@@ -26,6 +26,7 @@ from .checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted
 from .envs import check_env
 from .factory import OptimizerSpec, custom_sources, make_alpha_scheduler, make_optimizer, optimizer_specs
 from .runs import (
+    RECORDED_IN,
     NonFiniteTraining,
     RunRecord,
     check_results_dir,
@@ -296,3 +297,10 @@ def cli(main: Callable, args_type: type, argv: list[str] | None = None) -> None:
         sys.exit(128 + stop.signum)
     except NonFiniteTraining as error:
         sys.exit(f"error: {error}: the run stopped and is recorded as crashed")
+    except Exception as error:  # raised while training (e.g. by a custom optimizer's code): the record keeps it
+        recorded = [note for note in getattr(error, "__notes__", []) if note.startswith(RECORDED_IN)]
+        if not recorded:
+            raise
+        message = (str(error).strip().splitlines() or [""])[0]
+        sys.exit(f"error: {type(error).__name__}: {message} (the run stopped and is recorded as crashed; "
+                 f"{recorded[0]})")

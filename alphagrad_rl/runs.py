@@ -391,6 +391,9 @@ def wait_past_event_files(run_dir: Path) -> None:
         time.sleep(max(0.0, max(seconds) + 1 - time.time()))
 
 
+RECORDED_IN = "traceback recorded in "  # the note a crashed run's exception carries (RunRecord.__exit__)
+
+
 class NonFiniteTraining(RuntimeError):
     """A loss turned NaN or inf: the run stops, recorded "crashed" with this message (the step and the loss) as its
     error, the rule a population applies to each member (alphagrad_rl.population.crashed_members)."""
@@ -603,6 +606,8 @@ class RunRecord:
             self.finish("crashed", error=str(exc))
         else:
             self.finish("crashed", error="".join(traceback.format_exception(exc_type, exc, tb)))
+            if exc is not None:
+                exc.add_note(f"{RECORDED_IN}{self.run_dir / 'summary.json'}")
         return False
 
 

@@ -202,6 +202,9 @@ def load_tune_config(path: str | Path, agents: Mapping[str, AgentEntry]) -> Tune
         if "choices" in spec:
             if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
                 raise fail(key, "choices must be the only key, a non-empty list")
+            values = [_as_number(choice) for choice in spec["choices"]]
+            if repeated := sorted({str(v) for v in values if values.count(v) > 1}):
+                raise fail(key, f"lists a value more than once ({', '.join(repeated)}): the sampler would favour it")
             dimensions.append(Dimension(flag, choices=tuple(spec["choices"])))
             continue
         if not set(spec) <= {"low", "high", "log", "int"} or not {"low", "high"} <= set(spec):
@@ -284,6 +287,16 @@ def load_tune_config(path: str | Path, agents: Mapping[str, AgentEntry]) -> Tune
                     raise fail(f"search.{dimension.flag}", f"a trial's flags {' '.join(run.flag_args())}: "
                                f"{error}") from None
     return tune
+
+
+def _as_number(value: Any) -> Any:
+    """A choice as the agent reads it: 93, 93.0 and "93" are one number; anything else as it is."""
+    if isinstance(value, bool):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
 
 
 # ---- scoring ----

@@ -6,6 +6,7 @@ import math
 import os
 import re
 import stat
+import subprocess
 import sys
 import typing
 from pathlib import Path
@@ -256,3 +257,29 @@ def test_agr_refuses_options_and_states_it_cannot_use(options, saved, message):
         state = optimizer.state_dict()
         state["agr"].update(saved or {})
         with_agr(torch.optim.SGD([param], lr=0.1)).load_state_dict(state)
+
+
+@pytest.mark.slow
+def test_every_fast_bad_input_has_its_expected_outcome():
+    """scripts/try_bad_inputs.py --fast: ~200 bad inputs that train nothing (the library, every agent's options, sweep
+    and tuner configs, the launcher's and the analysis' flags), each with the outcome it must have."""
+    completed = subprocess.run([sys.executable, str(ROOT / "scripts" / "try_bad_inputs.py"), "--fast", "--workers", "2"],
+                               capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-2000:]
+    tally = re.search(r"^(\d+) bad inputs: (\d+) clear error", completed.stdout, re.MULTILINE)
+    assert tally and int(tally[1]) >= 150 and "0 case(s) with another outcome than expected" in completed.stdout
+
+
+def test_a_custom_optimizer_that_fails_while_training_is_one_line_and_its_traceback_recorded(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text("import torch\nclass Mine(torch.optim.SGD):\n    def step(self, closure=None):\n"
+                    "        raise RuntimeError('my step is broken')\n")
+    completed = subprocess.run([sys.executable, "agents/dqn.py", *TINY_DQN, "--results-dir", str(tmp_path), "--run-name",
+                                "r", "--optim.name", "custom", "--optim.target", f"{path}:Mine"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=300)
+    summary = read_run(tmp_path / "r")["summary"]
+    assert completed.returncode == 1 and "Traceback" not in completed.stderr
+    assert completed.stderr.strip().splitlines()[-1] == (
+        "error: RuntimeError: my step is broken (the run stopped and is recorded as crashed; traceback recorded in "
+        f"{tmp_path / 'r' / 'summary.json'})")
+    assert summary["status"] == "crashed" and f'File "{path}", line 4, in step' in summary["error"]
