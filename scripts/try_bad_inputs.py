@@ -1,7 +1,8 @@
 """Try bad inputs as a new user would, at every entry point, and check that each has the outcome it must have.
 
-Each case runs in a fresh process: the library through `python -c`, the agents, the sweep launcher, the analysis and
-the tuner through their command lines. What happened is one of:
+Each case runs in a fresh process (a fork of this one, which imported torch and the harness once): the library
+through `python -c` code, the agents, the sweep launcher, the analysis and the tuner through their command lines.
+What happened is one of:
 - clear error: the command failed with a message (a ValueError/TypeError from the library), no traceback;
 - handled: the command did what it must with such input (checked case by case: e.g. a sweep edited after its runs
   finished is trained into a folder of its own with --new-folder, a diverged run is recorded "crashed");
@@ -21,12 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -322,12 +324,67 @@ def classify(case: Case, completed: subprocess.CompletedProcess, before: dict | 
         case.detail = f"{problem} | {case.detail}"
 
 
-def run_case(case: Case) -> Case:
-    before = fingerprint(case.keep) if case.keep else None
-    completed = subprocess.run(case.argv, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                               env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
-    classify(case, completed, before)
-    return case
+def preload() -> None:
+    """Import what every case imports (torch, gymnasium, MuJoCo, the harness, the C++ kernel) once, in this process:
+    each case then runs in a fork of it (run_cases), a fresh process that starts in milliseconds instead of the
+    seconds an interpreter takes to import torch, and whose crash by a signal kills only itself."""
+    os.chdir(ROOT)
+    os.environ.update(WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    sys.path.insert(0, str(ROOT))
+    import agents  # noqa: F401  (and through it the harness, torch, gymnasium)
+    import alphagrad_rl.sweep  # noqa: F401
+    import alphagrad_rl.tuning  # noqa: F401
+    from alphagrad._fused import cpu_kernel_available
+
+    cpu_kernel_available()
+
+
+def _run_in_child(argv: list[str], out: Path, err: Path) -> None:
+    """In the fork: what `python <argv[1:]>` would do, its output into `out` and `err`; never returns."""
+    code = 1
+    try:
+        os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
+        os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+        if argv[1] == "-c":
+            sys.argv = ["-c"]
+            exec(compile(argv[2], "<string>", "exec"), {"__name__": "__main__"})
+        else:
+            sys.argv = argv[1:]
+            runpy.run_path(argv[1], run_name="__main__")
+        code = 0
+    except SystemExit as stop:  # as the interpreter reads it: a number, None (0), or a message (printed, 1)
+        if isinstance(stop.code, int) or stop.code is None:
+            code = stop.code or 0
+        else:
+            print(stop.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def run_cases(cases: list[Case], workers: int, scratch: Path) -> None:
+    """Run every case in its own fork of this process (preload), `workers` at a time, and classify each."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pending, running = list(enumerate(cases)), {}
+    while pending or running:
+        while pending and len(running) < workers:
+            index, case = pending.pop(0)
+            before = fingerprint(case.keep) if case.keep else None
+            out, err = scratch / f"{index}.out", scratch / f"{index}.err"
+            pid = os.fork()
+            if pid == 0:
+                _run_in_child(case.argv, out, err)
+            running[pid] = (case, before, out, err)
+        pid, status = os.wait()
+        case, before, out, err = running.pop(pid)
+        returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        completed = subprocess.CompletedProcess(case.argv, returncode, out.read_text(errors="replace"),
+                                                err.read_text(errors="replace"))
+        classify(case, completed, before)
 
 
 def python_case(group: str, name: str, statement: str, expect_error: str = "ValueError, TypeError") -> Case:
@@ -545,10 +602,11 @@ class Args:
 
 
 def main(args: Args) -> int:
+    preload()
     with tempfile.TemporaryDirectory() as folder:
         cases = build_cases(Path(folder), args.fast)
-        with ThreadPoolExecutor(args.workers) as pool:
-            cases = list(pool.map(run_case, cases))
+        (Path(folder) / "output").mkdir()
+        run_cases(cases, args.workers, Path(folder) / "output")
     tally = {outcome: sum(case.outcome == outcome for case in cases) for outcome in OUTCOMES}
     wrong = [case for case in cases if case.outcome != case.expect]
     for case in cases:
