@@ -577,6 +577,12 @@ def build_cases(work: Path, fast: bool) -> list[Case]:
         group = GROUPS[2] if "twice" in name else GROUPS[4]
         cases.append(Case(group, "scripts/tune.py", name, [python, "scripts/tune.py", str(path), "--results-dir",
                                                             str(work / "tune")]))
+    tune_config = work / "tune.yaml"
+    tune_config.write_text(TUNE_CONFIG)
+    for name, flags in (("tuner output folder is a file", ["--output", str(a_file / "report")]),
+                        ("tuner grace-s nan", ["--grace-s", "nan"])):
+        cases.append(Case(GROUPS[4], "scripts/tune.py", name, [python, "scripts/tune.py", str(tune_config),
+                                                                "--results-dir", str(work / "tune"), *flags]))
     broken = work / "analysis"
     (broken / "adam__s1").mkdir(parents=True)
     (broken / "adam__s1" / "config.json").write_text('{"schema_version": 1, "algo')

@@ -25,6 +25,7 @@ import tyro
 from agents import sweep_registry
 from alphagrad_rl.analysis import export_records, load_runs
 from alphagrad_rl.report import report_runs
+from alphagrad_rl.runs import check_results_dir
 from alphagrad_rl.sweep import LaunchOptions, SweepConfigError, launch, load_sweep
 from alphagrad_rl.tuning import (
     load_tune_config,
@@ -98,7 +99,7 @@ def final_evaluation(args: Args, config, study: optuna.Study, output: Path) -> i
 
 
 def main(args: Args) -> int:
-    if args.worker_id < 0 or (args.max_trials is not None and args.max_trials < 1) or args.grace_s <= 0:
+    if args.worker_id < 0 or (args.max_trials is not None and args.max_trials < 1) or not args.grace_s > 0:
         print(f"error: invalid --worker-id {args.worker_id}, --max-trials {args.max_trials} or --grace-s "
               f"{args.grace_s} (allowed: >= 0, >= 1, > 0)", file=sys.stderr)
         return 2
@@ -106,6 +107,7 @@ def main(args: Args) -> int:
     try:
         config = load_tune_config(args.config, sweep_registry())
         output = args.output or Path("results") / config.name
+        check_results_dir(output, "--output folder")  # before the study, not after hours of trials
         study = tune(config, args.results_dir, args.worker_id, args.grace_s, max_trials=args.max_trials)
         if not study_finished(config, study):
             counts = trial_counts(study)
