@@ -347,13 +347,19 @@ def wandb_sweep_configs(sweep: Sweep) -> dict[str, dict[str, Any]]:
     if varied:
         raise SweepConfigError(f"{sweep.name}: a W&B sweep cannot vary one key of a custom optimizer's options "
                                f"({', '.join(varied)}): give each value its own arm")
+    booleans = [flag for flag, spec in sweep.parameters.items() if len(spec.get("values", [0])) > 1
+                and any(isinstance(value, bool) for value in spec["values"])]
+    if booleans:
+        raise SweepConfigError(f"{sweep.name}: a W&B sweep cannot vary a boolean flag ({', '.join(booleans)}): W&B "
+                               "passes a false one by leaving it out, so the agent's default would train; give each "
+                               "value its own arm")
     fixed = {flag: spec["value"] if "value" in spec else spec["values"][0] for flag, spec in sweep.parameters.items()
              if len(spec.get("values", [0])) == 1}
     configs = {}
     for arm, settings in sweep.arms.items():
         parameters = {**{flag: spec for flag, spec in sweep.parameters.items() if flag not in fixed},
-                      **{flag: {"value": json.dumps(value) if isinstance(value, dict) else value}
-                         for flag, value in merged_options(tuple({**fixed, **settings}.items()))}}
+                      **dict(_wandb_parameter(flag, value)
+                             for flag, value in merged_options(tuple({**fixed, **settings}.items())))}
         configs[f"{sweep.name}-{arm}"] = {
             "name": f"{sweep.name}-{arm}",
             "description": f"{sweep.description} (arm {arm})".strip(),
@@ -365,6 +371,16 @@ def wandb_sweep_configs(sweep: Sweep) -> dict[str, dict[str, Any]]:
                         "${args_no_boolean_flags}"],  # --flag=value, and true booleans as bare --flag (tyro)
         }
     return configs
+
+
+def _wandb_parameter(flag: str, value: Any) -> tuple[str, dict[str, Any]]:
+    """One fixed flag as a W&B sweep parameter. W&B's ${args_no_boolean_flags} passes a true boolean as a bare
+    --flag and drops a false one, so a false boolean is given as its tyro negation set true (--no-flag, nested
+    --optim.no-agr); a custom optimizer's options mapping as its JSON text."""
+    if isinstance(value, bool):
+        prefix, dot, leaf = flag.rpartition(".")
+        return (flag if value else f"{prefix}{dot}no-{leaf}"), {"value": True}
+    return flag, {"value": json.dumps(value) if isinstance(value, dict) else value}
 
 
 def filter_runs(runs: list[RunSpec], arms: tuple[str, ...] = (), seeds: tuple[int, ...] = ()) -> list[RunSpec]:

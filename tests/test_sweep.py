@@ -970,3 +970,45 @@ def test_a_population_member_cannot_be_resumed_alone(tmp_path):
     assert single.returncode == 1 and "Traceback" not in single.stderr
     assert "was trained as one of a population of 2 runs: resume it with its population" in single.stderr
     assert fingerprint(tmp_path / "m2") == before
+
+
+@pytest.mark.slow
+def test_every_shipped_config_exported_to_wandb_trains_what_the_launcher_trains():
+    """The command W&B's agent builds from an exported sweep (with W&B's own argument builder, for every grid point
+    of every arm) parses, by the agent's parser, to the launcher's run: W&B drops a false boolean from
+    ${args_no_boolean_flags}, so PPO's arms trained with bootstrap_truncation=True (the agent's default)."""
+    import itertools
+
+    import tyro
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    from alphagrad_rl.sweep import wandb_sweep_configs
+
+    skip = {"run_name", "results_dir", "track", "wandb_group", "quiet"}
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        if path.name.startswith("tune_"):
+            continue
+        sweep = load_sweep(path, REGISTRY)
+        for arm in sweep.arms:
+            config = wandb_sweep_configs(sweep)[f"{sweep.name}-{arm}"]
+            assert config["command"][-1] == "${args_no_boolean_flags}"
+            grid = {flag: spec["values"] for flag, spec in config["parameters"].items() if "values" in spec}
+            for point in itertools.product(*grid.values()):
+                chosen = dict(zip(grid, point))
+                args = {flag: {"value": chosen.get(flag, spec.get("value"))} for flag, spec in config["parameters"].items()}
+                argv = create_sweep_command_args({"args": args})["args_no_boolean_flags"]
+                parsed = dataclasses.asdict(tyro.cli(sweep.agent.args_type, args=argv))
+                run = next(run for run in sweep.runs if run.arm == arm and all(
+                    dict(run.flags).get(flag) == value for flag, value in chosen.items()))
+                expected = dataclasses.asdict(sweep_module._parsed(run, sweep.agent))
+                assert {k: v for k, v in parsed.items() if k not in skip} == \
+                    {k: v for k, v in expected.items() if k not in skip}, (path.name, arm, chosen)
+
+
+def test_a_wandb_export_refuses_a_grid_over_a_boolean(tmp_path):
+    from alphagrad_rl.sweep import wandb_sweep_configs
+
+    sweep = load_sweep(write_config(tmp_path, parameters={**TINY, "torch-deterministic": {"values": [True, False]}}),
+                       REGISTRY)
+    with pytest.raises(SweepConfigError, match="cannot vary a boolean flag \\(torch-deterministic\\)"):
+        wandb_sweep_configs(sweep)
