@@ -308,11 +308,12 @@ def classify(case: Case, completed: subprocess.CompletedProcess, before: dict | 
     output = (completed.stdout + completed.stderr).strip()
     last = output.splitlines()[-1] if output else ""
     case.detail = last[:200]
+    problem = case.check(completed) if case.check is not None else "no check"
     if completed.returncode < 0:
         case.outcome = "interpreter crash"
     elif before is not None and fingerprint(case.keep) != before:
         case.outcome = "data loss"
-    elif case.check is not None and (problem := case.check(completed)) is None:
+    elif problem is None:
         case.outcome = "handled"
     elif "Traceback" in output:
         case.outcome = "traceback"
