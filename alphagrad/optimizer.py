@@ -146,14 +146,17 @@ def check_step_tensors(params: Sequence[torch.Tensor], grads: Sequence[torch.Ten
                 raise ValueError(f"AlphaGrad: the {kind} of parameter {index} {problem}")
 
 
-def _mismatch(tensor: Any, param: torch.Tensor) -> str | None:
-    """What keeps `tensor` from being updated beside `param` element by element (None: nothing)."""
+def _mismatch(tensor: Any, param: torch.Tensor, converted: bool = False) -> str | None:
+    """What keeps `tensor` from being updated beside `param` element by element (None: nothing); with `converted`,
+    only what a conversion to the parameter's dtype and device cannot mend (torch's load_state_dict converts)."""
     if not isinstance(tensor, torch.Tensor):
         return f"is a {type(tensor).__name__}, not a tensor"
     if tensor.layout != torch.strided:
         return f"has layout {tensor.layout} (allowed: torch.strided, a dense tensor)"
     if tensor.shape != param.shape:
         return f"has shape {tuple(tensor.shape)}, but the parameter has {tuple(param.shape)}"
+    if converted:
+        return None if tensor.is_floating_point() else f"has dtype {tensor.dtype} (allowed: a floating-point dtype)"
     if tensor.dtype != param.dtype:
         return f"has dtype {tensor.dtype}, but the parameter has {param.dtype}"
     if tensor.device != param.device:
@@ -392,9 +395,7 @@ class AlphaGrad(Optimizer):
                 buffer = state_dict.get("state", {}).get(key, {}).get("momentum_buffer")
                 if buffer is None:
                     continue
-                problem = ("is not a floating-point tensor" if isinstance(buffer, torch.Tensor)
-                           and not buffer.is_floating_point() else _mismatch(buffer, param))
-                if problem and not problem.startswith(("has dtype", "is on")):  # those torch's load converts
+                if problem := _mismatch(buffer, param, converted=True):
                     raise ValueError(f"AlphaGrad.load_state_dict: the momentum buffer of {name} {problem}; was the "
                                      "state saved for another model?")
 
