@@ -26,13 +26,13 @@ from .checkpoint import Checkpointer
 from .experiment import check_intact, check_start_over, open_record
 from .factory import make_optimizer, takes_stacked_parameters, used_fields
 from .runs import (
-    RESUME_MAY_CHANGE,
     RunRecord,
     check_run_name,
     clear_record,
     hold_run_locks,
     read_summary,
     safe_name,
+    trained_options,
 )
 
 
@@ -83,8 +83,8 @@ def member_args(args: Any, single_type: type, algorithm: str, optim_fields: tupl
         for field in optim_fields}}) for i, (seed, name) in enumerate(zip(seeds, names))]
     trained: dict[str, str] = {}  # what a member trains -> its run name
     for member in members:
-        settings = {key: value for key, value in dataclasses.asdict(member).items() if key not in RESUME_MAY_CHANGE}
-        other = trained.setdefault(json.dumps(settings, sort_keys=True, default=str), member.run_name)
+        settings = json.dumps(trained_options(dataclasses.asdict(member)), sort_keys=True, default=str)
+        other = trained.setdefault(settings, member.run_name)
         if other != member.run_name:
             raise ValueError(f"members {other} and {member.run_name} would train the same options (seed "
                              f"{member.seed}): two identical runs are not two seeds; give each member its own seed "

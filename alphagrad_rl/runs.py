@@ -77,6 +77,11 @@ def is_added_later_default(key: str, value: Any) -> bool:
     return added is not None and added[1] in ADDED_LATER and value == ADDED_LATER[added[1]]
 
 
+def trained_options(config: dict[str, Any]) -> dict[str, Any]:
+    """What a run trains: its options less those that do not change what it computes (RESUME_MAY_CHANGE)."""
+    return {key: value for key, value in config.items() if key not in RESUME_MAY_CHANGE}
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any], saved_in: str = "checkpoint") -> list[str]:
     """'key: saved (`saved_in`) != current (now)' for each option that differs, ignoring RESUME_MAY_CHANGE (also in
     a population's config, {"member<i>": options}) and options ADDED_LATER that `saved` predates."""

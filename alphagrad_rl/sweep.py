@@ -60,7 +60,6 @@ from .analysis import compact_record_path, export_records
 from .factory import optimizer_specs, takes_stacked_parameters
 from .runs import (
     LOCK_WAIT_S,
-    RESUME_MAY_CHANGE,
     checkpoint_manifests,
     config_differences,
     is_safe_name,
@@ -73,6 +72,7 @@ from .runs import (
     release_runs,
     run_locked,
     safe_name,
+    trained_options,
     write_json_atomic,
 )
 
@@ -601,8 +601,7 @@ def _parse(args_type: type, flag_args: tuple[str, ...], run_name: str) -> Any:
 def run_settings(run: RunSpec, agent: AgentEntry) -> dict[str, Any]:
     """What `run` trains: its options as the agent parses them, without those that do not change a run
     (runs.RESUME_MAY_CHANGE: run name, results folder, logging, ...)."""
-    return {key: value for key, value in dataclasses.asdict(_parsed(run, agent)).items()
-            if key not in RESUME_MAY_CHANGE}
+    return trained_options(dataclasses.asdict(_parsed(run, agent)))
 
 
 def settings_digest(runs: list[RunSpec], agent: AgentEntry) -> str:
