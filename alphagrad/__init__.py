@@ -5,8 +5,8 @@ separate package `alphagrad_rl`, installed with the `rl` extra.
 """
 
 from .agr import AGR, agr_, with_agr
-from .optimizer import AlphaGrad, alphagrad, auto_alpha
+from .optimizer import AlphaGrad, alphagrad, auto_alpha, diagnostics
 from .scheduler import SaturationAlphaScheduler
 
-__all__ = ["AGR", "AlphaGrad", "SaturationAlphaScheduler", "agr_", "alphagrad", "auto_alpha", "with_agr"]
+__all__ = ["AGR", "AlphaGrad", "SaturationAlphaScheduler", "agr_", "alphagrad", "auto_alpha", "diagnostics", "with_agr"]
 __version__ = "0.2.0"

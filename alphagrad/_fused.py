@@ -1,7 +1,8 @@
 """The fused AlphaGrad update: per param group, one pass for the norms, then one read-modify-write pass
 over the parameters. On the CPU (float32/float64) a small C++ kernel does it (csrc/fused_alphagrad.cpp,
 built on first use by torch.utils.cpp_extension, ~30-60 s once per environment); elsewhere (CUDA, other
-dtypes) a torch.compile'd kernel does (a few seconds per process; Triton on GPUs).
+dtypes) alphagrad's Python update compiled by torch.compile with `rational_tanh` for tanh does (a few
+seconds per process; Triton on GPUs).
 
 `torch.tanh` costs ~4 ns per element on a CPU (even compiled), more than the whole memory traffic of
 the update. `rational_tanh` replaces it with an odd rational function, x * P(x^2) / Q(x^2), on
@@ -50,60 +51,8 @@ def rational_tanh(x: torch.Tensor) -> torch.Tensor:
     return x * _horner(_NUMERATOR, z) / _horner(_DENOMINATOR, z)
 
 
-def _alphagrad_update(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    momentum_buffers: list[torch.Tensor],
-    alphas: torch.Tensor,
-    lr: torch.Tensor,
-    eps: float,
-    momentum: float,
-    paper_momentum: bool,
-    weight_decay: float,
-    maximize: bool,
-    group_norm: bool,
-) -> torch.Tensor:
-    """Update one param group in place; returns whether every gradient norm was finite.
-
-    When one is not, every update of the group is masked to zero (parameters and buffers unchanged).
-    """
-    norms = torch._foreach_norm(grads)
-    finite = torch.stack(norms).isfinite().all()
-    if group_norm:
-        norms = [torch.linalg.vector_norm(torch.stack(norms))] * len(grads)
-    step_lr = torch.where(finite, lr, 0.0)
-    for i, (param, grad) in enumerate(zip(params, grads)):
-        direction = rational_tanh(grad * (alphas[i] / (norms[i] + eps)))  # eq. 2-3
-        direction = torch.where(finite, -direction if maximize else direction, 0.0)
-        if weight_decay != 0.0:
-            param.mul_(1.0 - step_lr * weight_decay)
-        if momentum == 0.0:
-            param.sub_(step_lr * direction)  # eq. 4
-        elif paper_momentum:
-            buf = momentum_buffers[i]
-            buf.copy_(torch.where(finite, buf * momentum + step_lr * direction, buf))  # eq. 5
-            param.sub_(buf * finite)  # eq. 6
-        else:
-            buf = momentum_buffers[i]
-            buf.copy_(torch.where(finite, buf * momentum + direction, buf))
-            param.sub_(step_lr * buf)
-    return finite
-
-
-_compiled_update = None
 _cpu_kernels = None
 _cpu_kernel_error: str | None = None
-
-
-def compiled_alphagrad_update(*args, **kwargs) -> torch.Tensor:
-    """Compile `_alphagrad_update` on first use (a few seconds; needs a C++ compiler on CPU, Triton on GPU).
-
-    Each new set of shapes or options compiles again; past dynamo's recompile limit (8) the update runs eagerly
-    (same result, unfused) instead of failing, hence no fullgraph."""
-    global _compiled_update
-    if _compiled_update is None:
-        _compiled_update = torch.compile(_alphagrad_update, dynamic=False)
-    return _compiled_update(*args, **kwargs)
 
 
 def cpu_kernel_applies(tensors: list[torch.Tensor]) -> bool:

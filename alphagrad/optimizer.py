@@ -1,15 +1,23 @@
 """AlphaGrad (Sane, 2025, arXiv 2504.16020): L2-normalize each gradient tensor, squash it with tanh.
 
-Per tensor (eq. 1-4):   g_hat = g / (||g||_2 + eps);   g' = tanh(alpha * g_hat);   theta -= lr * g'.
+The whole algorithm, per parameter tensor p (eq. 1-6; `alphagrad()` below computes exactly this):
 
-Momentum follows the paper (eq. 5-6):  v = gamma * v + lr * g';  theta -= v.  The author's experiment
-code uses torch SGD's convention instead (v = gamma * v + g';  theta -= lr * v). The two agree under
-a constant learning rate; under a schedule (PPO anneals lr) the paper's buffer keeps the learning
-rates at which past directions were taken, torch's rescales the whole history by today's lr.
-`momentum_form` picks one ("paper" by default, "sgd" to match the author's code).
+    g_hat = p.grad / (p.grad.norm() + eps)        # eq. 2 (normalization="tensor")
+    direction = torch.tanh(alpha * g_hat)         # eq. 3, every component in (-1, 1)
+    p *= 1 - lr * weight_decay                    # decoupled weight decay (off by default)
+    buf = momentum * buf + lr * direction         # eq. 5 (momentum = 0: p -= lr * direction, eq. 4)
+    p -= buf                                      # eq. 6
 
-`alphagrad()` is the functional form (as torch.optim.adam.adam beside Adam); the `AlphaGrad` class
-keeps the param groups and state and calls it once per group.
+Momentum follows the paper (eq. 5-6). The author's experiment code uses torch SGD's convention instead
+(buf = momentum * buf + direction;  p -= lr * buf). The two agree under a constant learning rate; under a
+schedule (PPO anneals lr) the paper's buffer keeps the learning rates at which past directions were
+taken, torch's rescales the whole history by today's lr. `momentum_form` picks one ("paper" by default,
+"sgd" to match the author's code).
+
+`alphagrad()` is the functional form (as torch.optim.adam.adam beside Adam) and the one place the math
+is written, for one model or for `members` stacked models (dim 0 of every tensor); the C++ kernel
+(csrc/fused_alphagrad.cpp) is its one separate accelerator. The `AlphaGrad` class keeps the param
+groups and state and calls it once per group; `diagnostics()` reads the same quantities.
 """
 
 from __future__ import annotations
@@ -22,17 +30,18 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from ._fused import compiled_alphagrad_update, cpu_alphagrad_update, cpu_kernel_applies, cpu_kernel_available
+from ._fused import cpu_alphagrad_update, cpu_kernel_applies, cpu_kernel_available, rational_tanh
 from ._validation import check_choice, check_range
 
 TRANSFORMS = ("tanh", "scaled_tanh", "sin_tanh", "hybrid", "linear")
 NORMALIZATIONS = ("tensor", "group", "none")
 MOMENTUM_FORMS = ("paper", "sgd")
 NONFINITE_POLICIES = ("raise", "skip")
-_GROUP_KEYS = ("lr", "alpha", "alpha_k", "momentum", "momentum_form", "weight_decay", "eps", "normalization",
-               "transform", "beta", "kappa", "hybrid_lambda", "nonfinite", "maximize", "foreach", "fused")
-_MEMBER_KEYS = ("members", "lr", "alpha", "alpha_k", "momentum", "momentum_form", "weight_decay", "eps",
-                "normalization", "transform", "beta", "kappa", "hybrid_lambda", "maximize")
+_STEP_KEYS = ("lr", "alpha", "alpha_k", "momentum", "momentum_form", "weight_decay", "eps", "normalization",
+              "transform", "beta", "kappa", "hybrid_lambda", "maximize", "members", "foreach", "fused")
+_GROUP_KEYS = (*_STEP_KEYS, "nonfinite")
+
+Hyperparameter = float | list[torch.Tensor]  # a number, or one tensor per parameter broadcastable to it
 
 
 def auto_alpha(numel: int, k: float = 1.0) -> float:
@@ -40,79 +49,161 @@ def auto_alpha(numel: int, k: float = 1.0) -> float:
     return k * math.sqrt(numel)
 
 
-def _direction(g_hat: torch.Tensor, alpha: float, transform: str, beta: float, kappa: float,
-               hybrid_lambda: float) -> torch.Tensor:
-    """The bounded update g' for one normalized gradient (eq. 3 and the section 7.1 / 7.5 variants)."""
-    if transform == "linear":  # normalization only: tanh replaced by its small-input linearization
-        return g_hat * alpha
-    squashed = torch.tanh(g_hat * alpha)
-    if transform == "tanh":
-        return squashed
-    if transform == "scaled_tanh":  # beta * tanh(alpha * g_hat), section 7.1
-        return squashed.mul_(beta)
-    if transform == "sin_tanh":  # sin(kappa * tanh(alpha * g_hat)), section 7.1
-        return squashed.mul_(kappa).sin_()
-    # lambda * tanh(alpha * g_hat) + (1 - lambda) * g_hat, section 7.5
-    return squashed.mul_(hybrid_lambda).add_(g_hat, alpha=1.0 - hybrid_lambda)
+def momentum_on(momentum) -> bool:
+    """Whether momentum (a number, or one value per member) is non-zero for any member: buffers are kept."""
+    return momentum != 0.0 if isinstance(momentum, (int, float)) else bool(torch.as_tensor(momentum).any())
 
 
-def _foreach_direction(g_hats: list[torch.Tensor], alphas: list[float], transform: str, beta: float, kappa: float,
-                       hybrid_lambda: float) -> list[torch.Tensor]:
-    """`_direction` for a list of tensors with torch._foreach_* kernels."""
-    squashed = torch._foreach_mul(g_hats, alphas)
-    if transform == "linear":
-        return squashed
-    torch._foreach_tanh_(squashed)
-    if transform == "scaled_tanh":
-        torch._foreach_mul_(squashed, beta)
-    elif transform == "sin_tanh":
-        torch._foreach_mul_(squashed, kappa)
-        torch._foreach_sin_(squashed)
-    elif transform == "hybrid":
-        torch._foreach_mul_(squashed, hybrid_lambda)
-        torch._foreach_add_(squashed, g_hats, alpha=1.0 - hybrid_lambda)
-    return squashed
+def per_member(value, members: int, like: torch.Tensor) -> torch.Tensor:
+    """A hyperparameter as a (members,) tensor: a number is the same for every member."""
+    tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    return tensor.expand(members) if tensor.dim() == 0 else tensor
 
 
-def _apply_update(params: list[torch.Tensor], directions: list[torch.Tensor], buffers: list[torch.Tensor],
-                  lr: float, momentum: float, momentum_form: str, weight_decay: float) -> None:
-    """The update tail shared by both eager paths: decoupled weight decay, momentum (eq. 5-6), the step (eq. 4)."""
-    if weight_decay != 0.0:
-        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
-    if momentum == 0.0:
-        torch._foreach_add_(params, directions, alpha=-lr)
-    elif momentum_form == "paper":
-        torch._foreach_mul_(buffers, momentum)
-        torch._foreach_add_(buffers, directions, alpha=lr)
-        torch._foreach_sub_(params, buffers)
+def _along_members(values: list[torch.Tensor], params: Sequence[torch.Tensor], members: int | None):
+    """(members,) tensors viewed as (members, 1, ...) to broadcast against each parameter; unchanged without members."""
+    if members is None:
+        return values
+    return [value.view((members,) + (1,) * (param.dim() - 1)) for value, param in zip(values, params)]
+
+
+def gradient_norms(grads: list[torch.Tensor], normalization: str, members: int | None = None) -> list[torch.Tensor]:
+    """||g||_2 of each normalized unit (eq. 2): per tensor, or one for the whole group with "group"; with `members`
+    a (members,) tensor per tensor, each member's slice on its own."""
+    if members is None:
+        norms = list(torch._foreach_norm(grads))
     else:
-        torch._foreach_mul_(buffers, momentum)
-        torch._foreach_add_(buffers, directions)
-        torch._foreach_add_(params, buffers, alpha=-lr)
-
-
-def tensor_alphas(params: Sequence[torch.Tensor], alpha: float | str, alpha_k: float, normalization: str) -> list[float]:
-    """alpha for each tensor: the given number, or for "auto" k * sqrt(d) of its normalization unit (eq. 7)."""
-    if alpha != "auto":
-        return [float(alpha)] * len(params)
+        squares = [grad.reshape(members, -1).square().sum(dim=1) for grad in grads]
+        if normalization == "group":
+            return [torch.stack(squares).sum(dim=0).sqrt()] * len(grads)
+        return [square.sqrt() for square in squares]
     if normalization == "group":
-        return [auto_alpha(sum(p.numel() for p in params), alpha_k)] * len(params)
-    return [auto_alpha(p.numel(), alpha_k) for p in params]
-
-
-def gradient_norms(grads: list[torch.Tensor], normalization: str) -> list[torch.Tensor]:
-    """||g||_2 per tensor; one shared norm per group for "group" (also the finiteness check)."""
-    if not grads:
-        return []
-    norms = list(torch._foreach_norm(grads))
-    if normalization == "group":
-        return [torch.linalg.vector_norm(torch.stack(norms))] * len(grads)
+        return [torch.linalg.vector_norm(torch.stack(norms), dim=0)] * len(grads)
     return norms
 
 
-def normalized(grad: torch.Tensor, norm: torch.Tensor, eps: float, normalization: str) -> torch.Tensor:
-    """g_hat of eq. 2 (the raw gradient for normalization="none")."""
-    return grad / (norm + eps) if normalization != "none" else grad
+def normalized_gradients(grads: list[torch.Tensor], norms: list[torch.Tensor], eps: float, normalization: str,
+                         members: int | None = None) -> list[torch.Tensor]:
+    """g_hat = g / (||g|| + eps), eq. 2 (the raw gradient for normalization="none")."""
+    if normalization == "none":
+        return grads
+    return torch._foreach_div(grads, _along_members(torch._foreach_add(norms, eps), grads, members))
+
+
+def tensor_alphas(params: Sequence[torch.Tensor], alpha, alpha_k: float, normalization: str,
+                  members: int | None = None) -> Hyperparameter:
+    """alpha for each tensor: the given number, or for "auto" k * sqrt(d) of its normalization unit (eq. 7, d per
+    member with `members`; a list of floats, or with members of (members, 1, ...) tensors)."""
+    if alpha == "auto":
+        units = [param[0].numel() if members else param.numel() for param in params]
+        if normalization == "group":
+            units = [sum(units)] * len(params)
+        alphas = [auto_alpha(d, alpha_k) for d in units]
+    else:
+        alphas = [alpha] * len(params)
+    if members is None:
+        return [float(a) for a in alphas]
+    return _along_members([per_member(a, members, params[0]) for a in alphas], params, members)
+
+
+def _direction(g_hats: list[torch.Tensor], alphas: Hyperparameter, transform: str, beta: float, kappa: float,
+               hybrid_lambda: float, tanh=None) -> list[torch.Tensor]:
+    """The bounded update g' = tanh(alpha * g_hat) (eq. 3) or a section 7.1 / 7.5 variant; `tanh` replaces
+    torch.tanh (the compiled path's rational approximation)."""
+    scaled = torch._foreach_mul(g_hats, alphas)
+    if transform == "linear":  # normalization only: tanh replaced by its small-input linearization
+        return scaled
+    if tanh is None:
+        torch._foreach_tanh_(scaled)
+    else:
+        scaled = [tanh(x) for x in scaled]
+    if transform == "scaled_tanh":  # beta * tanh(alpha * g_hat), section 7.1
+        torch._foreach_mul_(scaled, beta)
+    elif transform == "sin_tanh":  # sin(kappa * tanh(alpha * g_hat)), section 7.1
+        torch._foreach_mul_(scaled, kappa)
+        torch._foreach_sin_(scaled)
+    elif transform == "hybrid":  # lambda * tanh(alpha * g_hat) + (1 - lambda) * g_hat, section 7.5
+        torch._foreach_mul_(scaled, hybrid_lambda)
+        torch._foreach_add_(scaled, g_hats, alpha=1.0 - hybrid_lambda)
+    return scaled
+
+
+def _add_scaled_(targets: list[torch.Tensor], tensors: list[torch.Tensor], scale: Hyperparameter,
+                 sign: float) -> None:
+    """targets += sign * scale * tensors."""
+    if isinstance(scale, list):
+        (torch._foreach_add_ if sign > 0 else torch._foreach_sub_)(targets, torch._foreach_mul(tensors, scale))
+    else:
+        torch._foreach_add_(targets, tensors, alpha=sign * scale)
+
+
+def _update_tail(params: list[torch.Tensor], directions: list[torch.Tensor], buffers: list[torch.Tensor], *,
+                 lr: Hyperparameter, momentum: Hyperparameter, momentum_form: str, weight_decay: float,
+                 keep: list[torch.Tensor] | None = None) -> None:
+    """Decoupled weight decay, momentum (eq. 5-6) and the step (eq. 4). `keep` (bool tensors broadcastable to each
+    parameter; lr and momentum then lists of tensors) leaves parameters and buffers unchanged where it is False:
+    there lr and the direction are 0 and momentum 1."""
+    if keep is not None:
+        lr = [torch.where(k, rate, 0.0) for k, rate in zip(keep, lr)]
+        directions = [torch.where(k, direction, 0.0) for k, direction in zip(keep, directions)]
+        if buffers:
+            momentum = [torch.where(k, gamma, 1.0) for k, gamma in zip(keep, momentum)]
+    if weight_decay != 0.0:
+        torch._foreach_mul_(params, [1.0 - rate * weight_decay for rate in lr] if keep is not None
+                            else 1.0 - lr * weight_decay)
+    if not buffers:
+        _add_scaled_(params, directions, lr, -1.0)  # eq. 4
+    elif momentum_form == "paper":
+        torch._foreach_mul_(buffers, momentum)
+        _add_scaled_(buffers, directions, lr, 1.0)  # eq. 5
+        torch._foreach_sub_(params, buffers if keep is None else  # eq. 6
+                            [torch.where(k, buffer, 0.0) for k, buffer in zip(keep, buffers)])
+    else:
+        torch._foreach_mul_(buffers, momentum)
+        torch._foreach_add_(buffers, directions)
+        _add_scaled_(params, buffers, lr, -1.0)
+
+
+def _update(params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor], *,
+            alphas: Hyperparameter, lr: Hyperparameter, momentum: Hyperparameter, momentum_form: str,
+            weight_decay: float, eps: float, normalization: str, transform: str, beta: float, kappa: float,
+            hybrid_lambda: float, maximize: bool, members: int | None, masked: bool, per_tensor: bool,
+            tanh=None) -> torch.Tensor:
+    """eq. 2-6 on one param group; returns whether the gradient norms are finite (a 0-d bool tensor, or (members,)).
+    Unmasked, a non-finite norm returns before anything is written; masked (members, the compiled kernel: no
+    data-dependent branch), the entries whose norms are not finite are left unchanged."""
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    norms = gradient_norms(grads, normalization, members)
+    finite = torch.stack(norms).isfinite().all(dim=0)
+    if not masked and not bool(finite):
+        return finite
+    g_hats = normalized_gradients(grads, norms, eps, normalization, members)
+    keep = _along_members([finite] * len(params), params, members) if masked else None
+    parts = [slice(i, i + 1) for i in range(len(params))] if per_tensor else [slice(None)]
+    for part in parts:  # the reference path takes one tensor at a time, the others the whole group
+        directions = _direction(g_hats[part], _part(alphas, part), transform, beta, kappa, hybrid_lambda, tanh)
+        _update_tail(params[part], directions, buffers[part], lr=_part(lr, part), momentum=_part(momentum, part),
+                     momentum_form=momentum_form, weight_decay=weight_decay, keep=_part(keep, part))
+    return finite
+
+
+def _part(value, part: slice):
+    """A per-tensor list's slice; a number (or None) as it is."""
+    return value[part] if isinstance(value, list) else value
+
+
+_compiled_update = None
+
+
+def compiled_update(*args, **kwargs) -> torch.Tensor:
+    """`_update` compiled with torch.compile on first use (a few seconds; needs a C++ compiler on CPU, Triton on
+    GPU). Each new set of shapes or options compiles again; past dynamo's recompile limit (8) the update runs
+    eagerly (same result, unfused) instead of failing, hence no fullgraph."""
+    global _compiled_update
+    if _compiled_update is None:
+        _compiled_update = torch.compile(_update, dynamic=False)
+    return _compiled_update(*args, **kwargs)
 
 
 def fused_supported(transform: str, normalization: str) -> bool:
@@ -120,26 +211,32 @@ def fused_supported(transform: str, normalization: str) -> bool:
     return transform == "tanh" and normalization != "none"
 
 
-def default_to_fused(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
-                     momentum_buffers: Sequence[torch.Tensor], transform: str, normalization: str) -> bool:
-    """The default path rule (fused=None, foreach=None): the fused C++ kernel when it supports the options and
-    the tensors (dense, contiguous float32/float64 on the CPU) and is available (built once per machine; see
-    alphagrad._fused), since it is the fastest there; otherwise foreach."""
-    return (fused_supported(transform, normalization) and cpu_kernel_applies([*params, *grads, *momentum_buffers])
-            and cpu_kernel_available())
+def update_path(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], momentum_buffers: Sequence[torch.Tensor],
+                *, transform: str, normalization: str, members: int | None, foreach: bool | None,
+                fused: bool | None) -> str:
+    """Which implementation updates a group: "kernel" (the C++ kernel: the default where it supports the options and
+    the tensors, dense contiguous float32/float64 CPU tensors, and is built), "compiled" (fused=True elsewhere),
+    "single" (foreach=False, the reference loop) or "foreach" (the default otherwise, and for members)."""
+    if fused or (fused is None and foreach is None and members is None):
+        if (fused_supported(transform, normalization) and cpu_kernel_applies([*params, *grads, *momentum_buffers])
+                and cpu_kernel_available()):
+            return "kernel"
+        if fused:
+            return "compiled"
+    return "single" if foreach is False else "foreach"
 
 
 def check_step_tensors(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
-                       momentum_buffers: Sequence[torch.Tensor], momentum_on: bool) -> None:
+                       momentum_buffers: Sequence[torch.Tensor], with_momentum: bool) -> None:
     """Raise ValueError, naming the tensor, unless there is one gradient per parameter (and one momentum buffer per
     parameter when momentum is on; none is also allowed without it), each a dense tensor of its parameter's shape,
     dtype and device: the update kernels index them together element by element."""
     if len(grads) != len(params):
         raise ValueError(f"AlphaGrad: {len(params)} parameters but {len(grads)} gradients (allowed: one gradient per "
                          "parameter)")
-    if len(momentum_buffers) not in ((len(params),) if momentum_on else (0, len(params))):
+    if len(momentum_buffers) not in ((len(params),) if with_momentum else (0, len(params))):
         raise ValueError(f"AlphaGrad: {len(momentum_buffers)} momentum buffers for {len(params)} parameters (allowed: "
-                         "one per parameter" + (")" if momentum_on else ", or none without momentum)"))
+                         "one per parameter" + (")" if with_momentum else ", or none without momentum)"))
     for kind, tensors in (("gradient", grads), ("momentum buffer", momentum_buffers)):
         for index, (tensor, param) in enumerate(zip(tensors, params)):
             if problem := _mismatch(tensor, param):
@@ -169,10 +266,10 @@ def alphagrad(
     grads: list[torch.Tensor],
     momentum_buffers: list[torch.Tensor],
     *,
-    lr: float,
-    alpha: float | str = "auto",
+    lr,
+    alpha="auto",
     alpha_k: float = 1.0,
-    momentum: float = 0.0,
+    momentum=0.0,
     momentum_form: str = "paper",
     weight_decay: float = 0.0,
     eps: float = 1e-8,
@@ -182,105 +279,48 @@ def alphagrad(
     kappa: float = 1.0,
     hybrid_lambda: float = 0.5,
     maximize: bool = False,
+    members: int | None = None,
     foreach: bool | None = None,
     fused: bool | None = None,
-) -> bool:
+) -> bool | torch.Tensor:
     """Functional AlphaGrad: update `params` in place from `grads` (the options are `AlphaGrad`'s).
 
-    `momentum_buffers` holds one buffer per parameter when momentum > 0 (updated in place), else is empty.
-    Returns False, having written nothing, when a gradient norm is not finite (NaN or inf). Raises ValueError when
-    the lists do not match one to one (check_step_tensors).
+    `momentum_buffers` holds one buffer per parameter when momentum > 0 (updated in place), else is empty. Returns
+    False, having written nothing, when a gradient norm is not finite (NaN or inf). With `members` (dim 0 of every
+    tensor indexes that many models; lr, alpha and momentum may hold one value per member) returns the (members,)
+    bool tensor of members that stepped: a member whose norm is not finite is left unchanged, the others step.
+    Raises ValueError when the tensors do not match one to one (check_step_tensors).
     """
-    check_step_tensors(params, grads, momentum_buffers, momentum != 0.0)
+    check_step_tensors(params, grads, momentum_buffers, momentum_on(momentum))
+    if members is not None and (wrong := [tuple(p.shape) for p in params if p.dim() == 0 or p.shape[0] != members]):
+        raise ValueError(f"members={members}: every tensor's dim 0 must index the members, got shape {wrong[0]}")
     if not params:
-        return True
-    if fused and not fused_supported(transform, normalization):
-        raise ValueError(f"fused=True supports transform='tanh' with normalization 'tensor' or 'group' only "
-                         f"(got transform={transform!r}, normalization={normalization!r})")
-    alphas = tensor_alphas(params, alpha, alpha_k, normalization)
-    options = (eps, momentum, momentum_form == "paper", weight_decay, maximize, normalization == "group")
-    if fused or (fused is None and foreach is None):  # the C++ kernel where it applies: the default's rule
-        if default_to_fused(params, grads, momentum_buffers, transform, normalization):
-            return cpu_alphagrad_update(params, grads, momentum_buffers, alphas, lr, *options)
-    if fused:
-        device = params[0].device
-        return bool(compiled_alphagrad_update(params, grads, momentum_buffers, torch.tensor(alphas, device=device),
-                                              torch.tensor(lr, device=device), *options))
-    if maximize:
-        grads = torch._foreach_neg(grads)
-    norms = gradient_norms(grads, normalization)
-    if not bool(torch.stack(norms).isfinite().all()):
-        return False
-    transform_options = (transform, beta, kappa, hybrid_lambda)
-    tail_options = (lr, momentum, momentum_form, weight_decay)
-    if foreach is False:  # the reference path: one tensor at a time
-        for i, (param, grad) in enumerate(zip(params, grads)):
-            direction = _direction(normalized(grad, norms[i], eps, normalization), alphas[i], *transform_options)
-            _apply_update([param], [direction], momentum_buffers[i:i + 1], *tail_options)
-        return True
-    if normalization != "none":
-        inverse_norms = torch._foreach_add(norms, eps)
-        torch._foreach_reciprocal_(inverse_norms)
-        grads = torch._foreach_mul(grads, inverse_norms)
-    _apply_update(params, _foreach_direction(grads, alphas, *transform_options), momentum_buffers, *tail_options)
-    return True
-
-
-def per_member(value, members: int, like: torch.Tensor) -> torch.Tensor:
-    """A hyperparameter as a (members,) tensor: a number is the same for every member."""
-    tensor = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    return tensor.expand(members) if tensor.dim() == 0 else tensor
-
-
-def member_inputs(params, grads, *, members: int, alpha, alpha_k: float, eps: float, normalization: str):
-    """For stacked parameters (dim 0 indexes `members`): each tensor's g_hat (eq. 2, every member's slice
-    normalized on its own, or over the member's slices of the whole group for "group") and its alpha as a
-    broadcastable (members, 1, ...) tensor, and the (members,) mask of members whose gradient norms are finite."""
-    like = params[0]
-    squares = [grad.reshape(members, -1).square().sum(dim=1) for grad in grads]  # (members,) each
-    if normalization == "group":
-        squares = [torch.stack(squares).sum(dim=0)] * len(grads)
-    norms = [square.sqrt() for square in squares]
-    finite = torch.stack(norms).isfinite().all(dim=0)
-    if alpha == "auto":  # eq. 7 with d = one member's elements in the normalized unit
-        units = [sum(p[0].numel() for p in params) if normalization == "group" else p[0].numel() for p in params]
-        alphas = [per_member(auto_alpha(d, alpha_k), members, like) for d in units]
-    else:
-        alphas = [per_member(alpha, members, like)] * len(params)
-    shapes = [(members,) + (1,) * (param.dim() - 1) for param in params]
-    g_hats = [normalized(grad, norm.view(shape), eps, normalization) for grad, norm, shape in zip(grads, norms, shapes)]
-    return g_hats, [a.view(shape) for a, shape in zip(alphas, shapes)], finite
-
-
-def _member_alphagrad(params, grads, momentum_buffers, *, members: int, lr, alpha, alpha_k, momentum, momentum_form,
-                      weight_decay, eps, normalization, transform, beta, kappa, hybrid_lambda, maximize) -> torch.Tensor:
-    """AlphaGrad on stacked parameters (member_inputs); lr and momentum may be (members,) tensors. A member whose
-    gradient norm is not finite is left unchanged (parameters and momentum), the others step. Returns the
-    (members,) bool mask of members that stepped."""
-    lr, momentum = per_member(lr, members, params[0]), per_member(momentum, members, params[0])
-    check_step_tensors(params, grads, momentum_buffers, bool(momentum.any()))
-    if maximize:
-        grads = [grad.neg() for grad in grads]
-    g_hats, alphas, stepped = member_inputs(params, grads, members=members, alpha=alpha, alpha_k=alpha_k, eps=eps,
-                                            normalization=normalization)
-    for i, (param, g_hat) in enumerate(zip(params, g_hats)):
-        keep = stepped.view(alphas[i].shape)
-        step = torch.where(keep, lr.view(keep.shape), 0.0)
-        direction = torch.where(keep, _direction(g_hat, alphas[i], transform, beta, kappa, hybrid_lambda), 0.0)
-        if weight_decay != 0.0:
-            param.mul_(1.0 - step * weight_decay)
-        if not momentum_buffers:
-            param.sub_(step * direction)  # eq. 4
-            continue
-        buffer, gamma = momentum_buffers[i], momentum.view(keep.shape)
-        if momentum_form == "paper":  # eq. 5-6
-            buffer.copy_(torch.where(keep, gamma * buffer + step * direction, buffer))
-            param.sub_(torch.where(keep, buffer, 0.0))
-        else:
-            buffer.copy_(torch.where(keep, gamma * buffer + direction, buffer))
-            param.sub_(step * buffer)
-    return stepped
-
+        return True if members is None else torch.ones(members, dtype=torch.bool)
+    if fused and (members is not None or not fused_supported(transform, normalization)):
+        raise ValueError(f"fused=True supports transform='tanh' with normalization 'tensor' or 'group', without "
+                         f"members, only (got transform={transform!r}, normalization={normalization!r}, "
+                         f"members={members!r})")
+    path = update_path(params, grads, momentum_buffers, transform=transform, normalization=normalization,
+                       members=members, foreach=foreach, fused=fused)
+    alphas = tensor_alphas(params, alpha, alpha_k, normalization, members)
+    if path == "kernel":
+        return cpu_alphagrad_update(params, grads, momentum_buffers, alphas, lr, eps, momentum,
+                                    momentum_form == "paper", weight_decay, maximize, normalization == "group")
+    options = dict(momentum_form=momentum_form, weight_decay=weight_decay, eps=eps, normalization=normalization,
+                   transform=transform, beta=beta, kappa=kappa, hybrid_lambda=hybrid_lambda, maximize=maximize,
+                   members=members)
+    if path == "compiled":  # hyperparameters as tensors, so that new values do not compile again
+        lr, momentum, *alphas = torch.tensor([lr, momentum, *alphas], dtype=params[0].dtype,
+                                             device=params[0].device).unbind()
+        return bool(compiled_update(params, grads, momentum_buffers, alphas=alphas, lr=[lr] * len(params),
+                                    momentum=[momentum] * len(params), masked=True, per_tensor=False,
+                                    tanh=rational_tanh, **options))
+    if members is not None:  # one value per member, broadcast against each tensor
+        lr, momentum = (_along_members([per_member(value, members, params[0])] * len(params), params, members)
+                        for value in (lr, momentum))
+    stepped = _update(params, grads, momentum_buffers, alphas=alphas, lr=lr, momentum=momentum,
+                      masked=members is not None, per_tensor=path == "single", **options)
+    return bool(stepped) if members is None else stepped
 
 class AlphaGrad(Optimizer):
     """AlphaGrad in torch.optim conventions.
@@ -307,13 +347,12 @@ class AlphaGrad(Optimizer):
         maximize: ascend instead of descend.
         foreach, fused: the path. Default (both None): the fused CPU kernel where it applies (the
             "tanh" transform with "tensor" or "group" normalization, dense contiguous float32/float64
-            CPU tensors) and is available, else foreach; see `default_to_fused`. fused=True: one
+            CPU tensors) and is available, else foreach; see `update_path`. fused=True: one
             pass per param group with tanh evaluated by a rational approximation within 4.4e-7 of it,
             a C++ kernel on the CPU (built once per machine, ~30-60 s), torch.compile elsewhere (a
             few seconds per process). foreach=True: torch._foreach_* kernels; foreach=False: the
             reference single-tensor loop.
-        members: stacked parameters (see `_member_alphagrad`): dim 0 of every tensor of the group indexes this
-            many independent models (a model ensemble, a population of RL runs); each member's slice is
+        members: stacked parameters: dim 0 of every tensor of the group indexes this many independent models (a model ensemble, a population of RL runs); each member's slice is
             normalized on its own, and lr, alpha and momentum may then be sequences or tensors of one value per
             member. A member with a non-finite gradient is left unchanged while the others step; "skip" counts
             it in the group's per-member "skipped_steps", "raise" raises naming it (after the others stepped).
@@ -368,7 +407,7 @@ class AlphaGrad(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict saved by AlphaGrad; another optimizer's, or invalid values, raise ValueError here."""
         for index, group in enumerate(state_dict.get("param_groups", [])):
-            missing = [key for key in (*_GROUP_KEYS, "members") if key not in group]
+            missing = [key for key in _GROUP_KEYS if key not in group]
             if missing:
                 raise ValueError(f"not an AlphaGrad state_dict: its param group {index} lacks {', '.join(missing)}")
             _validate_group(group)
@@ -413,61 +452,10 @@ class AlphaGrad(Optimizer):
                 loss = closure()
         for index, group in enumerate(self.param_groups):
             params, grads = self._gather(group)
-            if group["members"] is not None:
-                if params:
-                    stepped = _member_alphagrad(params, grads, self._momentum_buffers(group, params),
-                                                **{key: group[key] for key in _MEMBER_KEYS})
-                    self._handle_nonfinite_members(index, group, stepped.tolist())
-                continue
-            applied = alphagrad(
-                params, grads, self._momentum_buffers(group, params),
-                **{key: group[key] for key in _GROUP_KEYS if key != "nonfinite"},
-            )
-            if not applied:
-                self._handle_nonfinite(index, group, params)
+            stepped = alphagrad(params, grads, self._momentum_buffers(group, params),
+                                **{key: group[key] for key in _STEP_KEYS})
+            self._handle_nonfinite(index, group, params, stepped)
         return loss
-
-    def _handle_nonfinite_members(self, index: int, group: dict[str, Any], stepped: list[bool]) -> None:
-        skipped = [member for member, ok in enumerate(stepped) if not ok]
-        if not skipped:
-            return
-        for member in skipped:
-            group["skipped_steps"][member] += 1
-        if group["nonfinite"] == "raise":
-            raise ValueError(f"AlphaGrad: non-finite gradient (NaN or inf) in member(s) {skipped} of param group "
-                             f"{index}; those members were left unchanged, the others stepped. Pass "
-                             "nonfinite='skip' to count such steps instead.")
-
-    @torch.no_grad()
-    def diagnostics(self, tau: float = 2.5) -> dict[str, dict[str, float]]:
-        """Per-tensor diagnostics from the current gradients (call after backward, before zero_grad).
-
-        saturation: S(alpha) = fraction of |alpha * g_hat_i| > tau (section 7.3);
-        mean_abs_preactivation: mean |alpha * g_hat_i| (section 7.6);
-        update_norm: ||lr * g'||_2, the step before momentum;
-        elements: the tensor's number of elements (per member), to weigh tensors into a network-wide S.
-        Keyed by parameter name when the optimizer was given named parameters.
-        """
-        stats = {}
-        for index, group in enumerate(self.param_groups):
-            params, grads = self._gather(group)
-            names = _param_names(index, group, params)
-            members = group["members"]
-            lr = per_member(group["lr"], members, params[0]) if members and params else group["lr"]
-            for name, (g_hat, alpha, preactivation) in zip(names, abs_preactivations(group, params, grads)):
-                direction = _direction(g_hat, alpha, group["transform"], group["beta"], group["kappa"],
-                                       group["hybrid_lambda"])
-                if members is None:
-                    stats[name] = {"saturation": (preactivation > tau).float().mean().item(),
-                                   "mean_abs_preactivation": preactivation.mean().item(),
-                                   "update_norm": group["lr"] * direction.norm().item(),
-                                   "elements": preactivation.numel()}
-                else:  # one value per member
-                    stats[name] = {"saturation": (preactivation > tau).flatten(1).float().mean(1).tolist(),
-                                   "mean_abs_preactivation": preactivation.flatten(1).mean(1).tolist(),
-                                   "update_norm": (lr * direction.flatten(1).norm(dim=1)).tolist(),
-                                   "elements": preactivation[0].numel()}
-        return stats
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         params, grads = [], []
@@ -481,7 +469,7 @@ class AlphaGrad(Optimizer):
         return params, grads
 
     def _momentum_buffers(self, group: dict[str, Any], params: list[torch.Tensor]) -> list[torch.Tensor]:
-        if not bool(torch.as_tensor(group["momentum"]).any()):
+        if not momentum_on(group["momentum"]):
             return []
         buffers = []
         for p in params:
@@ -491,16 +479,27 @@ class AlphaGrad(Optimizer):
             buffers.append(state["momentum_buffer"])
         return buffers
 
-    def _handle_nonfinite(self, index: int, group: dict[str, Any], params: list[torch.Tensor]) -> None:
-        """Raise naming the tensors, or count the skipped step in the group (which was left unchanged)."""
-        if group["nonfinite"] == "skip":
-            group["skipped_steps"] += 1
-            return
-        bad = [f"{name} (shape {tuple(param.shape)})" for name, param in zip(_param_names(index, group, params), params)
-               if not bool(torch.isfinite(param.grad).all())]
-        where = ", ".join(bad) if bad else "a gradient norm (finite values overflowed to inf)"
-        raise ValueError(f"AlphaGrad: non-finite gradient (NaN or inf) in {where}; the step was not applied to its "
-                         "param group. Pass nonfinite='skip' to skip such steps instead.")
+    def _handle_nonfinite(self, index: int, group: dict[str, Any], params: list[torch.Tensor], stepped) -> None:
+        """After a group's step: raise naming the tensors (or members) whose gradient is not finite, or count the
+        skipped step in the group ("skipped_steps", per member with members). Those were left unchanged."""
+        if group["members"] is None:
+            if stepped:
+                return
+            if group["nonfinite"] == "skip":
+                group["skipped_steps"] += 1
+                return
+            bad = [f"{name} (shape {tuple(param.shape)})" for name, param in
+                   zip(_param_names(index, group, params), params) if not bool(torch.isfinite(param.grad).all())]
+            where = ", ".join(bad) if bad else "a gradient norm (finite values overflowed to inf)"
+            raise ValueError(f"AlphaGrad: non-finite gradient (NaN or inf) in {where}; the step was not applied to "
+                             "its param group. Pass nonfinite='skip' to skip such steps instead.")
+        skipped = [member for member, ok in enumerate(stepped.tolist()) if not ok]
+        for member in skipped:
+            group["skipped_steps"][member] += 1
+        if skipped and group["nonfinite"] == "raise":
+            raise ValueError(f"AlphaGrad: non-finite gradient (NaN or inf) in member(s) {skipped} of param group "
+                             f"{index}; those members were left unchanged, the others stepped. Pass "
+                             "nonfinite='skip' to count such steps instead.")
 
 
 def _member_values(group: dict[str, Any], key: str) -> list:
@@ -518,8 +517,9 @@ def _member_values(group: dict[str, Any], key: str) -> list:
 def _validate_group(group: dict[str, Any]) -> None:
     if group.get("members") is not None:
         check_range("members", group["members"], low=1)
-        if group["fused"] or group["foreach"] is not None:
-            raise ValueError("members (stacked parameters) has its own path: leave fused and foreach at None")
+        if group["fused"]:
+            raise ValueError("members (stacked parameters) has its own path: fused=True does not support it (allowed: "
+                             "fused None or False)")
     for lr in _member_values(group, "lr"):
         check_range("lr", lr, low=0.0)
     for alpha in _member_values(group, "alpha"):
@@ -554,18 +554,47 @@ def _validate_group(group: dict[str, Any]) -> None:
 def abs_preactivations(group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]):
     """Yield (g_hat, alpha, |alpha * g_hat|) per tensor of a group: the input of tanh in eq. 3 (for stacked
     parameters, alpha is a broadcastable per-member tensor)."""
-    if group["members"] is not None and params:
-        g_hats, alphas, _ = member_inputs(params, grads, members=group["members"], alpha=group["alpha"],
-                                          alpha_k=group["alpha_k"], eps=group["eps"],
-                                          normalization=group["normalization"])
-        for g_hat, alpha in zip(g_hats, alphas):
-            yield g_hat, alpha, (g_hat * alpha).abs_()
-        return
-    norms = gradient_norms(grads, group["normalization"])
-    alphas = tensor_alphas(params, group["alpha"], group["alpha_k"], group["normalization"])
-    for grad, norm, alpha in zip(grads, norms, alphas):
-        g_hat = normalized(grad, norm, group["eps"], group["normalization"])
+    members = group["members"]
+    norms = gradient_norms(grads, group["normalization"], members)
+    g_hats = normalized_gradients(grads, norms, group["eps"], group["normalization"], members)
+    alphas = tensor_alphas(params, group["alpha"], group["alpha_k"], group["normalization"], members)
+    for g_hat, alpha in zip(g_hats, alphas):
         yield g_hat, alpha, (g_hat * alpha).abs_()
+
+
+@torch.no_grad()
+def diagnostics(optimizer: AlphaGrad, tau: float = 2.5) -> dict[str, dict[str, float]]:
+    """Per-tensor diagnostics of an AlphaGrad optimizer from the current gradients (after backward, before zero_grad).
+
+    saturation: S(alpha) = fraction of |alpha * g_hat_i| > tau (section 7.3);
+    mean_abs_preactivation: mean |alpha * g_hat_i| (section 7.6);
+    update_norm: ||lr * g'||_2, the step before momentum;
+    elements: the tensor's number of elements (per member), to weigh tensors into a network-wide S.
+    Keyed by parameter name when the optimizer was given named parameters; with members, one value per member.
+    """
+    stats = {}
+    for index, group in enumerate(optimizer.param_groups):
+        params = [p for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        if not params:
+            continue
+        members = group["members"]
+        lr = group["lr"] if members is None else per_member(group["lr"], members, params[0])
+        for name, (g_hat, alpha, preactivation) in zip(_param_names(index, group, params),
+                                                       abs_preactivations(group, params, grads)):
+            [direction] = _direction([g_hat], [alpha], group["transform"], group["beta"], group["kappa"],
+                                     group["hybrid_lambda"])
+            if members is None:
+                stats[name] = {"saturation": (preactivation > tau).float().mean().item(),
+                               "mean_abs_preactivation": preactivation.mean().item(),
+                               "update_norm": group["lr"] * direction.norm().item(),
+                               "elements": preactivation.numel()}
+            else:
+                stats[name] = {"saturation": (preactivation > tau).flatten(1).float().mean(1).tolist(),
+                               "mean_abs_preactivation": preactivation.flatten(1).mean(1).tolist(),
+                               "update_norm": (lr * direction.flatten(1).norm(dim=1)).tolist(),
+                               "elements": preactivation[0].numel()}
+    return stats
 
 
 def _param_names(index: int, group: dict[str, Any], params: list[torch.Tensor]) -> list[str]:

@@ -19,7 +19,7 @@ import torch
 import tyro
 from torch.optim import Optimizer
 
-from alphagrad import AlphaGrad
+from alphagrad import AlphaGrad, diagnostics
 from alphagrad._validation import check_range
 
 from .checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted
@@ -265,7 +265,7 @@ def update_diagnostics(optimizer: Optimizer, prefix: str, enabled: bool,
         yield stats
         return
     if isinstance(optimizer, AlphaGrad):
-        per_tensor = optimizer.diagnostics()
+        per_tensor = diagnostics(optimizer)
         for name, values in per_tensor.items():
             stats[f"optimizer/{prefix}/saturation/{name}"] = values["saturation"]
         if per_tensor:  # S over every element of the network (section 7.3), each tensor weighed by its size

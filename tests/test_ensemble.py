@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from alphagrad import AGR, AlphaGrad, SaturationAlphaScheduler, agr_, with_agr
+from alphagrad import AGR, AlphaGrad, SaturationAlphaScheduler, agr_, diagnostics, with_agr
 
 MEMBERS = 3
 SHAPES = [(5, 4), (5,), (2, 5), (2,)]  # a 4-5-2 MLP's weights and biases, per member
@@ -111,13 +111,13 @@ def test_diagnostics_per_member_match_separate_optimizers():
     stacked = [torch.nn.Parameter(p.clone()) for p in params]
     for p, g in zip(stacked, grads[0]):
         p.grad = g.clone()
-    diagnostics = AlphaGrad(stacked, members=MEMBERS, lr=0.1, alpha=[1.0, 5.0, 50.0]).diagnostics(tau=1.0)
+    per_member = diagnostics(AlphaGrad(stacked, members=MEMBERS, lr=0.1, alpha=[1.0, 5.0, 50.0]), tau=1.0)
     for m, alpha in enumerate([1.0, 5.0, 50.0]):
         own = [torch.nn.Parameter(p[m].clone()) for p in params]
         for p, g in zip(own, grads[0]):
             p.grad = g[m].clone()
-        expected = AlphaGrad(own, lr=0.1, alpha=alpha).diagnostics(tau=1.0)
-        for (name, values), (_, reference) in zip(diagnostics.items(), expected.items()):
+        expected = diagnostics(AlphaGrad(own, lr=0.1, alpha=alpha), tau=1.0)
+        for (name, values), (_, reference) in zip(per_member.items(), expected.items()):
             assert values["elements"] == reference["elements"]  # one member's size, the same for every member
             for key in set(values) - {"elements"}:
                 assert values[key][m] == pytest.approx(reference[key], rel=1e-9, abs=1e-12), (name, key)
@@ -183,3 +183,15 @@ def test_state_dict_round_trip_and_no_saturation_scheduler_for_members():
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="does not support stacked parameters"):
         SaturationAlphaScheduler(optimizer)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_members_take_the_reference_loop_and_foreach_paths_alike(foreach):
+    """Stacked parameters run through the same core as one model: foreach=False (one tensor at a time) and
+    foreach=True give the default members path's result exactly."""
+    params, grads = stacked_problem(5)
+    options = dict(lr=[0.1, 0.01, 0.05], alpha=[3.0, 30.0, 300.0], momentum=0.9, weight_decay=0.01)
+    reference, _ = run_stacked(params, grads, **options)
+    other, _ = run_stacked(params, grads, foreach=foreach, **options)
+    for r, o in zip(reference, other):
+        assert torch.equal(r, o)
