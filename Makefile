@@ -26,8 +26,7 @@ $(STAMP): pyproject.toml
 	if $(BIN)/python -m pip show --quiet mujoco-core 2>/dev/null; then \
 		$(BIN)/python -m pip uninstall --quiet -y mujoco mujoco-core mujoco-studio; fi
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -c "from alphagrad._fused import build_cpu_kernel; build_cpu_kernel()" \
-		|| echo "warning: AlphaGrad's fused CPU kernel could not be built; AlphaGrad will take its foreach path"
+	$(BIN)/python -m alphagrad.build_kernel || true
 	touch $(STAMP)
 
 # one pytest worker per core (pytest-xdist; the tests share no files), and the slowest tests named at the end

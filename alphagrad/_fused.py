@@ -1,6 +1,7 @@
 """The fused AlphaGrad update: per param group, one pass for the norms, then one read-modify-write pass
 over the parameters. On the CPU (float32/float64) a small C++ kernel does it (csrc/fused_alphagrad.cpp,
-built on first use by torch.utils.cpp_extension, ~30-60 s once per environment); elsewhere (CUDA, other
+built once per environment by torch.utils.cpp_extension, ~30-60 s, with `python -m alphagrad.build_kernel`, by
+`make install`, or on a first fused=True step; never by a default step); elsewhere (CUDA, other
 dtypes) alphagrad's Python update compiled by torch.compile with `rational_tanh` for tanh does (a few
 seconds per process; Triton on GPUs).
 
@@ -53,6 +54,8 @@ def rational_tanh(x: torch.Tensor) -> torch.Tensor:
 
 _cpu_kernels = None
 _cpu_kernel_error: str | None = None
+_cpu_kernel_built: bool | None = None
+_cpu_kernel_hinted = False
 
 
 def cpu_kernel_applies(tensors: list[torch.Tensor]) -> bool:
@@ -112,9 +115,19 @@ def _import_extension(name: str, library: Path):
     return module
 
 
+def _kernel_files() -> tuple[str, Path, Path]:
+    """The kernel's module name, library and build stamp for this CPU kind and torch installation."""
+    from torch.utils.cpp_extension import LIB_EXT, _get_build_directory
+
+    name = f"alphagrad_fused_{_build_tag()}"
+    directory = Path(_get_build_directory(name, verbose=False))
+    return name, directory / f"{name}{LIB_EXT}", directory / f"{name}.built"  # (torch's name: .so, .pyd)
+
+
 def build_cpu_kernel(verbose: bool = False):
     """Load the C++ kernel, building it first where this CPU kind and torch installation have none (~30-60 s;
-    `make install` calls it). Raises when it cannot be built (no C++ compiler, no ninja).
+    `python -m alphagrad.build_kernel` and `make install` call it). Raises when it cannot be built (no C++
+    compiler, no ninja).
 
     A finished build (its library, and a `.built` stamp holding the library's size, written once it loaded) is
     imported directly: no ninja run and no wait on torch's lock file, whose holder may have been killed (torch's
@@ -122,15 +135,13 @@ def build_cpu_kernel(verbose: bool = False):
     sharing one environment, while every other process waits). Builds take a lock that a killed builder drops."""
     global _cpu_kernels
     if _cpu_kernels is None:
-        from torch.utils.cpp_extension import LIB_EXT, _get_build_directory, load
+        from torch.utils.cpp_extension import load
 
-        name = f"alphagrad_fused_{_build_tag()}"
-        directory = Path(_get_build_directory(name, verbose=False))
-        library, stamp = directory / f"{name}{LIB_EXT}", directory / f"{name}.built"  # (torch's name: .so, .pyd)
+        name, library, stamp = _kernel_files()
         if not _built(library, stamp):
-            with _exclusive(directory / "alphagrad-build.lock"):
+            with _exclusive(library.parent / "alphagrad-build.lock"):
                 if not _built(library, stamp):  # (another process may have built it while this one waited)
-                    (directory / "lock").unlink(missing_ok=True)  # torch's lock, left by a killed build
+                    (library.parent / "lock").unlink(missing_ok=True)  # torch's lock, left by a killed build
                     print("alphagrad: building the fused CPU kernel (once per environment, ~30-60 s)",
                           file=sys.stderr, flush=True)
                     _cpu_kernels = load(name=name, sources=[str(Path(__file__).parent / "csrc" / "fused_alphagrad.cpp")],
@@ -141,13 +152,31 @@ def build_cpu_kernel(verbose: bool = False):
     return _cpu_kernels
 
 
-def cpu_kernel_available() -> bool:
-    """Whether the C++ kernel can be used; the first call loads it, building it if needed (a message says so).
-    A failed build is reported once, and AlphaGrad then takes its foreach path."""
-    global _cpu_kernel_error
+def cpu_kernel_built() -> bool:
+    """Whether this environment has a finished build of the kernel (loaded or not); checked once per process."""
+    global _cpu_kernel_built
+    if _cpu_kernel_built is None:
+        _, library, stamp = _kernel_files()
+        _cpu_kernel_built = _cpu_kernels is not None or _built(library, stamp)
+    return _cpu_kernel_built
+
+
+def cpu_kernel_available(build: bool = False) -> bool:
+    """Whether the C++ kernel can be used. A finished build is loaded; `build` (fused=True asks for the kernel)
+    builds a missing one. Otherwise no step waits on a compile: a missing kernel is reported once, with the command
+    that builds it, and a failed build once, and AlphaGrad takes its foreach path."""
+    global _cpu_kernel_error, _cpu_kernel_hinted
     if _cpu_kernels is not None:
         return True
     if _cpu_kernel_error is not None:
+        return False
+    if not build and not cpu_kernel_built():
+        if not _cpu_kernel_hinted:
+            _cpu_kernel_hinted = True
+            warnings.warn("alphagrad: the fused CPU kernel is not built in this environment, so AlphaGrad takes its "
+                          "foreach path (exact, slower on the CPU). Build it once with `python -m "
+                          "alphagrad.build_kernel` (~30-60 s; needs a C++ compiler and ninja).", RuntimeWarning,
+                          stacklevel=4)
         return False
     try:
         build_cpu_kernel()
@@ -155,7 +184,7 @@ def cpu_kernel_available() -> bool:
         _cpu_kernel_error = f"{type(error).__name__}: {error}".strip()
         warnings.warn(f"alphagrad: the fused CPU kernel could not be built ({_cpu_kernel_error.splitlines()[0]}); "
                       "AlphaGrad uses its foreach path instead (exact, slower). It needs a C++ compiler and "
-                      "`pip install ninja`.", RuntimeWarning, stacklevel=3)
+                      "`pip install ninja`.", RuntimeWarning, stacklevel=4)
         return False
     return True
 

@@ -215,11 +215,12 @@ def update_path(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], m
                 *, transform: str, normalization: str, members: int | None, foreach: bool | None,
                 fused: bool | None) -> str:
     """Which implementation updates a group: "kernel" (the C++ kernel: the default where it supports the options and
-    the tensors, dense contiguous float32/float64 CPU tensors, and is built), "compiled" (fused=True elsewhere),
+    the tensors, dense contiguous float32/float64 CPU tensors, and is built; fused=True builds it where missing),
+    "compiled" (fused=True elsewhere),
     "single" (foreach=False, the reference loop) or "foreach" (the default otherwise, and for members)."""
     if fused or (fused is None and foreach is None and members is None):
         if (fused_supported(transform, normalization) and cpu_kernel_applies([*params, *grads, *momentum_buffers])
-                and cpu_kernel_available()):
+                and cpu_kernel_available(build=bool(fused))):
             return "kernel"
         if fused:
             return "compiled"

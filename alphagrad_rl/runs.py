@@ -120,7 +120,16 @@ def _software_versions() -> dict[str, str]:
     installed = {package: _installed_version(package) for package in SOFTWARE_PACKAGES}
     return {"python": platform.python_version(),
             **{package: version for package, version in installed.items() if version is not None},
-            "alphagrad-rl": _project_commit() or _installed_version("alphagrad-rl") or "unknown"}
+            "alphagrad-rl": _project_commit() or _installed_version("alphagrad-rl") or "unknown",
+            "alphagrad fused CPU kernel": _kernel_state()}
+
+
+def _kernel_state() -> str:
+    """Whether AlphaGrad's fused CPU kernel is built here: AlphaGrad's default path on the CPU takes it (tanh by a
+    rational approximation within 4.4e-7) where it is, else foreach (tanh exactly)."""
+    from alphagrad._fused import cpu_kernel_built  # (torch: only a process that trains asks)
+
+    return "built" if cpu_kernel_built() else "not built"
 
 
 def _project_commit() -> str | None:

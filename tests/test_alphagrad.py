@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -266,7 +267,7 @@ def test_default_path_is_the_fused_kernel_where_it_applies_and_foreach_otherwise
     AlphaGrad(params, alpha=2.0, transform="scaled_tanh").step()  # the kernel has no scaled_tanh: foreach
     AlphaGrad(params, alpha=2.0, foreach=True).step()
     assert len(calls) == 1
-    monkeypatch.setattr("alphagrad.optimizer.cpu_kernel_available", lambda: False)  # e.g. no compiler
+    monkeypatch.setattr("alphagrad.optimizer.cpu_kernel_available", lambda build: False)  # e.g. not built
     AlphaGrad(params, alpha=2.0).step()
     assert len(calls) == 1
 
@@ -283,11 +284,44 @@ def test_a_kernel_that_cannot_be_built_is_reported_once_and_foreach_is_used(monk
     param = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
     param.grad = torch.tensor([3.0, 4.0], dtype=torch.float64)
     with pytest.warns(RuntimeWarning, match="could not be built .*Ninja is required.*foreach path"):
+        AlphaGrad([param], lr=0.1, alpha=1.0, fused=True).step()  # fused=True asks for the kernel: a build
+    assert not _fused.cpu_kernel_available(build=True)  # reported once: no second build attempt, no second warning
+
+
+def test_a_default_step_never_builds_the_kernel_and_says_once_how_to(monkeypatch):
+    """Where the kernel is not built, the default path is foreach (the exact formula), with one hint naming the
+    command that builds it; no step compiles."""
+    from alphagrad import _fused
+
+    def build(verbose=False):
+        raise AssertionError("a default step built the kernel")
+
+    monkeypatch.setattr(_fused, "_cpu_kernels", None)
+    monkeypatch.setattr(_fused, "_cpu_kernel_built", False)
+    monkeypatch.setattr(_fused, "_cpu_kernel_hinted", False)
+    monkeypatch.setattr(_fused, "build_cpu_kernel", build)
+    param = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    param.grad = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match=r"not built .*python -m alphagrad\.build_kernel"):
         AlphaGrad([param], lr=0.1, alpha=1.0).step()
     expected = 1 - 0.1 * torch.tensor([math.tanh(0.6), math.tanh(0.8)], dtype=torch.float64)
     torch.testing.assert_close(param.detach(), expected, atol=1e-9, rtol=0)  # the exact path (fused: ~4e-8 off)
-    assert not _fused.cpu_kernel_available()  # reported once: no second build attempt, no second warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AlphaGrad([param], lr=0.1, alpha=1.0).step()  # said once
 
+
+def test_the_build_command_builds_or_names_what_is_missing(monkeypatch, capsys):
+    from alphagrad import build_kernel
+
+    assert build_kernel.main() == 0 and "fused CPU kernel is ready" in capsys.readouterr().out
+
+    def no_compiler(verbose=False):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(build_kernel, "build_cpu_kernel", no_compiler)
+    assert build_kernel.main() == 1
+    assert "could not be built (RuntimeError: Ninja is required" in capsys.readouterr().err
 
 
 def test_kernel_build_directory_is_per_torch_installation(monkeypatch):

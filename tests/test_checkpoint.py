@@ -535,6 +535,9 @@ def test_a_run_record_keeps_the_software_it_started_with_and_each_resume_notes_o
     assert versions["gymnasium"] == gym.__version__
     if (ROOT / ".git").exists():  # run from a checkout: its commit, marked when tracked files differ from it
         assert re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", versions["alphagrad-rl"]), versions
+    from alphagrad._fused import cpu_kernel_built  # which tanh AlphaGrad's default CPU path evaluates
+
+    assert versions["alphagrad fused CPU kernel"] == ("built" if cpu_kernel_built() else "not built")
 
     def attempt(software, resume_state=None):
         monkeypatch.setattr(runs, "software_versions", lambda: software)
