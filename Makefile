@@ -113,11 +113,11 @@ BAD_INPUTS_ARGS ?=
 try-bad-inputs: $(STAMP)
 	$(BIN)/python scripts/try_bad_inputs.py $(BAD_INPUTS_ARGS)
 
-# optimizer.step() time and state bytes: AlphaGrad vs Adam vs SGD (issue 2, section 6)
+# optimizer.step() time and state bytes: AlphaGrad vs Adam vs SGD
 bench-optimizers: $(STAMP)
 	$(BIN)/python scripts/bench_optimizers.py
 
-# DQN CartPole 500k (Adam) and PPO HalfCheetah 200k (Adam, AlphaGrad alpha=98): SPS and returns (issue 3)
+# DQN CartPole 500k (Adam) and PPO HalfCheetah 200k (Adam, AlphaGrad alpha=98): SPS and returns
 bench-agents: $(STAMP)
 	$(BIN)/python scripts/bench_agents.py
 

@@ -1,5 +1,5 @@
 """Bad input at every entry point gets one clear line (never a traceback), is never silently accepted, and
-loses no data (issue 10). Command-line entry points are called in-process with their argv."""
+loses no data. Command-line entry points are called in-process with their argv."""
 
 import dataclasses
 import math
