@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import os
 import re
 import shlex
 import subprocess
@@ -52,7 +53,7 @@ def simple_commands(command: str) -> list[list[str]]:
 @cache
 def help_text(*script_and_subcommand: str) -> tuple[int, str]:
     completed = subprocess.run([sys.executable, *script_and_subcommand, "--help"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=300, env={"COLUMNS": "400", "PATH": "/usr/bin:/bin"})
+                               text=True, timeout=300, env={**os.environ, "COLUMNS": "400"})
     return completed.returncode, completed.stdout + completed.stderr
 
 
