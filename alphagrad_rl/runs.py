@@ -154,6 +154,14 @@ def _installed_version(package: str) -> str | None:
         return None
 
 
+def duration(seconds: float) -> str:
+    """Seconds as H:MM:SS (with days beyond 24 hours): 3725 -> "1:02:05"."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return (f"{days}d " if days else "") + f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 def safe_name(text: str) -> str:
     """`text` as a run-name component: each character outside RUN_NAME_CHARACTERS becomes '-'
     (an env id such as "phys2d/CartPole-v1" -> "phys2d-CartPole-v1")."""
@@ -567,21 +575,32 @@ class RunRecord:
         return (self.global_step if step is None else step) / elapsed if elapsed > 0 else 0.0
 
     def progress(self, step: int, force: bool = False) -> None:
+        """Print a progress line (every progress_interval_s): step, training time so far (resumes included), the
+        time left at the run's mean speed, SPS and the recent return."""
         now = time.time()
         if self.quiet or (not force and now - self._last_progress < self.progress_interval_s):
             return
         self._last_progress = now
-        recent = f"{sum(self.recent_returns) / len(self.recent_returns):.1f}" if self.recent_returns else "-"
+        sps = self.sps(step)
+        left = duration((self.total_timesteps - step) / sps) if sps > 0 and step < self.total_timesteps else "-"
         print(f"[{self.run_name}] step {step:,}/{self.total_timesteps:,} ({100 * step / self.total_timesteps:.0f}%) "
-              f"| SPS {self.sps(step):.0f} | return (last {len(self.recent_returns)}) {recent}",
-              file=sys.stderr, flush=True)
+              f"| {duration(now - self.start)} elapsed, ETA {left} | SPS {sps:.0f} | return (last "
+              f"{len(self.recent_returns)}) {self._recent_return()}", file=sys.stderr, flush=True)
+
+    def _recent_return(self) -> str:
+        return f"{sum(self.recent_returns) / len(self.recent_returns):.1f}" if self.recent_returns else "-"
 
     def finish(self, status: str = "finished", error: str | None = None) -> dict[str, Any]:
-        """Close the writers and write the summary (last, atomically). Returns the summary."""
+        """Close the writers and write the summary (last, atomically); a last line names the status, the final
+        return and the record's folder. Returns the summary."""
         self.progress(self.global_step, force=status == "finished")
         self._metrics.close()
         self.writer.close()
         summary = self.summary = self._write_summary(status, error)
+        if not self.quiet:
+            print(f"[{self.run_name}] {status} at step {self.global_step:,} after {duration(summary['wall_clock_s'])} "
+                  f"| final return (last {len(self.recent_returns)}) {self._recent_return()} | record: {self.run_dir}",
+                  file=sys.stderr, flush=True)
         if self.wandb_run is not None:
             self.wandb_run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
             self.wandb_run.finish(exit_code=0 if status == "finished" else 1)

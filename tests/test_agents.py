@@ -1,5 +1,6 @@
 """Each agent on a tiny budget (CPU): complete run record, determinism, autoreset handling, optimizer choice."""
 
+import functools
 import hashlib
 import json
 import re
@@ -369,3 +370,27 @@ def test_a_diverged_run_is_crashed_with_its_step_and_cause_as_a_population_recor
     assert summary["status"] == "crashed" and re.fullmatch(cause, summary["error"]), summary["error"]
     run = load_runs(tmp_path)[0]
     assert not run.included and run.reason_left_out.startswith("crashed: non-finite")
+
+
+def test_progress_lines_give_elapsed_time_and_eta_and_the_last_names_the_record(tmp_path, capsys, monkeypatch):
+    from alphagrad_rl import runs
+
+    monkeypatch.setattr(runs.RunRecord, "__init__", functools.partialmethod(runs.RunRecord.__init__,
+                                                                            progress_interval_s=0.0))
+    dqn.main(dqn_args(tmp_path, quiet=False))
+    lines = capsys.readouterr().err.strip().splitlines()
+    progress = [line for line in lines if line.startswith("[dqn] step ")]
+    assert progress and all(re.search(r"\| \d+:\d\d:\d\d elapsed, ETA (\d+:\d\d:\d\d|-) \| SPS", line)
+                            for line in progress), progress[:3]
+    assert re.search(r"ETA \d+:\d\d:\d\d", progress[0])  # a run under way knows how long it has left
+    summary = read_summary(tmp_path / "dqn")
+    assert lines[-1] == (f"[dqn] finished at step 600 after {runs.duration(summary['wall_clock_s'])} | final return "
+                         f"(last {summary['final_window']}) {summary['final_return']:.1f} | record: {tmp_path / 'dqn'}")
+
+
+@pytest.mark.parametrize("seconds, shown", [(0, "0:00:00"), (59.6, "0:01:00"), (3725, "1:02:05"),
+                                            (90061, "1d 1:01:01")])
+def test_durations_read_as_hours_minutes_seconds(seconds, shown):
+    from alphagrad_rl.runs import duration
+
+    assert duration(seconds) == shown
