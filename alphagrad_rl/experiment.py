@@ -198,13 +198,14 @@ def start_run(args: CommonArgs, algorithm: str, env_id: str, optimizer_name: str
 
 
 def open_record(args: CommonArgs, algorithm: str, run_dir: Path, total_timesteps: int,
-                resume_state: dict | None = None, population_size: int = 1) -> RunRecord:
-    """The run record of `args` (its full options as the config) in `run_dir`, with its W&B and progress options."""
+                resume_state: dict | None = None, population_size: int = 1, member: int | None = None) -> RunRecord:
+    """The run record of `args` (its full options as the config) in `run_dir`, with its W&B and progress options
+    (`member`: its index in a population)."""
     return RunRecord(
         run_dir=run_dir, algorithm=algorithm, config=dataclasses.asdict(args), total_timesteps=total_timesteps,
         track=args.track, wandb_project=args.wandb_project_name, wandb_entity=args.wandb_entity,
         wandb_group=args.wandb_group, wandb_tags=args.wandb_tags, quiet=args.quiet, resume_state=resume_state,
-        population_size=population_size,
+        population_size=population_size, member=member,
         code=custom_sources(optimizer_specs(args)),
     )
 

@@ -53,6 +53,8 @@ class PopulationOptions:
     """AlphaGrad: each member's momentum (default: --optim.momentum for every member)"""
     run_names: tuple[str, ...] = ()
     """each member's run folder name (default: <run name>__m<i>, or the single-file agent's default name per member)"""
+    exp_names: tuple[str, ...] = ()
+    """each member's exp_name (default: --exp-name for every member; a sweep gives each member its arm)"""
 
 
 def member_args(args: Any, single_type: type, algorithm: str, optim_fields: tuple[str, ...] = ("optim",)) -> list[Any]:
@@ -67,6 +69,8 @@ def member_args(args: Any, single_type: type, algorithm: str, optim_fields: tupl
         f"{args.run_name}__m{i}" if args.run_name else
         safe_name(f"{args.env_id}__{args.exp_name}__{first.name}__{seed}__population") for i, seed in enumerate(seeds))
     columns["run_names"] = names
+    exp_names = args.exp_names or (args.exp_name,) * size
+    columns["exp_names"] = exp_names
     wrong = {key: len(values) for key, values in columns.items() if len(values) != size}
     if wrong:
         raise ValueError(f"{algorithm} population of {size}: "
@@ -77,10 +81,10 @@ def member_args(args: Any, single_type: type, algorithm: str, optim_fields: tupl
     if len(set(names)) != size:
         raise ValueError(f"two members share a run name: {names}")
     single = {f.name: getattr(args, f.name) for f in dataclasses.fields(single_type)}
-    members = [single_type(**{**single, "seed": seed, "run_name": name, **{
+    members = [single_type(**{**single, "seed": seed, "run_name": name, "exp_name": exp_name, **{
         field: dataclasses.replace(getattr(args, field), **{key: values[i] for key, values in per_member.items()
                                                             if values})
-        for field in optim_fields}}) for i, (seed, name) in enumerate(zip(seeds, names))]
+        for field in optim_fields}}) for i, (seed, name, exp_name) in enumerate(zip(seeds, names, exp_names))]
     trained: dict[str, str] = {}  # what a member trains -> its run name
     for member in members:
         settings = json.dumps(trained_options(dataclasses.asdict(member)), sort_keys=True, default=str)
@@ -155,8 +159,8 @@ def open_population(args: Any, members: list[Any], algorithm: str, total_timeste
     states = loaded["record"] if loaded is not None else [None] * len(members)
     checkpoints.catch_stop_signals()
     records = [None if loaded is not None and state is None
-               else open_record(m, algorithm, d, total_timesteps, state, population_size=len(members))
-               for m, d, state in zip(members, run_dirs, states)]
+               else open_record(m, algorithm, d, total_timesteps, state, population_size=len(members), member=i)
+               for i, (m, d, state) in enumerate(zip(members, run_dirs, states))]
     checkpoints.record = records
     return records, checkpoints, loaded
 

@@ -437,9 +437,9 @@ class RunRecord:
                  track: bool = False, wandb_project: str = "alphagrad-rl", wandb_entity: str | None = None,
                  wandb_group: str | None = None, wandb_tags: tuple[str, ...] = (), final_window: int = 100,
                  quiet: bool = False, progress_interval_s: float = 10.0, resume_state: dict[str, Any] | None = None,
-                 population_size: int = 1, code: dict[str, str] | None = None) -> None:
+                 population_size: int = 1, member: int | None = None, code: dict[str, str] | None = None) -> None:
         """`code`: what trains besides software_versions() (e.g. a custom optimizer's file and hash), recorded with
-        the versions."""
+        the versions; `member`: the run's index in its population."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
@@ -483,10 +483,16 @@ class RunRecord:
             import wandb
 
             wandb_id = resume_state.get("wandb_run_id") if resume_state else None
-            self.wandb_run = wandb.init(project=wandb_project, entity=wandb_entity, group=wandb_group,
-                                        tags=list(wandb_tags), name=self.run_name, config=config,
-                                        dir=str(self.run_dir), reinit="create_new",  # a population: one W&B run per member
-                                        id=wandb_id, resume="allow" if wandb_id else None)
+            arm, commit = config.get("exp_name", "run"), software.get("alphagrad-rl", "unknown")
+            self.wandb_run = wandb.init(  # grouped as CleanRL's benchmark groups: by sweep, then by arm
+                project=wandb_project, entity=wandb_entity, group=wandb_group, job_type=arm, name=self.run_name,
+                tags=list(dict.fromkeys([*wandb_tags, arm, commit])),
+                config={**config, "arm": arm, "sweep": wandb_group, "member": member,
+                        "population_size": population_size, "git_commit": commit, "software": software},
+                dir=str(self.run_dir), reinit="create_new",  # a population: one W&B run per member
+                id=wandb_id, resume="allow" if wandb_id else None)
+            self.wandb_run.define_metric("global_step")  # every series plotted against env steps, as CleanRL's
+            self.wandb_run.define_metric("*", step_metric="global_step")
         self._write_summary("running")
 
     def _continue(self, state: dict[str, Any], metrics_path: Path) -> None:
@@ -553,7 +559,7 @@ class RunRecord:
             self._metrics.flush()
             self._last_flush = now
         if self.wandb_run is not None:
-            self.wandb_run.log(dict(scalars), step=int(step))
+            self.wandb_run.log({**scalars, "global_step": int(step)}, step=int(step))
 
     def log_episode(self, step: int, episodic_return: float, episodic_length: int) -> None:
         self.episode_returns.append(float(episodic_return))

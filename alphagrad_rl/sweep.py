@@ -116,8 +116,13 @@ class RunSpec:
         return [arg for flag, value in merged_options(self.flags) for arg in _flag_args(flag, value)]
 
     def argv(self, program: Path, results_dir: Path, extra: tuple[str, ...] = ()) -> list[str]:
-        return [sys.executable, str(program), *self.flag_args(), "--run-name", self.name,
+        return [sys.executable, str(program), *self.flag_args(), *self.exp_name_args(), "--run-name", self.name,
                 "--results-dir", str(results_dir), "--quiet", *extra]
+
+    def exp_name_args(self) -> list[str]:
+        """`--exp-name <arm>` (CleanRL's experiment name: W&B's job type and openrlbenchmark's selector), unless the
+        config sets exp-name itself."""
+        return [] if any(flag == "exp-name" for flag, _ in self.flags) else ["--exp-name", self.arm]
 
 
 @dataclasses.dataclass
@@ -341,8 +346,8 @@ def load_sweep(path: str | Path, agents: Mapping[str, AgentEntry]) -> Sweep:
 
 def wandb_sweep_configs(sweep: Sweep) -> dict[str, dict[str, Any]]:
     """One plain W&B grid-sweep config per arm (W&B has no arms: the arm's settings become fixed
-    parameters). Each run logs to W&B in the group named after the sweep; `wandb sweep FILE` then
-    `wandb agent ID` runs it on the W&B service."""
+    parameters). Each run logs to W&B in the group named after the sweep, with the arm as its exp_name (its
+    job type); `wandb sweep FILE` then `wandb agent ID` runs it on the W&B service."""
     varied = [flag for flag, spec in sweep.parameters.items() if OPTION_KEY in flag and len(spec.get("values", [0])) > 1]
     if varied:
         raise SweepConfigError(f"{sweep.name}: a W&B sweep cannot vary one key of a custom optimizer's options "
@@ -368,6 +373,8 @@ def wandb_sweep_configs(sweep: Sweep) -> dict[str, dict[str, Any]]:
             **({"metric": sweep.metric} if sweep.metric else {}),
             "parameters": parameters,
             "command": ["${env}", "${interpreter}", "${program}", "--track", "--wandb-group", sweep.name,
+                        *([] if "exp-name" in {**fixed, **settings} or "exp-name" in parameters else
+                          ["--exp-name", arm]),
                         "${args_no_boolean_flags}"],  # --flag=value, and true booleans as bare --flag (tyro)
         }
     return configs
@@ -692,6 +699,8 @@ def population_argv(runs: list[RunSpec], agent: AgentEntry, results_dir: Path, e
         role, field = flags[0].split(".", 1)
         argv += [f"--{option}", *(str(getattr(getattr(_parsed(run, agent), role.replace("-", "_")), field))
                                   for run in runs)]
+    if runs[0].exp_name_args():
+        argv += ["--exp-names", *(run.arm for run in runs)]
     return argv + ["--run-names", *(run.name for run in runs), "--results-dir", str(results_dir), "--quiet", *extra]
 
 

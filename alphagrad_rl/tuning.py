@@ -531,9 +531,10 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 
 def tune(config: TuneConfig, results_dir: Path, worker_id: int = 0, grace_s: float = 600.0, poll_s: float = 2.0,
-         max_trials: int | None = None, report: Callable[[str], None] = print) -> optuna.Study:
+         max_trials: int | None = None, report: Callable[[str], None] = print, track: bool = False) -> optuna.Study:
     """Work on the config's study until it has `config.trials` finished (complete or pruned) trials, or this
-    process has run `max_trials`. Other tuner processes may work on the same study at the same time."""
+    process has run `max_trials`. Other tuner processes may work on the same study at the same time. `track` logs
+    every trial's runs to W&B: group = the study, job type = the trial (its runs' exp_name), config = its options."""
     check_results_dir(results_dir)
     study_dir = results_dir / config.name
     probe = open_study(config, results_dir)
@@ -554,7 +555,8 @@ def tune(config: TuneConfig, results_dir: Path, worker_id: int = 0, grace_s: flo
         trial.set_user_attr("heartbeat", time.time())
         report(f"trial {trial.number} ({_shown(params)}) started")
         try:
-            score, crashed = run_trial(config, trial, params, study_dir / "trials", report, poll_s)
+            score, crashed = run_trial(config, trial, params, study_dir / "trials", report, poll_s,
+                                       extra=("--track", "--wandb-group", config.name) if track else ())
         except TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
             report(f"trial {trial.number} pruned")

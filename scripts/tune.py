@@ -61,6 +61,9 @@ class Args:
     """parallel processes of the final evaluation; 0: one per core"""
     population_size: int = 10
     """the final evaluation packs runs into populations of this many (agents with a population variant)"""
+    track: bool = False
+    """log every trial's runs to Weights & Biases (group: the study; job type: the trial), and the final
+    evaluation's (group: its sweep; job type: the arm)"""
 
 
 def final_evaluation(args: Args, config, study: optuna.Study, output: Path) -> int:
@@ -79,7 +82,7 @@ def final_evaluation(args: Args, config, study: optuna.Study, output: Path) -> i
         sweep = load_sweep(sweep_path, sweep_registry())
         print(f"final evaluation of trial {best['trial']} on fresh seeds {list(config.final_seeds)}: sweep {sweep.name}")
         summaries = launch(sweep, sweep.runs, LaunchOptions(results_dir=args.results_dir, workers=args.final_workers,
-                                                             population_size=args.population_size))
+                                                             population_size=args.population_size, track=args.track))
         records = output / "records"
         export_records(args.results_dir / sweep.name, records, config.last_episodes)
         runs = load_runs(records, config.last_episodes)
@@ -108,7 +111,8 @@ def main(args: Args) -> int:
         config = load_tune_config(args.config, sweep_registry())
         output = args.output or Path("results") / config.name
         check_results_dir(output, "--output folder")  # before the study, not after hours of trials
-        study = tune(config, args.results_dir, args.worker_id, args.grace_s, max_trials=args.max_trials)
+        study = tune(config, args.results_dir, args.worker_id, args.grace_s, max_trials=args.max_trials,
+                     track=args.track)
         if not study_finished(config, study):
             counts = trial_counts(study)
             print(f"study {config.name}: {counts['complete'] + counts['pruned']}/{config.trials} trials finished, "
