@@ -1,5 +1,6 @@
 # alphagrad-rl. `make install` builds .venv (torch first, pinned), `make test` runs the test suite.
-PYTHON ?= python3.11
+# any python3 of 3.11 or newer (the venv's interpreter): `make install PYTHON=python3.12` picks another
+PYTHON ?= python3
 VENV ?= .venv
 # A GPU user overrides this, e.g. `make install TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"`.
 TORCH ?= torch==2.13.0
@@ -18,6 +19,7 @@ ANALYZE := $(BIN)/python scripts/analyze.py
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c "import sys; sys.exit(0 if sys.version_info >= (3, 11) else 'error: $(PYTHON) is Python ' + sys.version.split()[0] + ' (allowed: 3.11 or newer): make install PYTHON=python3.11')"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
+from alphagrad_rl.agents import dqn
 
-from agents import dqn
 from alphagrad_rl import population
 from alphagrad_rl.buffers import MemberReplayBuffers, ReplayBatch
 from alphagrad_rl.cartpole_batch import CartPoleBatch, member_action_spaces

@@ -23,9 +23,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
+from alphagrad_rl.agents import ppo_continuous_action as ppo
 from torch.distributions.normal import Normal
 
-from agents import ppo_continuous_action as ppo
 from alphagrad_rl import population
 from alphagrad_rl.envs import ended_episodes, make_vector_env
 from alphagrad_rl.experiment import cli, seed_everything, select_device, update_diagnostics

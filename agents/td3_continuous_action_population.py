@@ -22,8 +22,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
+from alphagrad_rl.agents import td3_continuous_action as td3
 
-from agents import td3_continuous_action as td3
 from alphagrad_rl import population
 from alphagrad_rl.buffers import MemberReplayBuffers
 from alphagrad_rl.envs import ended_episodes, make_vector_env, true_next_obs

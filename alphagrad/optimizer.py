@@ -353,11 +353,12 @@ class AlphaGrad(Optimizer):
             a C++ kernel on the CPU (built once per machine, ~30-60 s), torch.compile elsewhere (a
             few seconds per process). foreach=True: torch._foreach_* kernels; foreach=False: the
             reference single-tensor loop.
-        members: stacked parameters: dim 0 of every tensor of the group indexes this many independent models (a model ensemble, a population of RL runs); each member's slice is
-            normalized on its own, and lr, alpha and momentum may then be sequences or tensors of one value per
-            member. A member with a non-finite gradient is left unchanged while the others step; "skip" counts
-            it in the group's per-member "skipped_steps", "raise" raises naming it (after the others stepped).
-            torch's LR schedulers need a number for lr.
+        members: stacked parameters: dim 0 of every tensor of the group indexes this many independent models
+            (a model ensemble, a population of RL runs); each member's slice is normalized on its own, and lr,
+            alpha and momentum may then be sequences or tensors of one value per member. A member with a
+            non-finite gradient is left unchanged while the others step; "skip" counts it in the group's
+            per-member "skipped_steps", "raise" raises naming it (after the others stepped). torch's LR
+            schedulers need a number for lr. The path is foreach (foreach=False: the reference loop).
     """
 
     def __init__(

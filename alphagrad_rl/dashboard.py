@@ -1,7 +1,7 @@
 """A Weights & Biases workspace that compares a sweep's arms: the paper's panels of its algorithm (analysis.PANELS),
 every run of the sweep grouped by its arm (mean and spread over seeds), against global_step.
 
-    python -m alphagrad_rl.dashboard --entity ENTITY --project alphagrad-rl --sweep paper-dqn-cartpole --algorithm dqn
+    alphagrad-rl dashboard --entity ENTITY --project alphagrad-rl --sweep paper-dqn-cartpole --algorithm dqn
 
 saves it to W&B (it needs a login) and prints its URL; `sweep_workspace` builds it without a server. The runs it
 shows are those a sweep logged with `--track` (config keys `sweep` and `arm`: runs.RunRecord).
@@ -9,6 +9,7 @@ shows are those a sweep logged with `--track` (config keys `sweep` and `arm`: ru
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import tyro
@@ -55,11 +56,17 @@ class Args:
     """the W&B project (the agents' --wandb-project-name)"""
 
 
-def main(args: Args) -> None:
+def main(args: Args) -> int:
     workspace = sweep_workspace(args.entity, args.project, args.sweep, args.algorithm)
     workspace.save()
     print(workspace.url)
+    return 0
+
+
+def run(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line (`alphagrad-rl dashboard`, or `python -m alphagrad_rl.dashboard`): its exit status."""
+    return main(tyro.cli(Args, args=argv, prog=prog))
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    sys.exit(run())

@@ -18,8 +18,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 import tyro
+from alphagrad_rl.agents.td3_continuous_action import Actor, QNetwork, make_env
 
-from agents.td3_continuous_action import Actor, QNetwork, make_env
 from alphagrad_rl.buffers import ReplayBuffer
 from alphagrad_rl.checkpoint import Checkpointer
 from alphagrad_rl.envs import make_vector_env, true_next_obs

@@ -332,7 +332,8 @@ def preload() -> None:
     os.chdir(ROOT)
     os.environ.update(WANDB_MODE="offline", OMP_NUM_THREADS="1")
     sys.path.insert(0, str(ROOT))
-    import agents  # noqa: F401  (and through it the harness, torch, gymnasium)
+    import alphagrad_rl.agents  # noqa: F401  (and through it the harness, torch, gymnasium)
+
     import alphagrad_rl.sweep  # noqa: F401
     import alphagrad_rl.tuning  # noqa: F401
     from alphagrad._fused import cpu_kernel_available

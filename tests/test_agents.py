@@ -10,8 +10,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from alphagrad_rl.agents import dqn, ppo_continuous_action, td3_continuous_action
 
-from agents import dqn, ppo_continuous_action, td3_continuous_action
 from alphagrad import AGR
 from alphagrad_rl.analysis import frozen_update_fraction, load_runs
 from alphagrad_rl.envs import finished_episodes, make_vector_env, true_next_obs

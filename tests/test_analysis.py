@@ -1,7 +1,6 @@
 """Analysis on synthetic run records with known answers."""
 
 import csv
-import importlib.util
 import json
 import math
 import subprocess
@@ -736,11 +735,9 @@ def test_sweeps_analyzed_together_join_one_sensitivity_curve(tmp_path, monkeypat
 
 
 def analyze_cli(monkeypatch):
-    """scripts/analyze.py as a module."""
-    spec = importlib.util.spec_from_file_location("analyze_cli", ROOT / "scripts" / "analyze.py")
-    analyze = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "analyze_cli", analyze)  # its dataclass resolves annotations in its module
-    spec.loader.exec_module(analyze)
+    """The analyze command's module (alphagrad-rl analyze, scripts/analyze.py)."""
+    from alphagrad_rl.cli import analyze
+
     return analyze
 
 

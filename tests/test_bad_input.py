@@ -13,15 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from alphagrad_rl.agents import dqn, ppo_continuous_action, td3_continuous_action
 
-from agents import dqn, ppo_continuous_action, td3_continuous_action
 from alphagrad import AlphaGrad
+from alphagrad_rl.cli import sweep as sweep_script
 from alphagrad_rl.experiment import COMMON_RANGES, cli
 from alphagrad_rl.runs import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import sweep as sweep_script  # noqa: E402  (scripts/sweep.py)
 
 TINY_DQN = ["--total-timesteps", "300", "--learning-starts", "100", "--batch-size", "16", "--buffer-size", "300",
             "--quiet", "--no-cuda"]
@@ -160,7 +159,7 @@ def test_inconsistent_options_are_refused(module, changes, message):
 
 
 def test_a_population_checks_each_members_ranges():
-    from agents import dqn_population
+    from alphagrad_rl.agents import dqn_population
 
     with pytest.raises(ValueError, match="^invalid gamma: nan"):
         dqn_population.check_args(dqn_population.Args(results_dir="/tmp", seeds=(1, 2), gamma=float("nan")))

@@ -9,8 +9,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from alphagrad_rl.agents import dqn, dqn_population
 
-from agents import dqn, dqn_population
 from alphagrad_rl.buffers import MemberReplayBuffers, ReplayBuffer
 from alphagrad_rl.cartpole_batch import CartPoleBatch, member_action_spaces
 from alphagrad_rl.envs import ended_episodes, make_vector_env, true_next_obs

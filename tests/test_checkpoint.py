@@ -16,13 +16,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from alphagrad_rl.agents import dqn, dqn_population, td3_continuous_action
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from gymnasium.envs.classic_control.pendulum import PendulumEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_agents import AGENTS, dqn_args, metric_rows
 from test_population import SPECS, population_args
 
-from agents import dqn, dqn_population, td3_continuous_action
 from alphagrad_rl import experiment
 from alphagrad_rl import population as population_module
 from alphagrad_rl.buffers import ReplayBuffer

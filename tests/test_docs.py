@@ -80,6 +80,15 @@ def problems_of(words: list[str]) -> list[str]:
                 if not re.search(re.escape(flag) + r"(?![\w-])", sub):
                     problems.append(f"{script} has no option {flag}")
         return problems
+    if program == "alphagrad-rl":  # the installed command: its subcommand's module answers --help
+        from alphagrad_rl.cli import COMMANDS
+
+        if not args or args[0] not in COMMANDS:
+            return [f"no alphagrad-rl command {args[:1]}"]
+        code, text = help_text("-m", COMMANDS[args[0]][0])
+        return [f"alphagrad-rl {args[0]} has no option {flag}" for flag in (w.split("=")[0] for w in args[1:])
+                if flag.startswith("--") and not re.search(re.escape(flag) + r"(?![\w-])", text)] + (
+            [f"alphagrad-rl {args[0]} --help exits {code}"] if code else [])
     if program == "make":
         makefile = (ROOT / "Makefile").read_text()
         targets = re.findall(r"^([\w-]+):", makefile, flags=re.M)
@@ -109,6 +118,8 @@ def test_every_command_the_docs_show_exists_and_parses():
     (["make", "reproduce-everything"], "no make target reproduce-everything"),
     (["make", "reproduce-*x"], "no make target reproduce-*x"),
     (["python", "-m", "alphagrad.nope"], "no module alphagrad.nope"),
+    (["alphagrad-rl", "swep"], "no alphagrad-rl command ['swep']"),
+    (["alphagrad-rl", "sweep", "--dry-runn"], "alphagrad-rl sweep has no option --dry-runn"),
 ])
 def test_the_check_finds_a_wrong_command(words, problem):
     assert problem in problems_of(words)

@@ -8,8 +8,8 @@ import dataclasses
 import gymnasium as gym
 import numpy as np
 import pytest
+from alphagrad_rl.agents import ppo_continuous_action as ppo
 
-from agents import ppo_continuous_action as ppo
 from alphagrad_rl.envs import ended_episodes, make_vector_env, true_next_obs
 from alphagrad_rl.normalized_batch import NormalizedEnvBatch, supports
 
@@ -95,10 +95,9 @@ def test_normalized_batch_refuses_what_it_cannot_run():
 
 @pytest.mark.parametrize(("mode", "bootstrap"), [("next-step", False), ("same-step", True)])
 def test_ppo_population_trains_identically_on_the_batch(mode, bootstrap, tmp_path):
+    from alphagrad_rl.agents import ppo_continuous_action_population as ppo_population
     from test_agents import metric_rows
     from test_population import PPO_SPECS, ppo_args
-
-    from agents import ppo_continuous_action_population as ppo_population
 
     args = ppo_args(tmp_path / "batch", PPO_SPECS["alphagrad"], alphas=(98.0, 196.0, 294.0), env_id="Hopper-v4",
                     autoreset_mode=mode, bootstrap_truncation=bootstrap, total_timesteps=256, save_model=True,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from alphagrad_rl.agents import dqn, dqn_population
 
-from agents import dqn, dqn_population
 from alphagrad_rl.analysis import load_runs
 from alphagrad_rl.buffers import ReplayBatch
 from alphagrad_rl.envs import make_vector_env
@@ -176,7 +176,7 @@ PPO_SPECS = {"adam": OptimizerSpec(name="adam", lr=3e-4, eps=1e-5),
 
 
 def ppo_args(tmp_path, spec, **overrides):
-    from agents import ppo_continuous_action_population as ppo_population
+    from alphagrad_rl.agents import ppo_continuous_action_population as ppo_population
 
     defaults = dict(seeds=SEEDS, optim=spec, env_id="HalfCheetah-v5", num_steps=64, num_minibatches=4,
                     update_epochs=2, total_timesteps=128, results_dir=str(tmp_path), run_name="pop", quiet=True,
@@ -186,7 +186,7 @@ def ppo_args(tmp_path, spec, **overrides):
 
 def ppo_batches(seed=0, members=3, steps=64):
     """A random rollout per member, (members, steps, ...) like the population's flattened batch."""
-    from agents import ppo_continuous_action as ppo
+    from alphagrad_rl.agents import ppo_continuous_action as ppo
 
     g = torch.Generator().manual_seed(seed)
     return ppo.Batch(torch.randn(members, steps, 17, generator=g), -torch.rand(members, steps, generator=g) * 8,
@@ -197,7 +197,7 @@ def ppo_batches(seed=0, members=3, steps=64):
 def ppo_single_file_updates(members, batch):
     """Each member's agent after agents/ppo_continuous_action.py's update (its code) on its own rollout, with its
     run's initialization and np.random; and what the run logs."""
-    from agents import ppo_continuous_action as ppo
+    from alphagrad_rl.agents import ppo_continuous_action as ppo
 
     envs = make_vector_env([ppo.make_env("HalfCheetah-v5", 0.99)], gym.spaces.Box, "PPO")
     states, logs = [], []
@@ -212,7 +212,8 @@ def ppo_single_file_updates(members, batch):
 
 
 def ppo_population_update(members, args, batch):
-    from agents import ppo_continuous_action_population as ppo_population
+    from alphagrad_rl.agents import ppo_continuous_action_population as ppo_population
+
     from alphagrad_rl.population import make_population_optimizer
 
     agents, _ = ppo_population.member_generators(members, torch.device("cpu"))
@@ -229,7 +230,7 @@ def ppo_population_update(members, args, batch):
     ("alphagrad", {"alphas": (98.0, 196.0, 294.0), "target_kl": 0.002, "norm_adv": False}),
 ])
 def test_one_ppo_population_update_is_each_members_single_file_update(optimizer, options, tmp_path):
-    from agents import ppo_continuous_action_population as ppo_population
+    from alphagrad_rl.agents import ppo_continuous_action_population as ppo_population
 
     args = ppo_args(tmp_path, PPO_SPECS[optimizer], **options)
     members = ppo_population.member_args(args)
@@ -251,7 +252,7 @@ def test_one_ppo_population_update_is_each_members_single_file_update(optimizer,
 @pytest.mark.parametrize("optimizer", ["adam", "alphagrad"])
 @pytest.mark.parametrize("bad", [float("nan"), 1e15])  # 1e15: a huge, still finite, loss
 def test_a_bad_ppo_member_changes_no_other_member(optimizer, bad, tmp_path):
-    from agents import ppo_continuous_action_population as ppo_population
+    from alphagrad_rl.agents import ppo_continuous_action_population as ppo_population
 
     args = ppo_args(tmp_path, PPO_SPECS[optimizer])
     members = ppo_population.member_args(args)
@@ -293,7 +294,7 @@ def test_step_members_leaves_a_stopped_member_as_it_was():
 
 
 def test_target_kl_with_adam_is_refused_in_a_population(tmp_path):
-    from agents import ppo_continuous_action_population as ppo_population
+    from alphagrad_rl.agents import ppo_continuous_action_population as ppo_population
 
     with pytest.raises(ValueError, match="--target-kl in a population"):
         ppo_population.check_args(ppo_args(tmp_path, PPO_SPECS["adam"], target_kl=0.01))
@@ -307,7 +308,7 @@ def test_target_kl_with_adam_is_refused_in_a_population(tmp_path):
 
 
 def test_ppo_population_writes_one_standard_record_per_member(tmp_path):
-    from agents import ppo_continuous_action_population as ppo_population
+    from alphagrad_rl.agents import ppo_continuous_action_population as ppo_population
 
     args = ppo_args(tmp_path, PPO_SPECS["alphagrad"], alphas=(98.0, 196.0, 294.0), save_model=True, eval_episodes=1,
                     total_timesteps=1100, num_steps=550, num_minibatches=5, update_epochs=1)
@@ -340,7 +341,7 @@ TD3_SPECS = {"adam": OptimizerSpec(name="adam", lr=3e-4, eps=1e-5),
 
 
 def td3_args(tmp_path, spec, **overrides):
-    from agents import td3_continuous_action_population as td3_population
+    from alphagrad_rl.agents import td3_continuous_action_population as td3_population
 
     defaults = dict(seeds=SEEDS, actor_optim=spec, critic_optim=spec, env_id="Hopper-v4", total_timesteps=300,
                     learning_starts=100, batch_size=32, buffer_size=1000, results_dir=str(tmp_path), run_name="pop",
@@ -358,7 +359,7 @@ def td3_batches(steps, seed=0):
 def td3_single_file_updates(members, batches, args):
     """Each member's networks after agents/td3_continuous_action.py's updates (its code, member by member: critic
     step every update, actor and targets every policy_frequency-th) on its own batches."""
-    from agents import td3_continuous_action as td3
+    from alphagrad_rl.agents import td3_continuous_action as td3
 
     envs = make_vector_env([td3.make_env("Hopper-v4", 1, 0)], gym.spaces.Box, "TD3")
     low, high = (torch.as_tensor(x) for x in (envs.single_action_space.low, envs.single_action_space.high))
@@ -403,8 +404,8 @@ def td3_single_file_updates(members, batches, args):
 
 
 def td3_population_updates(members, batches, args):
-    from agents import td3_continuous_action as td3
-    from agents import td3_continuous_action_population as td3_population
+    from alphagrad_rl.agents import td3_continuous_action as td3
+    from alphagrad_rl.agents import td3_continuous_action_population as td3_population
 
     envs = make_vector_env([td3.make_env("Hopper-v4", 1, 0)], gym.spaces.Box, "TD3")
     low, high = (torch.as_tensor(x) for x in (envs.single_action_space.low, envs.single_action_space.high))
@@ -426,7 +427,7 @@ def td3_population_updates(members, batches, args):
 
 @pytest.mark.parametrize("optimizer", TD3_SPECS)
 def test_td3_population_updates_are_each_members_single_file_updates(optimizer, tmp_path):
-    from agents import td3_continuous_action_population as td3_population
+    from alphagrad_rl.agents import td3_continuous_action_population as td3_population
 
     options = {"alphas": (100.0, 150.0, 457.0), "lrs": (3e-5, 3e-4, 1e-4)} if optimizer == "alphagrad" else {}
     args = td3_args(tmp_path, TD3_SPECS[optimizer], **options)
@@ -442,7 +443,7 @@ def test_td3_population_updates_are_each_members_single_file_updates(optimizer, 
 
 @pytest.mark.parametrize("optimizer", TD3_SPECS)
 def test_a_bad_td3_member_changes_no_other_member(optimizer, tmp_path):
-    from agents import td3_continuous_action_population as td3_population
+    from alphagrad_rl.agents import td3_continuous_action_population as td3_population
 
     members = td3_population.member_args(td3_args(tmp_path, TD3_SPECS[optimizer]))
     args = td3_args(tmp_path, TD3_SPECS[optimizer])
@@ -458,8 +459,8 @@ def test_a_bad_td3_member_changes_no_other_member(optimizer, tmp_path):
 
 
 def test_td3_population_writes_standard_records_and_acts_as_its_runs_before_learning(tmp_path):
-    from agents import td3_continuous_action as td3
-    from agents import td3_continuous_action_population as td3_population
+    from alphagrad_rl.agents import td3_continuous_action as td3
+    from alphagrad_rl.agents import td3_continuous_action_population as td3_population
 
     args = td3_args(tmp_path, TD3_SPECS["alphagrad"], total_timesteps=420, learning_starts=300, save_model=True,
                     eval_episodes=1)
@@ -489,8 +490,8 @@ def test_td3_population_writes_standard_records_and_acts_as_its_runs_before_lear
 def test_td3_population_actor_gives_each_members_own_tanh_outputs():
     """The stacked actor's tanh outputs (what losses/actor_saturated counts at exactly +-1) are each member's
     td3.Actor.squashed: a member driven into saturation is the only one saturated."""
-    from agents import td3_continuous_action as td3
-    from agents import td3_continuous_action_population as td3_population
+    from alphagrad_rl.agents import td3_continuous_action as td3
+    from alphagrad_rl.agents import td3_continuous_action_population as td3_population
 
     envs = make_vector_env([td3.make_env("Hopper-v4", 1, 0)], gym.spaces.Box, "TD3")
     torch.manual_seed(0)
@@ -597,7 +598,7 @@ def test_population_without_a_checkpoint_starts_over_only_with_its_earlier_optio
 
 
 def test_ppo_population_resumes_exactly(tmp_path, monkeypatch):
-    from agents import ppo_continuous_action_population as ppo_population
+    from alphagrad_rl.agents import ppo_continuous_action_population as ppo_population
 
     full = ppo_args(tmp_path / "full", PPO_SPECS["alphagrad"], alphas=(98.0, 196.0, 294.0), total_timesteps=384,
                     checkpoint_interval_steps=128, checkpoint_interval_s=0)
@@ -609,7 +610,7 @@ def test_ppo_population_resumes_exactly(tmp_path, monkeypatch):
 
 
 def test_td3_population_resumes_exactly(tmp_path, monkeypatch):
-    from agents import td3_continuous_action_population as td3_population
+    from alphagrad_rl.agents import td3_continuous_action_population as td3_population
 
     full = td3_args(tmp_path / "full", TD3_SPECS["alphagrad"], total_timesteps=330, learning_starts=120,
                     checkpoint_interval_steps=100, checkpoint_interval_s=0)

@@ -3,12 +3,12 @@
 import gymnasium as gym
 import numpy as np
 import torch
+from alphagrad_rl.agents import td3_continuous_action
 from stable_baselines3 import TD3
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
-from agents import td3_continuous_action
 from alphagrad_rl.buffers import ReplayBatch, ReplayBuffer
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from alphagrad_rl.agents import sweep_registry
 from test_agents import metric_rows
 
-from agents import sweep_registry
 from alphagrad_rl import sweep as sweep_module
 from alphagrad_rl.analysis import export_records
 from alphagrad_rl.runs import COMPACT_SUFFIX, read_run, read_summary, write_json_atomic
@@ -181,8 +181,8 @@ def test_grid_expansion_crosses_arms_axes_and_seeds(tmp_path):
 @pytest.mark.slow
 def test_wandb_export_gives_one_plain_grid_per_arm_that_the_agent_parses(tmp_path):
     import tyro
+    from alphagrad_rl.agents import dqn
 
-    from agents import dqn
     from alphagrad_rl.sweep import wandb_sweep_configs
 
     configs = wandb_sweep_configs(load_sweep(ROOT / "configs" / "paper_dqn_cartpole.yaml", REGISTRY))
@@ -203,8 +203,8 @@ def test_wandb_export_gives_one_plain_grid_per_arm_that_the_agent_parses(tmp_pat
 
 def test_a_custom_optimizers_options_are_set_key_by_key_in_grids_arms_and_wandb_exports(tmp_path):
     import tyro
+    from alphagrad_rl.agents import dqn
 
-    from agents import dqn
     from alphagrad_rl.sweep import wandb_sweep_configs
 
     arms = {"rmsprop": {"optim.name": "custom", "optim.target": "torch.optim:RMSprop", "optim.options.alpha": 0.95},
@@ -862,11 +862,10 @@ def test_ray_backend_runs_a_two_run_sweep(tmp_path):
 # ---- integrity: a record says exactly what it trained ----
 
 def sweep_cli(argv: list[str]) -> int:
-    """scripts/sweep.py's main, in-process."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import sweep as sweep_script
+    """The sweep command's main (alphagrad-rl sweep, scripts/sweep.py), in-process."""
+    from alphagrad_rl.cli import sweep as sweep_script
 
-    return sweep_script.main(sweep_script.tyro.cli(sweep_script.Args, args=argv))
+    return sweep_script.run(argv)
 
 
 def fingerprint(folder: Path) -> dict[str, bytes]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from alphagrad_rl.agents import sweep_registry
 
-from agents import sweep_registry
 from alphagrad_rl.runs import checkpoint_manifests, read_run, read_summary
 from alphagrad_rl.sweep import SweepConfigError, load_sweep
 from alphagrad_rl.tuning import (

@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from alphagrad_rl.agents import dqn, dqn_population, sweep_registry
 from test_agents import dqn_args
 from test_population import SPECS, population_args
 
-from agents import dqn, dqn_population, sweep_registry
 from alphagrad_rl import population
 from alphagrad_rl.sweep import RunSpec, load_sweep, population_argv, wandb_sweep_configs
 
