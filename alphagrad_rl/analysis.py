@@ -3,10 +3,13 @@ intervals, and what the figures and the claims (alphagrad_rl.claims) are compute
 
 Statistics (scipy; rliable 1.2.0 does not import under pandas 3):
 - IQM: the interquartile mean, scipy.stats.trim_mean(x, 0.25).
-- 95% CIs of the IQM: BCa bootstrap (scipy.stats.bootstrap), stratified by environment: each environment's
-  runs are resampled separately, as rliable does across tasks.
-- Probability of improvement P(X > Y) = Mann-Whitney U / (n m) (ties count one half), with a
-  bootstrap CI over both arms.
+- 95% CIs of the IQM: BCa bootstrap, stratified by environment (each environment's runs are resampled
+  separately, as rliable does across tasks), computed from the exact bootstrap distribution (every distinct
+  resample with its probability) wherever it has at most EXACT_RESAMPLES members (10 runs per environment:
+  92,378), so an interval has no Monte-Carlo error; beyond, Monte-Carlo BCa with resamples added until two
+  seeds agree to 1% of the interval's width (iqm_ci).
+- Probability of improvement P(X > Y) = Mann-Whitney U / (n m) (ties count one half), with the Brunner-Munzel
+  95% CI (Brunner and Munzel, 2000: a t interval on the rank placements, no resampling).
 Per-run metrics (on the episodic-return curve smoothed by a 10-episode moving mean where it says so):
 - final return: mean of the last `final_window` episodes; peak return: the best smoothed value; early return:
   mean return of the episodes that end in the first quarter of the steps; area under the curve (auc): the
@@ -28,6 +31,8 @@ Per-run metrics (on the episodic-return curve smoothed by a 10-episode moving me
 from __future__ import annotations
 
 import csv
+import functools
+import itertools
 import math
 import re
 import warnings
@@ -37,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from .runs import (
     COMPACT_SUFFIX,
@@ -91,6 +96,103 @@ def bootstrap_ci(strata: Sequence[Sequence[float]], statistic, seed: int = 0, re
         distribution = result.bootstrap_distribution
         low, high = (float(np.percentile(distribution, q)) for q in (2.5, 97.5))
     return low, high
+
+
+EXACT_RESAMPLES = 250_000  # the most distinct resamples iqm_ci enumerates (a stratum of 10 runs has 92,378)
+MONTE_CARLO_RESAMPLES = 100_000  # iqm_ci's first Monte-Carlo size beyond it (x4 until stable, at most 6.4M)
+
+
+def iqm_ci(strata: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """The 95% BCa interval of the stratified IQM (stratified_iqm), from the exact bootstrap distribution when it
+    has at most EXACT_RESAMPLES distinct resamples, else by Monte Carlo with enough resamples that two seeds give
+    bounds within 1% of the interval's width. Both equal (value, value) for a stratum of one run."""
+    samples = [np.asarray(s, dtype=float) for s in strata]
+    if any(len(s) < 2 for s in samples):
+        value = float(stratified_iqm(*samples))
+        return value, value
+    if math.prod(math.comb(2 * len(s) - 1, len(s)) for s in samples) <= EXACT_RESAMPLES:
+        return exact_bca(samples, stratified_iqm)
+    return stable_monte_carlo_bca(samples, stratified_iqm)[0]
+
+
+def stable_monte_carlo_bca(samples: list[np.ndarray], statistic) -> tuple[tuple[float, float], int]:
+    """A vectorized statistic's Monte-Carlo BCa interval (bootstrap_ci, seed 0) with MONTE_CARLO_RESAMPLES, x4 until
+    seeds 0 and 1 give bounds within 1% of the width (at most 6.4M); returns it and the resamples it took."""
+    resamples = MONTE_CARLO_RESAMPLES
+    while True:
+        first, second = (bootstrap_ci(samples, statistic, seed, resamples, vectorized=True) for seed in (0, 1))
+        if max(abs(a - b) for a, b in zip(first, second)) <= 0.01 * (first[1] - first[0]) or resamples >= 6_400_000:
+            return first, resamples
+        resamples *= 4
+
+
+@functools.cache
+def _multisets(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every distinct bootstrap resample of n runs, as index rows (each multiset once), and its probability
+    (multinomial: n! / prod(counts!) / n^n)."""
+    rows = np.array(list(itertools.combinations_with_replacement(range(n), n)), dtype=np.int64)
+    counts = (rows[:, :, None] == np.arange(n)).sum(axis=1)
+    log_probability = math.lgamma(n + 1) - special.gammaln(counts + 1).sum(axis=1) - n * math.log(n)
+    return rows, np.exp(log_probability)
+
+
+def exact_bca(samples: list[np.ndarray], statistic) -> tuple[float, float]:
+    """The 95% BCa interval (Efron and Tibshirani, 1993, 14.3) of statistic(*samples, axis=-1) from its exact
+    bootstrap distribution: each sample resampled on its own, every combination of distinct resamples weighed by
+    its probability. z0 counts ties half (as scipy's BCa), the acceleration is the jackknife's over each sample, and
+    the bounds are the distribution's quantiles (the limit of scipy's with infinitely many resamples); where z0 is
+    infinite, the percentile interval."""
+    tables = [_multisets(len(s)) for s in samples]
+    grids = np.meshgrid(*(np.arange(len(rows)) for rows, _ in tables), indexing="ij")
+    picks = [grid.ravel() for grid in grids]
+    resampled = [s[rows[pick]] for s, (rows, _), pick in zip(samples, tables, picks)]
+    probability = np.prod([weights[pick] for (_, weights), pick in zip(tables, picks)], axis=0)
+    values = np.asarray(statistic(*resampled, axis=-1), dtype=float)
+    estimate = float(statistic(*samples, axis=-1))
+    order = np.argsort(values, kind="stable")
+    values, cumulative = values[order], np.cumsum(probability[order])
+    cumulative /= cumulative[-1]
+
+    def quantile(level: float) -> float:
+        return float(values[min(np.searchsorted(cumulative, level - 1e-12), len(values) - 1)])
+
+    def mass(side: str) -> float:  # the probability of the values below the estimate ("left") or not above it
+        count = np.searchsorted(values, estimate, side)
+        return float(cumulative[count - 1]) if count else 0.0
+
+    z0 = special.ndtri((mass("left") + mass("right")) / 2)
+    alpha = (1 - CONFIDENCE) / 2
+    if not math.isfinite(z0):
+        return quantile(alpha), quantile(1 - alpha)
+    numerator = denominator = 0.0
+    for j, sample in enumerate(samples):  # the jackknife of each sample, the others whole
+        leave_one_out = np.array([statistic(*[np.delete(sample, i) if k == j else other
+                                              for k, other in enumerate(samples)], axis=-1)
+                                  for i in range(len(sample))])
+        u = (len(sample) - 1) * (leave_one_out.mean() - leave_one_out)
+        numerator += float((u ** 3).sum()) / len(sample) ** 3
+        denominator += float((u ** 2).sum()) / len(sample) ** 2
+    acceleration = numerator / (6 * denominator ** 1.5) if denominator > 0 else 0.0
+    levels = [special.ndtr(z0 + (z0 + z) / (1 - acceleration * (z0 + z))) for z in special.ndtri([alpha, 1 - alpha])]
+    return quantile(levels[0]), quantile(levels[1])
+
+
+def improvement_ci(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """The 95% Brunner-Munzel interval of P(X > Y) + P(X = Y) / 2 (probability_of_improvement): the estimate plus or
+    minus t(df) times its rank-placement standard error (Brunner and Munzel, 2000; df by Satterthwaite, as
+    scipy.stats.brunnermunzel), clipped to [0, 1]. A point where both arms' placements have no spread."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n, m = len(x), len(y)
+    pooled = stats.rankdata(np.concatenate([x, y]))
+    spread = [float(np.var(pooled[part] - stats.rankdata(values), ddof=1))
+              for part, values in ((slice(0, n), x), (slice(n, None), y))]
+    estimate = float(probability_of_improvement(x, y))
+    variance = n * spread[0] + m * spread[1]
+    if variance == 0:
+        return estimate, estimate
+    df = variance ** 2 / ((n * spread[0]) ** 2 / (n - 1) + (m * spread[1]) ** 2 / (m - 1))
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * math.sqrt(variance) / (n * m)
+    return max(0.0, estimate - half), min(1.0, estimate + half)
 
 
 def stratified_iqm(*strata: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -477,15 +579,14 @@ def arm_stats(runs: list[Run], baseline: str = "adam") -> list[ArmStats]:
         improvement = None  # no interval from a single run (on either side): NaN bounds
         if arm != baseline and baseline_values:
             p = probability_of_improvement(values, baseline_values)
-            low, high = (bootstrap_ci([values, baseline_values], probability_of_improvement, vectorized=True)
-                         if min(len(values), len(baseline_values)) > 1 else (math.nan, math.nan))
+            low, high = (improvement_ci(values, baseline_values) if min(len(values), len(baseline_values)) > 1
+                         else (math.nan, math.nan))
             improvement = (p, low, high)
         drawdowns = sum(finished_values(runs, arm, "mean_drawdown").values(), [])
         variabilities = sum(finished_values(runs, arm, "variability").values(), [])
         result.append(ArmStats(
             arm, total, len(values), float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
-            iqm(values), bootstrap_ci(list(strata.values()), stratified_iqm, vectorized=True) if len(values) > 1
-            else (math.nan, math.nan),
+            iqm(values), iqm_ci(list(strata.values())) if len(values) > 1 else (math.nan, math.nan),
             improvement,
             float(np.mean(drawdowns)) if drawdowns else math.nan,
             float(np.mean(variabilities)) if variabilities else math.nan,

@@ -352,13 +352,14 @@ def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[
         lines += [f"| {run.name} | {run.status} | {run.reason_left_out.replace('|', '/')} |" for run in left_out]
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
     lines += ["", "## Definitions", "",
-              "- IQM: interquartile mean of the final returns; CI: BCa bootstrap, stratified by environment (with "
-              "fewer than ~10 runs per arm bootstrap intervals are narrower than their nominal 95%; the claims use "
-              "t tests instead). A claim needs at least 3 finished runs per arm.",
+              "- IQM: interquartile mean of the final returns; CI: BCa bootstrap, stratified by environment, from the "
+              "exact bootstrap distribution (no Monte-Carlo error; with fewer than ~10 runs per arm bootstrap "
+              "intervals are narrower than their nominal 95%; the claims use t tests instead). A claim needs at least "
+              "3 finished runs per arm.",
               "- Peak return: the best 10-episode moving mean; early return: mean return of the episodes ending in "
               "the first 25% of the steps; auc: the mean return over training.",
               "- P(improvement): probability that a random run of the arm ends above a random run of the baseline "
-              "(Mann-Whitney U / nm), with a bootstrap CI.",
+              "(Mann-Whitney U / nm, ties counting one half), with the Brunner-Munzel 95% CI.",
               "- Mean drawdown: mean over episodes of (best smoothed return so far - smoothed return), on the "
               "return curve smoothed over 10 episodes; 0 for a monotonic curve.",
               "- Variability: standard deviation of the step-to-step changes of the smoothed return curve on a "

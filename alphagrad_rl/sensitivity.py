@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.ticker import NullFormatter
+from scipy import stats
 
-from .analysis import FROZEN_FRACTION, Run, bootstrap_ci, iqm, stratified_iqm
+from .analysis import FROZEN_FRACTION, Run, iqm, iqm_ci
 from .claims import LEVEL, MIN_RUNS, TestResult, holm, minimal_detectable_effect, t_result, welch
 from .report import budget_text, natural_key, plt, save_figure
 from .runs import atomic_write
@@ -122,7 +123,7 @@ def sensitivity_points(runs: list[Run]) -> tuple[str, list[Point]]:
     for (optimizer, setting, alpha), members in groups.items():
         values = [run.row["final_return"] for run in members if run.included]
         saturations, frozen = _finite_values(members, "saturation"), _finite_values(members, "frozen_updates")
-        ci = bootstrap_ci([values], stratified_iqm, vectorized=True) if len(values) > 1 else (math.nan, math.nan)
+        ci = iqm_ci([values]) if len(values) > 1 else (math.nan, math.nan)
         lrs = {run.row.get("lr") for run in members}
         points.append(Point(optimizer, setting, alpha, alpha / math.sqrt(PAPER_D[env]) if alpha is not None else None,
                             len(members), len(values), iqm(values) if values else math.nan, ci,
@@ -327,11 +328,24 @@ def _versus_baseline(alphagrad: list[Point], best: Point, baseline: str, name: s
     return tested, lines
 
 
-def pooled_lr_effect(pairs: list[tuple[Point, Point]]) -> TestResult | None:
-    """The pairs' differences at equal lr x alpha, higher lr minus lower, pooled with inverse-variance weights: one t
-    test of "only the product matters" (every difference 0), with power where the pairs lean one way. A point in
-    several pairs counts once in the variance (the pooled difference is a signed sum of point means), and the df are
-    Welch-Satterthwaite's over the points. None without a pair of MIN_RUNS seeds a side."""
+@dataclass
+class PooledEffect(TestResult):
+    """A pooled t test (TestResult) with the heterogeneity of what it pools: Cochran's Q on k - 1 df and its p,
+    I^2 (the share of the spread beyond sampling noise) and DerSimonian-Laird's between-pair variance tau^2."""
+    q: float = math.nan
+    q_p: float = math.nan
+    i2: float = 0.0
+    tau2: float = 0.0
+
+
+def pooled_lr_effect(pairs: list[tuple[Point, Point]]) -> PooledEffect | None:
+    """The pairs' differences at equal lr x alpha, higher lr minus lower, pooled: one t test of "only the product
+    matters" (every difference 0), with power where the pairs lean one way. Random effects (DerSimonian and Laird,
+    1986): weights 1 / (the pair's variance + tau^2), tau^2 from Cochran's Q (0, the fixed-effect estimate, when Q
+    does not exceed its df; Q treats pairs that share a point as independent). A point in several pairs counts once
+    in the variance (the pooled difference is a signed sum of point means, plus tau^2 times the squared weights),
+    and the df are Welch-Satterthwaite's over the points and tau^2 (k - 1). None without a pair of MIN_RUNS seeds a
+    side."""
     usable = [(a, b) if a.lr > b.lr else (b, a) for a, b in pairs
               if len(a.values) >= MIN_RUNS and len(b.values) >= MIN_RUNS]
     if not usable:
@@ -339,18 +353,30 @@ def pooled_lr_effect(pairs: list[tuple[Point, Point]]) -> TestResult | None:
     points = {id(p): p for pair in usable for p in pair}
     variance = {key: float(np.var(p.values, ddof=1)) / len(p.values) for key, p in points.items()}
     pair_variances = np.array([variance[id(high)] + variance[id(low)] for high, low in usable])
-    weights = 1 / pair_variances if np.all(pair_variances > 0) else np.ones(len(usable))
+    differences = np.array([np.mean(high.values) - np.mean(low.values) for high, low in usable])
+    k = len(usable)
+    q = q_p = math.nan
+    i2 = tau2 = 0.0
+    if k > 1 and np.all(pair_variances > 0):
+        fixed = 1 / pair_variances
+        q = float(np.sum(fixed * (differences - np.sum(fixed * differences) / fixed.sum()) ** 2))
+        q_p = float(stats.chi2.sf(q, k - 1))
+        i2 = max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0
+        tau2 = max(0.0, (q - (k - 1)) / (fixed.sum() - np.sum(fixed ** 2) / fixed.sum()))
+    weights = 1 / (pair_variances + tau2) if np.all(pair_variances + tau2 > 0) else np.ones(k)
     weights /= weights.sum()
     loading = dict.fromkeys(points, 0.0)  # each point mean's coefficient in the pooled difference
     for weight, (high, low) in zip(weights, usable):
         loading[id(high)] += weight
         loading[id(low)] -= weight
-    parts = {key: loading[key] ** 2 * variance[key] for key in points}
-    total = sum(parts.values())
-    df = (total ** 2 / sum(part ** 2 / (len(points[key].values) - 1) for key, part in parts.items())
+    parts = [(loading[key] ** 2 * variance[key], len(points[key].values) - 1) for key in points]
+    parts.append((tau2 * float(np.sum(weights ** 2)), k - 1))
+    total = sum(part for part, _ in parts)
+    df = (total ** 2 / sum(part ** 2 / part_df for part, part_df in parts if part > 0)
           if total > 0 else sum(len(p.values) - 1 for p in points.values()))
     estimate = sum(loading[key] * float(np.mean(p.values)) for key, p in points.items())
-    return t_result(estimate, math.sqrt(total), df, (len(usable),), None)
+    result = t_result(estimate, math.sqrt(total), df, (k,), None)
+    return PooledEffect(**vars(result), q=q, q_p=q_p, i2=i2, tau2=tau2)
 
 
 def _same_step_pairs(alphagrad: list[Point]) -> list[str]:
@@ -388,15 +414,22 @@ def _same_step_pairs(alphagrad: list[Point]) -> list[str]:
     return lines + [""]
 
 
-def _pooled_text(pooled: TestResult, scope: str = "") -> str:
-    """The pooled lr effect at equal lr x alpha (pooled_lr_effect) over the tested pairs (scope: which of them), what
-    it decides and what it could detect."""
+def _pooled_text(pooled: PooledEffect, scope: str = "") -> str:
+    """The pooled lr effect at equal lr x alpha (pooled_lr_effect) over the tested pairs (scope: which of them), how
+    much the pairs disagree, what it decides and what it could detect."""
+    spread = ("" if math.isnan(pooled.q) else
+              f" Heterogeneity: Cochran's Q = {pooled.q:.1f} on {pooled.n[0] - 1} df (p = {pooled.q_p:.2g}), I^2 = "
+              f"{pooled.i2:.0%}" + (f", so the estimate is random-effects (DerSimonian-Laird; the pairs' true "
+                                    f"differences spread by tau = {math.sqrt(pooled.tau2):.0f} return points): the "
+                                    "average of differences that disagree, not one shared effect."
+                                    if pooled.tau2 > 0 else ": no spread beyond sampling noise (tau = 0), so the "
+                                    "random-effects estimate is the fixed-effect one."))
     return (f"Pooled over the {pooled.n[0]} tested pairs{scope} (higher lr minus lower lr at the same lr x alpha, "
-            f"inverse-variance weights): {pooled.estimate:+.1f} [{pooled.low:+.1f}, {pooled.high:+.1f}], p = "
-            f"{pooled.p:.2g}: " + ("the lr matters beyond the product, this way on average" if pooled.p < LEVEL else
-                                   "no lr effect at equal product found")
+            f"random-effects inverse-variance weights): {pooled.estimate:+.1f} [{pooled.low:+.1f}, {pooled.high:+.1f}]"
+            f", p = {pooled.p:.2g}: " + ("the lr matters beyond the product, this way on average" if pooled.p < LEVEL
+                                         else "no lr effect at equal product found")
             + f"; the smallest pooled effect these seeds could detect (80% power, two-sided at 0.05): "
-            f"{minimal_detectable_effect(pooled, LEVEL):.0f} return points.")
+            f"{minimal_detectable_effect(pooled, LEVEL):.0f} return points." + spread)
 
 
 def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", final_window: int = 100) -> Path:

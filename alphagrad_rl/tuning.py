@@ -707,7 +707,7 @@ def write_tuning_report(config: TuneConfig, study: optuna.Study, best: dict[str,
                         out_dir: Path, figures: list[Path]) -> Path:
     """TUNING.md: the search, the best settings and their score on the search seeds, and the final evaluation on
     fresh seeds beside the baselines (IQM of the normalized score with its 95% BCa CI)."""
-    from .analysis import bootstrap_ci, stratified_iqm
+    from .analysis import iqm_ci
 
     counts = trial_counts(study)
     low, high = config.score_range
@@ -735,7 +735,7 @@ def write_tuning_report(config: TuneConfig, study: optuna.Study, best: dict[str,
         if not scores:
             lines.append(f"| {arm} | 0 | - | - |")
             continue
-        ci_low, ci_high = bootstrap_ci([scores], stratified_iqm, vectorized=True)
+        ci_low, ci_high = iqm_ci([scores])
         lines.append(f"| {arm} | {len(scores)} | {iqm(scores):.3f} [{ci_low:.3f}, {ci_high:.3f}] | "
                      f"{np.mean(values):.1f} |")
     lines += ["", "## Trials (best first)", "", "| trial | state | score | settings |", "|---|---|---|---|"]

@@ -12,15 +12,19 @@ import pytest
 from scipy import stats
 
 from alphagrad_rl.analysis import (
+    EXACT_RESAMPLES,
     bootstrap_ci,
     export_records,
     frozen_update_fraction,
+    improvement_ci,
     iqm,
+    iqm_ci,
     load_runs,
     loss_percentile,
     mean_drawdown,
     probability_of_improvement,
     spike_count,
+    stable_monte_carlo_bca,
     stratified_iqm,
 )
 from alphagrad_rl.claims import holm, minimal_detectable_effect, one_sample, paper_claims, welch
@@ -103,6 +107,52 @@ def test_vectorized_statistics_give_the_same_intervals_as_one_resample_at_a_time
     assert bootstrap_ci([a, b], probability_of_improvement, vectorized=True) == bootstrap_ci(
         [a, b], lambda x, y: stats.mannwhitneyu(x, y).statistic / (len(x) * len(y)))
     assert probability_of_improvement(a, b) == stats.mannwhitneyu(a, b).statistic / 35
+
+
+@pytest.mark.parametrize("sizes", [(5,), (8,), (4, 3)])
+def test_the_exact_bca_interval_is_the_limit_of_monte_carlo_bca(sizes):
+    """iqm_ci enumerates every distinct resample with its probability: a Monte-Carlo BCa with a million resamples
+    lands within 1% of its width, whatever the seed, strata and ties included."""
+    rng = np.random.default_rng(sum(sizes))
+    strata = [rng.normal(100, 40, size=n).round() for n in sizes]
+    strata[0][:2] = strata[0][2]  # ties
+    low, high = iqm_ci(strata)
+    assert low <= iqm(np.concatenate(strata)) <= high
+    for seed in (7, 8):
+        mc_low, mc_high = bootstrap_ci(strata, stratified_iqm, seed=seed, resamples=1_000_000, vectorized=True)
+        assert max(abs(mc_low - low), abs(mc_high - high)) <= 0.01 * (high - low), (seed, (low, high), (mc_low, mc_high))
+
+
+def test_beyond_exact_enumeration_the_monte_carlo_interval_is_stable_to_one_percent_across_seeds():
+    sample = np.random.default_rng(5).gamma(2.0, 300.0, size=12)  # 1.35M distinct resamples: Monte Carlo
+    (low, high), resamples = stable_monte_carlo_bca([sample], stratified_iqm)
+    assert iqm_ci([sample]) == (low, high)
+    for seed in (2, 3):  # other seeds than the two it compared
+        other = bootstrap_ci([sample], stratified_iqm, seed=seed, resamples=resamples, vectorized=True)
+        assert max(abs(other[0] - low), abs(other[1] - high)) <= 0.01 * (high - low)
+
+
+def test_every_committed_reports_iqm_intervals_are_exact():
+    """Every arm and sensitivity setting of the committed reports has at most 10 runs per environment: its interval
+    comes from the exact bootstrap distribution, so no bootstrap seed moves it."""
+    for table in sorted((ROOT / "results").glob("*/runs.csv")):
+        sizes: dict[tuple[str, str], int] = {}
+        for row in csv.DictReader(table.open()):
+            if row["status"] == "finished":
+                sizes[row["arm"], row["env_id"]] = sizes.get((row["arm"], row["env_id"]), 0) + 1
+        assert all(math.comb(2 * n - 1, n) <= EXACT_RESAMPLES for n in sizes.values()), table
+
+
+def test_the_improvement_interval_is_brunner_munzels():
+    """P(X > Y) with the Brunner-Munzel interval: it excludes 1/2 exactly when scipy's Brunner-Munzel test rejects
+    at 0.05, and stays in [0, 1]."""
+    rng = np.random.default_rng(11)
+    for shift in (0.0, 20.0, 45.0, 80.0):
+        x, y = rng.normal(100 + shift, 40, size=10).round(), rng.normal(100, 40, size=9).round()
+        low, high = improvement_ci(x, y)
+        assert 0.0 <= low <= probability_of_improvement(x, y) <= high <= 1.0
+        assert (not low <= 0.5 <= high) == (stats.brunnermunzel(x, y).pvalue < 0.05), shift
+    assert improvement_ci([5.0, 6.0, 7.0], [1.0, 2.0, 3.0]) == (1.0, 1.0)  # complete separation: no spread
 
 
 def test_probability_of_improvement():
@@ -626,7 +676,8 @@ def test_equal_step_pairs_differ_only_in_lr():
     assert text.count("| 0.01 |") == 1 and "momentum 0.9, k 0.108: 100.0 [90.0, 110.0]" in text
     # means 100 and 111.7: Welch's t = -1.20 on 2.86 df, p = 0.32 (scipy.stats.ttest_ind(equal_var=False))
     assert "| -11.7 [" in text and "p = 0.32 |" in text and "No pair differs (Holm over the 1 tested)" in text
-    assert "Pooled over the 1 tested pairs (higher lr minus lower lr at the same lr x alpha, inverse-variance " \
+    assert "Pooled over the 1 tested pairs (higher lr minus lower lr at the same lr x alpha, random-effects " \
+           "inverse-variance " \
            "weights): -11.7 [" in text and "p = 0.32: no lr effect at equal product found" in text
     assert _same_step_pairs(points[2:]) == []  # same momentum, products 1e-2 and 3e-2
     two_seeds = [point(1e-3, "0.9", 10.0, (90.0, 110.0), (90.0, 110.0)), points[1]]
@@ -648,10 +699,11 @@ def test_the_pooled_lr_effect_is_also_given_without_the_pairs_where_a_run_froze(
     broken = (point(1e-3, 1000.0, (10.0, 12.0, 400.0), (2, 3)), point(1e-4, 10000.0, (300.0, 310.0, 290.0), (0, 3)))
     text = "\n".join(_same_step_pairs([p for pair in [*linear, broken] for p in pair]))
     everything, unfrozen = pooled_lr_effect([*linear, broken]), pooled_lr_effect(linear)
-    assert f"Pooled over the 3 tested pairs (higher lr minus lower lr at the same lr x alpha, inverse-variance " \
+    assert f"Pooled over the 3 tested pairs (higher lr minus lower lr at the same lr x alpha, random-effects " \
+           f"inverse-variance " \
            f"weights): {everything.estimate:+.1f} [" in text
     assert f"Pooled over the 2 tested pairs in which no measured run froze (higher lr minus lower lr at the same lr " \
-           f"x alpha, inverse-variance weights): {unfrozen.estimate:+.1f} [" in text
+           f"x alpha, random-effects inverse-variance weights): {unfrozen.estimate:+.1f} [" in text
     assert unfrozen.estimate > 15 and everything.estimate < unfrozen.estimate
     unmeasured = [point(1e-3, 1000.0, (10.0, 12.0, 400.0), (0, 0)), broken[1]]
     assert "no measured run froze" not in "\n".join(_same_step_pairs([p for pair in linear for p in pair]))
@@ -679,6 +731,35 @@ def test_the_pooled_lr_effect_counts_a_shared_point_once():
             for d in (0.0, 40.0, 80.0, 120.0)]  # each pair +20 (Welch p = 0.008 alone), independent
     assert pooled_lr_effect(many).estimate == pytest.approx(20.0) and pooled_lr_effect(many).p < 0.001
     assert pooled_lr_effect([(many[0][0], point(1e-4, 100.0, (1.0, 2.0)))]) is None  # 2 seeds: untested
+
+
+def test_pairs_that_disagree_are_pooled_with_random_effects_and_their_heterogeneity_reported():
+    """Pairs of opposite sign: Cochran's Q (against chi2 on k - 1 df), I^2 and DerSimonian-Laird's tau^2 as computed
+    by hand; the random-effects interval is wider than the fixed-effect one; pairs that agree have tau^2 = 0."""
+    from alphagrad_rl.sensitivity import Point, _pooled_text, pooled_lr_effect
+
+    def point(lr, alpha, values):
+        return Point("alphagrad", (("optim.lr", f"{lr:g}"),), alpha, alpha / 93, len(values), len(values), 0.0,
+                     (0.0, 0.0), float(np.mean(values)), 0.0, lr, tuple(values))
+
+    shifts = (60.0, -50.0, 10.0)
+    pairs = [(point(1e-3, 10.0 + i, (100 + s, 104 + s, 108 + s, 96 + s, 102 + s)),
+              point(1e-4, 100.0 + 10 * i, (100.0, 106.0, 98.0, 103.0, 101.0))) for i, s in enumerate(shifts)]
+    pooled = pooled_lr_effect(pairs)
+    d = np.array([np.mean(high.values) - np.mean(low.values) for high, low in pairs])
+    v = np.array([np.var(high.values, ddof=1) / 5 + np.var(low.values, ddof=1) / 5 for high, low in pairs])
+    w = 1 / v
+    q = np.sum(w * (d - np.sum(w * d) / w.sum()) ** 2)
+    tau2 = (q - 2) / (w.sum() - np.sum(w ** 2) / w.sum())
+    assert pooled.q == pytest.approx(q) and pooled.q_p == pytest.approx(stats.chi2.sf(q, 2))
+    assert pooled.i2 == pytest.approx((q - 2) / q) and pooled.tau2 == pytest.approx(tau2)
+    re_weights = 1 / (v + tau2)
+    assert pooled.estimate == pytest.approx(np.sum(re_weights * d) / re_weights.sum())
+    assert pooled.high - pooled.low > 2 * 1.96 * math.sqrt(1 / w.sum())  # wider than the fixed-effect interval
+    assert "random-effects (DerSimonian-Laird" in _pooled_text(pooled)
+    agreeing = pooled_lr_effect([(point(1e-3, 10.0 + i, (110.0, 114.0, 118.0, 106.0, 112.0)),
+                                  point(1e-4, 100.0 + 10 * i, (100.0, 106.0, 98.0, 103.0, 101.0))) for i in range(3)])
+    assert agreeing.tau2 == 0.0 and "no spread beyond sampling noise" in _pooled_text(agreeing)
 
 
 def test_records_made_before_an_option_existed_share_the_setting_of_those_at_its_default(tmp_path):
