@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from alphagrad_rl.buffers import ReplayBuffer
-from alphagrad_rl.envs import evaluate_policy, finished_episodes, make_vector_env, true_next_obs
+from alphagrad_rl.envs import evaluate_policy, make_vector_env, true_next_obs
 from alphagrad_rl.experiment import (
     INF,
     CommonArgs,
@@ -126,9 +126,10 @@ def main(args: Args) -> dict:
     envs = make_vector_env([make_env(args.env_id, args.seed + i, i) for i in range(args.num_envs)],
                            gym.spaces.Discrete, "DQN",
                            args.autoreset_mode)
-    record, checkpoints = start_run(args, "dqn", args.env_id, args.optim.name, args.total_timesteps)
+    runs = start_run(args, "dqn", args.env_id, args.optim.name, args.total_timesteps)
+    record = runs.record
     device = select_device(args.cuda)
-    with checkpoints, record:
+    with runs:
         q_network = QNetwork(envs).to(device)
         optimizer = make_optimizer(q_network.named_parameters(), args.optim)
         alpha_scheduler = make_alpha_scheduler(optimizer, args.optim)
@@ -139,9 +140,9 @@ def main(args: Args) -> dict:
         start_step = updates = 0
 
         obs, _ = envs.reset(seed=args.seed)
-        checkpoints.track(q_network=q_network, target_network=target_network, optimizer=optimizer,
-                          alpha_scheduler=alpha_scheduler, replay_buffer=rb, envs=envs, rng=rng)
-        if (resumed := checkpoints.restore()) is not None:  # --resume: continue exactly where the checkpoint was
+        runs.track(q_network=q_network, target_network=target_network, optimizer=optimizer,
+                   alpha_scheduler=alpha_scheduler, replay_buffer=rb, envs=envs, rng=rng)
+        if (resumed := runs.restore()) is not None:  # --resume: continue exactly where the checkpoint was
             start_step, updates, obs = resumed["global_step"], resumed["updates"], resumed["obs"]
             for env_index, first_obs in resumed["fresh_obs"].items():
                 obs[env_index] = first_obs
@@ -156,8 +157,7 @@ def main(args: Args) -> dict:
                     actions = torch.argmax(q_network(torch.as_tensor(obs, device=device)), dim=1).cpu().numpy()
 
             next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-            for episodic_return, episodic_length in finished_episodes(infos):
-                record.log_episode(global_step, episodic_return, episodic_length)
+            runs.log_episodes(global_step, infos)
 
             # the true last observation of finished episodes, never the next episode's first
             rb.add(obs, true_next_obs(next_obs, terminations, truncations, infos), actions, rewards, terminations)
@@ -192,14 +192,14 @@ def main(args: Args) -> dict:
                     for target_param, q_param in zip(target_network.parameters(), q_network.parameters()):
                         target_param.data.copy_(args.tau * q_param.data + (1.0 - args.tau) * target_param.data)
 
-            if checkpoints.due(global_step + 1):
-                checkpoints.save(global_step + 1, global_step=global_step + 1, updates=updates, obs=obs)
-        record.training_done(args.total_timesteps)
+            runs.save_if_due(global_step + 1, global_step=global_step + 1, updates=updates, obs=obs)
 
-        if args.save_model:
+        def save_model(_member, record):
             model_path = record.run_dir / "dqn.pt"
             torch.save({"q_network": q_network.state_dict()}, model_path)
             record.set_evaluation(model_path, evaluate(q_network, args, device, args.eval_episodes))
+
+        runs.finish(args.total_timesteps, save_model if args.save_model else None)
     envs.close()
     return record.summary
 

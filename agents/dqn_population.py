@@ -25,17 +25,14 @@ from alphagrad_rl.agents import dqn
 from alphagrad_rl import population
 from alphagrad_rl.buffers import MemberReplayBuffers, ReplayBatch
 from alphagrad_rl.cartpole_batch import CartPoleBatch, member_action_spaces
-from alphagrad_rl.envs import ended_episodes, make_vector_env, true_next_obs
+from alphagrad_rl.envs import make_vector_env, true_next_obs
 from alphagrad_rl.experiment import cli, seed_everything, select_device, update_diagnostics
 from alphagrad_rl.population import (
     PopulationOptions,
     StackedSequential,
     check_population_args,
     crashed_members,
-    finish_unfinished,
     make_population_optimizer,
-    member_summaries,
-    note_fresh_episodes,
     open_population,
 )
 
@@ -98,90 +95,74 @@ def main(args: Args) -> list[dict]:
     q_network = PopulationQNetwork(networks).to(device)
     target_network = PopulationQNetwork(networks).to(device)
     optimizer = make_population_optimizer(q_network.named_parameters(), members)
-    records, checkpoints, _ = open_population(args, members, "dqn", args.total_timesteps)
+    runs = open_population(args, members, "dqn", args.total_timesteps, envs_per_member=1)
     rb = MemberReplayBuffers(size, args.buffer_size, envs.single_observation_space.shape, (), np.int64, device)
     rngs = [np.random.default_rng(m.seed) for m in members]
-    alive = [record is not None for record in records]
     obs, _ = envs.reset(seed=[m.seed for m in members])
     start_step = updates = 0
-    checkpoints.track(q_network=q_network, target_network=target_network, optimizer=optimizer, envs=envs,
-                      replay_buffers=rb,
-                      **{f"rng{i}": rng for i, rng in enumerate(rngs)})
-    try:
-        with checkpoints:
-            if (resumed := checkpoints.restore()) is not None:  # --resume: continue exactly where it was
-                start_step, updates, obs = resumed["global_step"], resumed["updates"], resumed["obs"]
-                alive = list(resumed["alive"])
-                for env_index, first_obs in resumed["fresh_obs"].items():
-                    obs[env_index] = first_obs
-                note_fresh_episodes(records, resumed["fresh_obs"], 1)
-            for global_step in range(start_step, args.total_timesteps):
-                epsilon = dqn.linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps,
-                                              global_step)
-                explore = [rng.random() < epsilon for rng in rngs]
-                if all(explore):
-                    actions = np.zeros(size, dtype=np.int64)
-                else:
+    with runs:
+        runs.track(q_network=q_network, target_network=target_network, optimizer=optimizer, envs=envs,
+                   replay_buffers=rb, **{f"rng{i}": rng for i, rng in enumerate(rngs)})
+        if (resumed := runs.restore()) is not None:  # --resume: continue exactly where it was
+            start_step, updates, obs = resumed["global_step"], resumed["updates"], resumed["obs"]
+            for env_index, first_obs in resumed["fresh_obs"].items():
+                obs[env_index] = first_obs
+        for global_step in range(start_step, args.total_timesteps):
+            epsilon = dqn.linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps,
+                                          global_step)
+            explore = [rng.random() < epsilon for rng in rngs]
+            if all(explore):
+                actions = np.zeros(size, dtype=np.int64)
+            else:
+                with torch.no_grad():
+                    q_values = q_network(torch.as_tensor(obs, device=device).unsqueeze(1))
+                actions = q_values.argmax(dim=2)[:, 0].cpu().numpy()
+            for i in (i for i in range(size) if explore[i]):
+                actions[i] = action_spaces[i].sample()
+            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+            runs.log_episodes(global_step, infos)
+            real_next_obs = true_next_obs(next_obs, terminations, truncations, infos)
+            rb.add(obs, real_next_obs, actions, rewards, terminations)
+            obs = next_obs
+
+            if global_step > args.learning_starts:
+                if global_step % args.train_frequency == 0:
+                    losses, old_val = td_losses(q_network, target_network, rb.sample(args.batch_size, rngs), args.gamma)
+                    optimizer.zero_grad()
+                    losses.sum().backward()  # member i's gradient is its own loss's
+                    updates += 1
+                    diagnose = args.diagnostics_interval > 0 and updates % args.diagnostics_interval == 0
+                    skipped_before = list(optimizer.param_groups[0].get("skipped_steps") or [])
+                    with update_diagnostics(optimizer, "q", diagnose, members=size) as diagnostics:
+                        optimizer.step()
+                    for i in crashed_members(losses, optimizer, skipped_before, args.optim.nonfinite):
+                        runs.crash(i, f"non-finite TD loss or gradient at step {global_step}")
+                    for i, record in runs.live():
+                        member_diagnostics = {key: value[i] for key, value in diagnostics.items()}
+                        if global_step % 100 == 0:
+                            record.log(global_step, {
+                                "losses/td_loss": losses[i].item(), "losses/q_values": old_val[i].mean().item(),
+                                "charts/SPS": record.sps(global_step), "charts/epsilon": epsilon,
+                                **member_diagnostics})
+                        elif member_diagnostics:
+                            record.log(global_step, member_diagnostics)
+
+                if global_step % args.target_network_frequency == 0:
                     with torch.no_grad():
-                        q_values = q_network(torch.as_tensor(obs, device=device).unsqueeze(1))
-                    actions = q_values.argmax(dim=2)[:, 0].cpu().numpy()
-                for i in (i for i in range(size) if explore[i]):
-                    actions[i] = action_spaces[i].sample()
-                next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-                for i, episodic_return, episodic_length in ended_episodes(infos):
-                    if alive[i]:
-                        records[i].log_episode(global_step, episodic_return, episodic_length)
-                real_next_obs = true_next_obs(next_obs, terminations, truncations, infos)
-                rb.add(obs, real_next_obs, actions, rewards, terminations)
-                obs = next_obs
+                        for target, source in zip(target_network.parameters(), q_network.parameters()):
+                            target.copy_(args.tau * source + (1.0 - args.tau) * target)
+            runs.save_if_due(global_step + 1, global_step=global_step + 1, obs=obs, updates=updates)
 
-                if global_step > args.learning_starts:
-                    if global_step % args.train_frequency == 0:
-                        losses, old_val = td_losses(q_network, target_network, rb.sample(args.batch_size, rngs),
-                                                    args.gamma)
-                        optimizer.zero_grad()
-                        losses.sum().backward()  # member i's gradient is its own loss's
-                        updates += 1
-                        diagnose = args.diagnostics_interval > 0 and updates % args.diagnostics_interval == 0
-                        skipped_before = list(optimizer.param_groups[0].get("skipped_steps") or [])
-                        with update_diagnostics(optimizer, "q", diagnose, members=size) as diagnostics:
-                            optimizer.step()
-                        for i in crashed_members(losses, optimizer, skipped_before, args.optim.nonfinite):
-                            if alive[i]:  # this member's run would have stopped here; the others go on
-                                alive[i] = False
-                                records[i].finish("crashed", error=f"non-finite TD loss or gradient at step {global_step}")
-                        for i in (i for i in range(size) if alive[i]):
-                            member_diagnostics = {key: value[i] for key, value in diagnostics.items()}
-                            if global_step % 100 == 0:
-                                records[i].log(global_step, {
-                                    "losses/td_loss": losses[i].item(), "losses/q_values": old_val[i].mean().item(),
-                                    "charts/SPS": records[i].sps(global_step), "charts/epsilon": epsilon,
-                                    **member_diagnostics})
-                            elif member_diagnostics:
-                                records[i].log(global_step, member_diagnostics)
+        def save_model(i, record):
+            model_path = record.run_dir / "dqn.pt"
+            torch.save({"q_network": q_network.member_state_dict(i)}, model_path)
+            network = dqn.QNetwork(envs).to(device)
+            network.load_state_dict(q_network.member_state_dict(i))
+            record.set_evaluation(model_path, dqn.evaluate(network, members[i], device, args.eval_episodes))
 
-                    if global_step % args.target_network_frequency == 0:
-                        with torch.no_grad():
-                            for target, source in zip(target_network.parameters(), q_network.parameters()):
-                                target.copy_(args.tau * source + (1.0 - args.tau) * target)
-                if checkpoints.due(global_step + 1):
-                    checkpoints.record = [record if alive[i] else None for i, record in enumerate(records)]
-                    checkpoints.save(global_step + 1, global_step=global_step + 1, obs=obs, updates=updates, alive=alive)
-            for i in (i for i in range(size) if alive[i]):
-                records[i].training_done(args.total_timesteps)
-                if args.save_model:
-                    model_path = records[i].run_dir / "dqn.pt"
-                    torch.save({"q_network": q_network.member_state_dict(i)}, model_path)
-                    network = dqn.QNetwork(envs).to(device)
-                    network.load_state_dict(q_network.member_state_dict(i))
-                    records[i].set_evaluation(model_path, dqn.evaluate(network, members[i], device, args.eval_episodes))
-                records[i].finish("finished")
-    except BaseException as error:
-        finish_unfinished(records, alive, error)
-        raise
-    finally:
-        envs.close()
-    return member_summaries(records, members)
+        runs.finish(args.total_timesteps, save_model if args.save_model else None)
+    envs.close()
+    return runs.summaries()
 
 
 if __name__ == "__main__":

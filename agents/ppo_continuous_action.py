@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from torch.distributions.normal import Normal
 
-from alphagrad_rl.envs import evaluate_policy, finished_episodes, make_vector_env
+from alphagrad_rl.envs import evaluate_policy, make_vector_env
 from alphagrad_rl.experiment import (
     INF,
     CommonArgs,
@@ -290,10 +290,10 @@ def main(args: Args) -> dict:
               "to one iteration at least)", file=sys.stderr)
     envs = make_vector_env([make_env(args.env_id, args.gamma) for _ in range(args.num_envs)], gym.spaces.Box, "PPO",
                            args.autoreset_mode)
-    record, checkpoints = start_run(args, "ppo_continuous_action", args.env_id, args.optim.name,
-                                    num_iterations * batch_size)
+    runs = start_run(args, "ppo_continuous_action", args.env_id, args.optim.name, num_iterations * batch_size)
+    record = runs.record
     device = select_device(args.cuda)
-    with checkpoints, record:
+    with runs:
         agent = Agent(envs).to(device)
         optimizer = make_optimizer(agent.named_parameters(), args.optim)
         alpha_scheduler = make_alpha_scheduler(optimizer, args.optim)
@@ -312,8 +312,8 @@ def main(args: Args) -> dict:
         next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
         next_done = torch.zeros(args.num_envs, device=device)
         # checkpoints fall between iterations: the rollout buffers are refilled, and the lr follows the iteration
-        checkpoints.track(agent=agent, optimizer=optimizer, alpha_scheduler=alpha_scheduler, envs=envs)
-        if (resumed := checkpoints.restore()) is not None:  # --resume: continue exactly where the checkpoint was
+        runs.track(agent=agent, optimizer=optimizer, alpha_scheduler=alpha_scheduler, envs=envs)
+        if (resumed := runs.restore()) is not None:  # --resume: continue exactly where the checkpoint was
             global_step, updates, start_iteration = resumed["global_step"], resumed["updates"], resumed["iteration"]
             next_obs, next_done = resumed["next_obs"].to(device), resumed["next_done"].to(device)
             for env_index, first_obs in resumed["fresh_obs"].items():  # episodes that could not be continued
@@ -349,8 +349,7 @@ def main(args: Args) -> dict:
                 rewards[step] = reward
                 next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
                 next_done = torch.as_tensor(np.logical_or(terminations, truncations), dtype=torch.float32, device=device)
-                for episodic_return, episodic_length in finished_episodes(infos):
-                    record.log_episode(global_step, episodic_return, episodic_length)
+                runs.log_episodes(global_step, infos)
 
             with torch.no_grad():
                 next_value = agent.get_value(next_obs).reshape(1, -1)
@@ -367,15 +366,16 @@ def main(args: Args) -> dict:
             record.log(global_step, {"charts/learning_rate": optimizer.param_groups[0]["lr"], **losses,
                                      "losses/explained_variance": explained_var, "charts/SPS": record.sps(global_step)})
             record.progress(global_step)
-            if checkpoints.due(global_step):
-                checkpoints.save(global_step, global_step=global_step, updates=updates, iteration=iteration + 1,
-                                 next_obs=next_obs, next_done=next_done)
+            runs.save_if_due(global_step, global_step=global_step, updates=updates, iteration=iteration + 1,
+                             next_obs=next_obs, next_done=next_done)
 
-        if args.save_model:
+        def save_model(_member, record):
             obs_stats = observation_statistics(envs)
             model_path = record.run_dir / "ppo_continuous_action.pt"
             torch.save({"agent": agent.state_dict(), "obs_rms": obs_stats}, model_path)
             record.set_evaluation(model_path, evaluate(agent, obs_stats, args, device, args.eval_episodes))
+
+        runs.finish(num_iterations * batch_size, save_model if args.save_model else None)
     envs.close()
     return record.summary
 

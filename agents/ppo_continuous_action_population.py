@@ -27,7 +27,7 @@ from alphagrad_rl.agents import ppo_continuous_action as ppo
 from torch.distributions.normal import Normal
 
 from alphagrad_rl import population
-from alphagrad_rl.envs import ended_episodes, make_vector_env
+from alphagrad_rl.envs import make_vector_env
 from alphagrad_rl.experiment import cli, seed_everything, select_device, update_diagnostics
 from alphagrad_rl.normalized_batch import NormalizedEnvBatch, supports
 from alphagrad_rl.population import (
@@ -36,11 +36,8 @@ from alphagrad_rl.population import (
     check_population_args,
     clip_grad_norm_per_member,
     crashed_members,
-    finish_unfinished,
     make_population_optimizer,
     member_state_tensors,
-    member_summaries,
-    note_fresh_episodes,
     open_population,
     step_members,
 )
@@ -228,9 +225,8 @@ def main(args: Args) -> list[dict]:
     agents, generators = member_generators(members, device)
     agent = PopulationAgent(agents).to(device)
     optimizer = make_population_optimizer(agent.named_parameters(), members)
-    records, checkpoints, _ = open_population(args, members, "ppo_continuous_action", num_iterations * batch_size)
+    runs = open_population(args, members, "ppo_continuous_action", num_iterations * batch_size, envs_per_member=k)
     rngs = [np.random.RandomState(m.seed) for m in members]  # each run's np.random (minibatch order)
-    alive = [record is not None for record in records]
     obs_shape, action_shape = envs.single_observation_space.shape, envs.single_action_space.shape
 
     obs = torch.zeros((args.num_steps, size, k) + obs_shape, device=device)
@@ -244,105 +240,89 @@ def main(args: Args) -> list[dict]:
     next_obs, _ = envs.reset(seed=[m.seed + j for m in members for j in range(k)])
     next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device).view((size, k) + obs_shape)
     next_done = torch.zeros((size, k), device=device)
-    # checkpoints fall between iterations, as in the single-file agent
-    checkpoints.track(agent=agent, optimizer=optimizer, envs=envs, **{f"rng{i}": rng for i, rng in enumerate(rngs)},
-                      **{f"generator{i}": generator for i, generator in enumerate(generators)})
-    try:
-        with checkpoints:
-            if (resumed := checkpoints.restore()) is not None:  # --resume: continue exactly where it was
-                global_step, updates, start_iteration = resumed["global_step"], resumed["updates"], resumed["iteration"]
-                next_obs, next_done = resumed["next_obs"].to(device), resumed["next_done"].to(device)
-                alive = list(resumed["alive"])
-                for env_index, first_obs in resumed["fresh_obs"].items():  # episodes that could not be continued
-                    next_obs[env_index // k, env_index % k] = torch.as_tensor(first_obs, device=device)
-                    next_done[env_index // k, env_index % k] = 1.0
-                note_fresh_episodes(records, resumed["fresh_obs"], k)
-            for iteration in range(start_iteration, num_iterations + 1):
-                frac = 1.0 - (iteration - 1.0) / num_iterations if args.anneal_lr else 1.0
-                lrs = [frac * m.optim.lr for m in members]  # the same for every member unless AlphaGrad's differ
-                if args.anneal_lr:
-                    for group in optimizer.param_groups:
-                        group["lr"] = lrs if args.optim.name == "alphagrad" else lrs[0]
+    with runs:  # checkpoints fall between iterations, as in the single-file agent
+        runs.track(agent=agent, optimizer=optimizer, envs=envs, **{f"rng{i}": rng for i, rng in enumerate(rngs)},
+                   **{f"generator{i}": generator for i, generator in enumerate(generators)})
+        if (resumed := runs.restore()) is not None:  # --resume: continue exactly where it was
+            global_step, updates, start_iteration = resumed["global_step"], resumed["updates"], resumed["iteration"]
+            next_obs, next_done = resumed["next_obs"].to(device), resumed["next_done"].to(device)
+            for env_index, first_obs in resumed["fresh_obs"].items():  # episodes that could not be continued
+                next_obs[env_index // k, env_index % k] = torch.as_tensor(first_obs, device=device)
+                next_done[env_index // k, env_index % k] = 1.0
+        for iteration in range(start_iteration, num_iterations + 1):
+            frac = 1.0 - (iteration - 1.0) / num_iterations if args.anneal_lr else 1.0
+            lrs = [frac * m.optim.lr for m in members]  # the same for every member unless AlphaGrad's differ
+            if args.anneal_lr:
+                for group in optimizer.param_groups:
+                    group["lr"] = lrs if args.optim.name == "alphagrad" else lrs[0]
 
-                for step in range(args.num_steps):
-                    global_step += args.num_envs
-                    obs[step] = next_obs
-                    dones[step] = next_done
+            for step in range(args.num_steps):
+                global_step += args.num_envs
+                obs[step] = next_obs
+                dones[step] = next_done
+                with torch.no_grad():
+                    action, logprob, _, value = agent.get_action_and_value(next_obs, generators=generators)
+                    values[step] = value.squeeze(2)
+                actions[step] = action
+                logprobs[step] = logprob
+
+                if not all(runs.alive):  # a crashed member's envs go on with zero actions, unrecorded
+                    action[torch.as_tensor([not a for a in runs.alive], device=device)] = 0.0
+                next_obs_np, reward, terminations, truncations, infos = envs.step(
+                    action.reshape((size * k,) + action_shape).cpu().numpy())
+                reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                truncated_only = np.flatnonzero(np.logical_and(truncations, np.logical_not(terminations)))
+                if args.bootstrap_truncation and truncated_only.size:
+                    last_obs = infos["final_obs"] if "final_obs" in infos else next_obs_np
+                    final_obs = np.array(next_obs_np, dtype=np.float32)
+                    for i in truncated_only:
+                        final_obs[i] = last_obs[i]
                     with torch.no_grad():
-                        action, logprob, _, value = agent.get_action_and_value(next_obs, generators=generators)
-                        values[step] = value.squeeze(2)
-                    actions[step] = action
-                    logprobs[step] = logprob
+                        final_values = agent.get_value(torch.as_tensor(final_obs, device=device).view(
+                            (size, k) + obs_shape)).flatten()
+                    reward[truncated_only] += args.gamma * final_values[truncated_only]
+                rewards[step] = reward.view(size, k)
+                next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device).view((size, k) + obs_shape)
+                next_done = torch.as_tensor(np.logical_or(terminations, truncations), dtype=torch.float32,
+                                            device=device).view(size, k)
+                runs.log_episodes(global_step, infos)
 
-                    if not all(alive):  # a crashed member's envs go on with zero actions, unrecorded
-                        action[torch.as_tensor([not a for a in alive], device=device)] = 0.0
-                    next_obs_np, reward, terminations, truncations, infos = envs.step(
-                        action.reshape((size * k,) + action_shape).cpu().numpy())
-                    reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
-                    truncated_only = np.flatnonzero(np.logical_and(truncations, np.logical_not(terminations)))
-                    if args.bootstrap_truncation and truncated_only.size:
-                        last_obs = infos["final_obs"] if "final_obs" in infos else next_obs_np
-                        final_obs = np.array(next_obs_np, dtype=np.float32)
-                        for i in truncated_only:
-                            final_obs[i] = last_obs[i]
-                        with torch.no_grad():
-                            final_values = agent.get_value(torch.as_tensor(final_obs, device=device).view(
-                                (size, k) + obs_shape)).flatten()
-                        reward[truncated_only] += args.gamma * final_values[truncated_only]
-                    rewards[step] = reward.view(size, k)
-                    next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device).view((size, k) + obs_shape)
-                    next_done = torch.as_tensor(np.logical_or(terminations, truncations), dtype=torch.float32,
-                                                device=device).view(size, k)
-                    for index, episodic_return, episodic_length in ended_episodes(infos):
-                        if alive[index // k]:
-                            records[index // k].log_episode(global_step, episodic_return, episodic_length)
+            with torch.no_grad():  # generalized advantage estimation, every member's at once (elementwise)
+                next_value = agent.get_value(next_obs).squeeze(2)
+                advantages, returns = ppo.gae(rewards, values, dones, next_value, next_done, args.gamma,
+                                              args.gae_lambda)
 
-                with torch.no_grad():  # generalized advantage estimation, every member's at once (elementwise)
-                    next_value = agent.get_value(next_obs).squeeze(2)
-                    advantages, returns = ppo.gae(rewards, values, dones, next_value, next_done, args.gamma,
-                                                  args.gae_lambda)
+            def flat(x: torch.Tensor) -> torch.Tensor:  # (steps, members, envs, ...) -> (members, steps * envs, ...)
+                return x.transpose(0, 1).reshape((size, batch_size) + x.shape[3:])
 
-                def flat(x: torch.Tensor) -> torch.Tensor:  # (steps, members, envs, ...) -> (members, steps * envs, ...)
-                    return x.transpose(0, 1).reshape((size, batch_size) + x.shape[3:])
+            batch = ppo.Batch(flat(obs), flat(logprobs), flat(actions), flat(advantages), flat(returns), flat(values))
+            updates, logged, crashed = update(agent, optimizer, args, batch, rngs, runs.alive, updates)
+            for i, reason in crashed:  # its run would have stopped here; the others go on
+                runs.crash(i, f"{reason} at step {global_step}")
 
-                batch = ppo.Batch(flat(obs), flat(logprobs), flat(actions), flat(advantages), flat(returns), flat(values))
-                updates, logged, crashed = update(agent, optimizer, args, batch, rngs, alive, updates)
-                for i, reason in crashed:  # its run would have stopped here; the others go on
-                    alive[i] = False
-                    records[i].finish("crashed", error=f"{reason} at step {global_step}")
+            y_pred, y_true = batch.values.cpu().numpy(), batch.returns.cpu().numpy()
+            for i, record in runs.live():
+                var_y = np.var(y_true[i])
+                explained_var = np.nan if var_y == 0 else 1 - np.var(y_true[i] - y_pred[i]) / var_y
+                record.log(global_step, {"charts/learning_rate": lrs[i], **logged[i],
+                                         "losses/explained_variance": explained_var, "charts/SPS": record.sps(global_step)})
+                record.progress(global_step)
+            if not any(runs.alive):
+                break
+            runs.save_if_due(global_step, global_step=global_step, updates=updates, iteration=iteration + 1,
+                             next_obs=next_obs, next_done=next_done)
 
-                y_pred, y_true = batch.values.cpu().numpy(), batch.returns.cpu().numpy()
-                for i in (i for i in range(size) if alive[i]):
-                    var_y = np.var(y_true[i])
-                    explained_var = np.nan if var_y == 0 else 1 - np.var(y_true[i] - y_pred[i]) / var_y
-                    records[i].log(global_step, {"charts/learning_rate": lrs[i], **logged[i],
-                                                 "losses/explained_variance": explained_var,
-                                                 "charts/SPS": records[i].sps(global_step)})
-                    records[i].progress(global_step)
-                if not any(alive):
-                    break
-                if checkpoints.due(global_step):
-                    checkpoints.record = [record if alive[i] else None for i, record in enumerate(records)]
-                    checkpoints.save(global_step, global_step=global_step, updates=updates, iteration=iteration + 1,
-                                     next_obs=next_obs, next_done=next_done, alive=alive)
+        def save_model(i, record):
+            obs_stats = ppo.observation_statistics(envs, i * k)
+            model_path = record.run_dir / "ppo_continuous_action.pt"
+            torch.save({"agent": agent.member_state_dict(i), "obs_rms": obs_stats}, model_path)
+            single = agents[i].to(device)
+            single.load_state_dict(agent.member_state_dict(i))
+            record.set_evaluation(model_path, ppo.evaluate(single, obs_stats, members[i], device, args.eval_episodes))
 
-            for i in (i for i in range(size) if alive[i]):
-                records[i].training_done(num_iterations * batch_size)
-                if args.save_model:
-                    obs_stats = ppo.observation_statistics(envs, i * k)
-                    model_path = records[i].run_dir / "ppo_continuous_action.pt"
-                    torch.save({"agent": agent.member_state_dict(i), "obs_rms": obs_stats}, model_path)
-                    single = agents[i].to(device)
-                    single.load_state_dict(agent.member_state_dict(i))
-                    records[i].set_evaluation(model_path, ppo.evaluate(single, obs_stats, members[i], device,
-                                                                       args.eval_episodes))
-                records[i].finish("finished")
-    except BaseException as error:
-        finish_unfinished(records, alive, error)
-        raise
-    finally:
-        envs.close()
-    return member_summaries(records, members)
+        runs.finish(num_iterations * batch_size, save_model if args.save_model else None)
+    envs.close()
+    return runs.summaries()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from alphagrad_rl.buffers import ReplayBuffer
-from alphagrad_rl.envs import evaluate_policy, finished_episodes, make_vector_env, true_next_obs
+from alphagrad_rl.envs import evaluate_policy, make_vector_env, true_next_obs
 from alphagrad_rl.experiment import (
     INF,
     CommonArgs,
@@ -135,6 +135,16 @@ def evaluate(actor: Actor, args: Args, device: torch.device, episodes: int) -> l
     return evaluate_policy(envs, act, episodes, args.seed + 10_000)
 
 
+def resume_point(resumed: dict) -> tuple[int, np.ndarray, int, int, torch.Tensor | None]:
+    """Where a checkpoint left the loop: the step, the observations (an env that could not be restored starts a
+    fresh episode: its first observation), the critic and actor update counts and the last actor loss."""
+    obs = resumed["obs"]
+    for env_index, first_obs in resumed["fresh_obs"].items():
+        obs[env_index] = first_obs
+    actor_loss = None if resumed["actor_loss"] is None else torch.tensor(resumed["actor_loss"])
+    return resumed["global_step"], obs, resumed["critic_updates"], resumed["actor_updates"], actor_loss
+
+
 def main(args: Args) -> dict:
     check_args(args)
     seed_everything(args.seed, args.torch_deterministic)
@@ -143,9 +153,10 @@ def main(args: Args) -> dict:
                            args.autoreset_mode)
     optimizer_name = (args.actor_optim.name if args.actor_optim.name == args.critic_optim.name
                       else f"{args.actor_optim.name}+{args.critic_optim.name}")
-    record, checkpoints = start_run(args, "td3_continuous_action", args.env_id, optimizer_name, args.total_timesteps)
+    runs = start_run(args, "td3_continuous_action", args.env_id, optimizer_name, args.total_timesteps)
+    record = runs.record
     device = select_device(args.cuda)
-    with checkpoints, record:
+    with runs:
         actor = Actor(envs).to(device)
         qf1 = QNetwork(envs).to(device)
         qf2 = QNetwork(envs).to(device)
@@ -170,16 +181,12 @@ def main(args: Args) -> dict:
         actor_loss = None
 
         obs, _ = envs.reset(seed=args.seed)
-        checkpoints.track(actor=actor, qf1=qf1, qf2=qf2, target_actor=target_actor, qf1_target=qf1_target,
-                          qf2_target=qf2_target, q_optimizer=q_optimizer, actor_optimizer=actor_optimizer,
-                          **{f"alpha_scheduler{i}": s for i, s in enumerate(alpha_schedulers)},
-                          replay_buffer=rb, envs=envs, rng=rng)
-        if (resumed := checkpoints.restore()) is not None:  # --resume: continue exactly where the checkpoint was
-            start_step, obs = resumed["global_step"], resumed["obs"]
-            critic_updates, actor_updates = resumed["critic_updates"], resumed["actor_updates"]
-            actor_loss = None if resumed["actor_loss"] is None else torch.tensor(resumed["actor_loss"])
-            for env_index, first_obs in resumed["fresh_obs"].items():
-                obs[env_index] = first_obs
+        runs.track(actor=actor, qf1=qf1, qf2=qf2, target_actor=target_actor, qf1_target=qf1_target,
+                   qf2_target=qf2_target, q_optimizer=q_optimizer, actor_optimizer=actor_optimizer,
+                   **{f"alpha_scheduler{i}": s for i, s in enumerate(alpha_schedulers)},
+                   replay_buffer=rb, envs=envs, rng=rng)
+        if (resumed := runs.restore()) is not None:  # --resume: continue exactly where the checkpoint was
+            start_step, obs, critic_updates, actor_updates, actor_loss = resume_point(resumed)
 
         for global_step in range(start_step, args.total_timesteps):
             if global_step < args.learning_starts:
@@ -191,8 +198,7 @@ def main(args: Args) -> dict:
                     actions = actions.cpu().numpy().clip(envs.single_action_space.low, envs.single_action_space.high)
 
             next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-            for episodic_return, episodic_length in finished_episodes(infos):
-                record.log_episode(global_step, episodic_return, episodic_length)
+            runs.log_episodes(global_step, infos)
 
             # the true last observation of finished episodes, never the next episode's first
             rb.add(obs, true_next_obs(next_obs, terminations, truncations, infos), actions, rewards, terminations)
@@ -258,15 +264,15 @@ def main(args: Args) -> dict:
                 elif diagnostics:
                     record.log(global_step, diagnostics)
 
-            if checkpoints.due(global_step + 1):
-                checkpoints.save(global_step + 1, global_step=global_step + 1, obs=obs, critic_updates=critic_updates,
-                                 actor_updates=actor_updates, actor_loss=None if actor_loss is None else actor_loss.item())
-        record.training_done(args.total_timesteps)
+            runs.save_if_due(global_step + 1, global_step=global_step + 1, obs=obs, critic_updates=critic_updates,
+                             actor_updates=actor_updates, actor_loss=None if actor_loss is None else actor_loss.item())
 
-        if args.save_model:
+        def save_model(_member, record):
             model_path = record.run_dir / "td3_continuous_action.pt"
             torch.save({"actor": actor.state_dict(), "qf1": qf1.state_dict(), "qf2": qf2.state_dict()}, model_path)
             record.set_evaluation(model_path, evaluate(actor, args, device, args.eval_episodes))
+
+        runs.finish(args.total_timesteps, save_model if args.save_model else None)
     envs.close()
     return record.summary
 

@@ -26,17 +26,14 @@ from alphagrad_rl.agents import td3_continuous_action as td3
 
 from alphagrad_rl import population
 from alphagrad_rl.buffers import MemberReplayBuffers
-from alphagrad_rl.envs import ended_episodes, make_vector_env, true_next_obs
+from alphagrad_rl.envs import make_vector_env, true_next_obs
 from alphagrad_rl.experiment import cli, seed_everything, select_device, update_diagnostics
 from alphagrad_rl.population import (
     PopulationOptions,
     StackedSequential,
     check_population_args,
     crashed_members,
-    finish_unfinished,
     make_population_optimizer,
-    member_summaries,
-    note_fresh_episodes,
     open_population,
     step_members,
 )
@@ -182,131 +179,112 @@ def main(args: Args) -> list[dict]:
     device = select_device(args.cuda)
     nets = member_networks(members, envs, device)
     q_optimizer, actor_optimizer = make_optimizers(nets, members)
-    records, checkpoints, _ = open_population(args, members, "td3_continuous_action", args.total_timesteps)
+    runs = open_population(args, members, "td3_continuous_action", args.total_timesteps, envs_per_member=k)
     action_low = torch.as_tensor(envs.single_action_space.low, device=device)
     action_high = torch.as_tensor(envs.single_action_space.high, device=device)
     rb = MemberReplayBuffers(size, args.buffer_size, envs.single_observation_space.shape,
                              envs.single_action_space.shape, np.float32, device)
     rngs = [np.random.default_rng(m.seed) for m in members]
-    alive = [record is not None for record in records]
     start_step = critic_updates = actor_updates = 0
     actor_loss = None
     obs, _ = envs.reset(seed=[m.seed + j for m in members for j in range(k)])
     obs_shape = envs.single_observation_space.shape
-    checkpoints.track(actor=nets.actor, qf1=nets.qf1, qf2=nets.qf2, target_actor=nets.target_actor,
-                      qf1_target=nets.qf1_target, qf2_target=nets.qf2_target, q_optimizer=q_optimizer,
-                      actor_optimizer=actor_optimizer, envs=envs, replay_buffers=rb,
-                      **{f"rng{i}": rng for i, rng in enumerate(rngs)},
-                      **{f"generator{i}": generator for i, generator in enumerate(nets.generators)})
-    try:
-        with checkpoints:
-            if (resumed := checkpoints.restore()) is not None:  # --resume: continue exactly where it was
-                start_step, obs = resumed["global_step"], resumed["obs"]
-                critic_updates, actor_updates = resumed["critic_updates"], resumed["actor_updates"]
-                actor_loss = None if resumed["actor_loss"] is None else torch.tensor(resumed["actor_loss"])
-                alive = list(resumed["alive"])
-                for env_index, first_obs in resumed["fresh_obs"].items():
-                    obs[env_index] = first_obs
-                note_fresh_episodes(records, resumed["fresh_obs"], k)
-            for global_step in range(start_step, args.total_timesteps):
-                if global_step < args.learning_starts:  # its run samples from its first env's action space
-                    actions = np.array([envs.envs[i * k].action_space.sample() for i in range(size) for _ in range(k)])
-                else:
-                    with torch.no_grad():
-                        member_actions = nets.actor(torch.as_tensor(obs, dtype=torch.float32, device=device).view(
-                            (size, k) + obs_shape))
-                        noise = torch.stack([torch.normal(0, nets.actor.action_scale * args.exploration_noise,
-                                                          generator=generator) for generator in nets.generators])
-                        member_actions += noise.unsqueeze(1)  # one draw per member for all its envs, as in its run
-                        actions = member_actions.reshape(size * k, -1).cpu().numpy().clip(envs.single_action_space.low,
-                                                                                           envs.single_action_space.high)
-                    for i in (i for i in range(size) if not alive[i]):  # a crashed member's envs: zero actions
-                        actions[i * k:(i + 1) * k] = 0.0
+    with runs:
+        runs.track(actor=nets.actor, qf1=nets.qf1, qf2=nets.qf2, target_actor=nets.target_actor,
+                   qf1_target=nets.qf1_target, qf2_target=nets.qf2_target, q_optimizer=q_optimizer,
+                   actor_optimizer=actor_optimizer, envs=envs, replay_buffers=rb,
+                   **{f"rng{i}": rng for i, rng in enumerate(rngs)},
+                   **{f"generator{i}": generator for i, generator in enumerate(nets.generators)})
+        if (resumed := runs.restore()) is not None:  # --resume: continue exactly where it was
+            start_step, obs, critic_updates, actor_updates, actor_loss = td3.resume_point(resumed)
+        for global_step in range(start_step, args.total_timesteps):
+            if global_step < args.learning_starts:  # its run samples from its first env's action space
+                actions = np.array([envs.envs[i * k].action_space.sample() for i in range(size) for _ in range(k)])
+            else:
+                with torch.no_grad():
+                    member_actions = nets.actor(torch.as_tensor(obs, dtype=torch.float32, device=device).view(
+                        (size, k) + obs_shape))
+                    noise = torch.stack([torch.normal(0, nets.actor.action_scale * args.exploration_noise,
+                                                      generator=generator) for generator in nets.generators])
+                    member_actions += noise.unsqueeze(1)  # one draw per member for all its envs, as in its run
+                    actions = member_actions.reshape(size * k, -1).cpu().numpy().clip(envs.single_action_space.low,
+                                                                                       envs.single_action_space.high)
+                for i in (i for i in range(size) if not runs.alive[i]):  # a crashed member's envs: zero actions
+                    actions[i * k:(i + 1) * k] = 0.0
 
-                next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-                for index, episodic_return, episodic_length in ended_episodes(infos):
-                    if alive[index // k]:
-                        records[index // k].log_episode(global_step, episodic_return, episodic_length)
-                real_next_obs = true_next_obs(next_obs, terminations, truncations, infos)
-                rb.add(obs, real_next_obs, actions, rewards, terminations)  # member i's rows: its k envs'
-                obs = next_obs
+            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+            runs.log_episodes(global_step, infos)
+            real_next_obs = true_next_obs(next_obs, terminations, truncations, infos)
+            rb.add(obs, real_next_obs, actions, rewards, terminations)  # member i's rows: its k envs'
+            obs = next_obs
 
-                if global_step > args.learning_starts:
-                    data = rb.sample(args.batch_size, rngs)
-                    qf1_loss, qf2_loss, qf1_a_values, qf2_a_values = critic_losses(nets, args, data, action_low,
-                                                                                   action_high)
-                    qf_loss = qf1_loss + qf2_loss
-                    q_optimizer.zero_grad()
-                    qf_loss.sum().backward()  # member i's gradient is its own loss's
-                    critic_updates += 1
-                    newly_crashed = [i for i in crashed_members(qf_loss, q_optimizer, [], "skip") if alive[i]]
-                    skipped_before = list(q_optimizer.param_groups[0].get("skipped_steps") or [])
-                    stepping = [a and i not in newly_crashed for i, a in enumerate(alive)]
-                    with update_diagnostics(q_optimizer, "critic", args.diagnostics_interval > 0 and
-                                            critic_updates % args.diagnostics_interval == 0, members=size) as diagnostics:
-                        step_members(q_optimizer, stepping, shared_ok=True)
-                    newly_crashed += [i for i in crashed_members(qf_loss, q_optimizer, skipped_before,
-                                                                 args.critic_optim.nonfinite) if stepping[i]]
-                    if global_step % args.policy_frequency == 0:
-                        observations = data[0]
-                        actor_loss = actor_losses(nets, observations)
-                        actor_optimizer.zero_grad()
-                        actor_loss.sum().backward()
-                        actor_updates += 1
-                        stepping = [a and i not in newly_crashed for i, a in enumerate(alive)]
-                        skipped_before = list(actor_optimizer.param_groups[0].get("skipped_steps") or [])
-                        with update_diagnostics(actor_optimizer, "actor", args.diagnostics_interval > 0 and
-                                                actor_updates % args.diagnostics_interval == 0,
-                                                members=size) as actor_diagnostics:
-                            step_members(actor_optimizer, stepping, shared_ok=True)
-                        diagnostics.update(actor_diagnostics)
-                        newly_crashed += [i for i in crashed_members(actor_loss, actor_optimizer, skipped_before,
-                                                                     args.actor_optim.nonfinite) if stepping[i]]
-                        update_targets(nets, args.tau)
-                    for i in sorted(set(newly_crashed)):  # its run would have stopped here; the others go on
-                        alive[i] = False
-                        records[i].finish("crashed", error=f"non-finite TD3 loss or gradient at step {global_step}")
+            if global_step > args.learning_starts:
+                data = rb.sample(args.batch_size, rngs)
+                qf1_loss, qf2_loss, qf1_a_values, qf2_a_values = critic_losses(nets, args, data, action_low,
+                                                                               action_high)
+                qf_loss = qf1_loss + qf2_loss
+                q_optimizer.zero_grad()
+                qf_loss.sum().backward()  # member i's gradient is its own loss's
+                critic_updates += 1
+                newly_crashed = [i for i in crashed_members(qf_loss, q_optimizer, [], "skip") if runs.alive[i]]
+                skipped_before = list(q_optimizer.param_groups[0].get("skipped_steps") or [])
+                stepping = [a and i not in newly_crashed for i, a in enumerate(runs.alive)]
+                with update_diagnostics(q_optimizer, "critic", args.diagnostics_interval > 0 and
+                                        critic_updates % args.diagnostics_interval == 0, members=size) as diagnostics:
+                    step_members(q_optimizer, stepping, shared_ok=True)
+                newly_crashed += [i for i in crashed_members(qf_loss, q_optimizer, skipped_before,
+                                                             args.critic_optim.nonfinite) if stepping[i]]
+                if global_step % args.policy_frequency == 0:
+                    observations = data[0]
+                    actor_loss = actor_losses(nets, observations)
+                    actor_optimizer.zero_grad()
+                    actor_loss.sum().backward()
+                    actor_updates += 1
+                    stepping = [a and i not in newly_crashed for i, a in enumerate(runs.alive)]
+                    skipped_before = list(actor_optimizer.param_groups[0].get("skipped_steps") or [])
+                    with update_diagnostics(actor_optimizer, "actor", args.diagnostics_interval > 0 and
+                                            actor_updates % args.diagnostics_interval == 0,
+                                            members=size) as actor_diagnostics:
+                        step_members(actor_optimizer, stepping, shared_ok=True)
+                    diagnostics.update(actor_diagnostics)
+                    newly_crashed += [i for i in crashed_members(actor_loss, actor_optimizer, skipped_before,
+                                                                 args.actor_optim.nonfinite) if stepping[i]]
+                    update_targets(nets, args.tau)
+                for i in sorted(set(newly_crashed)):  # its run would have stopped here; the others go on
+                    runs.crash(i, f"non-finite TD3 loss or gradient at step {global_step}")
 
+                if global_step % 100 == 0:
+                    with torch.no_grad():  # per member, as td3 logs it
+                        saturated = (nets.actor.squashed(data[0]).abs() == 1).float().mean((1, 2)).tolist()
+                for i, record in runs.live():
+                    member_diagnostics = {key: value[i] for key, value in diagnostics.items()}
                     if global_step % 100 == 0:
-                        with torch.no_grad():  # per member, as td3 logs it
-                            saturated = (nets.actor.squashed(data[0]).abs() == 1).float().mean((1, 2)).tolist()
-                    for i in (i for i in range(size) if alive[i]):
-                        member_diagnostics = {key: value[i] for key, value in diagnostics.items()}
-                        if global_step % 100 == 0:
-                            actor_logged = {"losses/actor_loss": actor_loss[i].item()} if actor_loss is not None else {}
-                            records[i].log(global_step, {
-                                "losses/qf1_values": qf1_a_values[i].mean().item(),
-                                "losses/qf2_values": qf2_a_values[i].mean().item(),
-                                "losses/qf1_loss": qf1_loss[i].item(), "losses/qf2_loss": qf2_loss[i].item(),
-                                "losses/qf_loss": qf_loss[i].item() / 2.0, **actor_logged,
-                                "losses/actor_saturated": saturated[i],
-                                "charts/SPS": records[i].sps(global_step), **member_diagnostics})
-                        elif member_diagnostics:
-                            records[i].log(global_step, member_diagnostics)
-                if not any(alive):
-                    break
-                if checkpoints.due(global_step + 1):
-                    checkpoints.record = [record if alive[i] else None for i, record in enumerate(records)]
-                    checkpoints.save(global_step + 1, global_step=global_step + 1, obs=obs, critic_updates=critic_updates,
-                                     actor_updates=actor_updates, alive=alive,
-                                     actor_loss=None if actor_loss is None else actor_loss.tolist())
+                        actor_logged = {"losses/actor_loss": actor_loss[i].item()} if actor_loss is not None else {}
+                        record.log(global_step, {
+                            "losses/qf1_values": qf1_a_values[i].mean().item(),
+                            "losses/qf2_values": qf2_a_values[i].mean().item(),
+                            "losses/qf1_loss": qf1_loss[i].item(), "losses/qf2_loss": qf2_loss[i].item(),
+                            "losses/qf_loss": qf_loss[i].item() / 2.0, **actor_logged,
+                            "losses/actor_saturated": saturated[i], "charts/SPS": record.sps(global_step),
+                            **member_diagnostics})
+                    elif member_diagnostics:
+                        record.log(global_step, member_diagnostics)
+            if not any(runs.alive):
+                break
+            runs.save_if_due(global_step + 1, global_step=global_step + 1, obs=obs, critic_updates=critic_updates,
+                             actor_updates=actor_updates, actor_loss=None if actor_loss is None else actor_loss.tolist())
 
-            for i in (i for i in range(size) if alive[i]):
-                records[i].training_done(args.total_timesteps)
-                if args.save_model:
-                    model_path = records[i].run_dir / "td3_continuous_action.pt"
-                    torch.save({"actor": nets.actor.member_state_dict(i), "qf1": nets.qf1.member_state_dict(i),
-                                "qf2": nets.qf2.member_state_dict(i)}, model_path)
-                    actor = td3.Actor(envs).to(device)
-                    actor.load_state_dict(nets.actor.member_state_dict(i))
-                    records[i].set_evaluation(model_path, td3.evaluate(actor, members[i], device, args.eval_episodes))
-                records[i].finish("finished")
-    except BaseException as error:
-        finish_unfinished(records, alive, error)
-        raise
-    finally:
-        envs.close()
-    return member_summaries(records, members)
+        def save_model(i, record):
+            model_path = record.run_dir / "td3_continuous_action.pt"
+            torch.save({"actor": nets.actor.member_state_dict(i), "qf1": nets.qf1.member_state_dict(i),
+                        "qf2": nets.qf2.member_state_dict(i)}, model_path)
+            actor = td3.Actor(envs).to(device)
+            actor.load_state_dict(nets.actor.member_state_dict(i))
+            record.set_evaluation(model_path, td3.evaluate(actor, members[i], device, args.eval_episodes))
+
+        runs.finish(args.total_timesteps, save_model if args.save_model else None)
+    envs.close()
+    return runs.summaries()
 
 
 if __name__ == "__main__":

@@ -232,8 +232,6 @@ class Checkpointer:
             else:
                 obj.load_state_dict(state[name])
         set_global_rng_state(self.loaded["global_rng"])
-        if fresh_obs and isinstance(self.record, RunRecord):  # (a population notes them in its members' records)
-            self.record.note_fresh_episodes(list(fresh_obs))
         return {**self.loaded["values"], "fresh_obs": fresh_obs}
 
     # --- saving -------------------------------------------------------------------------------------------

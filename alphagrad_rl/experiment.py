@@ -25,6 +25,7 @@ from alphagrad._validation import check_range
 from .checkpoint import Checkpointer, CheckpointMismatch, RunInterrupted
 from .envs import check_env
 from .factory import OptimizerSpec, custom_sources, make_alpha_scheduler, make_optimizer, optimizer_specs
+from .lifecycle import Runs
 from .runs import (
     RECORDED_IN,
     NonFiniteTraining,
@@ -170,10 +171,9 @@ def select_device(cuda: bool) -> torch.device:
     return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
 
 
-def start_run(args: CommonArgs, algorithm: str, env_id: str, optimizer_name: str,
-              total_timesteps: int) -> tuple[RunRecord, Checkpointer]:
-    """Name the run and open its record, or with --resume load its newest checkpoint and continue
-    the record from there. The Checkpointer then restores the agent's objects (`restore()`)."""
+def start_run(args: CommonArgs, algorithm: str, env_id: str, optimizer_name: str, total_timesteps: int) -> Runs:
+    """Name the run and open its record, or with --resume load its newest checkpoint and continue the record from
+    there: the run's lifecycle (lifecycle.Runs), whose restore() then restores the agent's objects."""
     run_name = args.run_name or safe_name(f"{env_id}__{args.exp_name}__{optimizer_name}__{args.seed}__{int(time.time())}")
     if not is_safe_name(run_name):  # a long --exp-name
         raise ValueError(f"the default run name {run_name[:40]}... is {len(run_name)} characters long (allowed: up to "
@@ -193,8 +193,7 @@ def start_run(args: CommonArgs, algorithm: str, env_id: str, optimizer_name: str
             resume_state = loaded["record"]
             print(f"resuming {run_dir} from {checkpoints.loaded_path.name}", file=sys.stderr)
     checkpoints.catch_stop_signals()
-    record = checkpoints.record = open_record(args, algorithm, run_dir, total_timesteps, resume_state)
-    return record, checkpoints
+    return Runs([open_record(args, algorithm, run_dir, total_timesteps, resume_state)], checkpoints, [run_dir])
 
 
 def open_record(args: CommonArgs, algorithm: str, run_dir: Path, total_timesteps: int,

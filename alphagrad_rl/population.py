@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,8 @@ import torch.nn as nn
 from .checkpoint import Checkpointer
 from .experiment import check_intact, check_start_over, open_record
 from .factory import make_optimizer, takes_stacked_parameters, used_fields
+from .lifecycle import Runs
 from .runs import (
-    RunRecord,
     check_run_name,
     clear_record,
     hold_run_locks,
@@ -120,14 +119,14 @@ def check_population_args(args: Any, single_type: type, check_single, algorithm:
     return members
 
 
-def open_population(args: Any, members: list[Any], algorithm: str, total_timesteps: int
-                    ) -> tuple[list[RunRecord | None], Checkpointer, dict[str, Any] | None]:
-    """Each member's run record and the population's Checkpointer (its checkpoints live in member 0's folder,
-    their config is every member's options). With --resume: the newest intact checkpoint, from which every member
-    that was still training continues its record (a member whose run had ended keeps its record as it is, and its
-    entry is None); without one the population starts over, where each member's earlier attempt ran with its
-    options today (as a single run's --resume). A population with a finished member has ended and
-    refuses --resume (its records are kept). Returns (records, checkpoints, loaded or None)."""
+def open_population(args: Any, members: list[Any], algorithm: str, total_timesteps: int, envs_per_member: int) -> Runs:
+    """The population's lifecycle (lifecycle.Runs): each member's run record and one Checkpointer (its checkpoints
+    live in member 0's folder, their config is every member's options). With --resume: the newest intact
+    checkpoint, from which every member that was still training continues its record (a member whose run had ended
+    keeps its record as it is, and its entry is None); without one the population starts over, where each member's
+    earlier attempt ran with its options today (as a single run's --resume). A population with a finished member has
+    ended and refuses --resume (its records are kept). Member i's environments are sub-envs i * envs_per_member
+    onwards."""
     run_dirs = [Path(m.results_dir) / m.run_name for m in members]
     checkpoints = Checkpointer(run_dirs[0], f"{algorithm}_population",
                                {f"member{i}": dataclasses.asdict(m) for i, m in enumerate(members)},
@@ -161,34 +160,7 @@ def open_population(args: Any, members: list[Any], algorithm: str, total_timeste
     records = [None if loaded is not None and state is None
                else open_record(m, algorithm, d, total_timesteps, state, population_size=len(members), member=i)
                for i, (m, d, state) in enumerate(zip(members, run_dirs, states))]
-    checkpoints.record = records
-    return records, checkpoints, loaded
-
-
-def member_summaries(records: list[RunRecord | None], members: list[Any]) -> list[dict[str, Any]]:
-    """Each member's summary: from its record, or from its folder for a member whose run ended before a resume."""
-    return [record.summary if record is not None else read_summary(Path(m.results_dir) / m.run_name)
-            for record, m in zip(records, members)]
-
-
-def finish_unfinished(records: list[RunRecord | None], alive: list[bool], error: BaseException) -> None:
-    """The population stopped on `error`: every member still training is recorded "interrupted" (a stop asked
-    for: SIGTERM/SIGINT) or "crashed", with the traceback."""
-    status = "interrupted" if isinstance(error, KeyboardInterrupt) else "crashed"
-    for record, live in zip(records, alive):
-        if live and record is not None:
-            record.finish(status, error="".join(traceback.format_exception(error)))
-
-
-def note_fresh_episodes(records: list[RunRecord | None], fresh_obs: dict[int, Any], envs_per_member: int) -> None:
-    """After a resume, note in each member's record the envs that started a fresh episode (sub-env index ->
-    member index // envs_per_member)."""
-    by_member: dict[int, list[int]] = {}
-    for index in fresh_obs:
-        by_member.setdefault(index // envs_per_member, []).append(index % envs_per_member)
-    for member, indices in by_member.items():
-        if records[member] is not None:
-            records[member].note_fresh_episodes(indices)
+    return Runs(records, checkpoints, run_dirs, envs_per_member)
 
 
 class StackedSequential(nn.Module):
