@@ -14,7 +14,7 @@ __version__ = importlib.metadata.version("alphagrad-rl")  # alphagrad.__version_
 
 # the `rl` extra's packages, by import name (pyproject.toml): the harness needs every one
 RL_EXTRA = ("numpy", "gymnasium", "mujoco", "tyro", "tensorboard", "wandb", "wandb_workspaces", "pytorch_optimizer",
-            "yaml", "scipy", "matplotlib", "optuna")
+            "yaml", "scipy", "matplotlib", "optuna", "rich")
 if missing := [name for name in RL_EXTRA if importlib.util.find_spec(name) is None]:
     raise ImportError(f"alphagrad_rl (the RL harness) needs the `rl` extra: pip install \"alphagrad-rl[rl]\" (missing: "
                       f"{', '.join(missing)}); the optimizers alone, `import alphagrad`, need torch only")

@@ -46,6 +46,7 @@ import traceback
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -341,6 +342,32 @@ def record_damage(run_dir: str | Path) -> str | None:
 def checkpoint_manifests(run_dir: str | Path) -> list[Path]:
     """Manifests of a run's checkpoints (alphagrad_rl.checkpoint), newest first; empty when it has none."""
     return sorted((Path(run_dir) / CHECKPOINT_DIR).glob("step-*.json"), reverse=True)
+
+
+@dataclass(frozen=True)
+class LiveProgress:
+    """Where a run's metrics.jsonl says it is now (latest_progress)."""
+
+    step: int  # the env step of its last logged row
+    time_s: float  # its training time at that row
+    recent_return: float | None  # its last logged episodic return (None: no episode ended in the tail read)
+
+
+def latest_progress(run_dir: str | Path, tail_bytes: int = 65536) -> LiveProgress | None:
+    """The step, training time and latest episodic return of a run from the end of its metrics.jsonl (read while
+    the run writes it; a line cut short is skipped); None when it has logged nothing."""
+    try:
+        with open(Path(run_dir) / "metrics.jsonl", "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - tail_bytes))
+            rows = _parse_metrics(f.read().decode(errors="replace"))
+    except FileNotFoundError:
+        return None
+    rows = [row for row in rows if isinstance(row, dict) and "step" in row]
+    if not rows:
+        return None
+    returns = [row["charts/episodic_return"] for row in rows if "charts/episodic_return" in row]
+    return LiveProgress(int(rows[-1]["step"]), float(rows[-1].get("time", 0.0)), returns[-1] if returns else None)
 
 
 def process_seconds(summary: dict[str, Any]) -> float:

@@ -58,11 +58,13 @@ import yaml
 
 from .analysis import compact_record_path, export_records
 from .factory import optimizer_specs, takes_stacked_parameters
+from .progress import SweepProgress
 from .runs import (
     LOCK_WAIT_S,
     checkpoint_manifests,
     config_differences,
     is_safe_name,
+    latest_progress,
     lock_runs,
     locked_env,
     process_seconds,
@@ -117,7 +119,7 @@ class RunSpec:
 
     def argv(self, program: Path, results_dir: Path, extra: tuple[str, ...] = ()) -> list[str]:
         return [sys.executable, str(program), *self.flag_args(), *self.exp_name_args(), "--run-name", self.name,
-                "--results-dir", str(results_dir), "--quiet", *extra]
+                "--results-dir", str(results_dir), *extra]
 
     def exp_name_args(self) -> list[str]:
         """`--exp-name <arm>` (CleanRL's experiment name: W&B's job type and openrlbenchmark's selector), unless the
@@ -444,11 +446,14 @@ class RunProgress:
     total: int  # its budget in env steps
     resumable: bool  # it has a checkpoint, or its population's (member 0's) checkpoint holds it
     process_s: float  # the training time its summary records (runs.process_seconds)
+    now: int | None = None  # a training run's current step (its metrics' last row; None: nothing logged yet)
 
     def describe(self) -> str:
         where = f"step {self.step:,}/{self.total:,} ({100 * self.step / max(self.total, 1):.0f}%)"
         if self.state == "training":
-            return f"training now, {where} at its last checkpoint" if self.resumable else "training now"
+            current = (f"training now, at step {self.now:,}/{self.total:,} ({100 * self.now / max(self.total, 1):.0f}%)"
+                       if self.now is not None else "training now")
+            return current + (f"; its last checkpoint is at step {self.step:,}" if self.resumable else "")
         if self.state == "stopped":
             return f"stopped: resumes at {where}" if self.resumable else "stopped before a checkpoint: starts over"
         if self.state == "crashed":
@@ -527,8 +532,9 @@ def sweep_progress(sweep_dir: Path, runs: list[RunSpec], agent: AgentEntry,
             state = "crashed"
         else:
             state = "stopped" if summary else "not started"
+        live = latest_progress(run_dir) if state == "training" else None
         progress.append(RunProgress(run.name, state, step, int(_parsed(run, agent).total_timesteps), resumable,
-                                    process_seconds(summary)))
+                                    process_seconds(summary), None if live is None else live.step))
     return progress
 
 
@@ -701,7 +707,7 @@ def population_argv(runs: list[RunSpec], agent: AgentEntry, results_dir: Path, e
                                   for run in runs)]
     if runs[0].exp_name_args():
         argv += ["--exp-names", *(run.arm for run in runs)]
-    return argv + ["--run-names", *(run.name for run in runs), "--results-dir", str(results_dir), "--quiet", *extra]
+    return argv + ["--run-names", *(run.name for run in runs), "--results-dir", str(results_dir), *extra]
 
 
 def checkpoint_members(manifest: Path) -> list[str] | None:
@@ -801,6 +807,7 @@ class LaunchOptions:
     order: str = "config"  # config | seed: see start_order
     wait_for_others: bool = False  # runs another launcher is training: wait for them (and take over any it leaves)
     records_dir: Path | None = None  # write each run's compact record here as soon as it ends (export_records)
+    progress: tuple[float, bool] | None = None  # live progress every N seconds, as a table (True) or lines: progress_mode
 
 
 ORDERS = ("config", "seed")
@@ -898,57 +905,60 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
         if options.records_dir is not None:
             export_record({run.name})
 
-    jobs = plan_jobs(sweep, pending, sweep_dir, options, report)
-    if options.backend == "ray":
-        _launch_ray(sweep, jobs, options, sweep_dir, extra, base_env, gpus, finished)
-    else:
-        free_slots: queue.Queue[str] = queue.Queue()
-        for slot in slots:
-            free_slots.put(slot)
+    totals = {run.name: int(_parsed(run, sweep.agent).total_timesteps) for run in pending}
+    with (SweepProgress(sweep_dir, totals, lambda: list(results), *options.progress, write=report)
+          if options.progress else contextlib.nullcontext()):
+        jobs = plan_jobs(sweep, pending, sweep_dir, options, report)
+        if options.backend == "ray":
+            _launch_ray(sweep, jobs, options, sweep_dir, extra, base_env, gpus, finished)
+        else:
+            free_slots: queue.Queue[str] = queue.Queue()
+            for slot in slots:
+                free_slots.put(slot)
 
-        taken: list[Job] = []  # jobs another launcher was training
+            taken: list[Job] = []  # jobs another launcher was training
 
-        def one(job: Job, wait_s: float = LOCK_WAIT_S) -> None:
-            fds = lock_runs(sweep_dir, [run.name for run in job.runs], wait_s)
-            if fds is None:
-                taken.append(job)
-                for run in job.runs:
-                    results[run.name] = read_summary(sweep_dir / run.name) or {}
-                    report(f"{run.name}: skipped, another launcher is running it"
-                           + (" (waited for at the end)" if options.wait_for_others else ""))
-                return
+            def one(job: Job, wait_s: float = LOCK_WAIT_S) -> None:
+                fds = lock_runs(sweep_dir, [run.name for run in job.runs], wait_s)
+                if fds is None:
+                    taken.append(job)
+                    for run in job.runs:
+                        results[run.name] = read_summary(sweep_dir / run.name) or {}
+                        report(f"{run.name}: skipped, another launcher is running it"
+                               + (" (waited for at the end)" if options.wait_for_others else ""))
+                    return
+                try:
+                    now = {run.name: read_summary(sweep_dir / run.name) or {} for run in job.runs}
+                    for run in job.runs:
+                        if now[run.name].get("status") == "finished":  # by another launcher while this one waited
+                            finished(run, now[run.name])
+                    left = [run for run in job.runs if now[run.name].get("status") != "finished"]
+                    if left:
+                        run_job(Job(left, job.population), tuple(fds))
+                finally:
+                    release_runs(fds)
+
+            def run_job(job: Job, locks: tuple[int, ...]) -> None:
+                gpu = free_slots.get() if slots else ""
+                try:
+                    summaries = execute_job(job, sweep, sweep_dir, extra, {**base_env, "CUDA_VISIBLE_DEVICES": gpu},
+                                            os.getcwd(), locks)
+                finally:
+                    if slots:
+                        free_slots.put(gpu)
+                for run, summary in zip(job.runs, summaries):
+                    finished(run, summary)
+
+            pool = ThreadPoolExecutor(workers)
             try:
-                now = {run.name: read_summary(sweep_dir / run.name) or {} for run in job.runs}
-                for run in job.runs:
-                    if now[run.name].get("status") == "finished":  # by another launcher while this one waited
-                        finished(run, now[run.name])
-                left = [run for run in job.runs if now[run.name].get("status") != "finished"]
-                if left:
-                    run_job(Job(left, job.population), tuple(fds))
-            finally:
-                release_runs(fds)
-
-        def run_job(job: Job, locks: tuple[int, ...]) -> None:
-            gpu = free_slots.get() if slots else ""
-            try:
-                summaries = execute_job(job, sweep, sweep_dir, extra, {**base_env, "CUDA_VISIBLE_DEVICES": gpu},
-                                        os.getcwd(), locks)
-            finally:
-                if slots:
-                    free_slots.put(gpu)
-            for run, summary in zip(job.runs, summaries):
-                finished(run, summary)
-
-        pool = ThreadPoolExecutor(workers)
-        try:
-            list(pool.map(one, jobs))
-            if options.wait_for_others and taken:  # each ends finished there, or is resumed here if it stopped
-                report(f"waiting for {sum(len(job.runs) for job in taken)} run(s) that another launcher is training")
-                list(pool.map(functools.partial(one, wait_s=math.inf), taken))
-        except KeyboardInterrupt:  # Ctrl-C reached the running runs too: they save a checkpoint and stop
-            pool.shutdown(wait=True, cancel_futures=True)  # and no queued run starts
-            raise
-        pool.shutdown()
+                list(pool.map(one, jobs))
+                if options.wait_for_others and taken:  # each ends finished there, or is resumed here if it stopped
+                    report(f"waiting for {sum(len(job.runs) for job in taken)} run(s) that another launcher is training")
+                    list(pool.map(functools.partial(one, wait_s=math.inf), taken))
+            except KeyboardInterrupt:  # Ctrl-C reached the running runs too: they save a checkpoint and stop
+                pool.shutdown(wait=True, cancel_futures=True)  # and no queued run starts
+                raise
+            pool.shutdown()
     return results
 
 

@@ -453,6 +453,8 @@ def test_progress_tells_each_runs_state_and_the_compute_left(tmp_path):
     (sweep_dir / "adam__s2" / "checkpoints").mkdir()
     (sweep_dir / "adam__s2" / "checkpoints" / "step-000000000300.json").write_text(json.dumps(
         {"config": {"member0": {"run_name": "adam__s2"}, "member1": {"run_name": "adam__s5"}}}))
+    (sweep_dir / "adam__s2" / "metrics.jsonl").write_text('{"step": 320, "time": 3.2}\n{"step": 340, "time": 3.4}\n'
+                                                        '{"step": 3')  # now at 340 (a line being written)
     record("adam__s3", status="interrupted", global_step=200)  # stopped, checkpoint at 200
     (sweep_dir / "adam__s3" / "checkpoints").mkdir()
     (sweep_dir / "adam__s3" / "checkpoints" / "step-000000000200.json").write_text("{}")
@@ -465,7 +467,8 @@ def test_progress_tells_each_runs_state_and_the_compute_left(tmp_path):
     finally:
         sweep_module.release_runs(fds)
     assert [p.describe() for p in progress] == [
-        "finished", "training now, step 300/400 (75%) at its last checkpoint", "stopped: resumes at step 200/400 (50%)",
+        "finished", "training now, at step 340/400 (85%); its last checkpoint is at step 300",
+        "stopped: resumes at step 200/400 (50%)",
         "stopped before a checkpoint: starts over", "stopped: resumes at step 300/400 (75%)",
         "crashed: the next launch retries it (see its output.log)", "not started"]
     assert [p.steps_left for p in progress] == [0, 100, 200, 400, 100, 400, 400]
@@ -1011,3 +1014,59 @@ def test_a_wandb_export_refuses_a_grid_over_a_boolean(tmp_path):
                        REGISTRY)
     with pytest.raises(SweepConfigError, match="cannot vary a boolean flag \\(torch-deterministic\\)"):
         wandb_sweep_configs(sweep)
+
+
+def test_live_progress_counts_runs_and_shows_each_training_runs_step_speed_return_and_the_eta(tmp_path):
+    """The launcher's progress, read from the run folders: finished (as the launcher saw them end), training (lock
+    held) with its step of its total, SPS and latest return from its metrics' tail, queued; the ETA from the steps
+    gained since the progress started."""
+    from alphagrad_rl.progress import SweepProgress
+
+    sweep_dir = tmp_path / "tiny"
+    for name in ("a__s1", "a__s2", "a__s3"):
+        (sweep_dir / name).mkdir(parents=True)
+    metrics = sweep_dir / "a__s2" / "metrics.jsonl"
+    metrics.write_text('{"step": 100, "time": 1.0, "charts/episodic_return": 20.5}\n{"step": 100, "time": 1.0}\n')
+    ended: list[str] = []
+    progress = SweepProgress(sweep_dir, {"a__s1": 1000, "a__s2": 1000, "a__s3": 1000}, lambda: ended,
+                             interval_s=60, live=False)
+    fds = sweep_module.lock_runs(sweep_dir, ["a__s2"])
+    try:
+        first = progress.snapshot(now=progress.start)
+        assert (first.finished, first.queued, first.eta_s) == (0, 2, None)  # nothing measured yet
+        [running] = first.running
+        assert (running.name, running.step, running.total, running.sps, running.recent_return) == (
+            "a__s2", 100, 1000, 100.0, 20.5)
+        with metrics.open("a") as f:
+            f.write('{"step": 400, "time": 4.0, "charts/episodic_return": 31.0}\n')
+        ended.append("a__s1")  # 1000 + 300 steps in 30 s; 600 + 1000 left
+        later = progress.snapshot(now=progress.start + 30.0)
+    finally:
+        sweep_module.release_runs(fds)
+    assert later.eta_s == pytest.approx(1600 / 1300 * 30.0)
+    assert later.line() == ("1 finished, 1 running, 1 queued | 0:00:30 elapsed, ETA 0:00:37 | a__s2 400/1,000 (40%), "
+                            "100 SPS, return 31.0")
+    assert progress.table(later).row_count == 1
+
+
+def test_a_launched_runs_output_log_holds_its_progress_and_its_last_line(tmp_path):
+    sweep = load_sweep(write_config(tmp_path), REGISTRY)
+    launch(sweep, sweep.runs[:1], LaunchOptions(results_dir=tmp_path / "runs", workers=1), report=quiet)
+    log = (tmp_path / "runs" / "tiny" / sweep.runs[0].name / "output.log").read_text().splitlines()
+    assert any(re.search(r"step [\d,]+/[\d,]+ .* elapsed, ETA", line) for line in log)
+    assert re.search(rf"finished at step [\d,]+ .* record: .*{sweep.runs[0].name}$", log[-1])
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_progress_runs_beside_the_launch_as_lines_or_a_live_table(tmp_path, live, capsys):
+    from alphagrad_rl.progress import SweepProgress
+
+    (tmp_path / "a__s1").mkdir()
+    lines: list[str] = []
+    with SweepProgress(tmp_path, {"a__s1": 100}, lambda: [], interval_s=0.05, live=live, write=lines.append):
+        time.sleep(0.3)
+    if live:
+        assert not lines  # the table is drawn on the terminal, not written as lines
+    else:
+        assert lines and all(re.fullmatch(r"\[\d\d:\d\d:\d\d\] 0 finished, 0 running, 1 queued \| .* ETA -", line)
+                             for line in lines)

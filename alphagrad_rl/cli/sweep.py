@@ -22,6 +22,7 @@ from typing import Literal
 import tyro
 
 from alphagrad_rl.agents import sweep_registry
+from alphagrad_rl.progress import progress_mode
 from alphagrad_rl.runs import check_results_dir
 from alphagrad_rl.sweep import (
     LaunchOptions,
@@ -89,6 +90,9 @@ class Args:
     as soon as the run ends, and those of runs that ended before: a long sweep's finished runs can be committed
     while it goes on. A run whose finished record is there counts as done where the results folder has no finished
     run (a fresh clone, another machine): relaunching trains only the rest"""
+    progress: bool = True
+    """show live progress while runs train: runs finished / running / queued, each running run's step, SPS and latest
+    return, and the sweep's ETA (a table redrawn every second on a terminal, a timestamped line a minute otherwise)"""
     export_wandb: Path | None = None
     """write one W&B grid-sweep config per arm into this folder (for `wandb sweep`) and exit"""
     new_folder: bool = False
@@ -157,7 +161,8 @@ def main(args: Args) -> int:
     options = LaunchOptions(results_dir=args.results_dir, workers=args.workers, backend=args.backend,
                             ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu, use_gpus=args.gpus,
                             track=args.track, population_size=args.population_size, order=args.order,
-                            wait_for_others=args.wait_for_others, records_dir=args.records)
+                            wait_for_others=args.wait_for_others, records_dir=args.records,
+                            progress=progress_mode(args.progress))
     if args.dry_run:
         try:
             recorded = recorded_runs(args.records, runs, sweep.agent) if args.records is not None else {}
