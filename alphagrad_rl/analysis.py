@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import functools
 import itertools
+import json
 import math
 import re
 import warnings
@@ -464,8 +465,25 @@ def as_variant(runs: Sequence[Run], suffix: str) -> list[Run]:
     return renamed
 
 
+PROVENANCE_FILE = "provenance.json"  # in a records folder: {"software": {...}, "source": "..."} for older records
+
+
+def stated_software(sweep_dir: Path) -> dict[str, Any] | None:
+    """What a folder's PROVENANCE_FILE states about the software of its runs whose records predate the "software"
+    field ({"software": {package: version}, "source": where that is known from}), or None."""
+    try:
+        stated = json.loads((sweep_dir / PROVENANCE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    if not (isinstance(stated.get("software"), dict) and isinstance(stated.get("source"), str)):
+        raise ValueError(f"{sweep_dir / PROVENANCE_FILE}: allowed: {{\"software\": {{package: version}}, \"source\": "
+                         "text}")
+    return stated
+
+
 def _runs_in(sweep_dir: Path, final_window: int, only: Collection[str] | None = None) -> list[Run]:
     runs = []
+    stated = stated_software(sweep_dir)
     for run_dir in run_folders(sweep_dir):
         name = run_dir.relative_to(sweep_dir).as_posix().removesuffix(COMPACT_SUFFIX).replace("--", "/")
         if only is not None and name not in only:
@@ -482,9 +500,12 @@ def _runs_in(sweep_dir: Path, final_window: int, only: Collection[str] | None = 
             continue
         optimizer, alpha, lr = _optimizer_of(config)
         summary = record["summary"] or {}
+        header = record["config"]
+        if stated is not None and "software" not in header:
+            header = {**header, "stated_software": stated}
         run = Run(name, arm if "__" in name else optimizer, algorithm, config.get("env_id", "?"), optimizer,
                   alpha, int(config.get("seed", 0)), summary.get("status") or "missing", summary, record["metrics"],
-                  header=record["config"])
+                  header=header)
         steps, returns = series(run.metrics, "charts/episodic_return")
         total = summary.get("total_timesteps") or (steps[-1] if len(steps) else 0)
         _, td_losses = series(run.metrics, "losses/td_loss")

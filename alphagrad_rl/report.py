@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -20,6 +21,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from .analysis import (  # noqa: E402
     CONFIDENCE,
     PANELS,
+    PROVENANCE_FILE,
     SMOOTHING_EPISODES,
     ArmStats,
     Run,
@@ -263,8 +265,13 @@ def software_line(runs) -> str:
     other versions than they started with."""
     started = [run.header.get("software") for run in runs]
     unrecorded = sum(versions is None for versions in started)
+    statements = Counter(json.dumps(run.header["stated_software"], sort_keys=True) for run in runs
+                         if "software" not in run.header and "stated_software" in run.header)
+    stated = "".join(
+        f"; for {n} run{'s' * (n > 1)} whose records predate the field, {records_folder_note(json.loads(text))}"
+        for text, n in statements.items())
     if unrecorded == len(runs):
-        return "Software: not recorded (the run records predate the field)."
+        return "Software: not recorded (the run records predate the field)" + stated + "."
     parts = []
     for package in dict.fromkeys(name for versions in started if versions for name in versions):
         counts = Counter(versions[package] for versions in started if versions and package in versions)
@@ -285,7 +292,14 @@ def software_line(runs) -> str:
         notes.append(f"{len(changed)} run{'s' * (len(changed) > 1)} resumed under other versions of "
                      f"{', '.join(dict.fromkeys(name for names in changed for name in names))} (listed in each "
                      "summary's resumes)")
-    return f"Software (what each run started with): {', '.join(parts)}" + "".join(f"; {note}" for note in notes) + "."
+    return (f"Software (what each run started with): {', '.join(parts)}" + "".join(f"; {note}" for note in notes)
+            + stated + ".")
+
+
+def records_folder_note(stated: dict[str, Any]) -> str:
+    """A provenance statement (analysis.stated_software) as report text."""
+    versions = ", ".join(f"{package} {version}" for package, version in stated["software"].items())
+    return f"their folder's {PROVENANCE_FILE} states {versions} ({stated['source']})"
 
 
 def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[Claim], figures, final_window,

@@ -426,6 +426,28 @@ def test_compact_records_give_the_full_records_statistics_and_report(tmp_path):
     assert {path.name: path.read_bytes() for path in (tmp_path / "paper-dqn").iterdir() if path.is_file()} == first
 
 
+def test_a_records_folder_states_the_software_of_records_older_than_the_field(tmp_path):
+    """provenance.json in a records folder: its statement joins the report's software line for the runs whose
+    records lack the field (never for those that have it); a malformed one is refused, naming what is allowed."""
+    from alphagrad_rl.analysis import PROVENANCE_FILE
+
+    rng = np.random.default_rng(7)
+    make_run(tmp_path / "runs", "adam__s1", "dqn", "adam", None, 1, learning_curve(480, rng), env_id="CartPole-v1")
+    make_run(tmp_path / "runs", "adam__s2", "dqn", "adam", None, 2, learning_curve(480, rng), env_id="CartPole-v1",
+             software={"python": "3.11.7", "mujoco": "3.3.1"})
+    export_records(tmp_path / "runs", tmp_path / "records")
+    (tmp_path / "records" / PROVENANCE_FILE).write_text(json.dumps({"software": {"mujoco": "4.0.0"},
+                                                                     "source": "noted when it ran"}))
+    runs = load_runs(tmp_path / "records")
+    assert [run.header.get("stated_software", {}).get("software") for run in runs] == [{"mujoco": "4.0.0"}, None]
+    text = write_report(tmp_path / "records", tmp_path / "report").read_text()
+    assert ("not recorded for 1 run (records older than the field); for 1 run whose records predate the field, their "
+            "folder's provenance.json states mujoco 4.0.0 (noted when it ran).") in text
+    (tmp_path / "records" / PROVENANCE_FILE).write_text(json.dumps({"mujoco": "4.0.0"}))
+    with pytest.raises(ValueError, match="provenance.json: allowed:"):
+        load_runs(tmp_path / "records")
+
+
 def test_the_report_states_the_software_the_runs_trained_with(tmp_path):
     """One version where the runs agree, each version with its run count where they differ, the environment
     packages where they differ from the paper author's, and what the records do not say: runs older than the field,
