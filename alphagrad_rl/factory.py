@@ -125,10 +125,31 @@ def make_optimizer(params, spec: OptimizerSpec | None = None, *, members: int | 
     return optimizer
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a population may do with an optimizer, declared here for each one (not probed; tests/test_factory.py
+    checks every declaration against the optimizer's real steps)."""
+
+    stacked: bool  # make_optimizer(..., members=N) updates each member's slice as that member's own optimizer would:
+    #               elementwise (Adam, SGD, Lion, ...), or normalizing per member (AlphaGrad, AGR); unknown: custom
+    member_lrs: bool  # its step moves the parameters by lr times what does not depend on lr, so each member may have
+    #                   its own lr (population.member_lrs); AlphaGrad takes per-member lr (and alpha, momentum) itself
+    member_alpha_momentum: bool  # per-member alpha and momentum (AlphaGrad's --alphas, --momentums)
+
+
+def capabilities(spec: OptimizerSpec) -> Capabilities:
+    """What `spec`'s optimizer supports in a population (Capabilities). Adan with weight decay divides by 1 + lr wd,
+    so its step is not linear in lr; a custom optimizer's behaviour is unknown."""
+    base = spec.name.removesuffix("-agr")
+    if base == "custom":
+        return Capabilities(stacked=False, member_lrs=False, member_alpha_momentum=False)
+    return Capabilities(stacked=True, member_lrs=not (base == "adan" and spec.weight_decay != 0),
+                        member_alpha_momentum=base == "alphagrad")
+
+
 def takes_stacked_parameters(spec: OptimizerSpec) -> bool:
-    """Whether make_optimizer(..., members=N) can build `spec`'s optimizer: every one but a custom optimizer, of
-    which it is unknown whether it treats each member apart."""
-    return spec.name != "custom"
+    """Whether make_optimizer(..., members=N) can build `spec`'s optimizer (capabilities(spec).stacked)."""
+    return capabilities(spec).stacked
 
 
 def optimizer_specs(args: Any) -> list[OptimizerSpec]:

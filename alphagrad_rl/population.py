@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from .checkpoint import Checkpointer
 from .experiment import check_intact, check_start_over, open_record
-from .factory import make_optimizer, takes_stacked_parameters, used_fields
+from .factory import capabilities, make_optimizer, takes_stacked_parameters, used_fields
 from .lifecycle import Runs
 from .runs import (
     check_run_name,
@@ -104,8 +104,7 @@ def check_population_args(args: Any, single_type: type, check_single, algorithm:
         raise ValueError("a custom optimizer (name custom) is not available in a population (one optimizer "
                          "steps every member's stacked parameters, exact only for one that treats each member apart, "
                          "which cannot be checked): run it with the single-file agent")
-    if args.lrs and not all(getattr(args, name).name == "alphagrad" or lr_is_linear(getattr(args, name))
-                            for name in optim_fields):
+    if args.lrs and not all(capabilities(getattr(args, name)).member_lrs for name in optim_fields):
         raise ValueError(f"--lrs: the step of {getattr(args, optim_fields[0]).name} (with these options) is not linear "
                          "in its lr, so members cannot have their own lr (allowed: Adam, AdamW, SGD, Lion, AlphaGrad, "
                          "...; Adan only without weight decay)")
@@ -222,28 +221,8 @@ def make_population_optimizer(named_params, members: list[Any], optim_field: str
     return optimizer
 
 
-def lr_is_linear(spec: Any) -> bool:
-    """Whether a step of the optimizer `spec` names moves the parameters by lr times something that does not depend
-    on lr, given its state and the parameters (Adam, AdamW, SGD, Lion, ...; not Adan with weight decay): probed on a
-    stand-in parameter, one step at lr and at 2 lr from the same state."""
-    moves = []
-    for scale in (1.0, 2.0):
-        generator = torch.Generator().manual_seed(0)  # float64: rounding the parameter hides nothing
-        param = nn.Parameter(torch.randn(2, 5, generator=generator, dtype=torch.float64))
-        optimizer = make_optimizer([param], spec)
-        param.grad = torch.randn(2, 5, generator=generator, dtype=torch.float64)
-        optimizer.step()  # some state first, the same for both
-        for group in optimizer.param_groups:
-            group["lr"] = spec.lr * scale
-        before = param.detach().clone()
-        param.grad = torch.randn(2, 5, generator=generator, dtype=torch.float64)
-        optimizer.step()
-        moves.append(param.detach() - before)
-    return torch.allclose(moves[1], 2 * moves[0], rtol=1e-6, atol=1e-12)
-
-
 def member_lrs(optimizer: torch.optim.Optimizer, lrs: list[float]) -> None:
-    """Give each member its own lr in an optimizer whose step is linear in its lr (`lr_is_linear`): the optimizer
+    """Give each member its own lr in an optimizer whose step is linear in its lr (factory.capabilities): the optimizer
     steps with the param groups' lr (member 0's), and a step post-hook scales member i's move by lrs[i] / lrs[0]."""
     ratios = torch.tensor([lr / lrs[0] for lr in lrs], dtype=torch.float64)
     saved: list[torch.Tensor] = []

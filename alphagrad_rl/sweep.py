@@ -57,7 +57,7 @@ import tyro
 import yaml
 
 from .analysis import compact_record_path, export_records
-from .factory import optimizer_specs, takes_stacked_parameters
+from .factory import capabilities, optimizer_specs, takes_stacked_parameters
 from .progress import SweepProgress
 from .runs import (
     LOCK_WAIT_S,
@@ -657,10 +657,8 @@ def check_run_folders(sweep_dir: Path, runs: list[RunSpec], agent: AgentEntry) -
 
 def per_member_options(run: RunSpec, agent: AgentEntry) -> dict[str, tuple[str, ...]]:
     """The population's list options (e.g. "alphas") that can carry `run`'s values, with the flags each one sets:
-    AlphaGrad's alpha, lr and momentum, another optimizer's lr when its step is linear in the lr
-    (alphagrad_rl.population.lr_is_linear); for several optimizers (TD3's actor and critics) only when they agree."""
-    from .population import lr_is_linear
-
+    what the optimizer declares (factory.capabilities: AlphaGrad's alpha, lr and momentum; another optimizer's lr
+    when its step is linear in the lr); for several optimizers (TD3's actor and critics) only when they agree."""
     args, options = _parsed(run, agent), {}
     for flags, option in agent.member_flags:
         specs = [getattr(args, flag.split(".")[0].replace("-", "_")) for flag in flags]
@@ -668,7 +666,8 @@ def per_member_options(run: RunSpec, agent: AgentEntry) -> dict[str, tuple[str, 
         values = {json.dumps(getattr(spec, field)) for spec in specs}
         if len(values) != 1 or not isinstance(getattr(specs[0], field), (int, float)):
             continue  # the roles differ (one list cannot carry both), or not a number (alpha "auto")
-        if all(spec.name == "alphagrad" for spec in specs) or (field == "lr" and all(map(lr_is_linear, specs))):
+        declared = [capabilities(spec) for spec in specs]
+        if all(c.member_alpha_momentum for c in declared) or (field == "lr" and all(c.member_lrs for c in declared)):
             options[option] = flags
     return options
 
