@@ -295,6 +295,21 @@ def _agr_bases(runs, arms: list[str]) -> dict[str, str]:
     return {arm: plain[key] for arm, (key, had_agr) in keys.items() if had_agr and key in plain}
 
 
+# Momentum 0.9 in SGD form moves a steady direction 1 / (1 - 0.9) = 10 x lr per step: an arm with one of these
+# suffixes has the steady step of the arm named by the other suffix on the same base, so the pair differs in momentum
+# alone (configs/paper_dqn_cartpole.yaml: alphagrad-93-no-momentum-lr-x10 against alphagrad-93, and
+# alphagrad-93-lr-div10 against alphagrad-93-no-momentum).
+EQUAL_STEP_SUFFIXES = (("-no-momentum-lr-x10", ""), ("-lr-div10", "-no-momentum"))
+
+
+def equal_step_arm(arm: str, arms: Sequence[str]) -> str | None:
+    """The arm with `arm`'s steady step size and the other momentum setting (EQUAL_STEP_SUFFIXES), or None."""
+    for suffix, other in EQUAL_STEP_SUFFIXES:
+        if arm.endswith(suffix) and (match := arm.removesuffix(suffix) + other) in arms:
+            return match
+    return None
+
+
 def varied_arm(arm: str, arms: Sequence[str]) -> str | None:
     """The arm that `arm` varies by its name: the longest other arm name it extends with "-..."
     (alphagrad-93-no-momentum varies alphagrad-93, adam-same-step varies adam); None if none."""
@@ -303,7 +318,8 @@ def varied_arm(arm: str, arms: Sequence[str]) -> str | None:
 
 def variant_comparisons(runs) -> list[Claim]:
     """Each extra arm against the arm it varies: its name with a suffix (alphagrad-93-no-momentum vs alphagrad-93,
-    adam-same-step vs adam), or an AGR arm against the same optimizer and options without AGR (adamw-agr vs adam):
+    adam-same-step vs adam), or an AGR arm against the same optimizer and options without AGR (adamw-agr vs adam),
+    and an equal-step arm also against the arm of the same steady step with the other momentum (equal_step_arm):
     the difference in final return, then in each metric the algorithm's claims use (MECHANISMS), each with its
     Welch interval, its p, that p Holm-adjusted over all the comparisons made (p_adjusted: many arms times many
     metrics make some small unadjusted p likely by chance) and the MDE at the level that adjustment implies, the
@@ -313,14 +329,13 @@ def variant_comparisons(runs) -> list[Claim]:
     agr_bases = _agr_bases(runs, arms)
     comparisons = []
     for arm in arms:
-        base = varied_arm(arm, arms) or agr_bases.get(arm)
-        if base is None:
-            continue
-        algorithm = next(run.algorithm for run in runs if run.arm == arm)
-        builder = _Builder(runs, base)
-        for metric in ("final_return", *MECHANISMS.get(algorithm, ())):
-            builder.compare("", f"{arm} vs {base}", "", arm, base, metric, +1)
-        # too few runs: said once (on the final return); a metric the runs do not log: left out
-        comparisons += [c for c in builder.claims if c.result is not None or c.metric == "final_return"]
+        for base in dict.fromkeys(b for b in (varied_arm(arm, arms) or agr_bases.get(arm), equal_step_arm(arm, arms))
+                                  if b is not None):
+            algorithm = next(run.algorithm for run in runs if run.arm == arm)
+            builder = _Builder(runs, base)
+            for metric in ("final_return", *MECHANISMS.get(algorithm, ())):
+                builder.compare("", f"{arm} vs {base}", "", arm, base, metric, +1)
+            # too few runs: said once (on the final return); a metric the runs do not log: left out
+            comparisons += [c for c in builder.claims if c.result is not None or c.metric == "final_return"]
     _adjust_together(comparisons)
     return comparisons

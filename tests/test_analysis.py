@@ -483,6 +483,25 @@ def test_the_report_states_the_software_the_runs_trained_with(tmp_path):
         tmp_path / "old", tmp_path / "report-old").read_text()
 
 
+def test_equal_step_arms_are_also_measured_against_the_other_momentum_at_the_same_steady_step(tmp_path):
+    """Momentum 0.9 (SGD form) at lr/10 has the steady step of no momentum at lr, and no momentum at 10 lr that of
+    momentum at lr: each such arm is measured against the arm it varies (its step size) and against the arm of its
+    steady step with the other momentum (momentum alone)."""
+    from alphagrad_rl.claims import variant_comparisons
+
+    rng = np.random.default_rng(8)
+    for arm, level in (("alphagrad-93", 200), ("alphagrad-93-no-momentum", 280), ("alphagrad-93-lr-div10", 300),
+                       ("alphagrad-93-no-momentum-lr-x10", 150)):
+        for seed in (1, 2, 3):
+            make_run(tmp_path, f"{arm}__s{seed}", "dqn", "alphagrad", 93.0, seed, learning_curve(level, rng),
+                     env_id="CartPole-v1")
+    pairs = list(dict.fromkeys(c.claim for c in variant_comparisons(load_runs(tmp_path))))
+    assert sorted(pairs) == sorted(["alphagrad-93-no-momentum vs alphagrad-93", "alphagrad-93-lr-div10 vs alphagrad-93",
+                                    "alphagrad-93-lr-div10 vs alphagrad-93-no-momentum",
+                                    "alphagrad-93-no-momentum-lr-x10 vs alphagrad-93-no-momentum",
+                                    "alphagrad-93-no-momentum-lr-x10 vs alphagrad-93"]) and len(pairs) == 5
+
+
 def test_extra_arms_are_measured_against_the_arm_they_vary(tmp_path):
     rng = np.random.default_rng(5)
     for seed in (1, 2, 3, 4):
