@@ -190,7 +190,7 @@ def test_wandb_export_gives_one_plain_grid_per_arm_that_the_agent_parses(tmp_pat
     assert set(configs) == {f"paper-dqn-cartpole-{arm}" for arm in
                             ("adam", "alphagrad-93", "alphagrad-186", "alphagrad-279", "adamw-agr",
                              "alphagrad-93-no-momentum", "alphagrad-186-no-momentum", "alphagrad-279-no-momentum",
-                             "adam-same-step")}
+                             "adam-same-step", "alphagrad-93-lr-div10", "alphagrad-93-no-momentum-lr-x10")}
     config = configs["paper-dqn-cartpole-alphagrad-186"]
     assert set(config) <= {"name", "description", "program", "method", "metric", "parameters", "command"}
     assert config["method"] == "grid" and config["parameters"]["seed"] == {"values": list(range(1, 11))}
