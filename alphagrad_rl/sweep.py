@@ -909,7 +909,7 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
           if options.progress else contextlib.nullcontext()):
         jobs = plan_jobs(sweep, pending, sweep_dir, options, report)
         if options.backend == "ray":
-            _launch_ray(sweep, jobs, options, sweep_dir, extra, base_env, gpus, finished)
+            _launch_ray(sweep, jobs, options, sweep_dir, extra, base_env, gpus, finished, report)
         else:
             free_slots: queue.Queue[str] = queue.Queue()
             for slot in slots:
@@ -971,12 +971,18 @@ def execute_job(job: Job, sweep: Sweep, sweep_dir: Path, extra: tuple[str, ...],
                               [str(sweep_dir / run.name) for run in job.runs], env, cwd, locks)
 
 
-def _launch_ray(sweep, jobs, options, sweep_dir, extra, base_env, gpus, finished) -> None:
-    """Each job as one Ray task (populations only where one resumes: Ray runs single-file agents otherwise)."""
+def _launch_ray(sweep, jobs, options, sweep_dir, extra, base_env, gpus, finished, report) -> None:
+    """Each job as one Ray task (populations only where one resumes: Ray runs single-file agents otherwise). The
+    cluster is the one --ray-address names ("auto": the one `ray start` made on this machine); without it a new
+    local instance, never a cluster Ray would otherwise find and join. Which one it joined is reported."""
     import ray
 
-    ray.init(address=options.ray_address, include_dashboard=False, log_to_driver=False,
-             ignore_reinit_error=True, num_cpus=None if options.ray_address else (options.workers or None))
+    context = ray.init(address=options.ray_address or "local", include_dashboard=False, log_to_driver=False,
+                       ignore_reinit_error=True, num_cpus=None if options.ray_address else (options.workers or None))
+    resources = ray.cluster_resources()
+    joined = f"the cluster at {context.address_info['gcs_address']}" if options.ray_address else "a new local instance"
+    report(f"Ray: {joined} ({len(ray.nodes())} node(s), {resources.get('CPU', 0):.0f} CPUs, "
+           f"{resources.get('GPU', 0):.0f} GPUs)")
     gpu_share = 1.0 / options.runs_per_gpu if gpus else 0
     remote = ray.remote(num_cpus=1, num_gpus=gpu_share)(
         lambda job, cwd: execute_job(job, sweep, sweep_dir, extra, {**base_env, **_ray_gpu_env()}, cwd))

@@ -858,8 +858,10 @@ def test_ray_backend_runs_a_two_run_sweep(tmp_path):
     path = write_config(tmp_path, parameters={**TINY, "seed": {"values": [1]}})
     sweep = load_sweep(path, REGISTRY)
     options = LaunchOptions(results_dir=tmp_path / "runs", workers=2, backend="ray", use_gpus=False)
-    results = launch(sweep, sweep.runs, options, report=quiet)
+    lines: list[str] = []
+    results = launch(sweep, sweep.runs, options, report=lines.append)
     assert {name: s["status"] for name, s in results.items()} == {"adam__s1": "finished", "alphagrad-93__s1": "finished"}
+    assert "Ray: a new local instance (1 node(s), 2 CPUs, 0 GPUs)" in lines  # no --ray-address: never joins one found
     assert json.loads((tmp_path / "runs" / "tiny" / "adam__s1" / "summary.json").read_text())["episodes"] > 0
 
 

@@ -66,7 +66,8 @@ class Args:
     backend: Literal["local", "ray"] = "local"
     """local process pool, or Ray (a local instance, or a cluster with --ray-address)"""
     ray_address: str | None = None
-    """address of a running Ray cluster (e.g. auto); none starts a local instance"""
+    """address of a running Ray cluster (<head>:6379, or auto: the one `ray start` made on this machine); none
+    starts a new local instance (never joins a cluster it finds)"""
     gpus: bool = True
     """use the visible GPUs (CUDA_VISIBLE_DEVICES), packing --runs-per-gpu runs on each"""
     runs_per_gpu: int = 1
