@@ -904,9 +904,10 @@ def launch(sweep: Sweep, runs: list[RunSpec], options: LaunchOptions,
         if options.records_dir is not None:
             export_record({run.name})
 
-    totals = {run.name: int(_parsed(run, sweep.agent).total_timesteps) for run in pending}
-    with (SweepProgress(sweep_dir, totals, lambda: list(results), *options.progress, write=report)
-          if options.progress else contextlib.nullcontext()):
+    progress = (SweepProgress(sweep_dir, {run.name: int(_parsed(run, sweep.agent).total_timesteps) for run in pending},
+                              lambda: list(results), *options.progress, write=report)
+                if options.progress else contextlib.nullcontext())  # (the budgets are parsed only when shown)
+    with progress:
         jobs = plan_jobs(sweep, pending, sweep_dir, options, report)
         if options.backend == "ray":
             _launch_ray(sweep, jobs, options, sweep_dir, extra, base_env, gpus, finished, report)
