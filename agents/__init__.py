@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def sweep_registry() -> dict:
-    from alphagrad_rl.sweep import AgentEntry
+    from alphagrad_rl.sweep_config import AgentEntry
 
     from . import (
         dqn,

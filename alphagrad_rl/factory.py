@@ -111,7 +111,7 @@ def make_optimizer(params, spec: OptimizerSpec | None = None, *, members: int | 
     spec = dataclasses.replace(spec or OptimizerSpec(), **overrides)
     check_spec(spec)
     base = spec.name.removesuffix("-agr")
-    if members is not None and not takes_stacked_parameters(spec):
+    if members is not None and not capabilities(spec).stacked:
         raise ValueError(f"a custom optimizer ({spec.target}) cannot train stacked parameters (members={members}): "
                          "whether it treats each member apart is unknown; train one run per process")
     if members is not None and base == "alphagrad":
@@ -145,11 +145,6 @@ def capabilities(spec: OptimizerSpec) -> Capabilities:
         return Capabilities(stacked=False, member_lrs=False, member_alpha_momentum=False)
     return Capabilities(stacked=True, member_lrs=not (base == "adan" and spec.weight_decay != 0),
                         member_alpha_momentum=base == "alphagrad")
-
-
-def takes_stacked_parameters(spec: OptimizerSpec) -> bool:
-    """Whether make_optimizer(..., members=N) can build `spec`'s optimizer (capabilities(spec).stacked)."""
-    return capabilities(spec).stacked
 
 
 def optimizer_specs(args: Any) -> list[OptimizerSpec]:

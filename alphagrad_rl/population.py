@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from .checkpoint import Checkpointer
 from .experiment import check_intact, check_start_over, open_record
-from .factory import capabilities, make_optimizer, takes_stacked_parameters, used_fields
+from .factory import capabilities, make_optimizer, used_fields
 from .lifecycle import Runs
 from .runs import (
     check_run_name,
@@ -100,7 +100,7 @@ def check_population_args(args: Any, single_type: type, check_single, algorithm:
     """Refuse what a population cannot do, then check each member as its single-file run would; the members."""
     if args.population_size < 0:
         raise ValueError(f"invalid population_size: {args.population_size} (allowed: >= 0, 0 = from --seeds)")
-    if not all(takes_stacked_parameters(getattr(args, name)) for name in optim_fields):
+    if not all(capabilities(getattr(args, name)).stacked for name in optim_fields):
         raise ValueError("a custom optimizer (name custom) is not available in a population (one optimizer "
                          "steps every member's stacked parameters, exact only for one that treats each member apart, "
                          "which cannot be checked): run it with the single-file agent")

@@ -45,9 +45,7 @@ import io
 import json
 import math
 import os
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -60,18 +58,17 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from .analysis import iqm
+from .backends import JobContext, LocalBackend, launcher_env
+from .planning import Job, trains_in_population
 from .runs import (
     LOCK_DIR,
     atomic_write,
     check_results_dir,
     is_safe_name,
-    lock_runs,
-    locked_env,
     read_summary,
-    release_runs,
     write_json_atomic,
 )
-from .sweep import (
+from .sweep_config import (
     RESERVED_FLAGS,
     AgentEntry,
     RunSpec,
@@ -79,12 +76,7 @@ from .sweep import (
     agent_flags,
     check_run_arguments,
     flag_problem,
-    open_run_log,
-    population_argv,
-    prepare_run_folders,
     read_config,
-    stop_with_parent,
-    trains_in_population,
 )
 
 TOP_LEVEL_KEYS = {"name", "program", "description", "parameters", "arm", "search", "seeds", "trials", "score",
@@ -447,29 +439,19 @@ def run_trial(config: TuneConfig, trial: optuna.Trial, params: dict[str, Any], t
     folder = trial.user_attrs["folder"]
     runs = config.runs(folder, params)
     run_dirs = [trials_dir / run.name for run in runs]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    pending = [(run, run_dir) for run, run_dir in zip(runs, run_dirs)
-               if (read_summary(run_dir) or {}).get("status") != "finished"]
-    # the runs' locks, inherited by their processes: a retry waits until the runs of the attempt it retries
-    # (which get SIGTERM when their tuner dies) have saved their checkpoint and exited
-    locks = lock_runs(trials_dir, [run.name for run, _ in pending], RETRY_WAIT_S)
-    if locks is None:
-        raise RuntimeError(f"trial {trial.number}'s runs in {trials_dir} are still being trained by another process "
-                           f"after {RETRY_WAIT_S:.0f} s (their lock files are in {trials_dir / LOCK_DIR})")
-    processes: list[subprocess.Popen] = []
+    pending = [run for run, run_dir in zip(runs, run_dirs) if (read_summary(run_dir) or {}).get("status") != "finished"]
+    jobs = ([Job(pending, True)] if len(pending) > 1 and trains_in_population(pending[0], config.agent)
+            else [Job([run], False) for run in pending])
+    context = JobContext(config.agent, trials_dir, extra, launcher_env(), os.getcwd(), launcher="tuner")
+    backend = LocalBackend(max(len(jobs), 1), [])
     try:
-        if len(pending) > 1 and trains_in_population(pending[0][0], config.agent):
-            resume = prepare_run_folders([run_dir for _, run_dir in pending], population=True)
-            argv = population_argv([run for run, _ in pending], config.agent, trials_dir, extra)
-            processes.append(_start(argv, pending[0][1], env, resume, locks))
-        else:
-            for run, run_dir in pending:
-                resume = prepare_run_folders([run_dir], population=False)
-                processes.append(_start(run.argv(config.agent.path, trials_dir, extra), run_dir, env, resume, locks))
+        # each job locks its runs; a retry waits until the runs of the attempt it retries (which get SIGTERM when
+        # their tuner dies) have saved their checkpoint and exited
+        futures = backend.start(jobs, context, RETRY_WAIT_S)
         tails = [EpisodeTail(run_dir) for run_dir in run_dirs]
         rung, last_beat = config.report_every, 0.0
         while True:
-            running = any(process.poll() is None for process in processes)
+            running = not all(future.done() for future in futures)
             for tail in tails:
                 tail.poll()
             if time.time() - last_beat >= heartbeat_s:
@@ -490,10 +472,12 @@ def run_trial(config: TuneConfig, trial: optuna.Trial, params: dict[str, Any], t
                 break
             time.sleep(poll_s)
     except BaseException:
-        _stop(processes)
+        backend.stop()  # the runs save a checkpoint and stop
         raise
-    finally:
-        release_runs(locks)
+    backend.close()
+    if any(future.result() is None for future in futures):
+        raise RuntimeError(f"trial {trial.number}'s runs in {trials_dir} are still being trained by another process "
+                           f"after {RETRY_WAIT_S:.0f} s (their lock files are in {trials_dir / LOCK_DIR})")
     crashed, returns = [], []
     for run, run_dir in zip(runs, run_dirs):
         summary = read_summary(run_dir) or {}
@@ -510,24 +494,6 @@ def run_trial(config: TuneConfig, trial: optuna.Trial, params: dict[str, Any], t
             tail_text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"run {run_dir} ended with status {status!r}:\n{tail_text}")
     return trial_score(returns, config.score_range, config.last_episodes), crashed
-
-
-def _start(argv: list[str], run_dir: Path, env: dict[str, str], resume: bool, locks: list[int]) -> subprocess.Popen:
-    with open_run_log(run_dir / "output.log", resume, "resumed by the tuner") as log:
-        return subprocess.Popen(argv + ["--resume"] * resume, env=locked_env(env, locks), stdout=log,
-                                stderr=subprocess.STDOUT, preexec_fn=stop_with_parent, pass_fds=tuple(locks))
-
-
-def _stop(processes: list[subprocess.Popen]) -> None:
-    """SIGTERM (the runs save a checkpoint), then wait for them."""
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def tune(config: TuneConfig, results_dir: Path, worker_id: int = 0, grace_s: float = 600.0, poll_s: float = 2.0,

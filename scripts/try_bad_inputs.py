@@ -245,7 +245,7 @@ SWEEP_CONFIGS = {  # case: (text replaced, replacement) in GOOD_SWEEP, or None f
 CUSTOM_GRID = ("seed: {values: [1, 2]}", "seed: {values: [1, 2]}\n  optim.options.momentum: {values: [0.0, 0.9]}")
 CUSTOM_ARMS = ("  adam: {}\n  alphagrad-93: {optim.name: alphagrad, optim.alpha: 93}\n",
                "  sgd: {optim.name: custom, optim.target: 'torch.optim:SGD'}\n")
-SWEEP_FLAGS = {"population-size -1": "--population-size -1", "population with ray": "--population-size 4 --backend ray",
+SWEEP_FLAGS = {"population-size -1": "--population-size -1", "budget below learning-starts": "--total-timesteps 50",
                "workers -1": "--workers -1", "runs-per-gpu 0": "--runs-per-gpu 0", "unknown arm": "--arms nope",
                "total-timesteps 0": "--total-timesteps 0", "results-dir is a file": "--results-dir {file}",
                "checkpoint interval -1": "--checkpoint-interval-s -1", "missing config": "MISSING",

@@ -18,19 +18,15 @@ import yaml
 from alphagrad_rl.agents import sweep_registry
 from test_agents import metric_rows
 
+from alphagrad_rl import backends, planning, sweep_config
+from alphagrad_rl import runs as runs_module
 from alphagrad_rl import sweep as sweep_module
 from alphagrad_rl.analysis import export_records
+from alphagrad_rl.planning import assign_gpus
 from alphagrad_rl.runs import COMPACT_SUFFIX, read_run, read_summary, write_json_atomic
 from alphagrad_rl.sensitivity import PAPER_D
-from alphagrad_rl.sweep import (
-    LaunchOptions,
-    SweepConfigError,
-    assign_gpus,
-    filter_runs,
-    launch,
-    load_sweep,
-    override_flag,
-)
+from alphagrad_rl.sweep import LaunchOptions, launch
+from alphagrad_rl.sweep_config import SweepConfigError, filter_runs, load_sweep, override_flag
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = sweep_registry()
@@ -73,6 +69,18 @@ def write_checkpoint_manifest(run_dir: Path, manifest: dict) -> None:
     (run_dir / "checkpoints" / "step-000000000200.json").write_text(json.dumps(manifest))
 
 
+def fake_jobs(started: list):
+    """A stand-in for backends.execute_job that notes what it would start (a run's name, or a population's names)
+    and says each run finished."""
+
+    def execute_job(job, context, locks=()):
+        names = [run.name for run in job.runs]
+        started.append(names if job.population else names[0])
+        return [{"status": "finished"}] * len(names)
+
+    return execute_job
+
+
 def write_config(tmp_path, **overrides):
     config = {"name": "tiny", "program": "agents/dqn.py", "method": "grid",
               "parameters": {**TINY, "seed": {"values": [1, 2]}},
@@ -94,13 +102,13 @@ def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
     td3 = load_sweep(ROOT / "configs" / "paper_td3_hopper.yaml", REGISTRY)
     alphas = {dict(run.flags).get("critic-optim.alpha") for run in td3.runs}
     assert alphas == {None, 100, 150, 200, 250, 457}
-    jobs = sweep_module.population_jobs(td3.runs, td3.agent, 5)  # TD3 populations: an arm's seeds
+    jobs = planning.population_jobs(td3.runs, td3.agent, 5)  # TD3 populations: an arm's seeds
     assert len(jobs) == 14 and all(len({run.arm for run in job}) == 1 and len(job) == 5 for job in jobs)
-    assert sweep_module.population_argv(jobs[0], td3.agent, Path("out"), ())[1].endswith(
+    assert planning.population_argv(jobs[0], td3.agent, Path("out"), ())[1].endswith(
         "agents/td3_continuous_action_population.py")
-    pairs = sweep_module.population_jobs(td3.runs, td3.agent, 10)  # alphas pack: one value sets actor and critic
+    pairs = planning.population_jobs(td3.runs, td3.agent, 10)  # alphas pack: one value sets actor and critic
     mixed = next(job for job in pairs if {run.arm for run in job} == {"alphagrad-100", "alphagrad-150"})
-    argv = sweep_module.population_argv(mixed, td3.agent, Path("out"), ())
+    argv = planning.population_argv(mixed, td3.agent, Path("out"), ())
     assert argv[argv.index("--alphas") + 1:argv.index("--alphas") + 11] == ["100.0"] * 5 + ["150.0"] * 5
     assert not any(arg.startswith(("--actor-optim.alpha", "--critic-optim.alpha")) for arg in argv)
     sensitivity = load_sweep(ROOT / "configs" / "sensitivity_td3_hopper.yaml", REGISTRY)
@@ -112,7 +120,7 @@ def test_every_shipped_config_is_valid_and_expands_to_the_paper_grid():
             assert flags["actor-optim.alpha"] == flags["critic-optim.alpha"]
             assert flags["critic-optim.alpha"] / PAPER_D["Hopper-v4"] ** 0.5 == pytest.approx(float(setting[1:]),
                                                                                            rel=0.01), run.name
-    packed = sweep_module.population_jobs(sensitivity.runs, sensitivity.agent, 10)
+    packed = planning.population_jobs(sensitivity.runs, sensitivity.agent, 10)
     # Adam's three lrs pack by --lrs (15 runs: 10 + 5); AlphaGrad's 40 runs per lr by --alphas (4 x 10 per lr)
     assert sorted(len(job) for job in packed) == [5] + [10] * 13
     # the CPU slice runs the reproduction's AlphaGrad settings at its 200k steps, at (lr, alpha) the reproduction
@@ -175,8 +183,13 @@ def test_grid_expansion_crosses_arms_axes_and_seeds(tmp_path):
     assert argv[argv.index("--optim.alpha") + 1] == "93" and argv[argv.index("--env-id") + 1] == "Acrobot-v1"
     assert argv[argv.index("--seed") + 1] == "3" and argv[argv.index("--run-name") + 1] == run.name
     assert len(filter_runs(sweep.runs, arms=("adam",), seeds=(2,))) == 2
-    quick = override_flag(sweep.runs, "total-timesteps", 50)
-    assert all(dict(r.flags)["total-timesteps"] == 50 for r in quick)
+    quick = override_flag(sweep.runs, "total-timesteps", 5000, sweep.agent)
+    assert all(dict(r.flags)["total-timesteps"] == 5000 for r in quick)
+    for budget, problem in ((50, "invalid learning_starts: 100 \\(allowed: below total_timesteps, 50"),
+                            (0, "invalid total_timesteps: 0")):
+        with pytest.raises(SweepConfigError, match=f"--total-timesteps {budget}: run adam__env-id=CartPole-v1__s1: "
+                           f".*{problem}"):
+            override_flag(sweep.runs, "total-timesteps", budget, sweep.agent)
 
 
 @pytest.mark.slow
@@ -184,7 +197,7 @@ def test_wandb_export_gives_one_plain_grid_per_arm_that_the_agent_parses(tmp_pat
     import tyro
     from alphagrad_rl.agents import dqn
 
-    from alphagrad_rl.sweep import wandb_sweep_configs
+    from alphagrad_rl.sweep_config import wandb_sweep_configs
 
     configs = wandb_sweep_configs(load_sweep(ROOT / "configs" / "paper_dqn_cartpole.yaml", REGISTRY))
     assert set(configs) == {f"paper-dqn-cartpole-{arm}" for arm in
@@ -206,7 +219,7 @@ def test_a_custom_optimizers_options_are_set_key_by_key_in_grids_arms_and_wandb_
     import tyro
     from alphagrad_rl.agents import dqn
 
-    from alphagrad_rl.sweep import wandb_sweep_configs
+    from alphagrad_rl.sweep_config import wandb_sweep_configs
 
     arms = {"rmsprop": {"optim.name": "custom", "optim.target": "torch.optim:RMSprop", "optim.options.alpha": 0.95},
             "rmsprop-centered": {"optim.name": "custom", "optim.target": "torch.optim:RMSprop",
@@ -278,7 +291,10 @@ def test_a_key_given_twice_in_the_yaml_is_refused(tmp_path):
 
 @pytest.mark.parametrize(("arms", "parameters", "message"), [
     ({"a": {"optim.name": "alphagrad", "optim.alpha": -1}}, {}, "run a__s1'.*--optim.alpha -1 .*: --optim: invalid alpha"),
-    ({"a": {"optim.lr": "fast"}}, {}, "run a__s1'.*Error parsing --optim.lr"),
+    ({"a": {"optim.lr": "fast"}}, {}, r"run a__s1'.*: --optim.lr fast: refused by the agent's parser \(the flag takes "
+                                      r"FLOAT\)"),
+    ({"a": {"optim.momentum-form": "nesterov"}}, {},
+     r"--optim.momentum-form nesterov: refused by the agent's parser \(the flag takes one of \{paper,sgd\}\)"),
     ({"a": {}}, {"seed": {"values": [1.7]}}, "seed 1.7 is not an integer"),
     ({"a": {}}, {"seed": {"values": [None]}}, "seed None is not an integer"),
     ({"a": {"optim.alpha": 98}}, {}, "'adam' does not use alpha=98.0"),
@@ -312,17 +328,17 @@ def test_population_packing_groups_runs_that_differ_in_seed_and_alphagrad_values
     arms = {"adam": {}, "adam-lr": {"optim.lr": 0.001}, "alphagrad-93": {"optim.name": "alphagrad", "optim.alpha": 93},
             "alphagrad-186": {"optim.name": "alphagrad", "optim.alpha": 186}}
     sweep = load_sweep(write_config(tmp_path, arms=arms, parameters={**TINY, "seed": {"values": [1, 2, 3]}}), REGISTRY)
-    jobs = sweep_module.population_jobs(sweep.runs, sweep.agent, 4)
+    jobs = planning.population_jobs(sweep.runs, sweep.agent, 4)
     # config order (write_config's YAML lists the arms alphabetically); Adam's lr is per member too
     assert [[run.name for run in job] for job in jobs] == [
         ["adam__s1", "adam__s2", "adam__s3", "adam-lr__s1"], ["adam-lr__s2", "adam-lr__s3"],
         ["alphagrad-186__s1", "alphagrad-186__s2", "alphagrad-186__s3", "alphagrad-93__s1"],
         ["alphagrad-93__s2", "alphagrad-93__s3"]]
-    adam = sweep_module.population_argv(jobs[0], sweep.agent, Path("out"), ())
+    adam = planning.population_argv(jobs[0], sweep.agent, Path("out"), ())
     # the adam arm leaves the lr at the agent's default, 2.5e-4: it is spelled out for its members
     assert adam[adam.index("--lrs") + 1:adam.index("--lrs") + 5] == ["0.00025"] * 3 + ["0.001"]
     assert "--alphas" not in adam and "--optim.lr" not in adam
-    argv = sweep_module.population_argv(jobs[2], sweep.agent, Path("out"), ())
+    argv = planning.population_argv(jobs[2], sweep.agent, Path("out"), ())
     assert argv[1].endswith("agents/dqn_population.py")
     assert argv[argv.index("--seeds") + 1:argv.index("--seeds") + 5] == ["1", "2", "3", "1"]
     assert argv[argv.index("--alphas") + 1:argv.index("--alphas") + 5] == ["186.0", "186.0", "186.0", "93.0"]
@@ -335,16 +351,7 @@ def test_seed_order_starts_every_arms_first_seed_first_and_keeps_populations(tmp
     sweep = load_sweep(write_config(tmp_path, arms=arms, parameters={**TINY, "seed": {"values": [1, 2, 3]}}), REGISTRY)
     started = []
 
-    def fake_run(argv, run_dir, env, cwd, pass_fds=()):
-        started.append(Path(run_dir).name)
-        return {"status": "finished"}
-
-    def fake_population(argv, run_dirs, env, cwd, pass_fds=()):
-        started.append([Path(run_dir).name for run_dir in run_dirs])
-        return [{"status": "finished"}] * len(run_dirs)
-
-    monkeypatch.setattr(sweep_module, "execute_run", fake_run)
-    monkeypatch.setattr(sweep_module, "execute_population", fake_population)
+    monkeypatch.setattr(backends, "execute_job", fake_jobs(started))
     for order in ("config", "seed"):
         started.clear()
         launch(sweep, sweep.runs, LaunchOptions(results_dir=tmp_path / "runs", workers=1, use_gpus=False,
@@ -358,7 +365,7 @@ def test_seed_order_starts_every_arms_first_seed_first_and_keeps_populations(tmp
             assert started == ([f"{arm}__s{seed}" for arm in arms for seed in (1, 2, 3)] if order == "config" else
                                [f"{arm}__s{seed}" for seed in (1, 2, 3) for arm in arms])
     with pytest.raises(ValueError, match="unknown run order 'random' \\(allowed: config, seed\\)"):
-        sweep_module.start_order([], "random")
+        planning.start_order([], "random")
 
 
 def test_interrupted_attempts_resume_as_they_ran_whatever_the_packing_asked_now(tmp_path, monkeypatch):
@@ -378,10 +385,7 @@ def test_interrupted_attempts_resume_as_they_ran_whatever_the_packing_asked_now(
     checkpoint("adam__s2", {"config": {"seed": 2}})  # a single-file run's
     checkpoint("adam__s4", {"config": {"member0": {"run_name": "adam__s4"}, "member1": {"run_name": "adam__s9"}}})
     started, said = [], []
-    monkeypatch.setattr(sweep_module, "execute_run", lambda argv, run_dir, *_, **__: started.append(
-        Path(run_dir).name) or {"status": "finished"})
-    monkeypatch.setattr(sweep_module, "execute_population", lambda argv, run_dirs, *_, **__: started.append(
-        [Path(run_dir).name for run_dir in run_dirs]) or [{"status": "finished"}] * len(run_dirs))
+    monkeypatch.setattr(backends, "execute_job", fake_jobs(started))
     for size in (0, 2):
         started.clear(), said.clear()
         launch(sweep, sweep.runs, LaunchOptions(results_dir=tmp_path / "runs", workers=1, use_gpus=False,
@@ -395,8 +399,8 @@ def test_interrupted_attempts_resume_as_they_ran_whatever_the_packing_asked_now(
     launch(sweep, sweep.runs[:1] + sweep.runs[5:], LaunchOptions(results_dir=tmp_path / "runs", workers=1,
                                                                  use_gpus=False), report=said.append)
     assert "resuming from their checkpoints: 1 population(s) of 3 runs" in said
-    plan = sweep_module.plan_jobs(sweep, sweep.runs, sweep_dir, LaunchOptions(population_size=2), quiet)
-    assert sweep_module.describe_plan(plan) == (
+    plan = planning.plan_jobs(sweep, sweep.runs, sweep_dir, 2, "config", quiet)
+    assert planning.describe_plan(plan) == (
         "population of 3: alphagrad-93__s4 ... alphagrad-93__s5\npopulation of 2: adam__s1 ... adam__s3\n"
         "population of 2: adam__s4 ... adam__s5\npopulation of 2: alphagrad-93__s1 ... alphagrad-93__s3\n"
         "1 single run(s)\n5 process(es) to start")
@@ -419,22 +423,22 @@ def test_a_single_run_resumes_from_its_own_checkpoint_never_from_a_populations(t
     own, member, other = tmp_path / "a__s1", tmp_path / "b__s1", tmp_path / "b__s2"
     checkpoint(own, {"config": {"seed": 1}})
     checkpoint(member, {"config": {"member0": {"run_name": "b__s1"}, "member1": {"run_name": "b__s2"}}})
-    assert sweep_module.prepare_run_folders([own], population=False) and (own / "metrics.jsonl").exists()
-    assert sweep_module.prepare_run_folders([member, other], population=True) and (member / "metrics.jsonl").exists()
-    assert not sweep_module.prepare_run_folders([member], population=False)
+    assert backends.prepare_run_folders([own], population=False) and (own / "metrics.jsonl").exists()
+    assert backends.prepare_run_folders([member, other], population=True) and (member / "metrics.jsonl").exists()
+    assert not backends.prepare_run_folders([member], population=False)
     assert member.is_dir() and not any(member.iterdir())  # emptied for the fresh start
 
 
 def test_a_run_lock_lasts_until_the_run_process_exits_even_after_the_launcher_lets_go(tmp_path):
-    fds = sweep_module.lock_runs(tmp_path, ["a__s1", "a__s2"])
-    assert sweep_module.lock_runs(tmp_path, ["a__s2"], wait_s=0) is None  # held
+    fds = runs_module.lock_runs(tmp_path, ["a__s1", "a__s2"])
+    assert runs_module.lock_runs(tmp_path, ["a__s2"], wait_s=0) is None  # held
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"], pass_fds=tuple(fds))
-    sweep_module.release_runs(fds)  # as a killed launcher would: its run process still holds the locks
-    assert sweep_module.lock_runs(tmp_path, ["a__s1"], wait_s=0) is None
+    runs_module.release_runs(fds)  # as a killed launcher would: its run process still holds the locks
+    assert runs_module.lock_runs(tmp_path, ["a__s1"], wait_s=0) is None
     child.wait()
-    fds = sweep_module.lock_runs(tmp_path, ["a__s1", "a__s2"], wait_s=0)
+    fds = runs_module.lock_runs(tmp_path, ["a__s1", "a__s2"], wait_s=0)
     assert fds is not None
-    sweep_module.release_runs(fds)
+    runs_module.release_runs(fds)
 
 
 def test_progress_tells_each_runs_state_and_the_compute_left(tmp_path):
@@ -462,19 +466,19 @@ def test_progress_tells_each_runs_state_and_the_compute_left(tmp_path):
     record("adam__s4", status="running", global_step=50)  # killed before its first checkpoint
     record("adam__s5", status="interrupted", global_step=100, population_size=2)  # member 0 (s2) has the checkpoint
     record("adam__s6", status="crashed", global_step=10)
-    fds = sweep_module.lock_runs(sweep_dir, ["adam__s2"])
+    fds = runs_module.lock_runs(sweep_dir, ["adam__s2"])
     try:
-        progress = sweep_module.sweep_progress(sweep_dir, sweep.runs, sweep.agent)
+        progress = planning.sweep_progress(sweep_dir, sweep.runs, sweep.agent)
     finally:
-        sweep_module.release_runs(fds)
+        runs_module.release_runs(fds)
     assert [p.describe() for p in progress] == [
         "finished", "training now, at step 340/400 (85%); its last checkpoint is at step 300",
         "stopped: resumes at step 200/400 (50%)",
         "stopped before a checkpoint: starts over", "stopped: resumes at step 300/400 (75%)",
         "crashed: the next launch retries it (see its output.log)", "not started"]
     assert [p.steps_left for p in progress] == [0, 100, 200, 400, 100, 400, 400]
-    assert sweep_module.sweep_progress(sweep_dir, sweep.runs[1:2], sweep.agent)[0].state == "stopped"  # unlocked
-    summary = sweep_module.progress_summary(progress, workers=2)
+    assert planning.sweep_progress(sweep_dir, sweep.runs[1:2], sweep.agent)[0].state == "stopped"  # unlocked
+    summary = planning.progress_summary(progress, workers=2)
     assert summary.startswith("7 runs: 1 finished, 1 training, 3 stopped, 1 crashed, 1 not started\n")
     assert "the 1,600 env steps left need about 0.0 process-hours, 0.0 h on 2 worker(s)" in summary
 
@@ -483,17 +487,17 @@ def test_two_launchers_on_one_results_folder_train_each_run_once(tmp_path, monke
     sweep = load_sweep(write_config(tmp_path, parameters={**TINY, "seed": {"values": [1, 2, 3]}}), REGISTRY)
     lock, executions = threading.Lock(), []
 
-    def fake_run(argv, run_dir, env, cwd, pass_fds=()):
-        name = Path(run_dir).name
-        assert sweep_module.lock_runs(Path(run_dir).parent, [name], wait_s=0) is None  # locked while it trains
+    def fake_run(job, context, locks=()):
+        name, run_dir = job.runs[0].name, context.sweep_dir / job.runs[0].name
+        assert runs_module.lock_runs(context.sweep_dir, [name], wait_s=0) is None  # locked while it trains
         with lock:
             executions.append(name)
         time.sleep(0.1)
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(run_dir) / "summary.json", {"status": "finished", "final_return": 1.0})
-        return {"status": "finished", "final_return": 1.0}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "summary.json", {"status": "finished", "final_return": 1.0})
+        return [{"status": "finished", "final_return": 1.0}]
 
-    monkeypatch.setattr(sweep_module, "execute_run", fake_run)
+    monkeypatch.setattr(backends, "execute_job", fake_run)
     options = LaunchOptions(results_dir=tmp_path / "runs", workers=2, use_gpus=False)
     both = [threading.Thread(target=launch, args=(sweep, sweep.runs, options), kwargs={"report": quiet})
             for _ in range(2)]
@@ -511,22 +515,22 @@ def test_a_launcher_waits_for_the_runs_another_is_training_and_takes_over_those_
     sweep_dir = tmp_path / "runs" / "tiny"
     executions = []
 
-    def fake_run(argv, run_dir, env, cwd, pass_fds=()):
-        executions.append(Path(run_dir).name)
-        write_json_atomic(Path(run_dir) / "summary.json", {"status": "finished", "final_return": 2.0})
-        return {"status": "finished", "final_return": 2.0}
+    def fake_run(job, context, locks=()):
+        executions.append(job.runs[0].name)
+        write_json_atomic(context.sweep_dir / job.runs[0].name / "summary.json", {"status": "finished", "final_return": 2.0})
+        return [{"status": "finished", "final_return": 2.0}]
 
-    monkeypatch.setattr(sweep_module, "execute_run", fake_run)
+    monkeypatch.setattr(backends, "execute_job", fake_run)
     monkeypatch.setattr(sweep_module, "LOCK_WAIT_S", 0.2)
     for run in sweep.runs:
         (sweep_dir / run.name).mkdir(parents=True)
-    other = sweep_module.lock_runs(sweep_dir, ["adam__s1", "alphagrad-93__s1"])  # the other launcher's runs
+    other = runs_module.lock_runs(sweep_dir, ["adam__s1", "alphagrad-93__s1"])  # the other launcher's runs
 
     def other_launcher_ends():  # it finishes adam__s1 and is stopped during alphagrad-93__s1
         time.sleep(1.0)
         write_json_atomic(sweep_dir / "adam__s1" / "summary.json", {"status": "finished", "final_return": 1.0})
         write_json_atomic(sweep_dir / "alphagrad-93__s1" / "summary.json", {"status": "interrupted"})
-        sweep_module.release_runs(other)
+        runs_module.release_runs(other)
 
     options = LaunchOptions(results_dir=tmp_path / "runs", workers=2, use_gpus=False)
     assert all(not summary for summary in launch(sweep, sweep.runs, options, report=quiet).values())  # skipped
@@ -563,7 +567,7 @@ def test_a_custom_optimizer_arm_trains_one_run_per_process_beside_populations(tm
     sweep = load_sweep(write_config(tmp_path, arms=arms), REGISTRY)
     flags = sweep.runs[-1].flag_args()  # one key set on its own joins the others: one JSON flag
     assert json.loads(flags[flags.index("--optim.options") + 1]) == {"momentum": 0.9, "alpha": 30.0}
-    plan = sweep_module.plan_jobs(sweep, sweep.runs, tmp_path / "runs" / "tiny", LaunchOptions(population_size=2),
+    plan = planning.plan_jobs(sweep, sweep.runs, tmp_path / "runs" / "tiny", 2, "config",
                                   quiet)
     assert [([run.name for run in job.runs], job.population) for job in plan] == [
         (["adam__s1", "adam__s2"], True), (["softsign__s1"], False), (["softsign__s2"], False)]
@@ -584,8 +588,8 @@ def test_a_ppo_sweep_packs_into_a_population_that_writes_standard_records(tmp_pa
             "alphagrad-294": {"optim.name": "alphagrad", "optim.alpha": 294}}
     sweep = load_sweep(write_config(tmp_path, program="agents/ppo_continuous_action.py", parameters=parameters,
                                     arms=arms), REGISTRY)
-    jobs = sweep_module.population_jobs(sweep.runs, sweep.agent, 4)
-    assert len(jobs) == 1 and sweep_module.population_argv(jobs[0], sweep.agent, Path("out"), ())[1].endswith(
+    jobs = planning.population_jobs(sweep.runs, sweep.agent, 4)
+    assert len(jobs) == 1 and planning.population_argv(jobs[0], sweep.agent, Path("out"), ())[1].endswith(
         "agents/ppo_continuous_action_population.py")
     options = LaunchOptions(results_dir=tmp_path / "runs", workers=1, use_gpus=False, population_size=4)
     results = launch(sweep, sweep.runs, options, report=quiet)
@@ -673,8 +677,8 @@ def test_runs_whose_finished_records_are_committed_are_not_trained_again_on_a_fr
     crashed.write_text(json.dumps({**json.loads(crashed.read_text()), "status": "crashed"}))
     export_records(tmp_path / "first-machine" / "tiny", records, only={retried.name})  # a crashed run is retried
 
-    progress = sweep_module.sweep_progress(tmp_path / "runs" / "tiny", sweep.runs, sweep.agent,
-                                           sweep_module.recorded_runs(records, sweep.runs, sweep.agent))
+    progress = planning.sweep_progress(tmp_path / "runs" / "tiny", sweep.runs, sweep.agent,
+                                           planning.recorded_runs(records, sweep.runs, sweep.agent))
     assert [p.state for p in progress] == ["finished", "not started"] and progress[0].process_s > 0
     messages = []
     results = launch(sweep, sweep.runs, options, report=messages.append)
@@ -685,14 +689,14 @@ def test_runs_whose_finished_records_are_committed_are_not_trained_again_on_a_fr
     assert (records / f"{kept.name}{COMPACT_SUFFIX}").read_bytes() == record[f"{kept.name}{COMPACT_SUFFIX}"]
 
     shutil.rmtree(tmp_path / "runs")
-    longer = override_flag(sweep.runs, "total-timesteps", 800)
+    longer = override_flag(sweep.runs, "total-timesteps", 800, sweep.agent)
     with pytest.raises(ValueError, match=rf"{kept.name}{re.escape(COMPACT_SUFFIX)}: total_timesteps: 400 \(record\) "
                                          r"!= 800 \(now\)"):
         launch(sweep, longer, options, report=quiet)
     assert (records / f"{kept.name}{COMPACT_SUFFIX}").read_bytes() == record[f"{kept.name}{COMPACT_SUFFIX}"]
     (records / f"{kept.name}{COMPACT_SUFFIX}").write_bytes(b"not gzip")
     with pytest.raises(ValueError, match=rf"{kept.name}{re.escape(COMPACT_SUFFIX)}: unreadable \(BadGzipFile"):
-        sweep_module.recorded_runs(records, sweep.runs, sweep.agent)
+        planning.recorded_runs(records, sweep.runs, sweep.agent)
     assert not (tmp_path / "runs" / "tiny").exists() or not any((tmp_path / "runs" / "tiny").iterdir())
 
 
@@ -759,8 +763,8 @@ def test_a_killed_population_resumes_from_its_checkpoint_when_the_sweep_runs_aga
         dump_agent_stacks(sweep_dir)  # still running: where it is stuck goes into the assertion's message
     assert run_status(first) == run_status(second) == "interrupted", \
         f"stopped within 60 s: {stopped}\n" + (first / "output.log").read_text()[-6000:]
-    assert sweep_module.population_checkpoint_matches([first, second])
-    assert not sweep_module.population_checkpoint_matches([second, first])  # other members: a fresh start
+    assert planning.population_checkpoint_matches([first, second])
+    assert not planning.population_checkpoint_matches([second, first])  # other members: a fresh start
 
     # run again without packing: the interrupted population still resumes as itself
     completed = subprocess.run(command[:-2], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -774,7 +778,8 @@ def test_a_killed_population_resumes_from_its_checkpoint_when_the_sweep_runs_aga
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_sweep_and_its_runs_save_checkpoints(tmp_path):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_the_sweep_and_its_runs_save_checkpoints(tmp_path, stop):
     path = write_config(tmp_path, parameters={**TINY, "total-timesteps": {"value": 20000}, "seed": {"values": [1]}})
     command = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(path), "--results-dir", str(tmp_path / "runs"),
                "--workers", "1", "--no-gpus"]
@@ -784,7 +789,10 @@ def test_ctrl_c_stops_the_sweep_and_its_runs_save_checkpoints(tmp_path):
     sweep_dir = tmp_path / "runs" / "tiny"
     wait_for(lambda: (sweep_dir / "adam__s1" / "metrics.jsonl").exists(), 120)
     time.sleep(0.5)
-    os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole process group
+    if stop == "ctrl-c":
+        os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole process group
+    else:
+        launcher.send_signal(signal.SIGTERM)  # the launcher alone (a scheduler's stop): it stops its runs itself
     output, _ = launcher.communicate(timeout=60)
     assert launcher.returncode == 130 and "the same command resumes the sweep" in output, output
     assert run_status(sweep_dir / "adam__s1") == "interrupted"
@@ -835,8 +843,8 @@ def test_gpu_slots_pack_runs_and_pass_cuda_visible_devices(tmp_path, monkeypatch
     monkeypatch.setattr(sweep_module, "visible_gpus", lambda: ["0", "1"])
     lock, active, seen, peak = threading.Lock(), {}, [], [0]
 
-    def fake_execute(argv, run_dir, env, cwd, pass_fds=()):
-        gpu = env["CUDA_VISIBLE_DEVICES"]
+    def fake_execute(job, context, locks=()):
+        gpu = context.env["CUDA_VISIBLE_DEVICES"]
         with lock:
             active[gpu] = active.get(gpu, 0) + 1
             peak[0] = max(peak[0], max(active.values()))
@@ -844,25 +852,12 @@ def test_gpu_slots_pack_runs_and_pass_cuda_visible_devices(tmp_path, monkeypatch
         time.sleep(0.05)
         with lock:
             active[gpu] -= 1
-        return {"status": "finished", "final_return": 1.0}
+        return [{"status": "finished", "final_return": 1.0}]
 
-    monkeypatch.setattr(sweep_module, "execute_run", fake_execute)
+    monkeypatch.setattr(backends, "execute_job", fake_execute)
     results = launch(sweep, sweep.runs, LaunchOptions(results_dir=tmp_path / "runs", runs_per_gpu=2), report=quiet)
     assert len(results) == 8 and sorted(set(seen)) == ["0", "1"]
     assert peak[0] <= 2 and seen.count("0") + seen.count("1") == 8
-
-
-@pytest.mark.slow
-def test_ray_backend_runs_a_two_run_sweep(tmp_path):
-    pytest.importorskip("ray")
-    path = write_config(tmp_path, parameters={**TINY, "seed": {"values": [1]}})
-    sweep = load_sweep(path, REGISTRY)
-    options = LaunchOptions(results_dir=tmp_path / "runs", workers=2, backend="ray", use_gpus=False)
-    lines: list[str] = []
-    results = launch(sweep, sweep.runs, options, report=lines.append)
-    assert {name: s["status"] for name, s in results.items()} == {"adam__s1": "finished", "alphagrad-93__s1": "finished"}
-    assert "Ray: a new local instance (1 node(s), 2 CPUs, 0 GPUs)" in lines  # no --ray-address: never joins one found
-    assert json.loads((tmp_path / "runs" / "tiny" / "adam__s1" / "summary.json").read_text())["episodes"] > 0
 
 
 # ---- integrity: a record says exactly what it trained ----
@@ -987,7 +982,7 @@ def test_every_shipped_config_exported_to_wandb_trains_what_the_launcher_trains(
     import tyro
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-    from alphagrad_rl.sweep import wandb_sweep_configs
+    from alphagrad_rl.sweep_config import wandb_sweep_configs
 
     skip = {"run_name", "results_dir", "track", "wandb_group", "quiet"}
     for path in sorted((ROOT / "configs").glob("*.yaml")):
@@ -1005,13 +1000,13 @@ def test_every_shipped_config_exported_to_wandb_trains_what_the_launcher_trains(
                 parsed = dataclasses.asdict(tyro.cli(sweep.agent.args_type, args=argv))
                 run = next(run for run in sweep.runs if run.arm == arm and all(
                     dict(run.flags).get(flag) == value for flag, value in chosen.items()))
-                expected = dataclasses.asdict(sweep_module._parsed(run, sweep.agent))
+                expected = dataclasses.asdict(sweep_config.parsed_args(run, sweep.agent))
                 assert {k: v for k, v in parsed.items() if k not in skip} == \
                     {k: v for k, v in expected.items() if k not in skip}, (path.name, arm, chosen)
 
 
 def test_a_wandb_export_refuses_a_grid_over_a_boolean(tmp_path):
-    from alphagrad_rl.sweep import wandb_sweep_configs
+    from alphagrad_rl.sweep_config import wandb_sweep_configs
 
     sweep = load_sweep(write_config(tmp_path, parameters={**TINY, "torch-deterministic": {"values": [True, False]}}),
                        REGISTRY)
@@ -1033,7 +1028,7 @@ def test_live_progress_counts_runs_and_shows_each_training_runs_step_speed_retur
     ended: list[str] = []
     progress = SweepProgress(sweep_dir, {"a__s1": 1000, "a__s2": 1000, "a__s3": 1000}, lambda: ended,
                              interval_s=60, live=False)
-    fds = sweep_module.lock_runs(sweep_dir, ["a__s2"])
+    fds = runs_module.lock_runs(sweep_dir, ["a__s2"])
     try:
         first = progress.snapshot(now=progress.start)
         assert (first.finished, first.queued, first.eta_s) == (0, 2, None)  # nothing measured yet
@@ -1045,7 +1040,7 @@ def test_live_progress_counts_runs_and_shows_each_training_runs_step_speed_retur
         ended.append("a__s1")  # 1000 + 300 steps in 30 s; 600 + 1000 left
         later = progress.snapshot(now=progress.start + 30.0)
     finally:
-        sweep_module.release_runs(fds)
+        runs_module.release_runs(fds)
     assert later.eta_s == pytest.approx(1600 / 1300 * 30.0)
     assert later.line() == ("1 finished, 1 running, 1 queued | 0:00:30 elapsed, ETA 0:00:37 | a__s2 400/1,000 (40%), "
                             "100 SPS, return 31.0")

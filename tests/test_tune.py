@@ -15,7 +15,7 @@ import yaml
 from alphagrad_rl.agents import sweep_registry
 
 from alphagrad_rl.runs import checkpoint_manifests, read_run, read_summary
-from alphagrad_rl.sweep import SweepConfigError, load_sweep
+from alphagrad_rl.sweep_config import SweepConfigError, load_sweep
 from alphagrad_rl.tuning import (
     EpisodeTail,
     final_sweep_config,
@@ -115,7 +115,7 @@ def test_a_trial_whose_runs_another_process_trains_is_not_started_twice(tmp_path
     """The runs of a retried trial may still be saving their checkpoint (their tuner just died): the retry waits
     for their locks, and gives up naming them rather than train the same folders twice."""
     import alphagrad_rl.tuning as tuning
-    from alphagrad_rl.sweep import lock_runs, release_runs
+    from alphagrad_rl.runs import lock_runs, release_runs
 
     config = load_tune_config(write(tmp_path, tiny_config()), REGISTRY)
     study = open_study(config, tmp_path / "runs")
@@ -188,7 +188,7 @@ def test_an_interrupted_population_trial_resumes_to_the_uninterrupted_score(tmp_
     first = trials_dir / "trial0000__s1"
     assert read_summary(first)["status"] == "interrupted" and checkpoint_manifests(first)
     resumed, crashed = run_trial(config, trial_in("trial0000"), params, trials_dir, lambda _: None, poll_s=0.1)
-    assert not crashed and "--- resumed by the tuner" in (first / "output.log").read_text()
+    assert not crashed and "--- population resumed by the tuner" in (first / "output.log").read_text()
     assert all(len(read_summary(trials_dir / f"trial0000__s{seed}")["resumes"]) == 1 for seed in (1, 2))
     unstopped, _ = run_trial(config, trial_in("reference"), params, trials_dir, lambda _: None, poll_s=0.1)
     assert resumed == unstopped

@@ -13,7 +13,8 @@ from test_agents import dqn_args
 from test_population import SPECS, population_args
 
 from alphagrad_rl import population
-from alphagrad_rl.sweep import RunSpec, load_sweep, population_argv, wandb_sweep_configs
+from alphagrad_rl.planning import population_argv
+from alphagrad_rl.sweep_config import RunSpec, load_sweep, wandb_sweep_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 

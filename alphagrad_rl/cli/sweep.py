@@ -14,6 +14,7 @@ Exit status 0 when every run finished, 1 otherwise.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,25 +23,19 @@ from typing import Literal
 import tyro
 
 from alphagrad_rl.agents import sweep_registry
-from alphagrad_rl.progress import progress_mode
-from alphagrad_rl.runs import check_results_dir
-from alphagrad_rl.sweep import (
-    LaunchOptions,
+from alphagrad_rl.planning import (
     RecordConflict,
-    SweepConfigError,
-    arm_table,
     check_run_folders,
     describe_plan,
-    filter_runs,
-    launch,
-    load_sweep,
-    override_flag,
     plan_jobs,
     progress_summary,
     recorded_runs,
-    settings_digest,
     sweep_progress,
 )
+from alphagrad_rl.progress import progress_mode
+from alphagrad_rl.runs import check_results_dir
+from alphagrad_rl.sweep import LaunchOptions, arm_table, launch
+from alphagrad_rl.sweep_config import SweepConfigError, filter_runs, load_sweep, override_flag, settings_digest
 
 
 @dataclass
@@ -109,9 +104,8 @@ def main(args: Args) -> int:
     except SweepConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.population_size < 0 or (args.population_size > 1 and args.backend == "ray"):
-        print(f"error: invalid --population-size {args.population_size} (allowed: >= 0, with the local backend)",
-              file=sys.stderr)
+    if args.population_size < 0:
+        print(f"error: invalid --population-size {args.population_size} (allowed: >= 0)", file=sys.stderr)
         return 2
     if args.workers < 0 or args.runs_per_gpu < 1:
         print(f"error: invalid --workers {args.workers} or --runs-per-gpu {args.runs_per_gpu} "
@@ -125,17 +119,14 @@ def main(args: Args) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.total_timesteps is not None:
-        if args.total_timesteps <= 0:
-            print(f"error: invalid --total-timesteps {args.total_timesteps} (allowed: > 0)", file=sys.stderr)
-            return 2
-        sweep.runs = override_flag(sweep.runs, "total-timesteps", args.total_timesteps)
-    if args.checkpoint_interval_s is not None:
-        if args.checkpoint_interval_s < 0:
-            print(f"error: invalid --checkpoint-interval-s {args.checkpoint_interval_s} (allowed: >= 0)",
-                  file=sys.stderr)
-            return 2
-        sweep.runs = override_flag(sweep.runs, "checkpoint-interval-s", args.checkpoint_interval_s)
+    overrides = {"total-timesteps": args.total_timesteps, "checkpoint-interval-s": args.checkpoint_interval_s}
+    try:  # each run checked again by the agent: e.g. a budget below its learning-starts is refused here
+        for flag, value in overrides.items():
+            if value is not None:
+                sweep.runs = override_flag(sweep.runs, flag, value, sweep.agent)
+    except SweepConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     runs = filter_runs(sweep.runs, args.arms, args.seeds)
     folders = check_run_folders(args.results_dir / sweep.name, runs, sweep.agent)
     if folders.conflicts and args.new_folder:
@@ -146,7 +137,7 @@ def main(args: Args) -> int:
     if args.export_wandb is not None:
         import yaml
 
-        from alphagrad_rl.sweep import wandb_sweep_configs
+        from alphagrad_rl.sweep_config import wandb_sweep_configs
 
         try:
             configs = wandb_sweep_configs(sweep)
@@ -180,8 +171,10 @@ def main(args: Args) -> int:
             return 2
         pending = [run for run, p in zip(runs, progress) if p.state != "finished"]
         if pending:
-            print(describe_plan(plan_jobs(sweep, pending, args.results_dir.resolve() / sweep.name, options, print)))
+            print(describe_plan(plan_jobs(sweep, pending, args.results_dir.resolve() / sweep.name, args.population_size,
+                                         args.order, print)))
         return 0
+    previous = signal.signal(signal.SIGTERM, _stop)  # SIGTERM stops the sweep as Ctrl-C does: runs save checkpoints
     try:
         results = launch(sweep, runs, options)
     except RecordConflict as error:  # before anything started
@@ -190,6 +183,8 @@ def main(args: Args) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: the running runs saved a checkpoint; the same command resumes the sweep", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print("\n" + arm_table(sweep, runs, results))
     failed = [name for name, summary in results.items() if summary.get("status") != "finished"]
     for name in failed:
@@ -197,6 +192,10 @@ def main(args: Args) -> int:
               f"{args.results_dir / sweep.name / name / 'output.log'}")
     print(f"\n{len(results) - len(failed)}/{len(runs)} runs finished")
     return 1 if failed else 0
+
+
+def _stop(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def run(argv: list[str] | None = None, prog: str | None = None) -> int:

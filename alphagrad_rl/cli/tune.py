@@ -26,7 +26,8 @@ from alphagrad_rl.agents import sweep_registry
 from alphagrad_rl.analysis import export_records, load_runs
 from alphagrad_rl.report import report_runs
 from alphagrad_rl.runs import check_results_dir
-from alphagrad_rl.sweep import LaunchOptions, SweepConfigError, launch, load_sweep
+from alphagrad_rl.sweep import LaunchOptions, launch
+from alphagrad_rl.sweep_config import SweepConfigError, load_sweep
 from alphagrad_rl.tuning import (
     load_tune_config,
     plot_study,
