@@ -102,29 +102,91 @@ def natural_order(arms, baseline: str) -> list[str]:
     return sorted(dict.fromkeys(arms), key=lambda arm: (arm != baseline, natural_key(arm)))
 
 
-VARIANT_LINESTYLES = ("--", ":", "-.")
+# per metric: panel title and y-axis label, in words with units
+METRIC_LABELS = {
+    "charts/episodic_return": ("Episodic return", "return (sum of rewards)"),
+    "charts/episodic_length": ("Episode length", "env steps"),
+    "losses/td_loss": ("TD loss", "mean squared TD error"),
+    "losses/q_values": ("Q-value of the taken action", "Q (mean over the batch)"),
+    "losses/qf1_values": ("Critic Q-value", "Q1 (mean over the batch)"),
+    "losses/actor_loss": ("Actor loss", "-Q1(s, pi(s)) (mean over the batch)"),
+    "losses/explained_variance": ("Value function's explained variance", "fraction (1: exact)"),
+    "losses/entropy": ("Policy entropy", "nats"),
+    "losses/approx_kl": ("Approximate KL of each update", "nats"),
+}
+ALGORITHM_NAMES = {"dqn": "DQN", "td3_continuous_action": "TD3", "ppo_continuous_action": "PPO"}
+BASELINE_STYLE = ("black", "-", 2.2)  # the baseline: the same in every panel and figure
+VARIANT_LINESTYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+LOG_SCALE_CANDIDATES = {"losses/td_loss", "losses/approx_kl"}  # drawn on a log scale where they span decades
+LINES_PER_PANEL = 8  # the baseline and at most 7 other arms; more arms go to further rows of panels
 
 
-def arm_styles(arms: Sequence[str]) -> dict[str, tuple[Any, str]]:
-    """{arm: (colour, linestyle)}: each arm its own colour (tab10, then tab20's lighter shades), except that an arm
-    varying another by name (alphagrad-93-no-momentum, adam-same-step) is drawn dashed (dotted, ...) in the colour of
-    the arm it varies, so a variant sits visibly beside its base however many arms there are."""
-    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20").colors[1::2])
-    bases = {arm: varied_arm(arm, arms) for arm in arms}
-    styles: dict[str, tuple[Any, str]] = {}
-    for arm in [arm for arm in arms if bases[arm] is None]:
-        styles[arm] = (palette[len(styles) % len(palette)], "-")
-    variants_of: Counter[str] = Counter()
-    for arm in [arm for arm in arms if bases[arm] is not None]:
-        root = bases[arm]
-        while bases[root] is not None:  # a variant of a variant: the colour of the arm they all vary
-            root = bases[root]
-        styles[arm] = (styles[root][0], VARIANT_LINESTYLES[variants_of[root] % len(VARIANT_LINESTYLES)])
-        variants_of[root] += 1
+def arm_styles(arms: Sequence[str], baseline: str | None = None) -> dict[str, tuple[Any, Any, float]]:
+    """{arm: (colour, linestyle, linewidth)}: the baseline black and thick; every other arm the colour of the arm it
+    varies by name (alphagrad-93-no-momentum, alphagrad-93-lr-div10: alphagrad-93's; a variant of a variant: the
+    root's), each root its own colour (tab10, then tab20's lighter shades), solid; a variant's line style is that of
+    its variation (the name's suffix after its root: "no-momentum" is one style in the whole figure)."""
+    palette = [c for c in plt.get_cmap("tab10").colors if c != plt.get_cmap("tab10").colors[7]]  # no grey
+    palette += list(plt.get_cmap("tab20").colors[1::2])
+    roots = {arm: _root(arm, arms) for arm in arms}
+    colours: dict[str, Any] = {}
+    for root in dict.fromkeys(roots.values()):
+        if root != baseline:
+            colours[root] = palette[len(colours) % len(palette)]
+    kinds = list(dict.fromkeys(_variation(arm, arms) for arm in arms if roots[arm] != arm))
+    styles = {}
+    for arm in arms:
+        root = roots[arm]
+        colour = BASELINE_STYLE[0] if root == baseline else colours[root]
+        linestyle = "-" if root == arm else VARIANT_LINESTYLES[kinds.index(_variation(arm, arms)) % len(
+            VARIANT_LINESTYLES)]
+        styles[arm] = BASELINE_STYLE if arm == baseline else (colour, linestyle, 1.4)
     return styles
 
 
-def plot_panels(runs: list[Run], algorithm: str, out_dir: Path) -> list[Path]:
+def _variation(arm: str, arms: Sequence[str]) -> str:
+    """What `arm` varies of its root, by name: "no-momentum" for alphagrad-93-no-momentum ("" for a root)."""
+    return arm[len(_root(arm, arms)) + 1:]
+
+
+def _root(arm: str, arms: Sequence[str]) -> str:
+    """The arm that `arm` varies by name, followed back to one that varies none (itself if it varies none)."""
+    while (base := varied_arm(arm, arms)) is not None:
+        arm = base
+    return arm
+
+
+def panel_rows(arms: Sequence[str], baseline: str) -> list[list[str]]:
+    """The arms of each row of panels, at most LINES_PER_PANEL lines each, the baseline in every row: first the
+    arms that vary none by name, then each variant beside the arm it varies, variants of one kind together."""
+    others = [arm for arm in arms if arm != baseline]
+    roots = [arm for arm in others if varied_arm(arm, arms) is None]
+    kinds = list(dict.fromkeys(_variation(arm, arms) for arm in others if arm not in roots))
+    variants = sorted((arm for arm in others if arm not in roots),
+                      key=lambda arm: (kinds.index(_variation(arm, arms)), others.index(arm)))
+    beside_base = [[base, arm] if (base := varied_arm(arm, arms)) != baseline else [arm] for arm in variants]
+    blocks = [[[arm] for arm in roots]] + [[group for group in beside_base if _variation(group[-1], arms) == kind]
+                                           for kind in kinds]  # the roots, then each variation's arms
+    room = LINES_PER_PANEL - 1
+    rows: list[list[str]] = []
+    for index, block in enumerate(blocks):
+        whole = set().union(*map(set, block))
+        if index <= 1 or len(set(rows[-1]) | whole) > room:  # a block starts a row unless it fits whole beside
+            rows.append([])
+        for group in block:
+            if len(set(rows[-1]) | set(group)) > room:
+                rows.append([])
+            rows[-1].extend(arm for arm in group if arm not in rows[-1])
+    return [[baseline, *row] if baseline in arms else row for row in rows if row]
+
+
+def spans_decades(values: Sequence[np.ndarray]) -> bool:
+    """Whether positive curves span two decades or more (drawn on a log scale)."""
+    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.array([])
+    return bool(len(finite)) and bool(np.all(finite > 0)) and finite.max() / finite.min() >= 100
+
+
+def plot_panels(runs: list[Run], algorithm: str, out_dir: Path, baseline: str = "adam") -> list[Path]:
     metrics = PANELS.get(algorithm, ["charts/episodic_return"])
     runs = [run for run in runs if run.algorithm == algorithm and run.metrics]
     if not runs:
@@ -132,43 +194,64 @@ def plot_panels(runs: list[Run], algorithm: str, out_dir: Path) -> list[Path]:
     end = max(max((row["step"] for row in run.metrics), default=0) for run in runs)
     grid = np.linspace(0, end, GRID_POINTS)
     arms = list(dict.fromkeys(run.arm for run in runs))
-    styles = arm_styles(arms)
-    figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    for axis, metric in zip(axes[0], metrics):
-        for arm in arms:
-            band = curve_band([run for run in runs if run.arm == arm], metric, grid)
-            if band is None:
-                continue
-            mean, low, high = band
-            colour, linestyle = styles[arm]
-            axis.plot(grid, mean, label=arm, color=colour, linestyle=linestyle, linewidth=1.4)
-            axis.fill_between(grid, low, high, color=colour, alpha=0.15, linewidth=0)
-        axis.set_title(metric, fontsize=9)
-        axis.set_xlabel("environment steps")
-        axis.xaxis.set_major_formatter(STEPS_AXIS)
-        axis.grid(alpha=0.3)
-    drawn = {label: handle for axis in axes[0] for handle, label in zip(*axis.get_legend_handles_labels())}
-    if drawn:  # beside the data, one entry per arm drawn in any panel
-        axes[0][-1].legend([drawn[arm] for arm in arms if arm in drawn], [arm for arm in arms if arm in drawn],
-                           fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    figure.suptitle(f"{algorithm} on {', '.join(sorted({run.env_id for run in runs}))}: mean over seeds of "
-                    f"{SMOOTHING_EPISODES}-point moving means, {int(CONFIDENCE * 100)}% bootstrap band over seeds",
-                    fontsize=10)
+    styles = arm_styles(arms, baseline)
+    bands = {(arm, metric): curve_band([run for run in runs if run.arm == arm], metric, grid)
+             for arm in arms for metric in metrics}
+    rows = panel_rows(arms, baseline)
+    figure, axes = plt.subplots(len(rows), len(metrics), figsize=(4.0 * len(metrics) + 2.6, 3.1 * len(rows)),
+                                squeeze=False)
+    for row, row_axes in zip(rows, axes):
+        for axis, metric in zip(row_axes, metrics):
+            drawn = []
+            for arm in row:
+                if (band := bands[(arm, metric)]) is None:
+                    continue
+                mean, low, high = band
+                colour, linestyle, width = styles[arm]
+                axis.plot(grid, mean, label=arm, color=colour, linestyle=linestyle, linewidth=width,
+                          zorder=3 if arm == baseline else 2)
+                axis.fill_between(grid, low, high, color=colour, alpha=0.12, linewidth=0)
+                drawn.append(mean)
+            title, unit = METRIC_LABELS.get(metric, (metric, ""))
+            if metric in LOG_SCALE_CANDIDATES and spans_decades(drawn):
+                axis.set_yscale("log")
+                unit += " (log scale)"
+            axis.set_title(title, fontsize=9)
+            axis.set_ylabel(unit, fontsize=8)
+            axis.set_xlabel("environment steps", fontsize=8)
+            axis.xaxis.set_major_formatter(STEPS_AXIS)
+            axis.tick_params(labelsize=7)
+            axis.grid(alpha=0.3)
+        handles = {label: handle for axis in row_axes for handle, label in zip(*axis.get_legend_handles_labels())}
+        if handles:  # beside the row's last panel, one entry per arm drawn in the row
+            row_axes[-1].legend([handles[arm] for arm in row if arm in handles], [arm for arm in row if arm in handles],
+                                fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    environments = ", ".join(sorted({run.env_id for run in runs}))
+    figure.suptitle(f"{ALGORITHM_NAMES.get(algorithm, algorithm)} on {environments}, {budget_text(runs).split('.')[0]}:"
+                    f" mean over seeds of {SMOOTHING_EPISODES}-point moving means, {int(CONFIDENCE * 100)}% bootstrap "
+                    "band over seeds", fontsize=9)
+    figure.tight_layout()
     return save_figure(figure, out_dir / f"curves_{algorithm}")
 
 
-def plot_iqm(arms: list[ArmStats], out_dir: Path) -> list[Path]:
+def plot_iqm(arms: list[ArmStats], out_dir: Path, budget: str = "", baseline: str = "adam") -> list[Path]:
     shown = [a for a in arms if a.finished]
     if not shown:
         return []
-    figure, axis = plt.subplots(figsize=(1.2 + 1.1 * len(shown), 3.4))
+    figure, axis = plt.subplots(figsize=(2.0 + 0.55 * len(shown), 3.8))
     values = [a.iqm for a in shown]
     errors = np.nan_to_num([[a.iqm - a.iqm_ci[0] for a in shown], [a.iqm_ci[1] - a.iqm for a in shown]])  # 1 run: none
-    axis.bar(range(len(shown)), values, yerr=errors, capsize=4, color="tab:blue", alpha=0.75)
-    axis.set_xticks(range(len(shown)), [a.arm for a in shown], rotation=30, ha="right", fontsize=8)
-    axis.set_ylabel("IQM final return")
-    axis.set_title(f"IQM with {int(CONFIDENCE * 100)}% BCa bootstrap CI (stratified by environment)", fontsize=9)
+    colours = [BASELINE_STYLE[0] if a.arm == baseline else "tab:blue" for a in shown]
+    axis.bar(range(len(shown)), values, yerr=errors, capsize=3, color=colours, alpha=0.8)
+    if any(a.arm == baseline for a in shown):
+        axis.axhline(next(a.iqm for a in shown if a.arm == baseline), color=BASELINE_STYLE[0], linewidth=0.8,
+                     linestyle="--", zorder=0)
+    axis.set_xticks(range(len(shown)), [a.arm for a in shown], rotation=45, ha="right", fontsize=7)
+    axis.set_ylabel("IQM final return (sum of rewards)", fontsize=8)
+    axis.set_title(f"IQM over seeds with {int(CONFIDENCE * 100)}% BCa CI; {baseline} in black"
+                   + (f"\n{budget}" if budget else ""), fontsize=8)
     axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
     return save_figure(figure, out_dir / "iqm")
 
 
@@ -201,7 +284,8 @@ def report_runs(runs: list[Run], sweep_dirs: Sequence[Path], out_dir: str | Path
     arms = arm_stats(runs, baseline)
     write_arm_table(arms, out_dir / "arms.csv")
     figures = [path for algorithm in dict.fromkeys(run.algorithm for run in runs)
-               for path in plot_panels(runs, algorithm, out_dir)] + plot_iqm(arms, out_dir)
+               for path in plot_panels(runs, algorithm, out_dir, baseline)] + plot_iqm(
+                   arms, out_dir, budget_text(runs).split(".")[0], baseline)
     claims = paper_claims(runs, baseline)
     report = out_dir / "REPORT.md"
     report.write_text(_markdown(sweep_dirs, out_dir.name, runs, arms, claims, variant_comparisons(runs), figures,

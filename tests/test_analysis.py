@@ -28,7 +28,7 @@ from alphagrad_rl.analysis import (
     stratified_iqm,
 )
 from alphagrad_rl.claims import holm, minimal_detectable_effect, one_sample, paper_claims, welch
-from alphagrad_rl.report import arm_styles, natural_order, write_report
+from alphagrad_rl.report import arm_styles, natural_order, panel_rows, write_report
 from alphagrad_rl.runs import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -553,18 +553,33 @@ def test_arms_in_natural_order_reading_decimals_and_exponents_as_numbers():
         "alphagrad-150-lr3e-4", "alphagrad-186", "k0.05__optim.lr=0.001", "k0.1__optim.lr=6.25e-05",
         "k0.1__optim.lr=0.00025", "k0.2__optim.lr=0.001", "k1__optim.lr=0.001"]
 
-def test_each_arm_has_its_own_colour_and_a_variant_its_bases_colour_dashed():
+def test_one_colour_per_root_arm_one_line_style_per_variation_and_the_baseline_black():
     arms = ["adam", "adamw-agr"] + [f"alphagrad-{a}" for a in (100, 150, 200, 250, 457, 500, 600, 700, 800)] + [
-        "alphagrad-100-no-momentum", "alphagrad-100-lr3e-4", "adam-same-step"]
-    styles = arm_styles(arms)
-    bases = [arm for arm in arms if styles[arm][1] == "-"]
-    assert len(bases) == 11 and len({tuple(styles[arm][0]) for arm in bases}) == 11  # more arms than tab10 has
-    assert styles["adam-same-step"] == (styles["adam"][0], "--")
-    assert {styles["alphagrad-100-no-momentum"], styles["alphagrad-100-lr3e-4"]} == {
-        (styles["alphagrad-100"][0], "--"), (styles["alphagrad-100"][0], ":")}
-    assert styles["adamw-agr"][1] == "-"  # a variant by its settings, not its name: its own colour
-    nested = arm_styles(["adam-same-step-x", "adam-same-step", "adam"])  # a variant of a variant, listed first
-    assert nested["adam-same-step-x"] == (nested["adam"][0], "--") and nested["adam-same-step"] == (nested["adam"][0], ":")
+        "alphagrad-100-no-momentum", "alphagrad-150-lr3e-4", "alphagrad-200-no-momentum", "adam-same-step"]
+    styles = arm_styles(arms, "adam")
+    roots = [arm for arm in arms if styles[arm][1] == "-" and arm != "adam"]
+    assert len(roots) == 10 and len({tuple(styles[arm][0]) for arm in roots}) == 10  # more arms than tab10 has
+    assert styles["adam"] == ("black", "-", 2.2) and all(styles[arm][0] != "black" for arm in roots)
+    # a variation is one line style in the whole figure, in its root's colour
+    assert styles["alphagrad-100-no-momentum"][1] == styles["alphagrad-200-no-momentum"][1] != "-"
+    assert len({styles[arm][1] for arm in ("alphagrad-100-no-momentum", "alphagrad-150-lr3e-4", "adam-same-step")}) == 3
+    assert styles["alphagrad-150-lr3e-4"][0] == styles["alphagrad-150"][0]
+    assert styles["adam-same-step"][0] == "black" and styles["adamw-agr"][1] == "-"  # AGR: its own colour
+    nested = arm_styles(["adam-same-step-x", "adam-same-step", "adam", "sgd"], "sgd")  # a variant of a variant
+    assert nested["adam-same-step-x"][0] == nested["adam-same-step"][0] == nested["adam"][0]
+
+
+def test_panel_rows_hold_at_most_eight_lines_the_baseline_in_each_and_a_variant_beside_its_base():
+    arms = (["adam", "adam-same-step", "adamw-agr"] + [f"alphagrad-{a}{v}" for a in (100, 150, 200, 250, 457)
+                                                      for v in ("", "-no-momentum")]
+            + ["alphagrad-150-lr3e-4"] + [f"k{k}-lr3e-5" for k in (0.05, 0.1, 0.3, 1, 2, 3, 4)])
+    rows = panel_rows(arms, "adam")
+    assert all(len(row) <= 8 and row[0] == "adam" for row in rows)
+    assert {arm for row in rows for arm in row} == set(arms)
+    for row in rows:
+        for arm in row:
+            if arm.endswith(("-no-momentum", "-lr3e-4")):
+                assert arm.removesuffix("-no-momentum").removesuffix("-lr3e-4") in row, (arm, row)
 
 
 def test_loss_percentile_is_infinite_where_an_infinite_loss_enters_it():
