@@ -125,7 +125,20 @@ def arm_styles(arms: Sequence[str], baseline: str | None = None) -> dict[str, tu
     """{arm: (colour, linestyle, linewidth)}: the baseline black and thick; every other arm the colour of the arm it
     varies by name (alphagrad-93-no-momentum, alphagrad-93-lr-div10: alphagrad-93's; a variant of a variant: the
     root's), each root its own colour (tab10, then tab20's lighter shades), solid; a variant's line style is that of
-    its variation (the name's suffix after its root: "no-momentum" is one style in the whole figure)."""
+    its variation (the name's suffix after its root: "no-momentum" is one style in the whole figure). A grid sweep's
+    arm ("k0.1__optim.lr=0.001") is styled by its name before "__": one colour per alpha across the grid."""
+    names = list(dict.fromkeys(_grid_split(arm)[0] for arm in arms))
+    styles = _name_styles(names, baseline)
+    return {arm: styles[_grid_split(arm)[0]] for arm in arms}
+
+
+def _grid_split(arm: str) -> tuple[str, str]:
+    """An arm's name and its grid values ("k0.1__optim.lr=0.001": "k0.1", "optim.lr=0.001"; "" without a grid)."""
+    name, _, grid = arm.partition("__")
+    return name, grid
+
+
+def _name_styles(arms: list[str], baseline: str | None) -> dict[str, tuple[Any, Any, float]]:
     palette = [c for c in plt.get_cmap("tab10").colors if c != plt.get_cmap("tab10").colors[7]]  # no grey
     palette += list(plt.get_cmap("tab20").colors[1::2])
     roots = {arm: _root(arm, arms) for arm in arms}
@@ -158,7 +171,16 @@ def _root(arm: str, arms: Sequence[str]) -> str:
 
 def panel_rows(arms: Sequence[str], baseline: str) -> list[list[str]]:
     """The arms of each row of panels, at most LINES_PER_PANEL lines each, the baseline in every row: first the
-    arms that vary none by name, then each variant beside the arm it varies, variants of one kind together."""
+    arms that vary none by name, then each variant beside the arm it varies, variants of one kind together; in a grid
+    sweep (arms "<name>__<grid values>") each grid value's arms in rows of their own, with that value's baseline."""
+    rows = []
+    for grid in dict.fromkeys(_grid_split(arm)[1] for arm in arms):
+        names = [_grid_split(arm)[0] for arm in arms if _grid_split(arm)[1] == grid]
+        rows += [[f"{name}__{grid}" if grid else name for name in row] for row in _name_rows(names, baseline)]
+    return rows
+
+
+def _name_rows(arms: list[str], baseline: str) -> list[list[str]]:
     others = [arm for arm in arms if arm != baseline]
     roots = [arm for arm in others if varied_arm(arm, arms) is None]
     kinds = list(dict.fromkeys(_variation(arm, arms) for arm in others if arm not in roots))
@@ -209,7 +231,7 @@ def plot_panels(runs: list[Run], algorithm: str, out_dir: Path, baseline: str = 
                 mean, low, high = band
                 colour, linestyle, width = styles[arm]
                 axis.plot(grid, mean, label=arm, color=colour, linestyle=linestyle, linewidth=width,
-                          zorder=3 if arm == baseline else 2)
+                          zorder=3 if _grid_split(arm)[0] == baseline else 2)
                 axis.fill_between(grid, low, high, color=colour, alpha=0.12, linewidth=0)
                 drawn.append(mean)
             title, unit = METRIC_LABELS.get(metric, (metric, ""))
@@ -224,33 +246,45 @@ def plot_panels(runs: list[Run], algorithm: str, out_dir: Path, baseline: str = 
             axis.grid(alpha=0.3)
         handles = {label: handle for axis in row_axes for handle, label in zip(*axis.get_legend_handles_labels())}
         if handles:  # beside the row's last panel, one entry per arm drawn in the row
-            row_axes[-1].legend([handles[arm] for arm in row if arm in handles], [arm for arm in row if arm in handles],
-                                fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+            row_axes[-1].legend([handles[arm] for arm in row if arm in handles],
+                                [_grid_split(arm)[0] for arm in row if arm in handles],
+                                title=_grid_split(row[0])[1] or None,
+                                title_fontsize=7, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                                borderaxespad=0)
     environments = ", ".join(sorted({run.env_id for run in runs}))
     figure.suptitle(f"{ALGORITHM_NAMES.get(algorithm, algorithm)} on {environments}, {budget_text(runs).split('.')[0]}:"
                     f" mean over seeds of {SMOOTHING_EPISODES}-point moving means, {int(CONFIDENCE * 100)}% bootstrap "
                     "band over seeds", fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()))  # room for the title
     return save_figure(figure, out_dir / f"curves_{algorithm}")
 
 
 def plot_iqm(arms: list[ArmStats], out_dir: Path, budget: str = "", baseline: str = "adam") -> list[Path]:
+    """The IQM final return of each arm with its 95% BCa interval, the baseline's bar black and its level drawn
+    across; a grid sweep's arms in one panel per grid value (shared y axis)."""
     shown = [a for a in arms if a.finished]
     if not shown:
         return []
-    figure, axis = plt.subplots(figsize=(2.0 + 0.55 * len(shown), 3.8))
-    values = [a.iqm for a in shown]
-    errors = np.nan_to_num([[a.iqm - a.iqm_ci[0] for a in shown], [a.iqm_ci[1] - a.iqm for a in shown]])  # 1 run: none
-    colours = [BASELINE_STYLE[0] if a.arm == baseline else "tab:blue" for a in shown]
-    axis.bar(range(len(shown)), values, yerr=errors, capsize=3, color=colours, alpha=0.8)
-    if any(a.arm == baseline for a in shown):
-        axis.axhline(next(a.iqm for a in shown if a.arm == baseline), color=BASELINE_STYLE[0], linewidth=0.8,
-                     linestyle="--", zorder=0)
-    axis.set_xticks(range(len(shown)), [a.arm for a in shown], rotation=45, ha="right", fontsize=7)
-    axis.set_ylabel("IQM final return (sum of rewards)", fontsize=8)
-    axis.set_title(f"IQM over seeds with {int(CONFIDENCE * 100)}% BCa CI; {baseline} in black"
-                   + (f"\n{budget}" if budget else ""), fontsize=8)
-    axis.grid(axis="y", alpha=0.3)
+    grids = list(dict.fromkeys(_grid_split(a.arm)[1] for a in shown))
+    widths = [sum(_grid_split(a.arm)[1] == grid for a in shown) for grid in grids]
+    figure, axes = plt.subplots(1, len(grids), figsize=(1.6 + 0.5 * sum(widths) + 0.4 * len(grids), 3.8), sharey=True,
+                                squeeze=False, gridspec_kw={"width_ratios": widths})
+    for axis, grid in zip(axes[0], grids):
+        bars = [a for a in shown if _grid_split(a.arm)[1] == grid]
+        values = [a.iqm for a in bars]
+        errors = np.nan_to_num([[a.iqm - a.iqm_ci[0] for a in bars], [a.iqm_ci[1] - a.iqm for a in bars]])  # 1 run
+        is_baseline = [_grid_split(a.arm)[0] == baseline for a in bars]
+        axis.bar(range(len(bars)), values, yerr=errors, capsize=3, alpha=0.8,
+                 color=[BASELINE_STYLE[0] if flag else "tab:blue" for flag in is_baseline])
+        if any(is_baseline):
+            axis.axhline(values[is_baseline.index(True)], color=BASELINE_STYLE[0], linewidth=0.8, linestyle="--",
+                         zorder=0)
+        axis.set_xticks(range(len(bars)), [_grid_split(a.arm)[0] for a in bars], rotation=45, ha="right", fontsize=7)
+        axis.set_title(grid, fontsize=8)
+        axis.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("IQM final return (sum of rewards)", fontsize=8)
+    figure.suptitle(f"IQM over seeds with {int(CONFIDENCE * 100)}% BCa CI; {baseline} in black"
+                    + (f"; {budget}" if budget else ""), fontsize=8)
     figure.tight_layout()
     return save_figure(figure, out_dir / "iqm")
 

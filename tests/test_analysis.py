@@ -956,3 +956,36 @@ def test_the_analysis_imports_neither_torch_nor_gymnasium():
             "print(sorted(m for m in ('torch', 'gymnasium', 'mujoco') if m in sys.modules))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert completed.returncode == 0 and completed.stdout.strip() == "[]", completed.stdout + completed.stderr
+
+
+def test_curve_panels_are_labelled_in_words_hold_at_most_eight_lines_and_set_the_baseline_apart(tmp_path, monkeypatch):
+    from alphagrad_rl import report
+
+    rng = np.random.default_rng(5)
+    arms = {"adam": ("adam", None), "adamw-agr": ("adamw-agr", None),
+            **{f"alphagrad-{a}": ("alphagrad", a) for a in (50, 93, 186, 279, 400, 500, 600)},
+            **{f"alphagrad-{a}-no-momentum": ("alphagrad", a) for a in (93, 186, 279)}}
+    for arm, (optimizer, alpha) in arms.items():
+        for seed in (1, 2):
+            losses = 10.0 ** np.linspace(0, 3, 2000) if arm == "alphagrad-93" else np.full(2000, 5.0)  # 3 decades
+            make_run(tmp_path, f"{arm}__s{seed}", "dqn", optimizer, alpha, seed, learning_curve(300, rng),
+                     env_id="CartPole-v1", td_losses=losses)
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda figure, stem: figures.append(figure) or [])
+    report.plot_panels(load_runs(tmp_path), "dqn", tmp_path, "adam")
+    (figure,) = figures
+    assert "200,000 env steps per run" in figure._suptitle.get_text() and figure._suptitle.get_text().startswith("DQN")
+    axes = figure.get_axes()
+    assert len(axes) == 4 * 3  # 4 metrics x (the author-form arms: 2 rows of at most 7, then the variants' row)
+    for axis in axes:
+        lines = [line for line in axis.get_lines() if line.get_label() and not line.get_label().startswith("_")]
+        assert "/" not in axis.get_title() and axis.get_ylabel()
+        if axis.get_title() == "Q-value of the taken action":  # (these records log none)
+            continue
+        assert 1 < len(lines) <= 8
+        baseline = [line for line in lines if line.get_label() == "adam"]
+        assert baseline and baseline[0].get_color() == "black"
+        assert all(line.get_color() != "black" for line in lines if line.get_label() != "adam")
+        if axis.get_title() == "TD loss":
+            drawn = {line.get_label() for line in lines}
+            assert axis.get_yscale() == ("log" if "alphagrad-93" in drawn else "linear"), drawn
