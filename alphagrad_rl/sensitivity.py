@@ -22,7 +22,7 @@ from scipy import stats
 
 from .analysis import FROZEN_FRACTION, Run, iqm, iqm_ci
 from .claims import LEVEL, MIN_RUNS, TestResult, holm, minimal_detectable_effect, t_result, welch
-from .report import budget_text, natural_key, plt, save_figure
+from .report import BASELINE_STYLE, budget_text, natural_key, plt, save_figure
 from .runs import atomic_write
 
 # Table 2 of the paper: "total network parameters based on CleanRL defaults", the d of alpha = k sqrt(d)
@@ -178,13 +178,14 @@ def _natural(setting: tuple[tuple[str, str], ...]) -> list:
 
 
 def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, baseline_name: str,
-                     out_dir: Path) -> list[Path]:
-    """Final return against k (and against lr x alpha) per setting, with the baseline's IQM and CI as a band
-    (baseline_name: its legend entry), and the saturation ratio S against k."""
+                     out_dir: Path, budget: str = "") -> list[Path]:
+    """Final return against k (and against lr x alpha) per setting, with the baseline's IQM and CI as a black line
+    and grey band (baseline_name: its legend entry), and the saturation ratio S against k; one legend below the
+    panels, the budget in the title."""
     alphagrad = [p for p in points if p.alpha is not None]
     settings = sorted({p.setting for p in alphagrad}, key=_natural)
     with_steps = all(p.step is not None for p in alphagrad)
-    figure, axes = plt.subplots(1, 3 if with_steps else 2, figsize=(17, 4.2) if with_steps else (11.5, 4.2))
+    figure, axes = plt.subplots(1, 3 if with_steps else 2, figsize=(17, 5.0) if with_steps else (11.5, 5.0))
     left, right = axes[0], axes[-1]
     return_axes = axes[:-1]  # final return against k, and against lr x alpha when every point has an lr
     colors = plt.get_cmap("viridis")(np.linspace(0.1, 0.85, max(len(settings), 1)))
@@ -202,8 +203,8 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, base
     if baseline is not None:
         low, high = baseline.ci if all(map(math.isfinite, baseline.ci)) else (baseline.iqm, baseline.iqm)
         for axis in return_axes:
-            axis.axhspan(low, high, color="tab:red", alpha=0.15, lw=0)
-            axis.axhline(baseline.iqm, color="tab:red", lw=1.2, label=f"{baseline_name}: IQM, 95% CI")
+            axis.axhspan(low, high, color=BASELINE_STYLE[0], alpha=0.12, lw=0)
+            axis.axhline(baseline.iqm, color=BASELINE_STYLE[0], lw=BASELINE_STYLE[2], label=f"{baseline_name}: IQM, 95% CI")
     shown_k = [p.k for p in alphagrad] + list(PAPER_K)
     ticks = [k for k in K_TICKS if min(shown_k) / 1.5 <= k <= max(shown_k) * 1.5]
     for axis in (left, right):
@@ -213,20 +214,22 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, base
         axis.set_xlabel(f"k = alpha / sqrt(d)   (d = {PAPER_D[env]:,}, paper Table 2)")
         for k in PAPER_K:
             axis.axvline(k, color="grey", ls=":", lw=0.8)
-        axis.legend(fontsize=7, loc="best")
     left.set_ylabel("final return (IQM over seeds, 95% CI)")
-    left.set_title(f"{env}: AlphaGrad final return against k")
+    left.set_title("final return against k (dotted: the paper's k = 1, 2, 3)", fontsize=10)
     if with_steps:
         middle = axes[1]
         middle.set_xscale("log")
         middle.set_xlabel("lr x alpha (the step where tanh is linear)")
         middle.set_ylabel("final return (IQM over seeds, 95% CI)")
-        middle.set_title("against lr x alpha (one curve where only the product matters)")
-        middle.legend(fontsize=7, loc="best")
-    right.set_ylabel("saturation S = P(|alpha g_hat| > 2.5), mean over training")
+        middle.set_title("against lr x alpha (one curve where only the product matters)", fontsize=10)
+    right.set_ylabel("saturation S = P(|alpha g_hat| > 2.5)")
     right.set_ylim(bottom=0)
-    right.set_title("measured saturation ratio (section 7.3)")
-    figure.tight_layout()
+    right.set_title("saturation ratio, mean over training (section 7.3)", fontsize=10)
+    handles, labels = left.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    figure.suptitle(f"{env}: AlphaGrad's final return and saturation against k" + (f"; {budget}" if budget else ""),
+                    fontsize=11)
+    figure.tight_layout(rect=(0, 0.1, 1, 0.95))  # room for the legend below and the title
     return save_figure(figure, out_dir / "sensitivity")
 
 
@@ -453,7 +456,7 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
                       comparison.mde] if comparison is not None else [""] * 5
             writer.writerow([p.optimizer, p.label, p.alpha, p.k, p.runs, p.finished, p.iqm, *p.ci, p.mean,
                              p.saturation, *p.frozen, *tested])
-    figures = plot_sensitivity(env, points, best, name, out_dir)
+    figures = plot_sensitivity(env, points, best, name, out_dir, budget_text(runs).split(".")[0])
     lines = [f"# Alpha sensitivity: {env}", "",
              f"Final return (mean of the last {final_window} episodes per run; IQM over seeds with its 95% BCa CI) "
              f"against k = alpha / sqrt(d), d = {PAPER_D[env]:,} (the paper's Table 2), in each setting; S = the "
