@@ -13,7 +13,8 @@ from alphagrad_rl.agents import dqn, sweep_registry
 from test_agents import metric_rows
 from test_sweep import ROOT, TINY, quiet, run_status, wait_for, write_config
 
-from alphagrad_rl.runs import checkpoint_manifests, read_run, read_summary
+from alphagrad_rl import sweep as sweep_module
+from alphagrad_rl.runs import checkpoint_manifests, lock_runs, read_run, read_summary, release_runs
 from alphagrad_rl.sweep import LaunchOptions, launch
 from alphagrad_rl.sweep_config import AgentEntry, load_sweep
 
@@ -149,12 +150,34 @@ def test_runs_share_gpus_as_asked_on_a_cluster_whose_nodes_declare_them(tmp_path
         assert max(sum(start <= moment < end for start, end in spans) for moment, _ in spans) <= 2, spans
 
 
-def test_without_an_address_ray_starts_a_local_instance_and_never_joins_one_found(tmp_path):
-    path = write_config(tmp_path, parameters={**TINY, "seed": {"values": [1]}})
+def test_without_an_address_ray_starts_a_local_instance_and_its_tasks_respect_run_locks(tmp_path, monkeypatch):
+    path = write_config(tmp_path, parameters={**TINY, "seed": {"values": [1, 2]}})
     sweep = load_sweep(path, sweep_registry())
     options = LaunchOptions(results_dir=tmp_path / "runs", workers=2, backend="ray", use_gpus=False)
+    sweep_dir = tmp_path / "runs" / "tiny"
+    (sweep_dir / "adam__s2").mkdir(parents=True)
+    other = lock_runs(sweep_dir, ["adam__s2"])  # another launcher trains it
+    monkeypatch.setattr(sweep_module, "LOCK_WAIT_S", 0.5)
     lines: list[str] = []
-    results = launch(sweep, sweep.runs, options, report=lines.append)
-    assert {name: s["status"] for name, s in results.items()} == {"adam__s1": "finished", "alphagrad-93__s1": "finished"}
+    try:
+        results = launch(sweep, sweep.runs, options, report=lines.append)
+    finally:
+        release_runs(other)
+    assert {name: s.get("status") for name, s in results.items()} == {
+        "adam__s1": "finished", "adam__s2": None, "alphagrad-93__s1": "finished", "alphagrad-93__s2": "finished"}
+    assert "adam__s2: skipped, another launcher is running it" in lines
+    assert not (sweep_dir / "adam__s2" / "summary.json").exists()  # the task touched nothing of it
     assert "Ray: a new local instance (1 node(s), 2 CPUs, 0 GPUs)" in lines  # no --ray-address: never joins one found
-    assert read_summary(tmp_path / "runs" / "tiny" / "adam__s1")["episodes"] > 0
+    assert read_summary(sweep_dir / "adam__s1")["episodes"] > 0
+
+
+def test_a_node_that_does_not_see_the_results_folder_fails_with_one_line_naming_it(tmp_path):
+    from alphagrad_rl.backends import JobContext, SharedStorageError, _ray_job
+    from alphagrad_rl.planning import Job
+
+    sweep = load_sweep(write_config(tmp_path, parameters={**TINY, "seed": {"values": [1]}}), sweep_registry())
+    context = JobContext(sweep.agent, tmp_path / "runs" / "tiny", (), {}, str(ROOT))
+    with pytest.raises(SharedStorageError, match=r"does not see the results folder .*runs \(no abc there\): a Ray "
+                                                 r"sweep writes its runs into a folder every node mounts"):
+        _ray_job(Job(sweep.runs[:1], False), context, 0.0, tmp_path / "runs" / "tiny" / ".launches" / "abc")
+    assert not (tmp_path / "runs").exists()  # nothing written
