@@ -69,6 +69,10 @@ TABLE_COLUMNS = ["run", "arm", "algorithm", "env_id", "optimizer", "alpha", "lr"
                  "auc", "best_return", "peak_return", "start_return", "early_return", "episodes", "mean_drawdown",
                  "variability", "td_loss_spikes", "td_loss_p99", "explained_variance", "entropy_drop", "approx_kl",
                  "q_value_variability", "actor_loss_variability", "saturation", "frozen_updates", "wall_clock_s", "sps"]
+# the series a per-run column is computed from (td_loss_spikes and _p99, q-value and actor-loss variability, the PPO
+# columns): a compact record keeps each whole and unrounded, so that every column recomputes from it
+COLUMN_INPUTS = ("losses/td_loss", "losses/qf1_values", "losses/actor_loss", "losses/explained_variance",
+                 "losses/entropy", "losses/approx_kl")
 EARLY_FRACTION = 0.25  # early_return: the mean return of the episodes ending in the first quarter of the steps
 FROZEN_FRACTION = 0.5  # a run froze: more than this fraction of one network's logged updates changed nothing
 
@@ -396,25 +400,44 @@ def export_records(sweep_dir: str | Path, out_dir: str | Path, final_window: int
                              + (f"\n... and {len(conflicts) - 20} more" if len(conflicts) > 20 else ""))
     written = []
     for run in runs:
-        kept = [name for name in PANELS.get(run.algorithm, []) if name not in EPISODE_METRICS]
+        kept = [name for name in PANELS.get(run.algorithm, []) if name not in EPISODE_METRICS + COLUMN_INPUTS]
         counts = {name: sum(name in row for row in run.metrics) for name in kept}
         strides = {name: max(1, math.ceil(count / max_points)) for name, count in counts.items()}
         seen = dict.fromkeys(kept, 0)
         metrics = []
         for row in run.metrics:
-            compact = {key: row[key] for key in EPISODE_METRICS if key in row}
+            compact = {key: row[key] for key in EPISODE_METRICS + COLUMN_INPUTS if key in row}
             for name in kept:
                 if name in row:
                     if seen[name] % strides[name] == 0:
                         compact[name] = _rounded(row[name])
                     seen[name] += 1
+            compact.update(_diagnostics_inputs(row))
             if compact:
                 metrics.append({"step": row["step"], **compact})
         path = compact_record_path(out_dir, run.name)
         write_compact_record(path, {"config": run.header, "summary": run.summary}, metrics,
-                             {"final_window": final_window, "row": run.row, "thinned": strides})
+                             {"final_window": final_window, "row": run.row, "thinned": strides,
+                              "complete_inputs": True})
         written.append(path)
     return written
+
+
+def _diagnostics_inputs(row: dict[str, Any]) -> dict[str, Any]:
+    """What network_saturation and frozen_update_fraction read of one logged row, in few keys: each network's
+    saturation as logged, and per network whether any tensor's update norm was non-zero (1.0) or every one was 0
+    (0.0), as `optimizer/<network>/update_norm/any_tensor`."""
+    kept: dict[str, Any] = {}
+    for key, value in row.items():
+        parts = key.split("/")
+        if parts[0] != "optimizer":
+            continue
+        if len(parts) == 3 and parts[2] == "saturation":
+            kept[key] = value
+        elif len(parts) == 4 and parts[2] == "update_norm" and (norm := _value(value)) is not None:
+            flag = f"optimizer/{parts[1]}/update_norm/any_tensor"
+            kept[flag] = max(kept.get(flag, 0.0), float(norm != 0))
+    return kept
 
 
 def _recorded_config(path: Path) -> dict[str, Any]:
@@ -539,7 +562,8 @@ def _runs_in(sweep_dir: Path, final_window: int, only: Collection[str] | None = 
             "wall_clock_s": summary.get("wall_clock_s"), "sps": summary.get("sps"),
         }
         derived = record.get("derived")
-        if derived:  # a compact record: per-run values from its full record (the final return if the window agrees)
+        if derived and not derived.get("complete_inputs"):  # a compact record that thinned its inputs (exported
+            # before they were kept whole): per-run values from its full record (the final return if the window agrees)
             same_window = derived["final_window"] == final_window
             run.row.update({key: value for key, value in derived["row"].items()
                             if key not in ("run", "arm") and (same_window or key != "final_return")})

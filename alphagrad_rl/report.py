@@ -199,7 +199,7 @@ def _name_rows(arms: list[str], baseline: str) -> list[list[str]]:
             if len(set(rows[-1]) | set(group)) > room:
                 rows.append([])
             rows[-1].extend(arm for arm in group if arm not in rows[-1])
-    return [[baseline, *row] if baseline in arms else row for row in rows if row]
+    return [[baseline, *row] if baseline in arms else row for row in rows if row] or [[baseline]]  # it alone
 
 
 def spans_decades(values: Sequence[np.ndarray]) -> bool:
