@@ -86,7 +86,7 @@ def test_run_record_files_get_the_usual_file_mode(tmp_path):
 @pytest.mark.parametrize(("argv", "expected"), [
     (["--workers", "-1"], "invalid --workers -1"),
     (["--runs-per-gpu", "0"], "--runs-per-gpu 0"),
-    (["--total-timesteps", "0"], "invalid --total-timesteps 0"),
+    (["--total-timesteps", "0"], "--total-timesteps 0: run adam__s1: invalid total_timesteps: 0 (allowed: [1, inf))"),
     (["--arms", "nope"], "unknown arm(s) ['nope']"),
 ])
 def test_sweep_launcher_rejects_bad_options(argv, expected, tmp_path, capsys):
