@@ -25,7 +25,7 @@ Config (YAML):
     arm: {optim.name: alphagrad, optim.momentum: 0.9}   # the tuned optimizer's fixed flags
     search:                           # searched flags: float/int ranges (log or not) or choices
       optim.alpha: {low: 5, high: 500, log: true}
-      optim.lr: {low: 1.0e-5, high: 1.0e-2, log: true}
+      optim.lr: {low: 1.0e-5, high: 1.0e-2, log: true}   # also: [flag, ...] ties flags to it (TD3: the critic's lr)
       # a custom optimizer's keyword argument: optim.options.<key> (alphagrad_rl.sweep.merged_options)
     seeds: [1, 2, 3]                  # every trial runs these seeds
     trials: 16                        # trials in the study (completed + pruned), over all tuner processes
@@ -89,7 +89,8 @@ RETRY_WAIT_S = 120.0  # how long a retried trial waits for the runs of the attem
 
 @dataclasses.dataclass(frozen=True)
 class Dimension:
-    """One searched flag: a float or int range (log-uniform when `log`), or a list of choices."""
+    """One searched flag: a float or int range (log-uniform when `log`), or a list of choices; `also`: flags that take
+    the same value (TD3's critic lr with its actor lr: one searched value, not two)."""
 
     flag: str
     low: float | None = None
@@ -97,6 +98,7 @@ class Dimension:
     log: bool = False
     integer: bool = False
     choices: tuple[Any, ...] = ()
+    also: tuple[str, ...] = ()
 
     def suggest(self, trial: optuna.Trial) -> Any:
         if self.choices:
@@ -140,9 +142,14 @@ class TuneConfig:
     baselines: dict[str, dict[str, Any]]
     description: str = ""
 
+    def searched_flags(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A trial's settings as flags: each searched flag's value, also on the flags its dimension ties to it."""
+        tied = {flag: params[d.flag] for d in self.search if d.flag in params for flag in d.also}
+        return {**params, **tied}
+
     def runs(self, trial_dir_name: str, params: Mapping[str, Any], seeds: tuple[int, ...] | None = None) -> list[RunSpec]:
         """The runs of one trial: the common flags, the tuned arm's, the trial's settings, one run per seed."""
-        flags = {**self.common, **self.arm, **params}
+        flags = {**self.common, **self.arm, **self.searched_flags(params)}
         return [RunSpec(f"{trial_dir_name}__s{seed}", trial_dir_name, seed, tuple({**flags, "seed": seed}.items()))
                 for seed in (seeds or self.seeds)]
 
@@ -185,22 +192,34 @@ def load_tune_config(path: str | Path, agents: Mapping[str, AgentEntry]) -> Tune
     if not search:
         raise fail("search", "names no flag to search")
     dimensions = []
+    tied_flags: list[str] = []
     for flag, spec in search.items():
         key = f"search.{flag}"
         if flag in common or flag in arm:
             raise fail(key, "is also set under parameters or arm")
         if not isinstance(spec, dict):
             raise fail(key, "must be {low: a, high: b, log: true|false, int: true|false} or {choices: [...]}")
+        spec = dict(spec)
+        also = spec.pop("also", [])
+        if not (isinstance(also, list) and all(isinstance(other, str) for other in also)):
+            raise fail(f"{key}.also", f"{also!r} must be a list of flags that take the searched value")
+        for other in also:
+            if problem := flag_problem(other, known, program):
+                raise fail(f"{key}.also", problem)
+            if other == flag or other in common or other in arm or other in search or other in tied_flags:
+                raise fail(f"{key}.also", f"{other!r} is set elsewhere (searched, tied to another flag, or under "
+                           "parameters or arm)")
+            tied_flags.append(other)
         if "choices" in spec:
             if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
                 raise fail(key, "choices must be the only key, a non-empty list")
             values = [_as_number(choice) for choice in spec["choices"]]
             if repeated := sorted({str(v) for v in values if values.count(v) > 1}):
                 raise fail(key, f"lists a value more than once ({', '.join(repeated)}): the sampler would favour it")
-            dimensions.append(Dimension(flag, choices=tuple(spec["choices"])))
+            dimensions.append(Dimension(flag, choices=tuple(spec["choices"]), also=tuple(also)))
             continue
         if not set(spec) <= {"low", "high", "log", "int"} or not {"low", "high"} <= set(spec):
-            raise fail(key, f"keys {sorted(spec)} (allowed: low, high, log, int; or choices)")
+            raise fail(key, f"keys {sorted(spec)} (allowed: low, high, log, int; or choices; and also)")
         low, high, log = spec["low"], spec["high"], spec.get("log", False)
         if not (_number(low) and _number(high) and low < high):
             raise fail(key, f"low {low!r} and high {high!r} must be numbers with low < high")
@@ -208,7 +227,7 @@ def load_tune_config(path: str | Path, agents: Mapping[str, AgentEntry]) -> Tune
             raise fail(key, "log and int must be true or false")
         if log and low <= 0:
             raise fail(key, f"a log range needs low > 0 (got {low})")
-        dimensions.append(Dimension(flag, float(low), float(high), log, spec.get("int", False)))
+        dimensions.append(Dimension(flag, float(low), float(high), log, spec.get("int", False), also=tuple(also)))
 
     seeds = config["seeds"]
     if not _seed_list(seeds):
@@ -580,7 +599,7 @@ def final_sweep_config(config: TuneConfig, best_params: Mapping[str, Any]) -> di
     """The final evaluation as a sweep config: the best settings (arm `tuned`) and the baselines, on fresh seeds."""
     parameters = {flag: {"value": value} for flag, value in config.common.items()}
     parameters["seed"] = {"values": list(config.final_seeds)}
-    tuned = {**config.arm, **{flag: _plain(value) for flag, value in best_params.items()}}
+    tuned = {**config.arm, **{flag: _plain(value) for flag, value in config.searched_flags(best_params).items()}}
     return {"name": f"{config.name}-final", "program": config.program, "method": "grid",
             "description": f"final evaluation of {config.name}'s best settings ({_shown(best_params)}) on fresh seeds "
                            f"{list(config.final_seeds)}, never used in the search",

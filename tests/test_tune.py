@@ -293,3 +293,27 @@ def test_killed_tuner_resumes_and_the_final_evaluation_uses_fresh_seeds(tmp_path
     tuning = (output / "TUNING.md").read_text()
     assert "| tuned | 2 |" in tuning and "| adam | 2 |" in tuning
     assert (output / "tuning.png").exists() and (output / "REPORT.md").exists()
+
+
+def test_one_searched_value_can_set_several_flags(tmp_path):
+    """TD3's actor and critic each have an optimizer: `also` gives the critic's lr the actor's searched lr (one value
+    searched, not two), in every trial's runs and in the final evaluation's sweep; a tied flag set elsewhere is
+    refused."""
+    config = tiny_config(program="agents/td3_continuous_action.py",
+                         parameters={"env-id": {"value": "Hopper-v4"}, "total-timesteps": {"value": 1000},
+                                     "learning-starts": {"value": 200}},
+                         arm={"actor-optim.name": "adam", "critic-optim.name": "adam"},
+                         search={"actor-optim.lr": {"low": 1e-5, "high": 1e-2, "log": True,
+                                                    "also": ["critic-optim.lr"]}},
+                         final={"seeds": [11], "baselines": {}})
+    tune = load_tune_config(write(tmp_path, config), REGISTRY)
+    [run] = tune.runs("trial0000", {"actor-optim.lr": 3e-4}, (1,))
+    assert dict(run.flags)["actor-optim.lr"] == dict(run.flags)["critic-optim.lr"] == 3e-4
+    assert final_sweep_config(tune, {"actor-optim.lr": 2e-3})["arms"]["tuned"] == {
+        "actor-optim.name": "adam", "critic-optim.name": "adam", "actor-optim.lr": 2e-3, "critic-optim.lr": 2e-3}
+    for also, message in ((["critic-optim.lrr"], "'critic-optim.lrr' is not a flag"),
+                          (["actor-optim.name"], "'actor-optim.name' is set elsewhere"),
+                          ("critic-optim.lr", "must be a list of flags")):
+        bad = {**config, "search": {"actor-optim.lr": {"low": 1e-5, "high": 1e-2, "log": True, "also": also}}}
+        with pytest.raises(SweepConfigError, match=message):
+            load_tune_config(write(tmp_path, bad), REGISTRY)
