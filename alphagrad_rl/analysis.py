@@ -355,10 +355,9 @@ def frozen_update_fraction(metrics: list[dict]) -> float:
     for row in metrics:
         moved: dict[str, bool] = {}
         for key, value in row.items():
-            parts = key.split("/")
-            if (len(parts) == 4 and parts[0] == "optimizer" and parts[2] == "update_norm"
-                    and (norm := _value(value)) is not None):
-                moved[parts[1]] = moved.get(parts[1], False) or norm != 0
+            if (logged := _update_norm(key, value)) is not None:
+                network, norm = logged
+                moved[network] = moved.get(network, False) or norm != 0
         for network, any_moved in moved.items():
             changed.setdefault(network, []).append(any_moved)
     return max(1 - float(np.mean(flags)) for flags in changed.values()) if changed else math.nan
@@ -430,14 +429,20 @@ def _diagnostics_inputs(row: dict[str, Any]) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     for key, value in row.items():
         parts = key.split("/")
-        if parts[0] != "optimizer":
-            continue
-        if len(parts) == 3 and parts[2] == "saturation":
+        if len(parts) == 3 and parts[0] == "optimizer" and parts[2] == "saturation":
             kept[key] = value
-        elif len(parts) == 4 and parts[2] == "update_norm" and (norm := _value(value)) is not None:
-            flag = f"optimizer/{parts[1]}/update_norm/any_tensor"
-            kept[flag] = max(kept.get(flag, 0.0), float(norm != 0))
+        elif (logged := _update_norm(key, value)) is not None:
+            flag = f"optimizer/{logged[0]}/update_norm/any_tensor"
+            kept[flag] = max(kept.get(flag, 0.0), float(logged[1] != 0))
     return kept
+
+
+def _update_norm(key: str, value: Any) -> tuple[str, float] | None:
+    """(network, norm) of a logged `optimizer/<network>/update_norm/<tensor>` value; None for any other metric."""
+    parts = key.split("/")
+    if len(parts) == 4 and parts[0] == "optimizer" and parts[2] == "update_norm" and (norm := _value(value)) is not None:
+        return parts[1], norm
+    return None
 
 
 def _recorded_config(path: Path) -> dict[str, Any]:
