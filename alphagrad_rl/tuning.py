@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
@@ -57,7 +58,7 @@ import yaml
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from .analysis import iqm
+from .analysis import export_records, iqm, load_runs
 from .backends import JobContext, LocalBackend, launcher_env
 from .planning import Job, trains_in_population
 from .runs import (
@@ -68,6 +69,7 @@ from .runs import (
     read_summary,
     write_json_atomic,
 )
+from .sweep import LaunchOptions, launch
 from .sweep_config import (
     RESERVED_FLAGS,
     AgentEntry,
@@ -76,6 +78,7 @@ from .sweep_config import (
     agent_flags,
     check_run_arguments,
     flag_problem,
+    load_sweep,
     read_config,
 )
 
@@ -629,6 +632,43 @@ def write_best(path: Path, config: TuneConfig, study: optuna.Study, best: dict[s
     write_json_atomic(path, {"study": config.name, "config": str(config.path), "best_trial": best["trial"],
                              "search_score": best["score"], "params": best["params"], "search_seeds": list(config.seeds),
                              "final_seeds": list(config.final_seeds), "trials": counts})
+
+
+def evaluate_best(config: TuneConfig, study: optuna.Study, results_dir: Path, output: Path,
+                  agents: Mapping[str, AgentEntry], options: LaunchOptions | None = None,
+                  report: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """The final evaluation: the best trial's settings and the config's baselines trained on fresh seeds (sweep
+    `<name>-final` under `results_dir`), then written to `output`: final-sweep.yaml, best.json, the runs' compact
+    records (records/), REPORT.md, TUNING.md, tuning.png, trials.csv. One tuner process does it (a lock file); None
+    when another is doing it, else {"best": best trial, "summaries": each final run's summary}."""
+    from .report import report_runs
+
+    with open(results_dir / config.name / "final.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            report("the final evaluation is being run by another tuner process")
+            return None
+        output.mkdir(parents=True, exist_ok=True)
+        sweep_path = output / "final-sweep.yaml"
+        best = write_final_sweep_config(config, study, sweep_path)
+        write_best(output / "best.json", config, study, best)
+        sweep = load_sweep(sweep_path, agents)
+        report(f"final evaluation of trial {best['trial']} on fresh seeds {list(config.final_seeds)}: sweep "
+               f"{sweep.name}")
+        options = dataclasses.replace(options or LaunchOptions(), results_dir=results_dir)
+        summaries = launch(sweep, sweep.runs, options)
+        records = output / "records"
+        export_records(results_dir / sweep.name, records, config.last_episodes)
+        runs = load_runs(records, config.last_episodes)
+        sweep_report = report_runs(runs, [records], output, config.last_episodes,
+                                   baseline=next(iter(config.baselines), "tuned"))
+        figures = plot_study(config, study, output)
+        write_trials_table(study, output / "trials.csv")
+        tuning = write_tuning_report(config, study, best, runs, output, figures)
+        text = tuning.read_text()
+        report(text[: text.index("## Trials")] + f"tuning report: {tuning}\nsweep report: {sweep_report}")
+    return {"best": best, "summaries": summaries}
 
 
 # ---- the tuning report ----

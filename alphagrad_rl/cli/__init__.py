@@ -10,6 +10,7 @@ COMMANDS = {  # command -> (module with run(argv, prog), what it does)
     "sweep": ("alphagrad_rl.cli.sweep", "launch a sweep config's runs (a relaunch resumes them), or --dry-run"),
     "analyze": ("alphagrad_rl.cli.analyze", "runs or compact records -> statistics, claims, figures, REPORT.md"),
     "tune": ("alphagrad_rl.cli.tune", "search alpha and lr with Optuna, then evaluate the best on fresh seeds"),
+    "benchmark": ("alphagrad_rl.cli.benchmark", "tune and evaluate an optimizer on the RL suite, add its leaderboard row"),
     "dashboard": ("alphagrad_rl.dashboard", "save a W&B workspace that compares a tracked sweep's arms"),
 }
 

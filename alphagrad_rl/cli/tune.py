@@ -14,7 +14,6 @@ the final sweep's compact records and REPORT.md. Exit status 0 when the study an
 
 from __future__ import annotations
 
-import fcntl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,22 +22,10 @@ import optuna
 import tyro
 
 from alphagrad_rl.agents import sweep_registry
-from alphagrad_rl.analysis import export_records, load_runs
-from alphagrad_rl.report import report_runs
 from alphagrad_rl.runs import check_results_dir
-from alphagrad_rl.sweep import LaunchOptions, launch
-from alphagrad_rl.sweep_config import SweepConfigError, load_sweep
-from alphagrad_rl.tuning import (
-    load_tune_config,
-    plot_study,
-    study_finished,
-    trial_counts,
-    tune,
-    write_best,
-    write_final_sweep_config,
-    write_trials_table,
-    write_tuning_report,
-)
+from alphagrad_rl.sweep import LaunchOptions
+from alphagrad_rl.sweep_config import SweepConfigError
+from alphagrad_rl.tuning import evaluate_best, load_tune_config, study_finished, trial_counts, tune
 
 
 @dataclass
@@ -68,37 +55,16 @@ class Args:
 
 
 def final_evaluation(args: Args, config, study: optuna.Study, output: Path) -> int:
-    """Run the best settings and the baselines on fresh seeds; one tuner process does it (a lock file)."""
-    study_dir = args.results_dir / config.name
-    with open(study_dir / "final.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print("the final evaluation is being run by another tuner process")
-            return 0
-        output.mkdir(parents=True, exist_ok=True)
-        sweep_path = output / "final-sweep.yaml"
-        best = write_final_sweep_config(config, study, sweep_path)
-        write_best(output / "best.json", config, study, best)
-        sweep = load_sweep(sweep_path, sweep_registry())
-        print(f"final evaluation of trial {best['trial']} on fresh seeds {list(config.final_seeds)}: sweep {sweep.name}")
-        summaries = launch(sweep, sweep.runs, LaunchOptions(results_dir=args.results_dir, workers=args.final_workers,
-                                                             population_size=args.population_size, track=args.track))
-        records = output / "records"
-        export_records(args.results_dir / sweep.name, records, config.last_episodes)
-        runs = load_runs(records, config.last_episodes)
-        report = report_runs(runs, [records], output, config.last_episodes,
-                             baseline=next(iter(config.baselines), "tuned"))
-        figures = plot_study(config, study, output)
-        write_trials_table(study, output / "trials.csv")
-        tuning = write_tuning_report(config, study, best, runs, output, figures)
-        text = tuning.read_text()
-        print(text[: text.index("## Trials")])
-        print(f"tuning report: {tuning}\nsweep report: {report}")
-        unfinished = [name for name, summary in summaries.items() if (summary or {}).get("status") != "finished"]
-        if unfinished:
-            print(f"{len(unfinished)} final run(s) did not finish: {', '.join(unfinished)}", file=sys.stderr)
-            return 1
+    """Run the best settings and the baselines on fresh seeds (exit status 1 when a run did not finish)."""
+    done = evaluate_best(config, study, args.results_dir, output, sweep_registry(),
+                         LaunchOptions(workers=args.final_workers, population_size=args.population_size,
+                                       track=args.track))
+    if done is None:
+        return 0
+    unfinished = [name for name, summary in done["summaries"].items() if (summary or {}).get("status") != "finished"]
+    if unfinished:
+        print(f"{len(unfinished)} final run(s) did not finish: {', '.join(unfinished)}", file=sys.stderr)
+        return 1
     return 0
 
 

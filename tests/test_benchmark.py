@@ -1,0 +1,156 @@
+"""The RL optimizer benchmark (alphagrad_rl.suite, .benchmark, .leaderboard): the ruleset's checks, the protocol
+at a tiny budget (Adam under another name scores 1, an optimizer that never moves the parameters scores near the
+random policy's 0, every optimizer gets the same tuning budget), rows that are never overwritten or mixed."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from alphagrad_rl.agents import sweep_registry
+
+from alphagrad_rl.benchmark import resolve_optimizer, run_entry, tune_config
+from alphagrad_rl.leaderboard import build, write_leaderboard
+from alphagrad_rl.suite import SuiteError, load_suite
+from alphagrad_rl.sweep import LaunchOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "data" / "benchmark_tiny.yaml"
+REGISTRY = sweep_registry()
+
+
+def test_the_shipped_suite_is_valid_and_every_optimizer_gets_the_same_budget():
+    for profile in ("cpu", "full"):
+        suite = load_suite(ROOT / "configs" / "benchmark.yaml", profile)
+        assert set(suite.tasks) == {"dqn-cartpole", "ppo-halfcheetah", "td3-hopper"}
+        for task in suite.tasks.values():
+            assert len(task.eval_seeds) >= 10 and not set(task.eval_seeds) & set(task.tuning_seeds)
+            configs = [tune_config(suite, task, entry, 0.0) for entry in suite.optimizers.values()]
+            budget = {key: [config[key] for config in configs] for key in
+                      ("program", "parameters", "seeds", "trials", "score", "report_every", "pruner", "sampler",
+                       "final")}
+            for key, values in budget.items():  # the same for every optimizer
+                assert all(value == values[0] for value in values), (profile, task.name, key)
+            for config, entry in zip(configs, suite.optimizers.values()):
+                lr = config["search"][f"{task.optimizer_flags[0]}.lr"]
+                assert lr["log"] and lr["high"] / lr["low"] >= 1000 - 1e-6
+                for prefix in task.optimizer_flags:  # one spec for every optimizer of the task (TD3: actor, critic)
+                    assert config["arm"][f"{prefix}.name"] == entry.flags["name"]
+    assert load_suite(ROOT / "configs" / "benchmark.yaml").digest() != load_suite(
+        ROOT / "configs" / "benchmark.yaml", "full").digest()
+
+
+def test_td3_searches_one_lr_for_actor_and_critic():
+    suite = load_suite(ROOT / "configs" / "benchmark.yaml")
+    config = tune_config(suite, suite.tasks["td3-hopper"], suite.optimizers["alphagrad"], 3.0)
+    assert config["search"]["actor-optim.lr"]["also"] == ["critic-optim.lr"]
+    assert config["search"]["actor-optim.alpha"]["also"] == ["critic-optim.alpha"]
+    assert config["arm"]["critic-optim.momentum"] == 0.9
+
+
+def edited_suite(tmp_path, edit):
+    data = yaml.safe_load(TINY.read_text())
+    edit(data)
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda d: d["optimizers"]["adam"].update(lr=[1e-4, 1e-2]), "spans 2.00 decades"),
+    (lambda d: d["profiles"]["tiny"]["tasks"]["dqn-cartpole"].update(eval_seeds=[1, 2, 3, 4, 5]), "also tuning seeds"),
+    (lambda d: d["profiles"]["tiny"]["tasks"]["dqn-cartpole"].update(eval_seeds=[7]), "at least 5"),
+    (lambda d: d["rules"].update(reference="sgd"), "'sgd' is not under optimizers"),
+    (lambda d: d["tasks"]["dqn-cartpole"]["parameters"].update({"optim.eps": 1e-5}), "optimizer flag"),
+    (lambda d: d["profiles"]["tiny"]["tasks"]["dqn-cartpole"].update(trails=3), "unknown key"),
+    (lambda d: d["optimizers"]["adam"].update(search={"lr": {"low": 1, "high": 2}}), "searched by the rules"),
+])
+def test_suite_errors_name_the_key_and_what_is_allowed(tmp_path, edit, message):
+    with pytest.raises(SuiteError, match=message):
+        load_suite(edited_suite(tmp_path, edit), "tiny")
+
+
+def test_an_unknown_profile_or_optimizer_is_refused_with_the_choices():
+    with pytest.raises(SuiteError, match="allowed: tiny"):
+        load_suite(TINY, "cpu")
+    suite = load_suite(TINY, "tiny")
+    with pytest.raises(SuiteError, match="allowed: adam"):
+        resolve_optimizer(suite, "adma")
+    with pytest.raises(SuiteError, match="FLAG=LOW:HIGH"):
+        resolve_optimizer(suite, "tests/benchmark_optimizers.py:frozen", search=["options.beta=0.9"])
+    with pytest.raises(SuiteError, match="spans 1.00 decades"):
+        resolve_optimizer(suite, "tests/benchmark_optimizers.py:frozen", lr_range=(1e-3, 1e-2))
+
+
+@pytest.fixture(scope="module")
+def benchmarked(tmp_path_factory):
+    """Adam, Adam under another name and a frozen optimizer through the tiny suite (single-file runs, so the two
+    Adams train the same way)."""
+    root = tmp_path_factory.mktemp("benchmark")
+    suite = load_suite(TINY, "tiny")
+    options = LaunchOptions(workers=2, population_size=0)
+    entries = [resolve_optimizer(suite, "adam"),
+               resolve_optimizer(suite, "tests/benchmark_optimizers.py:adam_alias", lr_range=(1e-4, 1e-1)),
+               resolve_optimizer(suite, "tests/benchmark_optimizers.py:frozen")]
+    for entry in entries:
+        assert run_entry(suite, entry, root / "leaderboard", root / "runs", REGISTRY, options,
+                         report=lambda line: None) is not None
+    return suite, root
+
+
+def test_adam_under_another_name_scores_one_and_a_frozen_optimizer_near_zero(benchmarked):
+    suite, root = benchmarked
+    board = build(suite, root / "leaderboard")
+    assert [row.name for row in board.rows] == ["adam", "adam_alias", "frozen"]
+    adam, alias, frozen = (board.aggregates[name]["IQM"] for name in ("adam", "adam_alias", "frozen"))
+    assert adam.low <= 1.0 <= adam.high
+    assert alias.low <= 1.0 <= alias.high
+    assert board.improvement["adam_alias"].low <= 0.5 <= board.improvement["adam_alias"].high
+    assert abs(frozen.value) < 0.25 and frozen.high < adam.low  # a frozen greedy policy: about the random policy's
+    assert board.improvement["frozen"].value < 0.1
+
+
+def test_every_optimizer_spent_the_same_tuning_budget(benchmarked):
+    suite, root = benchmarked
+    entries = root / "leaderboard" / "tiny" / "entries"
+    for name in ("adam", "adam_alias", "frozen"):
+        result = json.loads((entries / name / "row.json").read_text())["tasks"]["dqn-cartpole"]
+        assert result["trials"]["finished"] == 2 and result["tuning_seeds"] == [1]
+        assert result["process_hours"]["tuning"] > 0 and result["process_hours"]["evaluation"] > 0
+        assert result["eval_seeds"] == [101, 102, 103, 104, 105]
+        configs = yaml.safe_load((entries / name / "dqn-cartpole" / "tune.yaml").read_text())
+        assert configs["trials"] == 2 and configs["seeds"] == [1]
+        assert len(list((entries / name / "dqn-cartpole" / "records").glob("*.record.json.gz"))) == 5
+    text = write_leaderboard(suite, root / "leaderboard").read_text()
+    assert "| adam | 1.0" in text and "Rows not compared" not in text
+
+
+def test_rows_are_never_overwritten_nor_mixed_across_budgets_or_suites(benchmarked, tmp_path):
+    suite, root = benchmarked
+    with pytest.raises(SuiteError, match="never overwritten"):
+        run_entry(suite, resolve_optimizer(suite, "adam"), root / "leaderboard", root / "runs", REGISTRY)
+    copy = tmp_path / "leaderboard"
+    shutil.copytree(root / "leaderboard", copy)
+    row_path = copy / "tiny" / "entries" / "adam_alias" / "row.json"
+    row = json.loads(row_path.read_text())
+    row["tasks"]["dqn-cartpole"]["trials"]["finished"] = 3  # a row that tuned longer than the others
+    row_path.write_text(json.dumps(row))
+    frozen_path = copy / "tiny" / "entries" / "frozen" / "row.json"
+    frozen = json.loads(frozen_path.read_text())
+    frozen["suite"]["digest"] = "0" * 16  # a row from another suite version
+    frozen_path.write_text(json.dumps(frozen))
+    text = write_leaderboard(suite, copy).read_text()
+    assert [row.name for row in build(suite, copy).rows] == ["adam"]
+    assert "- adam_alias: tuned dqn-cartpole with 3 trials" in text
+    assert "- frozen: ran under suite v1 digest 0000000000000000" in text
+
+
+def test_an_entry_name_keeps_its_definition(benchmarked):
+    suite, root = benchmarked
+    other = resolve_optimizer(suite, "tests/benchmark_optimizers.py:adam_alias", name="frozen2")
+    folder = root / "leaderboard" / "tiny" / "entries" / "frozen2"
+    folder.mkdir(parents=True)
+    (folder / "entry.json").write_text(json.dumps({"definition": {"flags": {"name": "sgd"}}, "suite": {}}))
+    with pytest.raises(SuiteError, match="defined otherwise"):
+        run_entry(suite, other, root / "leaderboard", root / "runs", REGISTRY)
