@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo reproduce-dqn reproduce-td3 reproduce-ppo reproduce-paper sensitivity-dqn sensitivity-ppo sensitivity-td3 sensitivity-td3-cpu tune-demo try-bad-inputs bench-optimizers bench-agents bench-checkpoint demo-resume clean
+.PHONY: install test lint demo reproduce-dqn reproduce-td3 reproduce-ppo reproduce-paper sensitivity-dqn sensitivity-ppo sensitivity-td3 sensitivity-td3-cpu tune-demo benchmark leaderboard try-bad-inputs bench-optimizers bench-agents bench-checkpoint demo-resume clean
 
 # Extra arguments for the sweep launcher, e.g. a quick, smaller version of a paper experiment:
 #   make reproduce-ppo SWEEP_ARGS="--seeds 1 --total-timesteps 100000 --results-dir results/quick"
@@ -107,6 +107,22 @@ tune-demo: $(STAMP)
 	$(TUNE) configs/tune_dqn_cartpole.yaml --worker-id 0 --no-final || { kill $$other; wait $$other; exit 1; }; \
 	wait $$other
 	$(TUNE) configs/tune_dqn_cartpole.yaml
+
+# The RL optimizer benchmark (configs/benchmark.yaml, docs/benchmark.md): `make benchmark OPTIMIZER=lion` tunes and
+# evaluates one optimizer on the suite's cpu profile (or PROFILE=full) and adds its row to results/leaderboard/; a
+# factory of your own: OPTIMIZER=mypkg.optim:build BENCH_ARGS="--name my-opt --search options.beta=0.5:0.99". Run
+# it again after a stop: it resumes. `make leaderboard` rebuilds LEADERBOARD.md and its figures from the committed
+# entries, training nothing.
+OPTIMIZER ?=
+PROFILE ?= cpu
+BENCH_ARGS ?=
+BENCHMARK := $(BIN)/python scripts/benchmark.py
+benchmark: $(STAMP)
+	@test -n "$(OPTIMIZER)" || { echo "error: make benchmark OPTIMIZER=<name in configs/benchmark.yaml, entry.yaml or package.module:callable>"; exit 2; }
+	$(BENCHMARK) --optimizer $(OPTIMIZER) --profile $(PROFILE) $(BENCH_ARGS)
+
+leaderboard: $(STAMP)
+	$(BENCHMARK) --report-only --profile $(PROFILE)
 
 # every bad input of scripts/try_bad_inputs.py (227, ~10 min on 2 cores), each checked against the outcome it must
 # have and tallied (clear error / handled / silently accepted / traceback / data loss / interpreter crash);

@@ -31,6 +31,7 @@ import optuna
 import yaml
 
 from .analysis import iqm
+from .factory import OptimizerSpec, used_fields
 from .runs import (
     COMPACT_SUFFIX,
     atomic_write,
@@ -101,13 +102,28 @@ def study_name(suite: Suite, entry: OptimizerEntry, task: TaskProtocol) -> str:
     return f"bench-{suite.profile}-{entry.name}-{task.name}"
 
 
-def tune_config(suite: Suite, task: TaskProtocol, entry: OptimizerEntry, random_return: float) -> dict[str, Any]:
-    """The tuning config of `entry` on `task`: the task's fixed flags, the optimizer's fixed flags on every optimizer
-    spec of the task, its lr and searched flags on the first spec and tied to the others (`also`), the suite's
-    budget. The trial score is the mean return above the random policy's (a crashed run scores as the random
-    policy), the IQM over tuning seeds."""
+def agent_presets(agent: AgentEntry, prefix: str, optimizer: str) -> dict[str, Any]:
+    """The optimizer settings the agent presets for the spec `prefix` (PPO: CleanRL's eps 1e-5), as flags: kept
+    where `optimizer` reads the field, set back to the factory's default where it does not (Lion has no eps)."""
+    preset = getattr(agent.args_type(), prefix.replace("-", "_"))
+    default = OptimizerSpec()
+    read = used_fields(OptimizerSpec(name=optimizer))
+    return {f"{prefix}.{field.name.replace('_', '-')}": getattr(preset if field.name in read else default, field.name)
+            for field in dataclasses.fields(OptimizerSpec)
+            if field.name not in ("name", "lr") and getattr(preset, field.name) != getattr(default, field.name)}
+
+
+def tune_config(suite: Suite, task: TaskProtocol, entry: OptimizerEntry, random_return: float,
+                agents: Mapping[str, AgentEntry]) -> dict[str, Any]:
+    """The tuning config of `entry` on `task`: the task's fixed flags, the agent's optimizer presets (agent_presets)
+    and the optimizer's fixed flags on every optimizer spec of the task, its lr and searched flags on the first spec
+    and tied to the others (`also`), the suite's budget. The trial score is the mean return above the random
+    policy's (a crashed run scores as the random policy), the IQM over tuning seeds."""
     first, *others = task.optimizer_flags
-    arm = {f"{prefix}.{flag}": value for prefix in task.optimizer_flags for flag, value in entry.flags.items()}
+    arm = {}
+    for prefix in task.optimizer_flags:
+        arm.update(agent_presets(agents[task.program], prefix, entry.flags["name"]))
+        arm.update({f"{prefix}.{flag}": value for flag, value in entry.flags.items()})
     searched = {"lr": {"low": entry.lr[0], "high": entry.lr[1], "log": True}, **entry.search}
     search = {f"{first}.{flag}": {**spec, **({"also": [f"{p}.{flag}" for p in others]} if others else {})}
               for flag, spec in searched.items()}
@@ -208,19 +224,20 @@ def _study_seconds(study_dir: Path) -> float:
 
 
 def run_task(suite: Suite, task: TaskProtocol, entry: OptimizerEntry, anchors: Mapping[str, Any], folder: Path,
-             results_dir: Path, agents: Mapping[str, AgentEntry], options: LaunchOptions,
+             results_dir: Path, agents: Mapping[str, AgentEntry], options: LaunchOptions, worker_id: int = 0,
              report: Callable[[str], None] = print) -> dict[str, Any] | None:
-    """Tune and evaluate `entry` on `task`; result.json when done, None while the study is unfinished."""
+    """Tune and evaluate `entry` on `task`; result.json when done, None while the study is unfinished (or another
+    process evaluates it). Several processes (`worker_id` 0, 1, ...) may share the study."""
     task_dir = folder / task.name
     result_path = task_dir / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
     config_path = task_dir / "tune.yaml"
-    _write_tune_yaml(config_path, tune_config(suite, task, entry, anchors["random"][task.name]["iqm"]))
+    _write_tune_yaml(config_path, tune_config(suite, task, entry, anchors["random"][task.name]["iqm"], agents))
     config = load_tune_config(config_path, agents)
     report(f"== {entry.name} on {task.name}: {task.trials} trials x seeds {list(task.tuning_seeds)}, then seeds "
            f"{list(task.eval_seeds)}")
-    study = tune(config, results_dir, report=report, track=options.track)
+    study = tune(config, results_dir, worker_id, report=report, track=options.track)
     if not study_finished(config, study):
         return None
     done = evaluate_best(config, study, results_dir, task_dir, agents, options, report)
@@ -243,7 +260,7 @@ def run_task(suite: Suite, task: TaskProtocol, entry: OptimizerEntry, anchors: M
 
 def run_entry(suite: Suite, entry: OptimizerEntry, leaderboard: Path, results_dir: Path,
               agents: Mapping[str, AgentEntry], options: LaunchOptions | None = None, tasks: Sequence[str] = (),
-              report: Callable[[str], None] = print) -> Path | None:
+              worker_id: int = 0, report: Callable[[str], None] = print) -> Path | None:
     """Run `entry` through the suite's tasks (or those named), resuming what an earlier call left. Returns row.json
     once every task of the profile has its result, else None."""
     if not is_safe_name(entry.name):
@@ -263,7 +280,8 @@ def run_entry(suite: Suite, entry: OptimizerEntry, leaderboard: Path, results_di
     for task in suite.tasks.values():
         if tasks and task.name not in tasks:
             continue
-        results[task.name] = run_task(suite, task, entry, anchors, folder, results_dir, agents, options, report)
+        results[task.name] = run_task(suite, task, entry, anchors, folder, results_dir, agents, options, worker_id,
+                                      report)
     done = {name: json.loads((folder / name / "result.json").read_text()) for name in suite.tasks
             if (folder / name / "result.json").exists()}
     if len(done) < len(suite.tasks):

@@ -14,6 +14,7 @@ from alphagrad_rl.benchmark import resolve_optimizer, run_entry, tune_config
 from alphagrad_rl.leaderboard import build, write_leaderboard
 from alphagrad_rl.suite import SuiteError, load_suite
 from alphagrad_rl.sweep import LaunchOptions
+from alphagrad_rl.tuning import load_tune_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "benchmark_tiny.yaml"
@@ -26,7 +27,7 @@ def test_the_shipped_suite_is_valid_and_every_optimizer_gets_the_same_budget():
         assert set(suite.tasks) == {"dqn-cartpole", "ppo-halfcheetah", "td3-hopper"}
         for task in suite.tasks.values():
             assert len(task.eval_seeds) >= 10 and not set(task.eval_seeds) & set(task.tuning_seeds)
-            configs = [tune_config(suite, task, entry, 0.0) for entry in suite.optimizers.values()]
+            configs = [tune_config(suite, task, entry, 0.0, REGISTRY) for entry in suite.optimizers.values()]
             budget = {key: [config[key] for config in configs] for key in
                       ("program", "parameters", "seeds", "trials", "score", "report_every", "pruner", "sampler",
                        "final")}
@@ -41,9 +42,27 @@ def test_the_shipped_suite_is_valid_and_every_optimizer_gets_the_same_budget():
         ROOT / "configs" / "benchmark.yaml", "full").digest()
 
 
+def test_every_optimizer_the_suite_names_is_a_valid_tuning_config_on_every_task(tmp_path):
+    """Each trial's flags pass the agent's own checks (the tuner probes both ends of every range); PPO's preset
+    eps 1e-5 (CleanRL's) stays for optimizers that read eps and is cleared for those that do not."""
+    for profile in ("cpu", "full"):
+        suite = load_suite(ROOT / "configs" / "benchmark.yaml", profile)
+        for entry in suite.optimizers.values():
+            for task in suite.tasks.values():
+                path = tmp_path / f"{profile}-{entry.name}-{task.name}.yaml"
+                path.write_text(yaml.safe_dump(tune_config(suite, task, entry, 0.0, REGISTRY)))
+                load_tune_config(path, REGISTRY)
+    suite = load_suite(ROOT / "configs" / "benchmark.yaml")
+    ppo = suite.tasks["ppo-halfcheetah"]
+    assert tune_config(suite, ppo, suite.optimizers["adam"], 0.0, REGISTRY)["arm"]["optim.eps"] == 1e-5
+    assert tune_config(suite, ppo, suite.optimizers["lion"], 0.0, REGISTRY)["arm"]["optim.eps"] is None
+    assert "optim.eps" not in tune_config(suite, suite.tasks["dqn-cartpole"], suite.optimizers["lion"], 0.0,
+                                          REGISTRY)["arm"]
+
+
 def test_td3_searches_one_lr_for_actor_and_critic():
     suite = load_suite(ROOT / "configs" / "benchmark.yaml")
-    config = tune_config(suite, suite.tasks["td3-hopper"], suite.optimizers["alphagrad"], 3.0)
+    config = tune_config(suite, suite.tasks["td3-hopper"], suite.optimizers["alphagrad"], 3.0, REGISTRY)
     assert config["search"]["actor-optim.lr"]["also"] == ["critic-optim.lr"]
     assert config["search"]["actor-optim.alpha"]["also"] == ["critic-optim.alpha"]
     assert config["arm"]["critic-optim.momentum"] == 0.9
@@ -154,3 +173,21 @@ def test_an_entry_name_keeps_its_definition(benchmarked):
     (folder / "entry.json").write_text(json.dumps({"definition": {"flags": {"name": "sgd"}}, "suite": {}}))
     with pytest.raises(SuiteError, match="defined otherwise"):
         run_entry(suite, other, root / "leaderboard", root / "runs", REGISTRY)
+
+
+def test_an_entry_file_or_a_factory_becomes_an_entry(tmp_path):
+    suite = load_suite(TINY, "tiny")
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"name": "mine", "description": "SGD, Nesterov", "flags": {"name": "sgd"},
+                                    "lr": [1e-4, 1e-1], "search": {"momentum": {"low": 0.5, "high": 0.99}}}))
+    entry = resolve_optimizer(suite, str(path))
+    assert (entry.name, entry.flags, entry.lr) == ("mine", {"name": "sgd"}, (1e-4, 1e-1))
+    config = tune_config(suite, suite.tasks["dqn-cartpole"], entry, 20.0, REGISTRY)
+    assert config["search"]["optim.momentum"] == {"low": 0.5, "high": 0.99}
+    assert config["score"]["range"] == [20.0, 21.0]  # a crashed run scores as the random policy
+    custom = resolve_optimizer(suite, "examples/softsign_alphagrad.py:SoftsignAlphaGrad",
+                               search=["options.alpha=1:1000:log"])
+    assert custom.name == "SoftsignAlphaGrad" and custom.flags == {
+        "name": "custom", "target": "examples/softsign_alphagrad.py:SoftsignAlphaGrad"}
+    assert tune_config(suite, suite.tasks["dqn-cartpole"], custom, 0.0, REGISTRY)["search"]["optim.options.alpha"] == {
+        "low": 1.0, "high": 1000.0, "log": True}

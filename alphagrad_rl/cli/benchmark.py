@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
@@ -46,7 +47,14 @@ class Args:
     results_dir: Path = Path("results/runs")
     """where the studies' and evaluation runs' folders go (not committed)"""
     workers: int = 0
-    """parallel processes of each evaluation; 0: one per core"""
+    """parallel processes of each evaluation; 0: one per core (or GPU slot)"""
+    worker_id: int = 0
+    """this process's number among benchmark processes sharing the studies (machines sharing --results-dir and
+    --leaderboard): each seeds its sampler apart"""
+    backend: Literal["local", "ray"] = "local"
+    """where the evaluation runs train: local processes, or a Ray cluster (--ray-address)"""
+    ray_address: str | None = None
+    """the Ray cluster's address (ray.init); None starts a local Ray"""
     population_size: int = 10
     """evaluation runs train in populations of this many where the agent and optimizer allow"""
     track: bool = False
@@ -56,6 +64,10 @@ class Args:
 
 
 def main(args: Args) -> int:
+    if args.worker_id < 0 or args.workers < 0 or args.population_size < 0:
+        print(f"error: invalid --worker-id {args.worker_id}, --workers {args.workers} or --population-size "
+              f"{args.population_size} (allowed: >= 0)", file=sys.stderr)
+        return 2
     try:
         suite = load_suite(args.suite, args.profile)
         if not args.report_only:
@@ -68,8 +80,10 @@ def main(args: Args) -> int:
             from alphagrad_rl.sweep import LaunchOptions
 
             entry = resolve_optimizer(suite, args.optimizer, args.name, args.lr_range, args.search)
-            options = LaunchOptions(workers=args.workers, population_size=args.population_size, track=args.track)
-            row = run_entry(suite, entry, args.leaderboard, args.results_dir, sweep_registry(), options, args.tasks)
+            options = LaunchOptions(workers=args.workers, population_size=args.population_size, track=args.track,
+                                    backend=args.backend, ray_address=args.ray_address)
+            row = run_entry(suite, entry, args.leaderboard, args.results_dir, sweep_registry(), options, args.tasks,
+                            args.worker_id)
             if row is None:
                 return 1
         from alphagrad_rl.leaderboard import write_leaderboard
