@@ -67,7 +67,8 @@ PANELS = {
 }
 TABLE_COLUMNS = ["run", "arm", "algorithm", "env_id", "optimizer", "alpha", "lr", "seed", "status", "final_return",
                  "auc", "best_return", "peak_return", "start_return", "early_return", "episodes", "mean_drawdown",
-                 "variability", "td_loss_spikes", "td_loss_p99", "explained_variance", "entropy_drop", "approx_kl",
+                 "relative_drawdown", "peak_retention", "variability", "td_loss_spikes", "td_loss_p99",
+                 "dip_spike_correlation", "explained_variance", "entropy_drop", "approx_kl",
                  "q_value_variability", "actor_loss_variability", "saturation", "frozen_updates", "wall_clock_s", "sps"]
 # the series a per-run column is computed from (td_loss_spikes and _p99, q-value and actor-loss variability, the PPO
 # columns): a compact record keeps each whole and unrounded, so that every column recomputes from it
@@ -261,6 +262,44 @@ def spike_count(losses: Sequence[float]) -> int:
     return int(sum(not math.isfinite(loss) or (start >= SPIKE_WINDOW and
                                                loss > SPIKE_FACTOR * np.median(finite[start - SPIKE_WINDOW:start]))
                    for loss, start in zip(losses, positions)))
+
+
+COINCIDENCE_WINDOWS = 20  # dip_spike_correlation: the run's steps in this many equal windows
+COINCIDENCE_MIN_PAIRS = 5
+
+
+def dip_spike_correlation(return_steps: Sequence[float], returns: Sequence[float], loss_steps: Sequence[float],
+                          losses: Sequence[float], total: float) -> float:
+    """Whether a run's return dips come with its loss spikes: over COINCIDENCE_WINDOWS equal windows of its `total`
+    steps, Spearman's correlation between a window's largest loss (non-finite counts as largest) and the fall of
+    its mean episodic return from the window before. NaN with fewer than COINCIDENCE_MIN_PAIRS windows holding both,
+    or when either series is constant."""
+    if not total or not len(returns) or not len(losses):
+        return math.nan
+    edges = np.linspace(0.0, float(total), COINCIDENCE_WINDOWS + 1)
+
+    def window_of(steps):
+        return np.clip(np.searchsorted(edges, np.asarray(steps, dtype=float), side="right") - 1, 0,
+                       COINCIDENCE_WINDOWS - 1)
+
+    returns, losses = np.asarray(returns, dtype=float), np.asarray(losses, dtype=float)
+    losses = np.where(np.isnan(losses), -np.inf, losses)  # a NaN loss is missing; an infinite one the largest
+    return_window, loss_window = window_of(return_steps), window_of(loss_steps)
+    means = np.array([np.mean(returns[return_window == w]) if (return_window == w).any() else math.nan
+                      for w in range(COINCIDENCE_WINDOWS)])
+    largest = np.array([np.max(losses[loss_window == w]) if (loss_window == w).any() else -np.inf
+                        for w in range(COINCIDENCE_WINDOWS)])
+    falls = means[:-1] - means[1:]
+    peaks = largest[1:]
+    kept = np.isfinite(falls) & (peaks > -np.inf)
+    if kept.sum() < COINCIDENCE_MIN_PAIRS or np.ptp(falls[kept]) == 0 or len(set(peaks[kept])) < 2:
+        return math.nan
+    return float(stats.spearmanr(peaks[kept], falls[kept]).statistic)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if math.isfinite(numerator) and math.isfinite(denominator) and denominator > 0 \
+        else math.nan
 
 
 def loss_percentile(losses: Sequence[float], q: float) -> float:
@@ -536,12 +575,14 @@ def _runs_in(sweep_dir: Path, final_window: int, only: Collection[str] | None = 
                   header=header)
         steps, returns = series(run.metrics, "charts/episodic_return")
         total = summary.get("total_timesteps") or (steps[-1] if len(steps) else 0)
-        _, td_losses = series(run.metrics, "losses/td_loss")
+        td_steps, td_losses = series(run.metrics, "losses/td_loss")
         _, explained = series(run.metrics, "losses/explained_variance")
         _, entropy = series(run.metrics, "losses/entropy")
         _, approx_kl = series(run.metrics, "losses/approx_kl")
         final = float(np.mean(returns[-final_window:])) if len(returns) else math.nan
         early = returns[steps <= EARLY_FRACTION * total] if total else returns[:0]
+        peak = peak_return(returns)
+        drawdown = mean_drawdown(returns)
         run.row = {
             "run": run.name, "arm": run.arm, "algorithm": run.algorithm, "env_id": run.env_id,
             "optimizer": optimizer, "alpha": alpha, "lr": lr, "seed": run.seed, "status": run.status,
@@ -549,14 +590,18 @@ def _runs_in(sweep_dir: Path, final_window: int, only: Collection[str] | None = 
             # area under the return curve, per env step: the mean return over training
             "auc": float(np.trapezoid(returns, steps) / total) if len(returns) > 1 and total else math.nan,
             "best_return": float(np.nanmax(returns)) if np.isfinite(returns).any() else math.nan,
-            "peak_return": peak_return(returns),
+            "peak_return": peak,
             "start_return": float(np.mean(returns[:SMOOTHING_EPISODES])) if len(returns) else math.nan,
             "early_return": float(np.mean(early)) if len(early) else math.nan,
             "episodes": len(returns),
-            "mean_drawdown": mean_drawdown(returns),
+            "mean_drawdown": drawdown,
+            "relative_drawdown": _ratio(drawdown, peak),
+            "peak_retention": _ratio(final, peak),
             "variability": variability(steps, returns),
             "td_loss_spikes": spike_count(td_losses) if len(td_losses) else None,
             "td_loss_p99": loss_percentile(td_losses, 99) if len(td_losses) else None,
+            "dip_spike_correlation": dip_spike_correlation(steps, returns, td_steps, td_losses, total)
+            if len(td_losses) else None,
             "explained_variance": tail_mean(explained[np.isfinite(explained)], 0.25),
             "entropy_drop": tail_mean(entropy, 0.1, head=True) - tail_mean(entropy, 0.1),
             "approx_kl": float(np.mean(approx_kl)) if len(approx_kl) else math.nan,

@@ -420,6 +420,14 @@ def records_folder_note(stated: dict[str, Any]) -> str:
     return f"their folder's {PROVENANCE_FILE} states {versions} ({stated['source']})"
 
 
+def verdict_counts(claims: list[Claim]) -> str:
+    """How many claims have each verdict, e.g. "9 hold, 3 do not hold, 2 undecided (1 with the estimate against)"."""
+    counts = Counter(claim.verdict for claim in claims)
+    against = counts["undecided, estimate against"]
+    return (f"{counts['holds']} hold, {counts['does not hold']} do not hold, {counts['undecided'] + against} undecided"
+            + (f" ({against} with the estimate against the claim)" if against else ""))
+
+
 def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[Claim], figures, final_window,
               baseline) -> str:
     statuses = {}
@@ -457,13 +465,17 @@ def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[
                   "multiple of another's mean, the one-sample t against a fixed "
                   + (f"threshold); the {tested} p-values are Holm-adjusted together. " if tested else
                      f"threshold), once its arms have at least {MIN_RUNS} finished runs each; none has yet. ")
-                  + f"*holds*: adjusted p < {LEVEL} in the claimed direction; *does not hold*: significant the other "
-                  "way; *undecided*: the data cannot decide. MDE: the smallest true effect (in the metric's units) the "
-                  f"test would detect with 80% power at the Bonferroni level {LEVEL}/{tested or '(claims tested)'}; "
-                  "an undecided claim with a large MDE needs more seeds.", "",
-                  "| section | claim | paper | ours: mean (n), difference [95% CI] | adjusted p | MDE | verdict |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {c.section} | {c.claim} | {c.paper} | {c.evidence} | "
+                  + f"One rule for every claim: *holds*: adjusted p < {LEVEL} with the estimate the claimed way; "
+                  "*does not hold*: significant the other way; *undecided, estimate against*: not significant, the "
+                  "estimate against the claim; *undecided*: not significant, the estimate the claimed way. MDE: the "
+                  "smallest true effect (in the metric's units) the test would detect with 80% power at the Bonferroni "
+                  f"level {LEVEL}/{tested or '(claims tested)'}; an undecided claim with a large MDE needs more seeds. "
+                  "Each claim's definition says what is measured and, where the paper gives no number, which "
+                  "threshold reads its words and why.", "",
+                  f"Verdicts: {verdict_counts(claims)}.", "",
+                  "| section | claim | paper | definition | ours: mean (n), difference [95% CI] | adjusted p | MDE | "
+                  "verdict |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {c.section} | {c.claim} | {c.paper} | {c.definition} | {c.evidence} | "
                   + (f"{c.p_adjusted:.3g} | {c.result.mde:.3g}" if c.result is not None else "- | -")
                   + f" | **{c.verdict}** |" for c in claims]
     if variants:
@@ -499,5 +511,10 @@ def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[
               "- TD-loss spikes: logged TD losses that are non-finite or above 5x the median of the 20 values before "
               "them (relative to the recent level); TD-loss p99: the 99th percentile of the logged TD losses (their "
               "absolute size).",
+              "- Relative drawdown: mean drawdown / peak return; peak retention: final return / peak return; "
+              "dip-spike correlation: over 20 equal windows of a run's steps, Spearman's correlation between a "
+              "window's largest TD loss and the fall of its mean return from the window before (computed from the "
+              "TD losses a record keeps: every one, or every fifth in records exported before they were kept "
+              "whole).",
               "- Per-run values: `runs.csv`; per-arm values: `arms.csv`.", ""]
     return "\n".join(lines)

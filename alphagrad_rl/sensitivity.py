@@ -331,6 +331,52 @@ def _versus_baseline(alphagrad: list[Point], best: Point, baseline: str, name: s
     return tested, lines
 
 
+K_ONE = (0.9, 1.1)  # the point "at k = 1" of a setting: the sqrt(d) rule's alpha, up to rounding of alpha
+
+
+def _below_k_one(alphagrad: list[Point]) -> list[str]:
+    """The paper's section 6.3 conjecture, "tuning below the k = 1 threshold could unlock even greater performance
+    gains", judged in each setting: each point with k < 1 against the setting's k = 1 point (Welch, Holm over every
+    such pair). Per setting: holds when some k < 1 ends significantly above k = 1; does not hold when every k < 1
+    ends significantly below it; otherwise undecided (estimate against when no k < 1 point's estimate is above)."""
+    pairs, settings = [], []
+    for setting in sorted({p.setting for p in alphagrad}, key=_natural):
+        line = [p for p in alphagrad if p.setting == setting and p.k is not None]
+        ones = [p for p in line if K_ONE[0] <= p.k <= K_ONE[1]]
+        below = sorted((p for p in line if p.k < K_ONE[0]), key=lambda p: p.k)
+        if ones and below:
+            settings.append((ones[0], below))
+            pairs += [(p, ones[0]) for p in below]
+    comparisons = compare_family(pairs)
+    tested = [c for c in comparisons if c is not None]
+    if not tested:
+        return []
+    found = dict(zip((id(a) for a, _ in pairs), comparisons))
+    lines = ["## Below k = 1", "",
+             "The paper (section 6.3, PPO): \"tuning below the k = 1 threshold could potentially unlock even greater "
+             "performance gains\". In each setting, every k < 1 point against the k = 1 point (Welch's t on the "
+             f"difference of mean final returns, Holm over the {len(tested)} pairs; "
+             f"{_detectable(tested)}): *holds* when some k < 1 ends significantly above k = 1, *does not hold* when "
+             "every one ends significantly below it, otherwise *undecided* (*estimate against* when none is above "
+             "k = 1 even as an estimate).", "",
+             "| setting | k = 1 mean | k < 1 above k = 1 (Holm p < 0.05) | k < 1 below | verdict |", "|---|---|---|---|---|"]
+    for one, below in settings:
+        results = [found[id(p)] for p in below if found.get(id(p)) is not None]
+        above = [p for p in below if (c := found.get(id(p))) is not None and c.differs and c.result.estimate > 0]
+        under = [p for p in below if (c := found.get(id(p))) is not None and c.differs and c.result.estimate < 0]
+        if above:
+            verdict = "holds"
+        elif results and len(under) == len(below):
+            verdict = "does not hold"
+        else:
+            verdict = ("undecided, estimate against" if all(c.result.estimate <= 0 for c in results)
+                       else "undecided")
+        lines.append(f"| {one.label} | {one.mean:.1f} | "
+                     + (", ".join(f"k {p.k:.3g}: {found[id(p)].text()}" for p in above) or "none") + " | "
+                     + (", ".join(f"k {p.k:.3g}" for p in under) or "none") + f" | **{verdict}** |")
+    return lines + [""]
+
+
 @dataclass
 class PooledEffect(TestResult):
     """A pooled t test (TestResult) with the heterogeneity of what it pools: Cochran's Q on k - 1 df and its p,
@@ -378,7 +424,7 @@ def pooled_lr_effect(pairs: list[tuple[Point, Point]]) -> PooledEffect | None:
     df = (total ** 2 / sum(part ** 2 / part_df for part, part_df in parts if part > 0)
           if total > 0 else sum(len(p.values) - 1 for p in points.values()))
     estimate = sum(loading[key] * float(np.mean(p.values)) for key, p in points.items())
-    result = t_result(estimate, math.sqrt(total), df, (k,), None)
+    result = t_result(estimate, math.sqrt(total), df, (k,))
     return PooledEffect(**vars(result), q=q, q_p=q_p, i2=i2, tau2=tau2)
 
 
@@ -495,6 +541,7 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
             lines += ["", f"Highest IQM at k {top.k:.3g} ({top.iqm:.1f}), from {_seeds(top.finished)}: no interval "
                       "yet (at least 2 seeds per k), so no k is separable from another." + _at_grid_edge(top, line), ""]
     lines += versus_lines
+    lines += _below_k_one(alphagrad)
     lines += _same_step_pairs(alphagrad)
     seeds = sorted({p.finished for p in points})
     shown = _seeds(seeds[-1]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds"

@@ -14,6 +14,7 @@ from scipy import stats
 from alphagrad_rl.analysis import (
     EXACT_RESAMPLES,
     bootstrap_ci,
+    dip_spike_correlation,
     export_records,
     frozen_update_fraction,
     improvement_ci,
@@ -27,7 +28,18 @@ from alphagrad_rl.analysis import (
     stable_monte_carlo_bca,
     stratified_iqm,
 )
-from alphagrad_rl.claims import holm, minimal_detectable_effect, one_sample, paper_claims, welch
+from alphagrad_rl.claims import (
+    Claim,
+    holm,
+    minimal_detectable_effect,
+    one_sample,
+    paper_claims,
+    verdict,
+    welch,
+)
+from alphagrad_rl.claims import (
+    TestResult as ClaimTestResult,
+)
 from alphagrad_rl.report import arm_styles, natural_order, panel_rows, write_report
 from alphagrad_rl.runs import SCHEMA_VERSION, read_run, write_compact_record
 
@@ -172,9 +184,19 @@ def test_welch_and_one_sample_match_scipy():
     assert (result.low, result.high) == pytest.approx((interval.low, interval.high))
     single = one_sample(a, 3.0)
     assert single.p == pytest.approx(stats.ttest_1samp(a, 3.0).pvalue)
-    # non-inferiority: H0 difference <= -margin, one-sided
-    assert welch(a, b, margin=0.5).p == pytest.approx(stats.ttest_ind(np.add(a, 0.5), b, equal_var=False,
-                                                                      alternative="greater").pvalue)
+
+
+@pytest.mark.parametrize(("estimate", "p_adjusted", "direction", "expected"), [
+    (2.0, 0.01, +1, "holds"), (-2.0, 0.01, +1, "does not hold"), (-2.0, 0.01, -1, "holds"),
+    (-2.0, 0.2, +1, "undecided, estimate against"), (2.0, 0.2, +1, "undecided"), (0.0, 1.0, +1, "undecided"),
+    (2.0, 0.2, -1, "undecided, estimate against")])
+def test_one_verdict_rule_for_every_claim(estimate, p_adjusted, direction, expected):
+    """'Within 10% of Adam's' (a - 0.9 adam > 0) is judged like any claim: holds and does not hold both need the
+    adjusted p, and a non-significant estimate against the claim says so."""
+    claim = Claim("6.2", "c", "p", direction=direction, p_adjusted=p_adjusted,
+                  result=ClaimTestResult(estimate, estimate - 1, estimate + 1, p_adjusted, math.nan, (5, 5), 1.0, 8.0))
+    assert verdict(claim) == expected
+    assert verdict(Claim("6.2", "c", "p")) == "undecided"  # untested (too few runs)
 
 
 def test_welch_against_a_multiple_of_the_other_arm_counts_its_spread():
@@ -290,6 +312,46 @@ def test_td3_claims_competitive_smoother_and_failure(tmp_path):
                                                              0.9 * np.std(adam_peak, ddof=1) / 2))
     assert competitive.verdict == "holds" and "vs 0.9 x" in competitive.evidence
     assert claims["Adam peaks slightly higher than alpha=100"] == "holds"
+
+
+@pytest.mark.slow
+def test_td3_claims_about_each_arm_alone(tmp_path):
+    """Almost monotonic (mean drawdown below a tenth of the peak), avoids collapse (ends above half its peak) and
+    ends above alpha=457: judged on each arm, not only against Adam."""
+    rng = np.random.default_rng(4)
+    for seed in (1, 2, 3, 4, 5):
+        make_run(tmp_path, f"adam__s{seed}", "td3_continuous_action", "adam", None, seed,
+                 np.linspace(0, 3000, 200) + rng.normal(0, 10, 200), env_id="Hopper-v4")
+        make_run(tmp_path, f"alphagrad-150__s{seed}", "td3_continuous_action", "alphagrad", 150, seed,
+                 np.linspace(0, 2500, 200) + rng.normal(0, 10, 200), env_id="Hopper-v4")
+        make_run(tmp_path, f"alphagrad-200__s{seed}", "td3_continuous_action", "alphagrad", 200, seed,
+                 np.r_[np.linspace(0, 2500, 100), np.linspace(2500, 500, 100)] + rng.normal(0, 10, 200),
+                 env_id="Hopper-v4")
+        make_run(tmp_path, f"alphagrad-457__s{seed}", "td3_continuous_action", "alphagrad", 457, seed,
+                 rng.normal(20, 5, 200), env_id="Hopper-v4")
+    judged = {c.claim.split(" (")[0]: c for c in paper_claims(load_runs(tmp_path, final_window=20))}
+    assert judged["alpha=150 improves almost monotonically"].verdict == "holds"
+    assert judged["alpha=150 avoids performance collapse"].verdict == "holds"
+    assert judged["alpha=200 avoids performance collapse"].verdict == "does not hold"  # ends at a fifth of its peak
+    assert judged["alpha=200 improves almost monotonically"].verdict == "does not hold"
+    assert judged["alpha=150 ends above alpha=457"].verdict == "holds"
+    assert "half the best level" in judged["alpha=150 avoids performance collapse"].definition
+    assert judged["alpha=150 matches Adam's performance"].verdict == "does not hold"  # 2500 < 0.9 x 3000
+
+
+def test_dip_spike_correlation_finds_dips_that_come_with_spikes():
+    steps = np.arange(1, 201) * 100.0
+    rng = np.random.default_rng(5)
+    spikes = rng.random(20) < 0.4  # windows whose loss spikes
+    returns = np.concatenate([np.full(10, 200.0 - 150.0 * spiked) for spiked in spikes]) + rng.normal(0, 1, 200)
+    losses = np.concatenate([np.full(10, 1.0 + 50.0 * spiked) for spiked in spikes]) + rng.random(200)
+    coincide = dip_spike_correlation(steps, returns, steps, losses, 20_000)
+    assert coincide > 0.5
+    unrelated = dip_spike_correlation(steps, returns, steps, np.roll(losses, 60), 20_000)
+    assert unrelated < coincide
+    assert math.isnan(dip_spike_correlation(steps[:20], returns[:20], steps[:20], losses[:20], 20_000))  # 2 windows
+    losses[losses > 10] = np.inf  # a non-finite loss is the largest
+    assert dip_spike_correlation(steps, returns, steps, losses, 20_000) > 0.2  # tied spikes: a weaker rank signal
 
 
 def test_too_few_runs_make_every_verdict_inconclusive(tmp_path):
@@ -654,6 +716,13 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     # frozen: alpha 930's runs logged update norms (seed 1 at lr 1e-4 froze), the others none
     assert "| 1.030 | 1/4 | -127.5 [" in text and "| 1.030 | 0/4 | -27.5 [" in text and "| 0.193 | - | +122.5 [" in text
     assert "Holm-adjusted p over the 10 points tested" in text and "two-sided at 0.05 / 10" in text
+    # the paper's "tuning below k = 1 could unlock gains": here k = 1 is each setting's best, every k < 1 below it
+    below = text[text.index("## Below k = 1"):]
+    assert "Holm over the 6 pairs" in below
+    assert "| lr 0.001 | 425.0 | none | k 0.1, k 0.201, k 0.502 | **does not hold** |" in below
+    write_sensitivity([run for run in runs if run.alpha in (46.5, 93.0)], tmp_path / "close")
+    below = (tmp_path / "close" / "SENSITIVITY.md").read_text().split("## Below k = 1")[1]
+    assert "| lr 0.001 | 425.0 | none | k 0.502 | **does not hold** |" in below
     assert (tmp_path / "out" / "sensitivity.png").exists()
     write_sensitivity([run for run in runs if run.seed == 1], tmp_path / "one-seed")  # a sweep's first seeds
     text = (tmp_path / "one-seed" / "SENSITIVITY.md").read_text()
@@ -662,6 +731,18 @@ def test_alpha_sensitivity_points_figure_and_table(tmp_path):
     write_sensitivity([run for run in runs if run.alpha != 930.0], tmp_path / "edge")  # best k = 1 is now the largest
     text = (tmp_path / "edge" / "SENSITIVITY.md").read_text()
     assert text.count("The best k is the grid's largest") == 2 and "may lie above k = 1 " in text
+
+
+def test_below_k_one_holds_where_a_smaller_alpha_ends_higher(tmp_path):
+    from alphagrad_rl.sensitivity import write_sensitivity
+
+    for alpha, level in ((9.3, 300.0), (18.6, 410.0), (46.5, 290.0), (93.0, 200.0), (186.0, 150.0)):
+        for seed in (1, 2, 3, 4):
+            make_run(tmp_path / "sweep", f"a{alpha:g}__s{seed}", "dqn", "alphagrad", alpha, seed,
+                     [level + 5 * seed] * 30, env_id="CartPole-v1", lr=1e-3)
+    write_sensitivity(load_runs(tmp_path / "sweep", final_window=10), tmp_path / "out")
+    below = (tmp_path / "out" / "SENSITIVITY.md").read_text().split("## Below k = 1")[1]
+    assert "| - | 212.5 | k 0.1: +100.0 [" in below and "k 0.201: +210.0 [" in below and "**holds** |" in below
 
 
 def test_the_sensitivity_baseline_is_tuned_over_its_optimizer_options_only(tmp_path):
