@@ -135,9 +135,9 @@ benchmark: $(STAMP)
 leaderboard: $(STAMP)
 	$(BENCHMARK) --report-only --profile $(PROFILE)
 
-# every bad input of scripts/try_bad_inputs.py (227, ~10 min on 2 cores), each checked against the outcome it must
+# every bad input of scripts/try_bad_inputs.py (236, ~10 min on 2 cores), each checked against the outcome it must
 # have and tallied (clear error / handled / silently accepted / traceback / data loss / interpreter crash);
-# BAD_INPUTS_ARGS=--fast runs the ~200 that train nothing (~1 min; the tests run them)
+# BAD_INPUTS_ARGS=--fast runs the 213 that train nothing (~1 min; the tests run them)
 BAD_INPUTS_ARGS ?=
 try-bad-inputs: $(STAMP)
 	$(BIN)/python scripts/try_bad_inputs.py $(BAD_INPUTS_ARGS)

@@ -44,7 +44,7 @@ from .runs import (
 )
 from .suite import OptimizerEntry, Suite, SuiteError, TaskProtocol, optimizer_entry
 from .sweep import LaunchOptions
-from .sweep_config import AgentEntry
+from .sweep_config import AgentEntry, read_yaml
 from .tuning import evaluate_best, load_tune_config, study_finished, trial_counts, tune
 
 CUSTOM_LR_RANGE = (1.0e-5, 1.0e-2)  # a custom optimizer's lr range unless --lr-range says otherwise (Adam's)
@@ -67,9 +67,7 @@ def resolve_optimizer(suite: Suite, spec: str, name: str | None = None, lr_range
         return dataclasses.replace(entry, name=name) if name else entry
     if spec.endswith((".yaml", ".yml")):
         path = Path(spec)
-        if not path.is_file():
-            raise SuiteError(f"--optimizer {spec}: no such file")
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path, "optimizer entry file", SuiteError)
         if not isinstance(data, dict) or "name" not in data:
             raise SuiteError(f"{path}: must be a mapping with name, description, flags, lr and (optionally) search")
         entry_name = name or data.pop("name")

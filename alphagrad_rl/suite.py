@@ -17,10 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .runs import is_safe_name
-from .sweep_config import SweepConfigError, _UniqueKeyLoader
+from .sweep_config import SweepConfigError, read_yaml
 
 TOP_LEVEL_KEYS = {"version", "rules", "sampler", "tasks", "profiles", "optimizers"}
 TASK_KEYS = {"program", "optimizer_flags", "last_episodes", "parameters"}
@@ -111,13 +109,8 @@ def _mapping(path: Path, key: str, value: Any, allowed: set[str] | None = None, 
 def load_suite(path: str | Path = DEFAULT_SUITE, profile: str = "cpu") -> Suite:
     """The ruleset in `path` for `profile`; SuiteError naming the file, the key and what is allowed."""
     path = Path(path)
-    if not path.is_file():
-        raise SuiteError(f"{path}: no such benchmark suite")
-    try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as error:
-        raise SuiteError(f"{path}: not valid YAML: {error}") from None
-    data = _mapping(path, "(top level)", data, TOP_LEVEL_KEYS, TOP_LEVEL_KEYS - {"sampler"})
+    data = _mapping(path, "(top level)", read_yaml(path, "benchmark suite", SuiteError), TOP_LEVEL_KEYS,
+                    TOP_LEVEL_KEYS - {"sampler"})
     if not _int(data["version"], 1):
         raise _fail(path, "version", f"{data['version']!r} must be an integer >= 1")
     rules = _mapping(path, "rules", data["rules"], {"min_lr_decades", "min_eval_seeds", "reference"},

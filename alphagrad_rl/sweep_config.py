@@ -250,17 +250,22 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 ConfigErrorMaker = Callable[[str, str], SweepConfigError]
 
 
+def read_yaml(path: Path, what: str, error: type[SweepConfigError] = SweepConfigError) -> Any:
+    """A YAML file's content, a key given twice refused; `error` naming the file when it is missing or not YAML."""
+    if not path.is_file():
+        raise error(f"{path}: no such {what}")
+    try:
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as problem:
+        raise error(f"{path}: not valid YAML: {problem}") from None
+
+
 def read_config(path: Path, kind: str, top_level_keys: set[str], required_keys: set[str],
                 agents: Mapping[str, AgentEntry]) -> tuple[dict[str, Any], ConfigErrorMaker, AgentEntry]:
     """A YAML config file (a sweep's or a tuner's) as a mapping whose top-level keys, `name` and `program` are
     checked, with its error maker fail(key, problem) and its agent. SweepConfigError names the file and the key
     (a missing or malformed file, a key given twice, an unknown or missing key, an unsafe name, an unknown program)."""
-    if not path.is_file():
-        raise SweepConfigError(f"{path}: no such {kind} config")
-    try:
-        config = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as error:
-        raise SweepConfigError(f"{path}: not valid YAML: {error}") from None
+    config = read_yaml(path, f"{kind} config")
     if not isinstance(config, dict):
         raise SweepConfigError(f"{path}: the top level must be a mapping of {sorted(top_level_keys)}")
 

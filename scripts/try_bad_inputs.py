@@ -589,6 +589,21 @@ def build_cases(work: Path, fast: bool) -> list[Case]:
                         ("tuner grace-s nan", ["--grace-s", "nan"])):
         cases.append(Case(GROUPS[4], "scripts/tune.py", name, [python, "scripts/tune.py", str(tune_config),
                                                                 "--results-dir", str(work / "tune"), *flags]))
+    bench = [python, "scripts/benchmark.py", "--leaderboard", str(work / "leaderboard"), "--results-dir",
+             str(work / "bench")]
+    for name, flags in (("benchmark unknown optimizer", ["--optimizer", "adma"]),
+                        ("benchmark unknown profile", ["--optimizer", "adam", "--profile", "gpu"]),
+                        ("benchmark missing suite", ["--optimizer", "adam", "--suite", str(work / "nope.yaml")]),
+                        ("benchmark missing entry file", ["--optimizer", str(work / "mine.yaml")]),
+                        ("benchmark factory lr range of 1 decade",
+                         ["--optimizer", "examples/softsign_alphagrad.py:SoftsignAlphaGrad", "--lr-range", "1e-3",
+                          "1e-2"]),
+                        ("benchmark malformed --search",
+                         ["--optimizer", "examples/softsign_alphagrad.py:SoftsignAlphaGrad", "--search", "alpha=1"]),
+                        ("benchmark unknown task", ["--optimizer", "adam", "--tasks", "atari"]),
+                        ("benchmark worker-id -1", ["--optimizer", "adam", "--worker-id", "-1"]),
+                        ("benchmark without an optimizer", [])):
+        cases.append(Case(GROUPS[4], "scripts/benchmark.py", name, [*bench, *flags]))
     broken = work / "analysis"
     (broken / "adam__s1").mkdir(parents=True)
     (broken / "adam__s1" / "config.json").write_text('{"schema_version": 1, "algo')

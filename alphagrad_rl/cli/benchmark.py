@@ -21,7 +21,7 @@ from typing import Literal
 
 import tyro
 
-from alphagrad_rl.suite import DEFAULT_SUITE, SuiteError, load_suite
+from alphagrad_rl.suite import DEFAULT_SUITE, load_suite
 from alphagrad_rl.sweep_config import SweepConfigError
 
 
@@ -91,7 +91,7 @@ def main(args: Args) -> int:
         path = write_leaderboard(suite, args.leaderboard)
         print(f"leaderboard: {path}")
         return 0
-    except (SuiteError, SweepConfigError, ValueError, RuntimeError) as error:
+    except (SweepConfigError, ValueError, RuntimeError) as error:  # SuiteError is a SweepConfigError
         print(f"error: {error}", file=sys.stderr)
         return 2
 
