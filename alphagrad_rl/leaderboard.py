@@ -151,15 +151,17 @@ def plot_aggregates(board: Leaderboard, out_dir: Path) -> list[Path]:
     for axis, (title, estimate_of) in zip(axes, panels):
         for y, row in enumerate(order):
             e = estimate_of(row)
-            axis.barh(y, e.high - e.low, left=e.low, height=0.6, color=colours[row.name], alpha=0.75)
-            axis.plot([e.value, e.value], [y - 0.3, y + 0.3], color="white" if row.name != board.suite.rules[
-                "reference"] else "grey", linewidth=1.5)
+            axis.barh(y, e.high - e.low, left=e.low, height=0.5, color=colours[row.name], alpha=0.3)
+            axis.errorbar(e.value, y, xerr=[[e.value - e.low], [e.high - e.value]], fmt="o", color=colours[row.name],
+                          markersize=5, capsize=3, linewidth=1.2)
         axis.axvline(0.5 if title.startswith("P(") else 1.0, color="grey", linestyle="--", linewidth=0.8)
+        axis.margins(x=0.08)
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("normalized score" if not title.startswith("P(") else "probability", fontsize=8)
     axes[0].set_yticks(range(len(order)), [row.name for row in order], fontsize=8)
-    figure.suptitle(f"{len(board.suite.tasks)} tasks, {board.suite.profile} profile: estimates with 95% stratified "
-                    "bootstrap intervals (0: random policy, 1: tuned Adam)", fontsize=9)
+    tasks = len(board.suite.tasks)
+    figure.suptitle(f"{tasks} task{'s' * (tasks != 1)}, {board.suite.profile} profile: estimates (dots) with 95% "
+                    "stratified bootstrap intervals (0: random policy, 1: tuned Adam)", fontsize=9)
     figure.tight_layout()
     return save_figure(figure, out_dir / "aggregates")
 
@@ -179,7 +181,8 @@ def plot_profiles(board: Leaderboard, out_dir: Path) -> list[Path]:
     axis.axvline(1.0, color="grey", linestyle="--", linewidth=0.8)
     axis.set_xlabel("normalized score tau (0: random policy, 1: tuned Adam)")
     axis.set_ylabel("fraction of runs with score > tau")
-    axis.set_title(f"Performance profiles, {board.suite.profile} profile ({len(board.suite.tasks)} tasks x "
+    tasks = len(board.suite.tasks)
+    axis.set_title(f"Performance profiles, {board.suite.profile} profile ({tasks} task{'s' * (tasks != 1)} x "
                    f"{len(next(iter(board.suite.tasks.values())).eval_seeds)} seeds)", fontsize=9)
     axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     figure.tight_layout()
