@@ -191,3 +191,34 @@ def test_an_entry_file_or_a_factory_becomes_an_entry(tmp_path):
         "name": "custom", "target": "examples/softsign_alphagrad.py:SoftsignAlphaGrad"}
     assert tune_config(suite, suite.tasks["dqn-cartpole"], custom, 0.0, REGISTRY)["search"]["optim.options.alpha"] == {
         "low": 1.0, "high": 1000.0, "log": True}
+
+
+def test_a_stopped_benchmark_resumes_where_it_stopped(tmp_path):
+    """SIGTERM stops the command as Ctrl-C does (its runs save checkpoints, exit 130); the same command then
+    finishes the entry with exactly the suite's trials, the interrupted trial continued, not counted twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "scripts/benchmark.py", "--optimizer", "adam", "--suite", str(TINY), "--profile",
+               "tiny", "--leaderboard", str(tmp_path / "leaderboard"), "--results-dir", str(tmp_path / "runs"),
+               "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    trial = tmp_path / "runs" / "bench-tiny-adam-dqn-cartpole" / "trials" / "trial0000__s1" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (trial.exists() and trial.stat().st_size > 2000) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "the same command resumes the entry" in output
+    assert list(trial.parent.glob("checkpoints/step-*.json")), output
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    row = json.loads((tmp_path / "leaderboard" / "tiny" / "entries" / "adam" / "row.json").read_text())
+    trials = row["tasks"]["dqn-cartpole"]["trials"]
+    assert trials["finished"] == 2 and trials["fail"] == 1  # the interrupted attempt, retried in its folder
+    assert "resumed" in (trial.parent / "output.log").read_text()

@@ -3,8 +3,11 @@ clone, `python scripts/<command>.py` runs the same code. `alphagrad-rl COMMAND -
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
 import sys
+from collections.abc import Iterator
 
 COMMANDS = {  # command -> (module with run(argv, prog), what it does)
     "sweep": ("alphagrad_rl.cli.sweep", "launch a sweep config's runs (a relaunch resumes them), or --dry-run"),
@@ -13,6 +16,20 @@ COMMANDS = {  # command -> (module with run(argv, prog), what it does)
     "benchmark": ("alphagrad_rl.cli.benchmark", "tune and evaluate an optimizer on the RL suite, add its leaderboard row"),
     "dashboard": ("alphagrad_rl.dashboard", "save a W&B workspace that compares a tracked sweep's arms"),
 }
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt inside the block, as Ctrl-C does: a command stops its runs (each saves a
+    checkpoint) and the same command resumes. The previous handler is restored after."""
+    def stop(signum: int, _frame) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def usage() -> str:

@@ -21,6 +21,7 @@ from typing import Literal
 
 import tyro
 
+from alphagrad_rl.cli import sigterm_as_interrupt
 from alphagrad_rl.suite import DEFAULT_SUITE, load_suite
 from alphagrad_rl.sweep_config import SweepConfigError
 
@@ -82,8 +83,9 @@ def main(args: Args) -> int:
             entry = resolve_optimizer(suite, args.optimizer, args.name, args.lr_range, args.search)
             options = LaunchOptions(workers=args.workers, population_size=args.population_size, track=args.track,
                                     backend=args.backend, ray_address=args.ray_address)
-            row = run_entry(suite, entry, args.leaderboard, args.results_dir, sweep_registry(), options, args.tasks,
-                            args.worker_id)
+            with sigterm_as_interrupt():
+                row = run_entry(suite, entry, args.leaderboard, args.results_dir, sweep_registry(), options,
+                                args.tasks, args.worker_id)
             if row is None:
                 return 1
         from alphagrad_rl.leaderboard import write_leaderboard
@@ -94,6 +96,10 @@ def main(args: Args) -> int:
     except (SweepConfigError, ValueError, RuntimeError) as error:  # SuiteError is a SweepConfigError
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the running runs saved a checkpoint; the same command resumes the entry",
+              file=sys.stderr)
+        return 130
 
 
 def run(argv: list[str] | None = None, prog: str | None = None) -> int:

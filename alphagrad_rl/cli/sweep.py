@@ -14,7 +14,6 @@ Exit status 0 when every run finished, 1 otherwise.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Literal
 import tyro
 
 from alphagrad_rl.agents import sweep_registry
+from alphagrad_rl.cli import sigterm_as_interrupt
 from alphagrad_rl.planning import (
     RecordConflict,
     check_run_folders,
@@ -174,17 +174,15 @@ def main(args: Args) -> int:
             print(describe_plan(plan_jobs(sweep, pending, args.results_dir.resolve() / sweep.name, args.population_size,
                                          args.order, print)))
         return 0
-    previous = signal.signal(signal.SIGTERM, _stop)  # SIGTERM stops the sweep as Ctrl-C does: runs save checkpoints
     try:
-        results = launch(sweep, runs, options)
+        with sigterm_as_interrupt():
+            results = launch(sweep, runs, options)
     except RecordConflict as error:  # before anything started
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: the running runs saved a checkpoint; the same command resumes the sweep", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     print("\n" + arm_table(sweep, runs, results))
     failed = [name for name, summary in results.items() if summary.get("status") != "finished"]
     for name in failed:
@@ -192,10 +190,6 @@ def main(args: Args) -> int:
               f"{args.results_dir / sweep.name / name / 'output.log'}")
     print(f"\n{len(results) - len(failed)}/{len(runs)} runs finished")
     return 1 if failed else 0
-
-
-def _stop(signum: int, _frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def run(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -22,6 +22,7 @@ import optuna
 import tyro
 
 from alphagrad_rl.agents import sweep_registry
+from alphagrad_rl.cli import sigterm_as_interrupt
 from alphagrad_rl.runs import check_results_dir
 from alphagrad_rl.sweep import LaunchOptions
 from alphagrad_rl.sweep_config import SweepConfigError
@@ -78,19 +79,23 @@ def main(args: Args) -> int:
         config = load_tune_config(args.config, sweep_registry())
         output = args.output or Path("results") / config.name
         check_results_dir(output, "--output folder")  # before the study, not after hours of trials
-        study = tune(config, args.results_dir, args.worker_id, args.grace_s, max_trials=args.max_trials,
-                     track=args.track)
-        if not study_finished(config, study):
-            counts = trial_counts(study)
-            print(f"study {config.name}: {counts['complete'] + counts['pruned']}/{config.trials} trials finished, "
-                  f"{counts['running']} running elsewhere; run again to go on")
-            return 1 if args.max_trials is None else 0
-        if not args.final:
-            return 0
-        return final_evaluation(args, config, study, output)
+        with sigterm_as_interrupt():
+            study = tune(config, args.results_dir, args.worker_id, args.grace_s, max_trials=args.max_trials,
+                         track=args.track)
+            if not study_finished(config, study):
+                counts = trial_counts(study)
+                print(f"study {config.name}: {counts['complete'] + counts['pruned']}/{config.trials} trials finished, "
+                      f"{counts['running']} running elsewhere; run again to go on")
+                return 1 if args.max_trials is None else 0
+            if not args.final:
+                return 0
+            return final_evaluation(args, config, study, output)
     except (SweepConfigError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the running runs saved a checkpoint; the same command resumes the study", file=sys.stderr)
+        return 130
 
 
 def run(argv: list[str] | None = None, prog: str | None = None) -> int:
