@@ -303,6 +303,14 @@ def write_report(sweep_dirs: str | Path | Sequence[str | Path], out_dir: str | P
     return report_runs(load_runs(sweep_dirs, final_window), sweep_dirs, out_dir, final_window, baseline)
 
 
+def _relative_to(folder: Path, report_dir: Path) -> Path:
+    """A records folder as a report names it: relative to the report's folder when inside it (no machine's path)."""
+    try:
+        return folder.resolve().relative_to(report_dir.resolve())
+    except ValueError:
+        return folder
+
+
 def report_runs(runs: list[Run], sweep_dirs: Sequence[Path], out_dir: str | Path, final_window: int = 100,
                 baseline: str = "adam") -> Path:
     """write_report for runs already loaded (load_runs) from `sweep_dirs`; sorts `runs` into the report's order."""
@@ -322,7 +330,8 @@ def report_runs(runs: list[Run], sweep_dirs: Sequence[Path], out_dir: str | Path
                    arms, out_dir, budget_text(runs).split(".")[0], baseline)
     claims = paper_claims(runs, baseline)
     report = out_dir / "REPORT.md"
-    report.write_text(_markdown(sweep_dirs, out_dir.name, runs, arms, claims, variant_comparisons(runs), figures,
+    shown = [_relative_to(Path(d), out_dir) for d in sweep_dirs]
+    report.write_text(_markdown(shown, out_dir.name, runs, arms, claims, variant_comparisons(runs), figures,
                                 final_window, baseline))
     return report
 

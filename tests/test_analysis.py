@@ -1034,7 +1034,8 @@ def test_the_analysis_imports_neither_torch_nor_gymnasium():
     """Analysis and reports run where only the records are (the run-record contract, runs.py, holds the rules of which
     options change a run; checkpoint.py, which needs torch, is not imported)."""
     code = ("import sys; import alphagrad_rl.analysis, alphagrad_rl.report, alphagrad_rl.claims, "
-            "alphagrad_rl.sensitivity, alphagrad_rl.runs; "
+            "alphagrad_rl.sensitivity, alphagrad_rl.runs, alphagrad_rl.leaderboard, alphagrad_rl.suite, "
+            "alphagrad_rl.suite_scores; "
             "print(sorted(m for m in ('torch', 'gymnasium', 'mujoco') if m in sys.modules))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert completed.returncode == 0 and completed.stdout.strip() == "[]", completed.stdout + completed.stderr
