@@ -943,7 +943,7 @@ def test_sweeps_analyzed_together_join_one_sensitivity_curve(tmp_path, monkeypat
     out = tmp_path / "out"
     assert analyze.main(analyze.Args(sources[0], output=out, final_window=10, include=(sources[1],))) == 0
     assert len(list((out / "records").iterdir())) == 9  # only the slice's own runs are exported
-    assert f"`{out / 'records'}` and `{sources[1]}`: 18 runs" in (out / "REPORT.md").read_text()
+    assert f"`records` and `{sources[1]}`: 18 runs" in (out / "REPORT.md").read_text()  # its own, relatively
     assert "| 0.0502 | 4.65 | 0.000465 | 3/3 |" in (out / "SENSITIVITY.md").read_text()
     assert analyze.main(analyze.Args(sources[0], output=out, include=(tmp_path / "missing",))) == 2
 
