@@ -75,6 +75,13 @@ def read_rows(suite: Suite, leaderboard: Path) -> tuple[list[Row], list[tuple[st
     return rows, left_out
 
 
+def entries_in_progress(suite: Suite, leaderboard: Path) -> list[tuple[str, list[str]]]:
+    """Each entry started under the profile without its row yet: (name, the tasks it has finished)."""
+    entries = leaderboard / suite.profile / "entries"
+    return [(path.parent.name, [task for task in suite.tasks if (path.parent / task / "result.json").exists()])
+            for path in sorted(entries.glob("*/entry.json")) if not (path.parent / "row.json").exists()]
+
+
 @dataclasses.dataclass
 class Leaderboard:
     suite: Suite
@@ -218,6 +225,11 @@ def write_leaderboard(suite: Suite, leaderboard: Path) -> Path:
         left_out = board.left_out
     if left_out:
         lines += ["## Rows not compared", ""] + [f"- {name}: {reason}" for name, reason in left_out] + [""]
+    if unfinished := entries_in_progress(suite, leaderboard):
+        lines += ["## Entries in progress", "", "Running `alphagrad-rl benchmark --optimizer NAME` again resumes each.",
+                  ""] + [f"- {name}: {len(done)}/{len(suite.tasks)} tasks done" + (f" ({', '.join(done)})" if done
+                                                                                   else "")
+                         for name, done in unfinished] + [""]
     path = out_dir / "LEADERBOARD.md"
     with atomic_write(path) as f:
         f.write("\n".join(lines))

@@ -216,6 +216,8 @@ def test_a_stopped_benchmark_resumes_where_it_stopped(tmp_path):
     assert process.returncode == 130, output
     assert "the same command resumes the entry" in output
     assert list(trial.parent.glob("checkpoints/step-*.json")), output
+    text = write_leaderboard(load_suite(TINY, "tiny"), tmp_path / "leaderboard").read_text()
+    assert "No leaderboard yet" in text and "- adam: 0/1 tasks done" in text
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     row = json.loads((tmp_path / "leaderboard" / "tiny" / "entries" / "adam" / "row.json").read_text())
