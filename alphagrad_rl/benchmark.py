@@ -12,7 +12,8 @@ again), then the best setting trains on the evaluation seeds. The committed entr
   compact records), TUNING.md, REPORT.md and figures, result.json (the task's outcome and compute).
 - row.json once every task has its result: what the leaderboard reads with the records.
 
-A random policy's returns on each task and evaluation seed (anchors.json, once per profile) are the score's 0;
+A random policy's returns on each task and evaluation seed (anchors/<suite digest>.json, once per suite digest)
+are the score's 0;
 tuned Adam's entry is its 1 (alphagrad_rl.leaderboard).
 """
 
@@ -42,7 +43,7 @@ from .runs import (
     software_versions,
     write_json_atomic,
 )
-from .suite import OptimizerEntry, Suite, SuiteError, TaskProtocol, optimizer_entry
+from .suite import OptimizerEntry, Suite, SuiteError, TaskProtocol, anchors_path, optimizer_entry
 from .sweep import LaunchOptions
 from .sweep_config import AgentEntry, read_yaml
 from .tuning import evaluate_best, load_tune_config, study_finished, trial_counts, tune
@@ -158,14 +159,11 @@ def random_policy_returns(env_id: str, seed: int, episodes: int) -> list[float]:
 
 
 def random_anchors(suite: Suite, leaderboard: Path, report: Callable[[str], None] = print) -> dict[str, Any]:
-    """anchors.json of the profile, measured when missing or made under another suite digest: per task, the random
-    policy's final return (mean of its last `last_episodes` episodes) on each evaluation seed, and their IQM."""
-    path = leaderboard / suite.profile / "anchors.json"
+    """The profile's anchors under the current suite digest, measured when missing: per task, the random policy's
+    final return (mean of its last `last_episodes` episodes) on each evaluation seed, and their IQM."""
+    path = anchors_path(suite, leaderboard)
     if path.exists():
-        anchors = json.loads(path.read_text())
-        if anchors.get("suite", {}).get("digest") == suite.digest():
-            return anchors
-        report(f"{path} was measured under another suite digest: measuring the random policy again")
+        return json.loads(path.read_text())
     tasks = {}
     for task in suite.tasks.values():
         env_id = task.parameters["env-id"]
@@ -175,6 +173,7 @@ def random_anchors(suite: Suite, leaderboard: Path, report: Callable[[str], None
         report(f"random policy on {task.name} ({env_id}): IQM final return {iqm(finals):.2f} over "
                f"{len(finals)} seeds")
     anchors = {"suite": suite_stamp(suite), "software": software_versions(), "random": tasks}
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, anchors)
     return anchors
 

@@ -84,6 +84,11 @@ class Suite:
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
+def anchors_path(suite: Suite, leaderboard: Path) -> Path:
+    """Where the random policy's returns under this suite digest are (one file per digest: none is overwritten)."""
+    return leaderboard / suite.profile / "anchors" / f"{suite.digest()}.json"
+
+
 def _fail(path: Path, key: str, problem: str) -> SuiteError:
     return SuiteError(f"{path}: key {key!r}: {problem}")
 
