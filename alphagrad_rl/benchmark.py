@@ -12,9 +12,8 @@ again), then the best setting trains on the evaluation seeds. The committed entr
   compact records), TUNING.md, REPORT.md and figures, result.json (the task's outcome and compute).
 - row.json once every task has its result: what the leaderboard reads with the records.
 
-A random policy's returns on each task and evaluation seed (anchors/<suite digest>.json, once per suite digest)
-are the score's 0;
-tuned Adam's entry is its 1 (alphagrad_rl.leaderboard).
+A random policy's returns on each task and evaluation seed (anchors/<suite digest>.json, once per suite digest) are
+the score's 0; tuned Adam's entry is its 1 (alphagrad_rl.leaderboard).
 """
 
 from __future__ import annotations
@@ -273,12 +272,9 @@ def run_entry(suite: Suite, entry: OptimizerEntry, leaderboard: Path, results_di
     anchors = random_anchors(suite, leaderboard, report)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = options or LaunchOptions()
-    results = {}
     for task in suite.tasks.values():
-        if tasks and task.name not in tasks:
-            continue
-        results[task.name] = run_task(suite, task, entry, anchors, folder, results_dir, agents, options, worker_id,
-                                      report)
+        if not tasks or task.name in tasks:
+            run_task(suite, task, entry, anchors, folder, results_dir, agents, options, worker_id, report)
     done = {name: json.loads((folder / name / "result.json").read_text()) for name in suite.tasks
             if (folder / name / "result.json").exists()}
     if len(done) < len(suite.tasks):
