@@ -249,6 +249,13 @@ def _board_lines(board: Leaderboard, out_dir: Path) -> list[str]:
         estimates = board.aggregates[row.name]
         lines.append(f"| {row.name} | " + " | ".join(str(estimates[name]) for name in AGGREGATES)
                      + f" | {board.improvement[row.name]} | {row.row['process_hours']:.2f} |")
+    halves = sorted((e.high - e.low) / 2 for name, e in board.improvement.items() if name != reference)
+    if halves:
+        decided = [name for name, e in board.improvement.items() if name != reference and not e.low <= 0.5 <= e.high]
+        lines += ["", f"What the seeds decide: an optimizer differs from {reference} where its P(improvement) interval "
+                  f"excludes 0.5 ({', '.join(decided) or 'none yet'}); the widest of those intervals has a "
+                  f"half-width of {halves[-1]:.2f}: a shift of P(improvement) from 0.5 smaller than that may go "
+                  "undetected at these seeds."]
     lines += ["", "## Per task: IQM final return over the evaluation seeds", "",
               "| optimizer | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks),
               "| random policy (score 0) | " + " | ".join(f"{board.random[t]:.1f}" for t in tasks) + " |"]

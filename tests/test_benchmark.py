@@ -143,6 +143,7 @@ def test_every_optimizer_spent_the_same_tuning_budget(benchmarked):
         assert len(list((entries / name / "dqn-cartpole" / "records").glob("*.record.json.gz"))) == 5
     text = write_leaderboard(suite, root / "leaderboard").read_text()
     assert "| adam | 1.0" in text and "Rows not compared" not in text
+    assert "where its P(improvement) interval excludes 0.5 (frozen);" in text
     anchors = json.loads((root / "leaderboard" / "tiny" / "anchors" / f"{suite.digest()}.json").read_text())
     assert anchors["suite"]["digest"] == suite.digest() and len(anchors["random"]["dqn-cartpole"]["final_returns"]) == 5
 
