@@ -133,8 +133,17 @@ def test_no_page_tells_the_projects_history():
     assert not told, "\n".join(told)
 
 
-def test_every_relative_link_of_the_docs_leads_to_a_file():
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors a Markdown page's headings get (GitHub's rule: lower case, punctuation dropped, spaces to '-')."""
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+            for heading in re.findall(r"^#+ (.+)$", page.read_text(), flags=re.M)}
+
+
+def test_every_relative_link_of_the_docs_leads_to_a_file_and_heading():
     broken = [f"{page.relative_to(ROOT)}: {target}" for page in DOCS
-              for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text())
-              if "://" not in target and not (page.parent / target).exists()]
+              for target, anchor in re.findall(r"\]\(([^)#\s]+)(?:#([^)]*))?\)", page.read_text())
+              if "://" not in target and not ((page.parent / target).exists() and (
+                  not anchor or not target.endswith(".md") or anchor in heading_anchors(page.parent / target)))]
     assert not broken, "\n".join(broken)
+    assert "on-a-ray-cluster" in heading_anchors(ROOT / "docs" / "sweeps.md")
+    assert "ray" not in heading_anchors(ROOT / "docs" / "sweeps.md")  # what the check would have caught
