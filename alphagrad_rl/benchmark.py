@@ -240,7 +240,7 @@ def run_task(suite: Suite, task: TaskProtocol, entry: OptimizerEntry, anchors: M
     if done is None:
         return None
     unfinished = sorted(name for name, summary in done["summaries"].items()
-                        if (summary or {}).get("status") != "finished")
+                        if (summary or {}).get("status") not in ("finished", "crashed"))  # a crash is an outcome
     if unfinished:
         raise RuntimeError(f"{len(unfinished)} evaluation run(s) of {entry.name} on {task.name} did not finish "
                            f"(run the command again to resume them): {', '.join(unfinished)}")

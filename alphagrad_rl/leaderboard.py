@@ -31,14 +31,22 @@ TUNED_ARM = "tuned"  # the evaluation sweep's arm (alphagrad_rl.tuning.final_swe
 class Row:
     name: str
     row: dict[str, Any]
-    returns: dict[str, list[float]]  # per task: each evaluation seed's final return, in seed order
+    returns: dict[str, list[float | None]]  # per task: each evaluation seed's final return (None: crashed), seed order
     scores: list[np.ndarray] = dataclasses.field(default_factory=list)  # per task, in the suite's order
 
+    def crashed(self) -> dict[str, int]:
+        """Per task, the evaluation runs that crashed (a non-finite loss), scored as the random policy."""
+        return {task: values.count(None) for task, values in self.returns.items() if None in values}
 
-def _final_returns(task_dir: Path, last_episodes: int) -> dict[int, float]:
+
+def _final_returns(task_dir: Path, last_episodes: int) -> dict[int, float | None]:
+    """Each evaluation seed's final return: a finished run's, or None for a run that crashed (as in tuning, it
+    scores as the random policy; a diverging optimizer is scored, not left out)."""
     runs = load_runs(task_dir / "records", last_episodes) if (task_dir / "records").is_dir() else []
-    return {run.seed: float(run.row["final_return"]) for run in runs
-            if run.arm == TUNED_ARM and run.status == "finished" and run.included}
+    finals: dict[int, float | None] = {run.seed: float(run.row["final_return"]) for run in runs
+                                       if run.arm == TUNED_ARM and run.status == "finished" and run.included}
+    finals.update({run.seed: None for run in runs if run.arm == TUNED_ARM and run.status == "crashed"})
+    return finals
 
 
 def _problem(suite: Suite, row: dict[str, Any], returns: dict[str, dict[int, float]]) -> str | None:
@@ -56,7 +64,7 @@ def _problem(suite: Suite, row: dict[str, Any], returns: dict[str, dict[int, flo
             return (f"tuned {task.name} with {finished} trials on seeds {result.get('tuning_seeds')} (the suite: "
                     f"{task.trials} trials on seeds {list(task.tuning_seeds)})")
         if missing := sorted(set(task.eval_seeds) - set(returns[task.name])):
-            return f"has no finished evaluation run on {task.name} for seed(s) {missing}"
+            return f"has no finished (or crashed) evaluation run on {task.name} for seed(s) {missing}"
     return None
 
 
@@ -89,6 +97,7 @@ class Leaderboard:
     left_out: list[tuple[str, str]]
     random: dict[str, float]  # per task: the random policy's IQM final return
     reference: dict[str, float]  # per task: the reference optimizer's IQM final return
+    finals: dict[str, dict[str, list[float]]]  # optimizer -> task -> final returns scored (crashed: random policy's)
     aggregates: dict[str, dict[str, Estimate]]  # optimizer -> aggregate name -> estimate
     improvement: dict[str, Estimate]  # optimizer -> P(its run beats the reference's run), averaged over tasks
 
@@ -103,12 +112,15 @@ def build(suite: Suite, leaderboard: Path) -> Leaderboard | None:
         return None
     anchors = json.loads(path.read_text())
     random = {name: float(anchors["random"][name]["iqm"]) for name in suite.tasks}
-    reference_returns = {name: iqm(reference.returns[name]) for name in suite.tasks}
+    finals = {row.name: {name: [random[name] if value is None else value for value in row.returns[name]]
+                         for name in suite.tasks} for row in rows}
+    reference_returns = {name: iqm(finals[reference.name][name]) for name in suite.tasks}
     for row in rows:
-        row.scores = [normalized(row.returns[name], random[name], reference_returns[name]) for name in suite.tasks]
+        row.scores = [normalized(finals[row.name][name], random[name], reference_returns[name])
+                      for name in suite.tasks]
     aggregates = {row.name: aggregate(row.scores) for row in rows}
     improvement = {row.name: improvement_over(row.scores, reference.scores) for row in rows}
-    return Leaderboard(suite, rows, left_out, random, reference_returns, aggregates, improvement)
+    return Leaderboard(suite, rows, left_out, random, reference_returns, finals, aggregates, improvement)
 
 
 def ranked(board: Leaderboard) -> list[Row]:
@@ -128,7 +140,8 @@ def write_table(board: Leaderboard, path: Path) -> None:
     for row in ranked(board):
         estimates = [*board.aggregates[row.name].values(), board.improvement[row.name]]
         writer.writerow([row.name, *(f"{v:.6g}" for e in estimates for v in (e.value, e.low, e.high)),
-                         *(f"{iqm(row.returns[task]):.6g}" for task in tasks), f"{row.row['process_hours']:.3f}",
+                         *(f"{iqm(board.finals[row.name][task]):.6g}" for task in tasks),
+                         f"{row.row['process_hours']:.3f}",
                          board.suite.version, board.suite.digest()])
     with atomic_write(path) as f:
         f.write(out.getvalue())
@@ -260,7 +273,11 @@ def _board_lines(board: Leaderboard, out_dir: Path) -> list[str]:
               "| optimizer | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks),
               "| random policy (score 0) | " + " | ".join(f"{board.random[t]:.1f}" for t in tasks) + " |"]
     for row in ranked(board):
-        lines.append(f"| {row.name} | " + " | ".join(f"{iqm(row.returns[t]):.1f}" for t in tasks) + " |")
+        lines.append(f"| {row.name} | " + " | ".join(f"{iqm(board.finals[row.name][t]):.1f}" for t in tasks) + " |")
+    if crashed := {row.name: row.crashed() for row in ranked(board) if row.crashed()}:
+        lines += ["", "Evaluation runs that crashed (a non-finite loss), scored as the random policy: " + "; ".join(
+            f"{name} ({', '.join(f'{task}: {n}' for task, n in tasks_crashed.items())})"
+            for name, tasks_crashed in crashed.items()) + "."]
     lines += ["", "## Tuned settings", "", "| optimizer | definition | " + " | ".join(tasks) + " |",
               "|---|---|" + "---|" * len(tasks)]
     for row in ranked(board):

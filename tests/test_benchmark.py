@@ -227,3 +227,24 @@ def test_a_stopped_benchmark_resumes_where_it_stopped(tmp_path):
     trials = row["tasks"]["dqn-cartpole"]["trials"]
     assert trials["finished"] == 2 and trials["fail"] == 1  # the interrupted attempt, retried in its folder
     assert "resumed" in (trial.parent / "output.log").read_text()
+
+
+def test_a_crashed_evaluation_run_scores_as_the_random_policy(benchmarked, tmp_path):
+    """An optimizer whose best setting diverges on a fresh seed is scored for it (as the random policy, as in tuning),
+    not left off the leaderboard."""
+    import gzip
+
+    suite, root = benchmarked
+    copy = tmp_path / "leaderboard"
+    shutil.copytree(root / "leaderboard", copy)
+    record = copy / "tiny" / "entries" / "adam_alias" / "dqn-cartpole" / "records" / "tuned__s101.record.json.gz"
+    data = json.loads(gzip.decompress(record.read_bytes()))
+    data["summary"]["status"] = "crashed"
+    record.write_bytes(gzip.compress(json.dumps(data).encode()))
+    board = build(suite, copy)
+    alias = next(row for row in board.rows if row.name == "adam_alias")
+    assert alias.crashed() == {"dqn-cartpole": 1} and alias.returns["dqn-cartpole"][0] is None
+    assert board.finals["adam_alias"]["dqn-cartpole"][0] == board.random["dqn-cartpole"]
+    assert alias.scores[0][0] == 0.0 and board.aggregates["adam_alias"]["mean"].value < 1.0
+    text = write_leaderboard(suite, copy).read_text()
+    assert "scored as the random policy: adam_alias (dqn-cartpole: 1)." in text
