@@ -252,7 +252,7 @@ def plot_panels(runs: list[Run], algorithm: str, out_dir: Path, baseline: str = 
                                 title_fontsize=7, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
                                 borderaxespad=0)
     environments = ", ".join(sorted({run.env_id for run in runs}))
-    figure.suptitle(f"{ALGORITHM_NAMES.get(algorithm, algorithm)} on {environments}, {budget_text(runs).split('.')[0]}:"
+    figure.suptitle(f"{ALGORITHM_NAMES.get(algorithm, algorithm)} on {environments}, {budget_text(runs)}:"
                     f" mean over seeds of {SMOOTHING_EPISODES}-point moving means, {int(CONFIDENCE * 100)}% bootstrap "
                     "band over seeds", fontsize=9)
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()))  # room for the title
@@ -327,7 +327,7 @@ def report_runs(runs: list[Run], sweep_dirs: Sequence[Path], out_dir: str | Path
     write_arm_table(arms, out_dir / "arms.csv")
     figures = [path for algorithm in dict.fromkeys(run.algorithm for run in runs)
                for path in plot_panels(runs, algorithm, out_dir, baseline)] + plot_iqm(
-                   arms, out_dir, budget_text(runs).split(".")[0], baseline)
+                   arms, out_dir, budget_text(runs), baseline)
     claims = paper_claims(runs, baseline)
     report = out_dir / "REPORT.md"
     shown = [_relative_to(Path(d), out_dir) for d in sweep_dirs]
@@ -352,14 +352,15 @@ def check_comparable(runs: Sequence[Run]) -> None:
 
 
 def budget_text(runs) -> str:
-    """The runs' budgets in env steps, and where they are below the paper author's, what remains to run."""
-    return (", ".join(f"{steps:,}" for steps in sorted({int(run.summary.get("total_timesteps") or 0) for run in runs}))
-            + " env steps per run." + _budget_note(runs))
+    """The runs' budgets in env steps."""
+    return ", ".join(f"{steps:,}" for steps in sorted({int(run.summary.get("total_timesteps") or 0) for run in runs})
+                     ) + " env steps per run"
 
 
-def _budget_note(runs) -> str:
-    """Where the runs trained fewer steps than the paper's author did: said, with what remains to run. (A budget
-    within 1% of his counts as his: PPO rounds it down to whole rollouts, 999,424 steps for 1M, as his code did.)"""
+def budget_note(runs) -> str:
+    """Where the runs trained fewer steps than the paper's author did: said, with what remains to run (for reports
+    that judge the paper's claims). (A budget within 1% of his counts as his: PPO rounds it down to whole rollouts,
+    999,424 steps for 1M, as his code did.)"""
     short: dict[str, int] = {}  # algorithm -> the largest budget its runs trained, where below the author's
     for run in runs:
         author, steps = AUTHOR_BUDGETS.get(run.algorithm), int(run.summary.get("total_timesteps") or 0)
@@ -382,7 +383,8 @@ def _compute_line(runs) -> str:
     if unknown:
         parts.append(f"{unknown} whose records predate the population_size field, counted in full (an upper "
                      "bound if they shared a process)")
-    return (f"Compute: {hours:.1f} process-hours of training (wall-clock, restarts excluded; a run trained in a "
+    shown = f"{hours:.2g}" if hours < 0.1 else f"{hours:.1f}"  # a short evaluation never reads 0.0
+    return (f"Compute: {shown} process-hours of training (wall-clock, restarts excluded; a run trained in a "
             f"population of N counts 1/N of its process's time): {'; '.join(parts)}.")
 
 
@@ -450,7 +452,8 @@ def _markdown(sweep_dirs, name, runs, arms, claims: list[Claim], variants: list[
         f"({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}); {len(runs) - len(left_out)} in the "
         "statistics (finished, with a finite final return; the others are listed under 'Runs left out'). "
         f"Final return = mean of the last {final_window} episodes.", "",
-        f"Environment: {', '.join(sorted({run.env_id for run in runs}))}; budget: {budget_text(runs)}", "",
+        f"Environment: {', '.join(sorted({run.env_id for run in runs}))}; budget: {budget_text(runs)}."
+        + (budget_note(runs) if claims else ""), "",
         _compute_line(runs), "", software_line(runs), "",
         "## Arms", "",
         f"| arm | finished | mean +- std | IQM [{int(CONFIDENCE * 100)}% CI] | P(improvement over {baseline}) "

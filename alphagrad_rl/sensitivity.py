@@ -22,7 +22,7 @@ from scipy import stats
 
 from .analysis import FROZEN_FRACTION, Run, iqm, iqm_ci
 from .claims import LEVEL, MIN_RUNS, TestResult, holm, minimal_detectable_effect, t_result, welch
-from .report import BASELINE_STYLE, budget_text, natural_key, plt, save_figure
+from .report import BASELINE_STYLE, budget_note, budget_text, natural_key, plt, save_figure
 from .runs import atomic_write
 
 # Table 2 of the paper: "total network parameters based on CleanRL defaults", the d of alpha = k sqrt(d)
@@ -502,7 +502,7 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
                       comparison.mde] if comparison is not None else [""] * 5
             writer.writerow([p.optimizer, p.label, p.alpha, p.k, p.runs, p.finished, p.iqm, *p.ci, p.mean,
                              p.saturation, *p.frozen, *tested])
-    figures = plot_sensitivity(env, points, best, name, out_dir, budget_text(runs).split(".")[0])
+    figures = plot_sensitivity(env, points, best, name, out_dir, budget_text(runs))
     lines = [f"# Alpha sensitivity: {env}", "",
              f"Final return (mean of the last {final_window} episodes per run; IQM over seeds with its 95% BCa CI) "
              f"against k = alpha / sqrt(d), d = {PAPER_D[env]:,} (the paper's Table 2), in each setting; S = the "
@@ -513,7 +513,7 @@ def write_sensitivity(runs: list[Run], out_dir: Path, baseline: str = "adam", fi
              f"network stopped changing (over {FROZEN_FRACTION:.0%} of its logged updates changed no parameter, e.g. "
              "a TD3 actor whose tanh saturated: its gradient is exactly 0 in float32) of those whose records keep "
              "update norms (- where none do).", "",
-             f"Budget: {budget_text(runs)}", ""]
+             f"Budget: {budget_text(runs)}." + budget_note(runs), ""]
     if best is not None:
         lines += [_baseline_text(name, best, kept, set_aside), ""]
     for setting in sorted({p.setting for p in alphagrad}, key=_natural):

@@ -46,6 +46,20 @@ from alphagrad_rl.runs import SCHEMA_VERSION, read_run, write_compact_record
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_a_report_without_paper_claims_states_no_paper_budget_and_a_short_compute_exactly(tmp_path):
+    """A tuned arm at a reduced budget (a benchmark's evaluation): the paper's budget note belongs to reports that
+    judge its claims; 3 runs of 36 process-seconds each (a population of 100) read 0.03 process-hours, not 0.0."""
+    sweep_dir = tmp_path / "runs" / "bench-final"
+    rng = np.random.default_rng(5)
+    for seed in (101, 102, 103):
+        make_run(sweep_dir, f"tuned__s{seed}", "dqn", "adam", None, seed, learning_curve(300, rng),
+                 env_id="CartPole-v1", population_size=100)
+    text = write_report(sweep_dir, tmp_path / "report", baseline="tuned").read_text()
+    assert "No claim of the paper concerns these arms" in text
+    assert "budget: 200,000 env steps per run.\n" in text and "Reduced budget" not in text
+    assert "Compute: 0.03 process-hours of training" in text
+
+
 def make_run(sweep_dir: Path, name: str, algorithm: str, optimizer: str, alpha, seed: int, returns,
              status="finished", td_losses=None, env_id="HalfCheetah-v5", lr=None, saturation=(), population_size=None,
              software=None, resumed_under=None, update_norms=(), spec_options=None, config_options=None,
@@ -985,14 +999,14 @@ def test_a_variant_sweep_is_measured_arm_by_arm_against_its_own_arms(tmp_path, m
 def test_a_budget_below_the_authors_is_said_with_what_remains():
     from types import SimpleNamespace
 
-    from alphagrad_rl.report import _budget_note
+    from alphagrad_rl.report import budget_note
 
     def runs(algorithm, steps):
         return [SimpleNamespace(algorithm=algorithm, summary={"total_timesteps": steps})]
 
-    assert _budget_note(runs("ppo_continuous_action", 999_424)) == ""  # whole rollouts of his 1M, as his code ran
-    assert _budget_note(runs("dqn", 500_000)) == ""
-    note = _budget_note(runs("td3_continuous_action", 200_000))
+    assert budget_note(runs("ppo_continuous_action", 999_424)) == ""  # whole rollouts of his 1M, as his code ran
+    assert budget_note(runs("dqn", 500_000)) == ""
+    note = budget_note(runs("td3_continuous_action", 200_000))
     assert "the author trained td3_continuous_action for 500,000 steps, these runs for 200,000" in note
     assert "what remains is the same sweep at 500,000 steps" in note
 
