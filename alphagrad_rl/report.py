@@ -221,7 +221,7 @@ def plot_panels(runs: list[Run], algorithm: str, out_dir: Path, baseline: str = 
              for arm in arms for metric in metrics}
     rows = panel_rows(arms, baseline)
     figure, axes = plt.subplots(len(rows), len(metrics), figsize=(4.0 * len(metrics) + 2.6, 3.1 * len(rows)),
-                                squeeze=False)
+                                squeeze=False, layout="constrained")  # which makes room for the title and legends
     for row, row_axes in zip(rows, axes):
         for axis, metric in zip(row_axes, metrics):
             drawn = []
@@ -255,7 +255,6 @@ def plot_panels(runs: list[Run], algorithm: str, out_dir: Path, baseline: str = 
     figure.suptitle(f"{ALGORITHM_NAMES.get(algorithm, algorithm)} on {environments}, {budget_text(runs)}:"
                     f" mean over seeds of {SMOOTHING_EPISODES}-point moving means, {int(CONFIDENCE * 100)}% bootstrap "
                     "band over seeds", fontsize=9)
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()))  # room for the title
     return save_figure(figure, out_dir / f"curves_{algorithm}")
 
 

@@ -185,7 +185,8 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, base
     alphagrad = [p for p in points if p.alpha is not None]
     settings = sorted({p.setting for p in alphagrad}, key=_natural)
     with_steps = all(p.step is not None for p in alphagrad)
-    figure, axes = plt.subplots(1, 3 if with_steps else 2, figsize=(17, 5.0) if with_steps else (11.5, 5.0))
+    figure, axes = plt.subplots(1, 3 if with_steps else 2, figsize=(17, 5.0) if with_steps else (11.5, 5.0),
+                                layout="constrained")  # which makes room for the title and the legend below
     left, right = axes[0], axes[-1]
     return_axes = axes[:-1]  # final return against k, and against lr x alpha when every point has an lr
     colors = plt.get_cmap("viridis")(np.linspace(0.1, 0.85, max(len(settings), 1)))
@@ -226,10 +227,9 @@ def plot_sensitivity(env: str, points: list[Point], baseline: Point | None, base
     right.set_ylim(bottom=0)
     right.set_title("saturation ratio, mean over training (section 7.3)", fontsize=10)
     handles, labels = left.get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    figure.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
     figure.suptitle(f"{env}: AlphaGrad's final return and saturation against k" + (f"; {budget}" if budget else ""),
                     fontsize=11)
-    figure.tight_layout(rect=(0, 0.1, 1, 0.95))  # room for the legend below and the title
     return save_figure(figure, out_dir / "sensitivity")
 
 

@@ -1118,3 +1118,50 @@ def test_every_per_run_column_recomputes_from_the_compact_record_alone(tmp_path,
             assert ours == theirs or (isinstance(ours, float) and math.isnan(ours) and math.isnan(theirs)), \
                 (name, column, ours, theirs)
     assert full["alphagrad-93__s1"]["frozen_updates"] == pytest.approx(0.5, abs=0.05)  # the inputs were there
+
+
+def _layout_problems(figure, max_gap_in: float = 0.2) -> list[str]:
+    """What a reader would see wrong in a figure's layout: titles, panels (with their labels and legends) or figure
+    legends that overlap, or an empty band wider than `max_gap_in` between the title and the panels below it, or
+    between the panels and a legend below them."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    boxes = [(f"panel {i} ({axis.get_title()})", axis.get_tightbbox(renderer)) for i, axis in enumerate(figure.axes)]
+    boxes += [(f"figure legend {i}", legend.get_window_extent(renderer)) for i, legend in enumerate(figure.legends)]
+    title = figure._suptitle.get_window_extent(renderer)
+    problems = [f"{a} overlaps {b}" for i, (a, box_a) in enumerate(boxes + [("title", title)])
+                for b, box_b in boxes[i + 1:] if box_a.shrunk(0.999, 0.999).overlaps(box_b.shrunk(0.999, 0.999))]
+    panels = [box for _, box in boxes[:len(figure.axes)]]
+    gap = (title.y0 - max(box.y1 for box in panels)) / figure.dpi
+    if gap > max_gap_in:
+        problems.append(f"{gap:.2f} in of empty space between the title and the panels")
+    for legend in figure.legends:
+        below = (min(box.y0 for box in panels) - legend.get_window_extent(renderer).y1) / figure.dpi
+        if below > max_gap_in:
+            problems.append(f"{below:.2f} in of empty space between the panels and the legend below")
+    return problems
+
+
+def test_figures_overlap_nothing_and_waste_no_band_under_the_title(tmp_path, monkeypatch):
+    """The curve panels (one row and three rows) and the sensitivity figure (its legend below the panels)."""
+    from alphagrad_rl import report, sensitivity
+
+    rng = np.random.default_rng(3)
+    for alpha in (9.3, 46.5, 93.0, 186.0, 279.0, 400.0, 500.0, 600.0, 930.0):
+        for seed in (1, 2):
+            make_run(tmp_path / "sweep", f"alphagrad-{alpha:g}__s{seed}", "dqn", "alphagrad", alpha, seed,
+                     learning_curve(300, rng), env_id="CartPole-v1", td_losses=np.full(500, 5.0),
+                     saturation=[alpha / 1000] * 3)
+    for seed in (1, 2):
+        make_run(tmp_path / "sweep", f"adam__s{seed}", "dqn", "adam", None, seed, learning_curve(300, rng),
+                 env_id="CartPole-v1", td_losses=np.full(500, 5.0))
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda figure, stem: figures.append(figure) or [])
+    monkeypatch.setattr(sensitivity, "save_figure", lambda figure, stem: figures.append(figure) or [])
+    runs = load_runs(tmp_path / "sweep")
+    report.plot_panels([run for run in runs if run.alpha in (None, 93.0, 186.0)], "dqn", tmp_path, "adam")
+    report.plot_panels(runs, "dqn", tmp_path, "adam")
+    sensitivity.write_sensitivity(runs, tmp_path / "out")
+    assert [len({axis.get_position().y0 for axis in figure.axes}) for figure in figures] == [1, 2, 1]
+    for figure in figures:
+        assert _layout_problems(figure) == [], figure._suptitle.get_text()
