@@ -173,6 +173,7 @@ def plot_aggregates(board: Leaderboard, out_dir: Path) -> list[Path]:
             axis.errorbar(e.value, y, xerr=[[e.value - e.low], [e.high - e.value]], fmt="o", color=colours[row.name],
                           markersize=5, capsize=3, linewidth=1.2)
         axis.axvline(0.5 if title.startswith("P(") else 1.0, color="grey", linestyle="--", linewidth=0.8)
+        axis.use_sticky_edges = False  # else a bar's left end pins the axis there and the interval meets the frame
         axis.margins(x=0.08)
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("normalized score" if not title.startswith("P(") else "probability", fontsize=8)

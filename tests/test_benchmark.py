@@ -130,6 +130,25 @@ def test_adam_under_another_name_scores_one_and_a_frozen_optimizer_near_zero(ben
     assert board.improvement["frozen"].value < 0.1
 
 
+def test_the_aggregates_figure_shows_every_interval_whole_inside_its_panel(benchmarked, monkeypatch):
+    """Each interval's ends lie inside the panel, clear of its frame (a bar pins the axis to its left end unless
+    told not to, and the interval's low end then sits on the frame)."""
+    from alphagrad_rl import leaderboard, report
+
+    suite, root = benchmarked
+    board = build(suite, root / "leaderboard")
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda figure, stem: figures.append(figure) or [])
+    leaderboard.plot_aggregates(board, root)
+    (figure,) = figures
+    for axis in figure.axes:
+        left, right = axis.get_xlim()
+        ends = [x for patch in axis.patches for x in (patch.get_x(), patch.get_x() + patch.get_width())]
+        assert len(ends) == 2 * len(board.rows)
+        margin = 0.02 * (right - left)
+        assert left + margin < min(ends) and max(ends) < right - margin, axis.get_title()
+
+
 def test_every_optimizer_spent_the_same_tuning_budget(benchmarked):
     suite, root = benchmarked
     entries = root / "leaderboard" / "tiny" / "entries"
