@@ -1129,8 +1129,9 @@ def _layout_problems(figure, max_gap_in: float = 0.2) -> list[str]:
     boxes = [(f"panel {i} ({axis.get_title()})", axis.get_tightbbox(renderer)) for i, axis in enumerate(figure.axes)]
     boxes += [(f"figure legend {i}", legend.get_window_extent(renderer)) for i, legend in enumerate(figure.legends)]
     title = figure._suptitle.get_window_extent(renderer)
-    problems = [f"{a} overlaps {b}" for i, (a, box_a) in enumerate(boxes + [("title", title)])
-                for b, box_b in boxes[i + 1:] if box_a.shrunk(0.999, 0.999).overlaps(box_b.shrunk(0.999, 0.999))]
+    named = [("title", title), *boxes]
+    problems = [f"{a} overlaps {b}" for i, (a, box_a) in enumerate(named)
+                for b, box_b in named[i + 1:] if box_a.shrunk(0.999, 0.999).overlaps(box_b.shrunk(0.999, 0.999))]
     panels = [box for _, box in boxes[:len(figure.axes)]]
     gap = (title.y0 - max(box.y1 for box in panels)) / figure.dpi
     if gap > max_gap_in:
