@@ -324,6 +324,15 @@ def normalized_score(returns: list[float], score_range: tuple[float, float], las
     return (mean - low) / (high - low) if math.isfinite(mean) else 0.0
 
 
+def score_label(score_range: tuple[float, float]) -> str:
+    """What a score measures, in words: the return above the range's low end when the range is one return wide (the
+    benchmark scores a trial by its return above the random policy's), else the return normalized to the range."""
+    low, high = score_range
+    if high - low == 1:
+        return f"IQM return above {low:g}"
+    return f"IQM normalized return (0 at {low:g}, 1 at {high:g})"
+
+
 def trial_score(returns_per_seed: list[list[float]], score_range: tuple[float, float], last_episodes: int) -> float:
     """A trial's score: the IQM over seeds of each seed's normalized score."""
     return iqm([normalized_score(returns, score_range, last_episodes) for returns in returns_per_seed])
@@ -622,7 +631,7 @@ def write_final_sweep_config(config: TuneConfig, study: optuna.Study, path: Path
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:
         f.write(f"# written by scripts/tune.py from {config.path}: best trial {best.number}, score {best.value:.4f} "
-                f"(IQM normalized return over seeds {list(config.seeds)})\n")
+                f"({score_label(config.score_range)} over seeds {list(config.seeds)})\n")
         yaml.safe_dump(sweep_config, f, sort_keys=False)
     return {"trial": best.number, "score": best.value, "params": dict(best.params)}
 
@@ -694,13 +703,13 @@ def plot_study(config: TuneConfig, study: optuna.Study, out_dir: Path) -> list[P
         points = left.scatter(xs(complete), ys(complete), c=[t.value for t in complete], cmap="viridis", s=36,
                               edgecolors="k", linewidths=0.4)
         if complete:
-            figure.colorbar(points, ax=left, label="score (IQM normalized return)")
+            figure.colorbar(points, ax=left, label=f"score ({score_label(config.score_range)})")
         left.set_ylabel(y_dim.flag)
         if y_dim.log:
             left.set_yscale("log")
     else:
         left.scatter(xs(complete), ys(complete), color="tab:blue", s=30, label="complete")
-        left.set_ylabel("score (IQM normalized return)")
+        left.set_ylabel(f"score ({score_label(config.score_range)})")
     if pruned:
         left.scatter(xs(pruned), [t.params.get(y_dim.flag) for t in pruned] if y_dim else
                      [t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else 0 for t in pruned],
@@ -721,7 +730,7 @@ def plot_study(config: TuneConfig, study: optuna.Study, out_dir: Path) -> list[P
         if t.intermediate_values:
             right.plot([t.number], [t.intermediate_values[max(t.intermediate_values)]], "x", color="grey")
     right.set_xlabel("trial")
-    right.set_ylabel("score (IQM over seeds of normalized return)")
+    right.set_ylabel(f"score ({score_label(config.score_range)} over seeds)")
     right.legend(loc="best", fontsize=8)
     right.set_title(f"{len(complete)} complete, {len(pruned)} pruned")
     figure.tight_layout()
@@ -731,7 +740,7 @@ def plot_study(config: TuneConfig, study: optuna.Study, out_dir: Path) -> list[P
 def write_tuning_report(config: TuneConfig, study: optuna.Study, best: dict[str, Any], final_runs: list,
                         out_dir: Path, figures: list[Path]) -> Path:
     """TUNING.md: the search, the best settings and their score on the search seeds, and the final evaluation on
-    fresh seeds beside the baselines (IQM of the normalized score with its 95% BCa CI)."""
+    fresh seeds beside the baselines (the IQM score with its 95% BCa CI)."""
     from .analysis import iqm_ci
 
     counts = trial_counts(study)
@@ -741,7 +750,8 @@ def write_tuning_report(config: TuneConfig, study: optuna.Study, best: dict[str,
                  f"`{d.flag}` in {list(d.choices)}" if d.choices else
                  f"`{d.flag}` in [{d.low:g}, {d.high:g}]{' (log)' if d.log else ''}" for d in config.search)
              + f"; each trial = seeds {list(config.seeds)} trained together; score = IQM over seeds of (mean of the "
-             f"last {config.last_episodes} episodic returns - {low:g}) / ({high:g} - {low:g}); pruner "
+             f"last {config.last_episodes} episodic returns - {low:g}) / ({high:g} - {low:g}), the "
+             f"{score_label(config.score_range)}; pruner "
              f"{config.pruner['name']} on the score every {config.report_every:,} of {config.total_timesteps:,} steps.",
              "", f"Trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed "
              f"(config asks for {config.trials}).", "",
@@ -752,7 +762,7 @@ def write_tuning_report(config: TuneConfig, study: optuna.Study, best: dict[str,
              f"Seeds {list(config.final_seeds)}, none used in the search, so the tuned score below carries no "
              "winner's curse; the search score above is optimistic by selection. Sweep config: `final-sweep.yaml`; "
              "full report: [REPORT.md](REPORT.md).", "",
-             "| arm | runs | IQM normalized score [95% CI] | mean final return |", "|---|---|---|---|"]
+             f"| arm | runs | score: {score_label(config.score_range)} [95% CI] | mean final return |", "|---|---|---|---|"]
     arms = dict.fromkeys(run.arm for run in final_runs)
     for arm in arms:
         values = [run.row["final_return"] for run in final_runs if run.arm == arm and run.included]

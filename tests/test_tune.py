@@ -24,6 +24,7 @@ from alphagrad_rl.tuning import (
     open_study,
     recover_stale_trials,
     run_trial,
+    score_label,
     trial_counts,
     trial_score,
 )
@@ -80,6 +81,13 @@ def test_bad_configs_are_refused_naming_the_key(tmp_path, change, message):
 def test_shipped_tuning_config_is_valid():
     config = load_tune_config(ROOT / "configs" / "tune_dqn_cartpole.yaml", REGISTRY)
     assert config.total_timesteps == 30000 and not set(config.seeds) & set(config.final_seeds)
+
+
+def test_a_score_is_named_for_what_it_measures():
+    """The benchmark's range is one return wide from the random policy's return: its score is the return above it,
+    and calling it a normalized score would confuse it with the leaderboard's (random 0, tuned Adam 1)."""
+    assert score_label((16.5, 17.5)) == "IQM return above 16.5"
+    assert score_label((0, 500)) == "IQM normalized return (0 at 0, 1 at 500)"
 
 
 def test_scores_are_iqm_over_seeds_of_normalized_recent_returns():
@@ -292,6 +300,7 @@ def test_killed_tuner_resumes_and_the_final_evaluation_uses_fresh_seeds(tmp_path
             assert run_config["optim"]["lr"] == pytest.approx(best_trial.params["optim.lr"])
     tuning = (output / "TUNING.md").read_text()
     assert "| tuned | 2 |" in tuning and "| adam | 2 |" in tuning
+    assert f"| score: {score_label(config.score_range)} [95% CI] |" in tuning
     assert (output / "tuning.png").exists() and (output / "REPORT.md").exists()
 
 
