@@ -1055,7 +1055,8 @@ def test_the_analysis_imports_neither_torch_nor_gymnasium():
     assert completed.returncode == 0 and completed.stdout.strip() == "[]", completed.stdout + completed.stderr
 
 
-def test_curve_panels_are_labelled_in_words_hold_at_most_eight_lines_and_set_the_baseline_apart(tmp_path, monkeypatch):
+def test_curve_panels_are_labelled_in_words_hold_at_most_eight_lines_and_set_the_baseline_apart(tmp_path,
+                                                                                              captured_figures):
     from alphagrad_rl import report
 
     rng = np.random.default_rng(5)
@@ -1067,10 +1068,8 @@ def test_curve_panels_are_labelled_in_words_hold_at_most_eight_lines_and_set_the
             losses = 10.0 ** np.linspace(0, 3, 2000) if arm == "alphagrad-93" else np.full(2000, 5.0)  # 3 decades
             make_run(tmp_path, f"{arm}__s{seed}", "dqn", optimizer, alpha, seed, learning_curve(300, rng),
                      env_id="CartPole-v1", td_losses=losses)
-    figures = []
-    monkeypatch.setattr(report, "save_figure", lambda figure, stem: figures.append(figure) or [])
     report.plot_panels(load_runs(tmp_path), "dqn", tmp_path, "adam")
-    (figure,) = figures
+    (figure,) = captured_figures
     assert "200,000 env steps per run" in figure._suptitle.get_text() and figure._suptitle.get_text().startswith("DQN")
     axes = figure.get_axes()
     assert len(axes) == 4 * 3  # 4 metrics x (the author-form arms: 2 rows of at most 7, then the variants' row)
@@ -1143,7 +1142,7 @@ def _layout_problems(figure, max_gap_in: float = 0.2) -> list[str]:
     return problems
 
 
-def test_figures_overlap_nothing_and_waste_no_band_under_the_title(tmp_path, monkeypatch):
+def test_figures_overlap_nothing_and_waste_no_band_under_the_title(tmp_path, captured_figures):
     """The curve panels (one row and three rows) and the sensitivity figure (its legend below the panels)."""
     from alphagrad_rl import report, sensitivity
 
@@ -1156,13 +1155,10 @@ def test_figures_overlap_nothing_and_waste_no_band_under_the_title(tmp_path, mon
     for seed in (1, 2):
         make_run(tmp_path / "sweep", f"adam__s{seed}", "dqn", "adam", None, seed, learning_curve(300, rng),
                  env_id="CartPole-v1", td_losses=np.full(500, 5.0))
-    figures = []
-    monkeypatch.setattr(report, "save_figure", lambda figure, stem: figures.append(figure) or [])
-    monkeypatch.setattr(sensitivity, "save_figure", lambda figure, stem: figures.append(figure) or [])
     runs = load_runs(tmp_path / "sweep")
     report.plot_panels([run for run in runs if run.alpha in (None, 93.0, 186.0)], "dqn", tmp_path, "adam")
     report.plot_panels(runs, "dqn", tmp_path, "adam")
     sensitivity.write_sensitivity(runs, tmp_path / "out")
-    assert [len({axis.get_position().y0 for axis in figure.axes}) for figure in figures] == [1, 2, 1]
-    for figure in figures:
+    assert [len({axis.get_position().y0 for axis in figure.axes}) for figure in captured_figures] == [1, 2, 1]
+    for figure in captured_figures:
         assert _layout_problems(figure) == [], figure._suptitle.get_text()

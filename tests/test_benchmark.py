@@ -130,17 +130,15 @@ def test_adam_under_another_name_scores_one_and_a_frozen_optimizer_near_zero(ben
     assert board.improvement["frozen"].value < 0.1
 
 
-def test_the_aggregates_figure_shows_every_interval_whole_inside_its_panel(benchmarked, monkeypatch):
+def test_the_aggregates_figure_shows_every_interval_whole_inside_its_panel(benchmarked, captured_figures):
     """Each interval's ends lie inside the panel, clear of its frame (a bar pins the axis to its left end unless
     told not to, and the interval's low end then sits on the frame)."""
-    from alphagrad_rl import leaderboard, report
+    from alphagrad_rl import leaderboard
 
     suite, root = benchmarked
     board = build(suite, root / "leaderboard")
-    figures = []
-    monkeypatch.setattr(report, "save_figure", lambda figure, stem: figures.append(figure) or [])
     leaderboard.plot_aggregates(board, root)
-    (figure,) = figures
+    (figure,) = captured_figures
     for axis in figure.axes:
         left, right = axis.get_xlim()
         ends = [x for patch in axis.patches for x in (patch.get_x(), patch.get_x() + patch.get_width())]
