@@ -248,6 +248,21 @@ def write_leaderboard(suite: Suite, leaderboard: Path) -> Path:
     return path
 
 
+def decided_line(board: Leaderboard, reference: str) -> str | None:
+    """What the seeds decide: the optimizers whose P(improvement over `reference`) interval excludes 0.5, each with
+    its side, and the widest interval's half-width (the smallest shift from 0.5 every row could detect); None while
+    the reference is the only row."""
+    others = {name: e for name, e in board.improvement.items() if name != reference}
+    if not others:
+        return None
+    decided = [f"{name} ({'above' if e.low > 0.5 else 'below'})" for name, e in others.items()
+               if not e.low <= 0.5 <= e.high]
+    widest = max((e.high - e.low) / 2 for e in others.values())
+    return (f"What the seeds decide: an optimizer differs from {reference} where its P(improvement) interval excludes "
+            f"0.5: {', '.join(decided) or 'none'}. The widest P(improvement) interval has a half-width of {widest:.2f}: "
+            "a shift of P(improvement) from 0.5 smaller than that may go undetected at these seeds.")
+
+
 def _board_lines(board: Leaderboard, out_dir: Path) -> list[str]:
     suite, tasks = board.suite, list(board.suite.tasks)
     write_table(board, out_dir / "leaderboard.csv")
@@ -263,13 +278,9 @@ def _board_lines(board: Leaderboard, out_dir: Path) -> list[str]:
         estimates = board.aggregates[row.name]
         lines.append(f"| {row.name} | " + " | ".join(str(estimates[name]) for name in AGGREGATES)
                      + f" | {board.improvement[row.name]} | {row.row['process_hours']:.2f} |")
-    halves = sorted((e.high - e.low) / 2 for name, e in board.improvement.items() if name != reference)
-    if halves:
-        decided = [name for name, e in board.improvement.items() if name != reference and not e.low <= 0.5 <= e.high]
-        lines += ["", f"What the seeds decide: an optimizer differs from {reference} where its P(improvement) interval "
-                  f"excludes 0.5 ({', '.join(decided) or 'none yet'}); the widest of those intervals has a "
-                  f"half-width of {halves[-1]:.2f}: a shift of P(improvement) from 0.5 smaller than that may go "
-                  "undetected at these seeds."]
+    verdict = decided_line(board, reference)
+    if verdict:
+        lines += ["", verdict]
     lines += ["", "## Per task: IQM final return over the evaluation seeds", "",
               "| optimizer | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks),
               "| random policy (score 0) | " + " | ".join(f"{board.random[t]:.1f}" for t in tasks) + " |"]

@@ -5,13 +5,14 @@ random policy's 0, every optimizer gets the same tuning budget), rows that are n
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from alphagrad_rl.agents import sweep_registry
 
 from alphagrad_rl.benchmark import resolve_optimizer, run_entry, tune_config
-from alphagrad_rl.leaderboard import build, write_leaderboard
+from alphagrad_rl.leaderboard import build, decided_line, write_leaderboard
 from alphagrad_rl.suite import SuiteError, load_suite
 from alphagrad_rl.sweep import LaunchOptions
 from alphagrad_rl.tuning import load_tune_config
@@ -102,6 +103,18 @@ def test_an_unknown_profile_or_optimizer_is_refused_with_the_choices():
         resolve_optimizer(suite, "tests/benchmark_optimizers.py:frozen", lr_range=(1e-3, 1e-2))
 
 
+def test_the_verdict_line_names_each_separated_optimizer_with_its_side():
+    interval = lambda low, high: SimpleNamespace(low=low, high=high)  # noqa: E731
+    board = SimpleNamespace(improvement={"adam": interval(0.35, 0.65)})
+    assert decided_line(board, "adam") is None  # the reference alone compares nothing
+    board.improvement.update(slow=interval(0.05, 0.30), fast=interval(0.55, 0.95), tied=interval(0.31, 0.61))
+    line = decided_line(board, "adam")
+    assert "excludes 0.5: slow (below), fast (above). " in line and "tied" not in line
+    assert "half-width of 0.20:" in line  # the widest: fast's (0.95 - 0.55) / 2
+    board.improvement = {"adam": interval(0.35, 0.65), "tied": interval(0.31, 0.61)}
+    assert "excludes 0.5: none. " in decided_line(board, "adam")
+
+
 @pytest.fixture(scope="module")
 def benchmarked(tmp_path_factory):
     """Adam, Adam under another name and a frozen optimizer through the tiny suite (single-file runs, so the two
@@ -128,6 +141,8 @@ def test_adam_under_another_name_scores_one_and_a_frozen_optimizer_near_zero(ben
     assert board.improvement["adam_alias"].low <= 0.5 <= board.improvement["adam_alias"].high
     assert abs(frozen.value) < 0.25 and frozen.high < adam.low  # a frozen greedy policy: about the random policy's
     assert board.improvement["frozen"].value < 0.1
+    assert decided_line(board, "adam").startswith("What the seeds decide: an optimizer differs from adam where its "
+                                                   "P(improvement) interval excludes 0.5: frozen (below). ")
 
 
 def test_the_aggregates_figure_shows_every_interval_whole_inside_its_panel(benchmarked, captured_figures):
