@@ -80,6 +80,14 @@ FROZEN_FRACTION = 0.5  # a run froze: more than this fraction of one network's l
 
 # ---- statistics ----
 
+def edge_of_search(value: float, low: float, high: float, log: bool, fraction: float = 0.1) -> str | None:
+    """"low" or "high" when `value` lies within `fraction` of its searched range [low, high] (on a log scale for a
+    log range) of that end, else None: a best setting there may have its optimum outside the range searched."""
+    scale = math.log if log else float
+    position = (scale(value) - scale(low)) / (scale(high) - scale(low))
+    return "low" if position < fraction else "high" if position > 1 - fraction else None
+
+
 def iqm(values: Sequence[float]) -> float:
     return float(stats.trim_mean(np.asarray(values, dtype=float), 0.25))
 

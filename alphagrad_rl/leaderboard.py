@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import iqm, load_runs
+from .analysis import edge_of_search, iqm, load_runs
 from .runs import atomic_write
 from .suite import Suite, anchors_path
 from .suite_scores import AGGREGATES, Estimate, aggregate, improvement_over, normalized, performance_profile
@@ -263,6 +263,18 @@ def decided_line(board: Leaderboard, reference: str) -> str | None:
             "a shift of P(improvement) from 0.5 smaller than that may go undetected at these seeds.")
 
 
+def _tuned_setting(definition: dict[str, Any], flag: str, value: Any) -> tuple[str, str | None]:
+    """A tuned flag as the table shows it (`lr=0.000366`) and the end of its searched range it lies at, if any."""
+    name = flag.split(".", 1)[-1]
+    if not isinstance(value, float):
+        return f"{name}={value}", None
+    searched = ({"low": definition["lr"][0], "high": definition["lr"][1], "log": True} if name == "lr"
+                else definition.get("search", {}).get(name, {}))
+    edge = (edge_of_search(value, searched["low"], searched["high"], searched.get("log", False))
+            if "low" in searched else None)
+    return f"{name}={value:.3g}", edge
+
+
 def _board_lines(board: Leaderboard, out_dir: Path) -> list[str]:
     suite, tasks = board.suite, list(board.suite.tasks)
     write_table(board, out_dir / "leaderboard.csv")
@@ -292,11 +304,18 @@ def _board_lines(board: Leaderboard, out_dir: Path) -> list[str]:
             for name, tasks_crashed in crashed.items()) + "."]
     lines += ["", "## Tuned settings", "", "| optimizer | definition | " + " | ".join(tasks) + " |",
               "|---|---|" + "---|" * len(tasks)]
+    at_edges = False
     for row in ranked(board):
-        best = [", ".join(f"{flag.split('.', 1)[-1]}={value:.3g}" if isinstance(value, float) else
-                          f"{flag.split('.', 1)[-1]}={value}" for flag, value in row.row["tasks"][t]["best"]["params"]
-                          .items()) for t in tasks]
-        lines.append(f"| {row.name} | {row.row['definition'].get('description', '')} | " + " | ".join(best) + " |")
+        cells = []
+        for task in tasks:
+            settings = [_tuned_setting(row.row["definition"], flag, value)
+                        for flag, value in row.row["tasks"][task]["best"]["params"].items()]
+            at_edges |= any(edge for _, edge in settings)
+            cells.append(", ".join(text + (f" ({edge} end)" if edge else "") for text, edge in settings))
+        lines.append(f"| {row.name} | {row.row['definition'].get('description', '')} | " + " | ".join(cells) + " |")
+    if at_edges:
+        lines += ["", "(low end), (high end): the best value lies within a tenth of its searched range (on a log scale "
+                  "for a log range) of that end, so the optimum may lie outside the range searched."]
     lines += ["", "## Software", ""]
     for row in ranked(board):
         software = ", ".join(f"{package} {' / '.join(versions)}" for package, versions in row.row["software"].items())

@@ -58,7 +58,7 @@ import yaml
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from .analysis import export_records, iqm, load_runs
+from .analysis import edge_of_search, export_records, iqm, load_runs
 from .backends import JobContext, LocalBackend, launcher_env
 from .planning import Job, trains_in_population
 from .runs import (
@@ -737,6 +737,13 @@ def plot_study(config: TuneConfig, study: optuna.Study, out_dir: Path) -> list[P
     return save_figure(figure, out_dir / "tuning")
 
 
+def _best_at_edges(config: TuneConfig, params: Mapping[str, Any]) -> list[tuple[Dimension, str]]:
+    """The searched ranges whose best value lies at one end (analysis.edge_of_search), each with that end."""
+    edges = [(d, edge_of_search(params[d.flag], d.low, d.high, d.log)) for d in config.search
+             if not d.choices and d.flag in params]
+    return [(d, side) for d, side in edges if side]
+
+
 def write_tuning_report(config: TuneConfig, study: optuna.Study, best: dict[str, Any], final_runs: list,
                         out_dir: Path, figures: list[Path]) -> Path:
     """TUNING.md: the search, the best settings and their score on the search seeds, and the final evaluation on
@@ -758,6 +765,10 @@ def write_tuning_report(config: TuneConfig, study: optuna.Study, best: dict[str,
              f"**Best settings** (trial {best['trial']}, score {best['score']:.3f} on the search seeds): "
              + ", ".join(f"`--{flag} {_plain(value):.6g}`" if isinstance(value, float) else f"`--{flag} {value}`"
                          for flag, value in best["params"].items()), "",
+             *[line for d, side in _best_at_edges(config, best["params"]) for line in (
+                 f"The best `{d.flag}` lies in the {side}est tenth of its searched range [{d.low:g}, {d.high:g}]"
+                 f"{' (log)' if d.log else ''}: its optimum may lie outside the range, which a wider search would "
+                 "tell.", "")],
              "## Final evaluation on fresh seeds", "",
              f"Seeds {list(config.final_seeds)}, none used in the search, so the tuned score below carries no "
              "winner's curse; the search score above is optimistic by selection. Sweep config: `final-sweep.yaml`; "

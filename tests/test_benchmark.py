@@ -115,6 +115,16 @@ def test_the_verdict_line_names_each_separated_optimizer_with_its_side():
     assert "excludes 0.5: none. " in decided_line(board, "adam")
 
 
+def test_a_tuned_setting_at_an_end_of_its_searched_range_is_marked():
+    from alphagrad_rl.leaderboard import _tuned_setting
+
+    definition = {"lr": [1e-5, 1e-2], "search": {"alpha": {"low": 1, "high": 1000, "log": True}}}
+    assert _tuned_setting(definition, "actor-optim.lr", 1.2e-5) == ("lr=1.2e-05", "low")
+    assert _tuned_setting(definition, "optim.lr", 3.66e-4) == ("lr=0.000366", None)
+    assert _tuned_setting(definition, "optim.alpha", 800.0) == ("alpha=800", "high")
+    assert _tuned_setting(definition, "optim.momentum-form", "sgd") == ("momentum-form=sgd", None)
+
+
 @pytest.fixture(scope="module")
 def benchmarked(tmp_path_factory):
     """Adam, Adam under another name and a frozen optimizer through the tiny suite (single-file runs, so the two

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from alphagrad_rl.agents import sweep_registry
 
+from alphagrad_rl.analysis import edge_of_search
 from alphagrad_rl.runs import checkpoint_manifests, read_run, read_summary
 from alphagrad_rl.sweep_config import SweepConfigError, load_sweep
 from alphagrad_rl.tuning import (
@@ -27,6 +28,7 @@ from alphagrad_rl.tuning import (
     score_label,
     trial_counts,
     trial_score,
+    write_tuning_report,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +90,25 @@ def test_a_score_is_named_for_what_it_measures():
     and calling it a normalized score would confuse it with the leaderboard's (random 0, tuned Adam 1)."""
     assert score_label((16.5, 17.5)) == "IQM return above 16.5"
     assert score_label((0, 500)) == "IQM normalized return (0 at 0, 1 at 500)"
+
+
+def test_a_best_setting_at_an_end_of_its_range_is_flagged(tmp_path):
+    """Within a tenth of a range (log scale for a log range) of an end, the optimum may lie outside what was
+    searched: TUNING.md says so for that flag and no other."""
+    assert edge_of_search(1.5e-5, 1e-5, 1e-2, log=True) == "low"  # 0.06 of the 3 decades
+    assert edge_of_search(3e-5, 1e-5, 1e-2, log=True) is None  # 0.16
+    assert edge_of_search(8e-3, 1e-5, 1e-2, log=True) == "high"
+    assert edge_of_search(0.95, 0.0, 1.0, log=False) == "high" and edge_of_search(0.5, 0.0, 1.0, log=False) is None
+    config = load_tune_config(write(tmp_path, tiny_config()), REGISTRY)
+    params = {"optim.alpha": 450.0, "optim.lr": 3e-4}
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        params=params, value=0.5, distributions={d.flag: optuna.distributions.FloatDistribution(d.low, d.high, log=True)
+                                                 for d in config.search}))
+    tuning = write_tuning_report(config, study, {"trial": 0, "score": 0.5, "params": params}, [], tmp_path, []
+                                 ).read_text()
+    assert "The best `optim.alpha` lies in the highest tenth of its searched range [5, 500] (log)" in tuning
+    assert "The best `optim.lr`" not in tuning
 
 
 def test_scores_are_iqm_over_seeds_of_normalized_recent_returns():
