@@ -266,13 +266,14 @@ def decided_line(board: Leaderboard, reference: str) -> str | None:
 def _tuned_setting(definition: dict[str, Any], flag: str, value: Any) -> tuple[str, str | None]:
     """A tuned flag as the table shows it (`lr=0.000366`) and the end of its searched range it lies at, if any."""
     name = flag.split(".", 1)[-1]
-    if not isinstance(value, float):
-        return f"{name}={value}", None
+    shown = f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return shown, None
     searched = ({"low": definition["lr"][0], "high": definition["lr"][1], "log": True} if name == "lr"
                 else definition.get("search", {}).get(name, {}))
     edge = (edge_of_search(value, searched["low"], searched["high"], searched.get("log", False))
             if "low" in searched else None)
-    return f"{name}={value:.3g}", edge
+    return shown, edge
 
 
 def _board_lines(board: Leaderboard, out_dir: Path) -> list[str]:

@@ -123,6 +123,8 @@ def test_a_tuned_setting_at_an_end_of_its_searched_range_is_marked():
     assert _tuned_setting(definition, "optim.lr", 3.66e-4) == ("lr=0.000366", None)
     assert _tuned_setting(definition, "optim.alpha", 800.0) == ("alpha=800", "high")
     assert _tuned_setting(definition, "optim.momentum-form", "sgd") == ("momentum-form=sgd", None)
+    integer = {"lr": [1e-5, 1e-2], "search": {"warmup": {"low": 0, "high": 100}}}
+    assert _tuned_setting(integer, "optim.warmup", 97) == ("warmup=97", "high")
 
 
 @pytest.fixture(scope="module")
