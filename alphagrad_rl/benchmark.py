@@ -42,7 +42,7 @@ from .runs import (
     software_versions,
     write_json_atomic,
 )
-from .suite import OptimizerEntry, Suite, SuiteError, TaskProtocol, anchors_path, optimizer_entry
+from .suite import OptimizerEntry, Suite, SuiteError, TaskProtocol, anchors_path, optimizer_entry, searched_ranges
 from .sweep import LaunchOptions
 from .sweep_config import AgentEntry, read_yaml
 from .tuning import evaluate_best, load_tune_config, study_finished, trial_counts, tune
@@ -122,7 +122,7 @@ def tune_config(suite: Suite, task: TaskProtocol, entry: OptimizerEntry, random_
     for prefix in task.optimizer_flags:
         arm.update(agent_presets(agents[task.program], prefix, entry.flags["name"]))
         arm.update({f"{prefix}.{flag}": value for flag, value in entry.flags.items()})
-    searched = {"lr": {"low": entry.lr[0], "high": entry.lr[1], "log": True}, **entry.search}
+    searched = searched_ranges(entry.definition())
     search = {f"{first}.{flag}": {**spec, **({"also": [f"{p}.{flag}" for p in others]} if others else {})}
               for flag, spec in searched.items()}
     return {"name": study_name(suite, entry, task), "program": task.program,

@@ -21,7 +21,7 @@ import numpy as np
 
 from .analysis import edge_of_search, iqm, load_runs
 from .runs import atomic_write
-from .suite import Suite, anchors_path
+from .suite import Suite, anchors_path, searched_ranges
 from .suite_scores import AGGREGATES, Estimate, aggregate, improvement_over, normalized, performance_profile
 
 TUNED_ARM = "tuned"  # the evaluation sweep's arm (alphagrad_rl.tuning.final_sweep_config)
@@ -263,17 +263,15 @@ def decided_line(board: Leaderboard, reference: str) -> str | None:
             "a shift of P(improvement) from 0.5 smaller than that may go undetected at these seeds.")
 
 
-def _tuned_setting(definition: dict[str, Any], flag: str, value: Any) -> tuple[str, str | None]:
-    """A tuned flag as the table shows it (`lr=0.000366`) and the end of its searched range it lies at, if any."""
+def _tuned_setting(ranges: dict[str, dict[str, Any]], flag: str, value: Any) -> tuple[str, str | None]:
+    """A tuned flag as the table shows it (`lr=0.000366`) and the end of its searched range (suite.searched_ranges)
+    it lies at, if any."""
     name = flag.split(".", 1)[-1]
     shown = f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    searched = ranges.get(name, {})
+    if isinstance(value, bool) or not isinstance(value, int | float) or "low" not in searched:
         return shown, None
-    searched = ({"low": definition["lr"][0], "high": definition["lr"][1], "log": True} if name == "lr"
-                else definition.get("search", {}).get(name, {}))
-    edge = (edge_of_search(value, searched["low"], searched["high"], searched.get("log", False))
-            if "low" in searched else None)
-    return shown, edge
+    return shown, edge_of_search(value, searched["low"], searched["high"], searched.get("log", False))
 
 
 def _board_lines(board: Leaderboard, out_dir: Path) -> list[str]:
@@ -307,9 +305,9 @@ def _board_lines(board: Leaderboard, out_dir: Path) -> list[str]:
               "|---|---|" + "---|" * len(tasks)]
     at_edges = False
     for row in ranked(board):
-        cells = []
+        ranges, cells = searched_ranges(row.row["definition"]), []
         for task in tasks:
-            settings = [_tuned_setting(row.row["definition"], flag, value)
+            settings = [_tuned_setting(ranges, flag, value)
                         for flag, value in row.row["tasks"][task]["best"]["params"].items()]
             at_edges |= any(edge for _, edge in settings)
             cells.append(", ".join(text + (f" ({edge} end)" if edge else "") for text, edge in settings))

@@ -66,6 +66,13 @@ class OptimizerEntry:
         return {"description": self.description, "flags": self.flags, "lr": list(self.lr), "search": self.search}
 
 
+def searched_ranges(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The flags an optimizer definition (OptimizerEntry.definition, as a row records it) searches, without task
+    prefix: its lr, log-uniform over its range, then its own searched flags."""
+    low, high = definition["lr"]
+    return {"lr": {"low": low, "high": high, "log": True}, **definition.get("search", {})}
+
+
 @dataclasses.dataclass(frozen=True)
 class Suite:
     path: Path

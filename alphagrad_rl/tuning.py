@@ -692,6 +692,7 @@ def plot_study(config: TuneConfig, study: optuna.Study, out_dir: Path) -> list[P
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     best = _best(study)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    label = score_label(config.score_range)
     x_dim = config.search[0]
     y_dim = config.search[1] if len(config.search) > 1 and not config.search[1].choices else None
 
@@ -703,13 +704,13 @@ def plot_study(config: TuneConfig, study: optuna.Study, out_dir: Path) -> list[P
         points = left.scatter(xs(complete), ys(complete), c=[t.value for t in complete], cmap="viridis", s=36,
                               edgecolors="k", linewidths=0.4)
         if complete:
-            figure.colorbar(points, ax=left, label=f"score ({score_label(config.score_range)})")
+            figure.colorbar(points, ax=left, label=f"score ({label})")
         left.set_ylabel(y_dim.flag)
         if y_dim.log:
             left.set_yscale("log")
     else:
         left.scatter(xs(complete), ys(complete), color="tab:blue", s=30, label="complete")
-        left.set_ylabel(f"score ({score_label(config.score_range)})")
+        left.set_ylabel(f"score ({label})")
     if pruned:
         left.scatter(xs(pruned), [t.params.get(y_dim.flag) for t in pruned] if y_dim else
                      [t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else 0 for t in pruned],
@@ -730,7 +731,7 @@ def plot_study(config: TuneConfig, study: optuna.Study, out_dir: Path) -> list[P
         if t.intermediate_values:
             right.plot([t.number], [t.intermediate_values[max(t.intermediate_values)]], "x", color="grey")
     right.set_xlabel("trial")
-    right.set_ylabel(f"score ({score_label(config.score_range)} over seeds)")
+    right.set_ylabel(f"score ({label} over seeds)")
     right.legend(loc="best", fontsize=8)
     right.set_title(f"{len(complete)} complete, {len(pruned)} pruned")
     figure.tight_layout()

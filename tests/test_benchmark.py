@@ -13,7 +13,7 @@ from alphagrad_rl.agents import sweep_registry
 
 from alphagrad_rl.benchmark import resolve_optimizer, run_entry, tune_config
 from alphagrad_rl.leaderboard import build, decided_line, write_leaderboard
-from alphagrad_rl.suite import SuiteError, load_suite
+from alphagrad_rl.suite import SuiteError, load_suite, searched_ranges
 from alphagrad_rl.sweep import LaunchOptions
 from alphagrad_rl.tuning import load_tune_config
 
@@ -118,12 +118,12 @@ def test_the_verdict_line_names_each_separated_optimizer_with_its_side():
 def test_a_tuned_setting_at_an_end_of_its_searched_range_is_marked():
     from alphagrad_rl.leaderboard import _tuned_setting
 
-    definition = {"lr": [1e-5, 1e-2], "search": {"alpha": {"low": 1, "high": 1000, "log": True}}}
-    assert _tuned_setting(definition, "actor-optim.lr", 1.2e-5) == ("lr=1.2e-05", "low")
-    assert _tuned_setting(definition, "optim.lr", 3.66e-4) == ("lr=0.000366", None)
-    assert _tuned_setting(definition, "optim.alpha", 800.0) == ("alpha=800", "high")
-    assert _tuned_setting(definition, "optim.momentum-form", "sgd") == ("momentum-form=sgd", None)
-    integer = {"lr": [1e-5, 1e-2], "search": {"warmup": {"low": 0, "high": 100}}}
+    ranges = searched_ranges({"lr": [1e-5, 1e-2], "search": {"alpha": {"low": 1, "high": 1000, "log": True}}})
+    assert _tuned_setting(ranges, "actor-optim.lr", 1.2e-5) == ("lr=1.2e-05", "low")
+    assert _tuned_setting(ranges, "optim.lr", 3.66e-4) == ("lr=0.000366", None)
+    assert _tuned_setting(ranges, "optim.alpha", 800.0) == ("alpha=800", "high")
+    assert _tuned_setting(ranges, "optim.momentum-form", "sgd") == ("momentum-form=sgd", None)
+    integer = searched_ranges({"lr": [1e-5, 1e-2], "search": {"warmup": {"low": 0, "high": 100}}})
     assert _tuned_setting(integer, "optim.warmup", 97) == ("warmup=97", "high")
 
 
